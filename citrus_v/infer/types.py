@@ -1,0 +1,51 @@
+"""What a prediction returns: plain data, shared by the CLI, the evaluator and the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Box:
+    """A box ``[x1, y1, x2, y2]`` in ORIGINAL image pixels, with its label."""
+
+    bbox: list[float]
+    label: str = ""
+    image_index: int = 0
+
+    def to_dict(self) -> dict:
+        return {"bbox": [round(float(v), 2) for v in self.bbox], "label": self.label}
+
+
+@dataclass
+class Mask:
+    """One mask per ``[SEG]``: a boolean array at the original image size (H, W)."""
+
+    mask: np.ndarray  # (H, W) bool
+    score: float  # the segmenter's predicted IoU for the chosen candidate
+    label: str = ""
+    image_index: int = 0
+
+
+@dataclass
+class Report:
+    findings: str
+    impression: str
+    boxes: list[Box] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"findings": self.findings, "impression": self.impression, "boxes": [b.to_dict() for b in self.boxes]}
+
+
+@dataclass
+class Prediction:
+    answer: str  # the answer text (inside <answer> when the model reasoned), special tokens removed
+    raw_text: str  # everything the model generated, as decoded
+    reasoning: str | None = None  # the <think> part, if any
+    boxes: list[Box] = field(default_factory=list)
+    masks: list[Mask] = field(default_factory=list)
+    report: Report | None = None
+    mean_token_prob: float | None = None  # confidence of the generated text
+    num_generated_tokens: int = 0

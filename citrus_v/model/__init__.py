@@ -1,0 +1,1 @@
+"""citrus_v.model."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's test command: make a venv, install the package with its test extras, run pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip >/dev/null
+pip install -q torch==2.13.0 -e ".[test]"
+# torchvision next to torch 2.13 breaks transformers imports; never let it in.
+if python -c "import torchvision" 2>/dev/null; then echo "torchvision is installed: remove it" >&2; exit 1; fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python -m pytest -q -x --durations=15 "$@"
