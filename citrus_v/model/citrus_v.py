@@ -1,0 +1,226 @@
+"""CitrusV: Qwen2.5-VL whose [SEG] states, projected to 256-d, prompt a SAM2 mask decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from citrus_v.config import CitrusVConfig
+from citrus_v.model.losses import lm_cross_entropy, mask_bce, mask_dice, mask_window_factor
+from citrus_v.model.seg_projector import build_seg_projector, scale_grad
+from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter
+from citrus_v.model.vlm import build_mllm
+
+# Named parts for freeze plans (training stages list these). Every parameter belongs to exactly
+# one part; first matching prefix wins, so the merger is listed before the rest of the ViT.
+PARTS: dict[str, tuple[str, ...]] = {
+    "merger": ("mllm.model.visual.merger.",),
+    "vision_encoder": ("mllm.model.visual.",),
+    "llm": ("mllm.model.language_model.",),
+    "lm_head": ("mllm.lm_head.",),
+    "seg_projector": ("seg_projector.",),
+    "sam2_image_encoder": ("segmenter.sam2.vision_encoder.", "segmenter.sam2.no_memory_embedding"),
+    "sam2_prompt_encoder": ("segmenter.sam2.prompt_encoder.", "segmenter.sam2.shared_image_embedding."),
+    "sam2_mask_decoder": ("segmenter.sam2.mask_decoder.",),
+    # video-memory modules: unused on single images, held for checkpoint compatibility
+    "sam2_memory": ("segmenter.sam2.",),
+}
+PART_NAMES: tuple[str, ...] = tuple(PARTS)
+
+
+def part_of(param_name: str) -> str:
+    for part, prefixes in PARTS.items():
+        if param_name.startswith(prefixes):
+            return part
+    raise KeyError(f"parameter {param_name!r} belongs to no part in PARTS")
+
+
+@dataclass
+class CitrusVOutput:
+    loss: torch.Tensor | None  # lm_loss + bce_weight * mask_bce_loss + dice_weight * mask_dice_loss
+    lm_loss: torch.Tensor | None
+    mask_bce_loss: torch.Tensor | None  # already multiplied by the accumulation-window factor
+    mask_dice_loss: torch.Tensor | None  # idem
+    logits: torch.Tensor  # (B, L, V)
+    pred_masks: torch.Tensor  # (n_seg, 256, 256) logits
+    iou_scores: torch.Tensor  # (n_seg,)
+
+
+class CitrusV(nn.Module):
+    """The whole model. Parts are built here from one config; see ``forward`` for the batch."""
+
+    def __init__(self, config: CitrusVConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mllm = build_mllm(config)
+        self.segmenter = Sam2Segmenter(config.segmenter)
+        self.seg_projector = build_seg_projector(config.llm.hidden_size, self.segmenter.prompt_dim)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        sam_images: torch.Tensor | None = None,
+        gt_masks: torch.Tensor | None = None,
+        seg_image_index: torch.Tensor | None = None,
+        num_masks_in_window: int | None = None,
+    ) -> CitrusVOutput:
+        """One teacher-forced pass: LM logits, one mask per [SEG] and, given labels, the loss.
+
+        input_ids/attention_mask/labels (B, L); pixel_values (P, 3*2*14*14); image_grid_thw
+        (n_img, 3); sam_images (n_img, 3, S, S); gt_masks (n_seg, 256, 256); seg_image_index
+        (n_seg,). The i-th [SEG] in row-major order pairs with the i-th mask.
+        """
+        seg_positions = input_ids == self.config.tokens.seg_token_id  # (B, L)
+        n_seg = int(seg_positions.sum())
+        self._check_seg_counts(n_seg, gt_masks, seg_image_index, sam_images)
+
+        hidden = self.mllm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            use_cache=False,
+            return_dict=True,
+        ).last_hidden_state  # (B, L, H), after the final RMSNorm
+        logits = self.mllm.lm_head(hidden)  # (B, L, V)
+
+        pred_masks, iou_scores = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index)
+
+        loss = lm_loss = bce = dice = None
+        if labels is not None:
+            lm_loss = lm_cross_entropy(logits, labels)
+            loss = lm_loss
+            if gt_masks is not None and n_seg > 0:
+                factor = mask_window_factor(n_seg, num_masks_in_window)
+                gt = gt_masks.to(pred_masks.dtype)
+                bce = mask_bce(pred_masks, gt) * factor
+                dice = mask_dice(pred_masks, gt, self.config.loss.dice_eps) * factor
+                loss = loss + self.config.loss.bce_weight * bce + self.config.loss.dice_weight * dice
+        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores)
+
+    def _check_seg_counts(
+        self,
+        n_seg: int,
+        gt_masks: torch.Tensor | None,
+        seg_image_index: torch.Tensor | None,
+        sam_images: torch.Tensor | None,
+    ) -> None:
+        # bookkeeping fails loudly: a mismatch is never truncated
+        if gt_masks is not None:
+            if gt_masks.ndim != 3 or tuple(gt_masks.shape[1:]) != (MASK_SIZE, MASK_SIZE):
+                raise ValueError(f"gt_masks must be (n_seg, {MASK_SIZE}, {MASK_SIZE}), got {tuple(gt_masks.shape)}")
+            if gt_masks.shape[0] != n_seg:
+                raise ValueError(
+                    f"[SEG] count mismatch: input_ids hold {n_seg} [SEG] tokens but gt_masks has {gt_masks.shape[0]} masks"
+                )
+        if n_seg == 0:
+            return
+        if sam_images is None or seg_image_index is None:
+            raise ValueError(f"input_ids hold {n_seg} [SEG] tokens but sam_images/seg_image_index were not given")
+        if seg_image_index.shape != (n_seg,):
+            raise ValueError(
+                f"[SEG] count mismatch: input_ids hold {n_seg} [SEG] tokens but seg_image_index has shape "
+                f"{tuple(seg_image_index.shape)}"
+            )
+        n_img = sam_images.shape[0]
+        if int(seg_image_index.min()) < 0 or int(seg_image_index.max()) >= n_img:
+            raise ValueError(f"seg_image_index {seg_image_index.tolist()} points outside the {n_img} sam_images")
+
+    def _segment_from_hidden(
+        self,
+        hidden: torch.Tensor,
+        seg_positions: torch.Tensor,
+        sam_images: torch.Tensor | None,
+        seg_image_index: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        seg_hidden = hidden[seg_positions]  # (n_seg, H), row-major order of the [SEG] tokens
+        if seg_hidden.shape[0] == 0:
+            empty = hidden.new_zeros(0, MASK_SIZE, MASK_SIZE)
+            return empty, hidden.new_zeros(0)
+        assert sam_images is not None and seg_image_index is not None  # checked by _check_seg_counts
+        prompts = self.seg_projector(seg_hidden)  # (n_seg, 256)
+        prompts = scale_grad(prompts, self.config.seg_grad_scale)
+        # encode each referenced image once, however many [SEG] point at it
+        used, per_seg = torch.unique(seg_image_index, return_inverse=True)
+        sam_param = self.segmenter.sam2.no_memory_embedding
+        features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
+        return self.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype))
+
+    @torch.no_grad()
+    def segment(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        sam_images: torch.Tensor,
+        seg_image_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for the [SEG] tokens of prompt + generated ids, from ONE teacher-forced pass.
+
+        Returns mask logits (n_seg, 256, 256) and predicted IoU (n_seg,).
+        """
+        out = self.forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            sam_images=sam_images,
+            seg_image_index=seg_image_index,
+        )
+        return out.pred_masks, out.iou_scores
+
+    def generate(self, *args, **kwargs):  # noqa: ANN002, ANN003 - transformers' own signature
+        """The MLLM's ``generate`` (text only; call ``segment`` afterwards for [SEG] masks)."""
+        return self.mllm.generate(*args, **kwargs)
+
+    # ------------------------------------------------------------- training knobs
+    def set_seg_grad_scale(self, scale: float) -> None:
+        """Stage-3 HookGrad: 0.001 scales the gradient through the projector output; 1.0 is off."""
+        if scale < 0:
+            raise ValueError(f"seg_grad_scale must be >= 0, got {scale}")
+        self.config.seg_grad_scale = float(scale)
+
+    def set_trainable(self, parts: Iterable[str]) -> None:
+        """Train exactly the named parts (see PART_NAMES); freeze every other parameter."""
+        wanted = set(parts)
+        unknown = sorted(wanted - set(PART_NAMES))
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown}; known parts: {list(PART_NAMES)}")
+        for name, param in self.named_parameters():
+            param.requires_grad_(part_of(name) in wanted)
+
+    def trainable_parts(self) -> list[str]:
+        """Parts with at least one trainable parameter, in PART_NAMES order."""
+        on = {part_of(n) for n, p in self.named_parameters() if p.requires_grad}
+        return [p for p in PART_NAMES if p in on]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters (and persistent buffers, e.g. SAM2's positional table) per part."""
+        counts = {part: 0 for part in PART_NAMES}
+        for name, tensor in self.state_dict(keep_vars=True).items():
+            if name == "segmenter.sam2.prompt_encoder.shared_embedding.positional_embedding":
+                continue  # the tied copy of shared_image_embedding's table
+            counts[part_of(name)] += tensor.numel()
+        return counts
+
+    # ------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:
+        from citrus_v.model.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer_file=tokenizer_file)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CitrusV:
+        from citrus_v.model.checkpoint import load_pretrained
+
+        return load_pretrained(directory, device=device)

@@ -1,0 +1,179 @@
+"""The segmentation side: SAM2 with its own image encoder, prompted by projected [SEG] states.
+
+A segmenter is anything with the two-call interface below, so another SAM-family model
+(LiteMedSAM, a SAM-1 decoder without high-resolution features) can replace SAM2 later:
+
+    features = segmenter.encode(sam_images)                 # once per image
+    logits, iou = segmenter.decode(features, image_index, sparse_prompt_embeddings)
+
+The compute is transformers' ``Sam2VideoModel`` (chosen over ``Sam2Model`` because it also
+holds the video-memory modules, so every tensor of the published SAM2 checkpoint has a home).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Sam2VideoConfig, Sam2VideoModel
+
+from citrus_v.config import SegmenterConfig
+
+MASK_SIZE = 256  # every [SEG] yields one MASK_SIZE x MASK_SIZE logit map (the published loss size)
+NO_OBJECT_SCORE = -1024.0  # SAM2's logit for "no object here" when the object-score gate is on
+
+
+@dataclass
+class SegmenterFeatures:
+    """Per-image encoder output, computed once and indexed per [SEG]."""
+
+    image_embeddings: torch.Tensor  # (n_img, C, S/16, S/16), no-memory embedding already added
+    high_resolution_features: list[torch.Tensor]  # [(n_img, C/8, S/4, S/4), (n_img, C/4, S/8, S/8)]
+
+    def select(self, image_index: torch.Tensor) -> SegmenterFeatures:
+        return SegmenterFeatures(
+            self.image_embeddings[image_index], [f[image_index] for f in self.high_resolution_features]
+        )
+
+
+class Segmenter(Protocol):
+    prompt_dim: int
+
+    def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures: ...
+
+    def decode(
+        self, features: SegmenterFeatures, image_index: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def sam2_hf_config(config: SegmenterConfig) -> Sam2VideoConfig:
+    """The transformers config for our SAM2 (SAM2.0 layout: no occlusion or pointer-time embeddings)."""
+    dims = config.embed_dims
+    side = config.image_size
+    backbone = {
+        "model_type": "sam2_hiera_det_model",
+        "hidden_size": config.embed_dim,
+        "num_attention_heads": config.num_heads,
+        "image_size": [side, side],
+        "blocks_per_stage": list(config.blocks_per_stage),
+        "embed_dim_per_stage": dims,
+        "num_attention_heads_per_stage": [config.num_heads * 2**i for i in range(4)],
+        "window_size_per_stage": list(config.window_size_per_stage),
+        "global_attention_blocks": list(config.global_attention_blocks),
+        "window_positional_embedding_background_size": list(config.window_pos_embed_bkg_size),
+    }
+    vision = {
+        "model_type": "sam2_vision_model",
+        "backbone_config": backbone,
+        "backbone_channel_list": dims[::-1],
+        "backbone_feature_sizes": [[side // 4, side // 4], [side // 8, side // 8], [side // 16, side // 16]],
+        "fpn_hidden_size": config.hidden_size,
+    }
+    return Sam2VideoConfig(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": config.hidden_size, "image_size": side, "patch_size": 16},
+        mask_decoder_config={
+            "hidden_size": config.hidden_size,
+            "mlp_dim": config.decoder_mlp_dim,
+            "num_hidden_layers": config.decoder_num_layers,
+            "num_attention_heads": config.decoder_num_heads,
+            "iou_head_hidden_dim": config.hidden_size,
+        },
+        image_size=side,
+        num_maskmem=config.num_maskmem,
+        memory_attention_hidden_size=config.hidden_size,
+        memory_attention_num_layers=config.memory_attention_num_layers,
+        memory_attention_feed_forward_hidden_size=config.memory_attention_ff_dim,
+        memory_attention_rope_feat_sizes=[side // 16, side // 16],
+        memory_encoder_hidden_size=config.hidden_size,
+        memory_encoder_output_channels=config.memory_channels,
+        mask_downsampler_embed_dim=config.hidden_size,
+        memory_fuser_num_layers=config.memory_fuser_num_layers,
+        memory_fuser_embed_dim=config.hidden_size,
+        memory_fuser_intermediate_dim=config.memory_fuser_dim,
+        # the published SAM2 (2.0) has neither of these tensors
+        enable_occlusion_spatial_embedding=False,
+        enable_temporal_pos_encoding_for_object_pointers=False,
+    )
+
+
+class Sam2Segmenter(nn.Module):
+    """SAM2 prompted by language embeddings, as published (no memory, multimask, best IoU)."""
+
+    def __init__(self, config: SegmenterConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.prompt_dim = config.hidden_size
+        self.sam2 = Sam2VideoModel(sam2_hf_config(config))
+        # SAM2 uses ONE random-Fourier positional table for points and for the dense image PE
+        # (sam_prompt_encoder.pe_layer); transformers keeps two copies, so we tie them.
+        self.sam2.prompt_encoder.shared_embedding = self.sam2.shared_image_embedding
+
+    def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures:
+        """sam_images (n_img, 3, S, S), normalised -> features of every image."""
+        side = self.config.image_size
+        if sam_images.ndim != 4 or tuple(sam_images.shape[1:]) != (3, side, side):
+            raise ValueError(f"sam_images must be (n_img, 3, {side}, {side}), got {tuple(sam_images.shape)}")
+        out = self.sam2.vision_encoder(sam_images, return_dict=True)
+        s4, s8, s16 = out.fpn_hidden_states  # high -> low resolution, each (n_img, C, h, w)
+        decoder = self.sam2.mask_decoder
+        # no memory attention for single images: SAM2 adds the learned no-memory embedding to
+        # the lowest-resolution map instead
+        no_mem = self.sam2.no_memory_embedding.view(1, -1, 1, 1)  # (1, C, 1, 1)
+        return SegmenterFeatures(s16 + no_mem, [decoder.conv_s0(s4), decoder.conv_s1(s8)])
+
+    def decode(
+        self, features: SegmenterFeatures, image_index: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask per prompt.
+
+        image_index (n_seg,) picks each prompt's image; sparse_prompt_embeddings (n_seg, 1, C)
+        are the projected [SEG] states. Returns logits (n_seg, 256, 256) and the predicted IoU
+        of the chosen candidate (n_seg,).
+        """
+        n_seg = sparse_prompt_embeddings.shape[0]
+        if sparse_prompt_embeddings.shape[1:] != (1, self.prompt_dim):
+            raise ValueError(
+                f"sparse_prompt_embeddings must be (n_seg, 1, {self.prompt_dim}), "
+                f"got {tuple(sparse_prompt_embeddings.shape)}"
+            )
+        if image_index.shape != (n_seg,):
+            raise ValueError(f"image_index must be ({n_seg},), got {tuple(image_index.shape)}")
+        if n_seg == 0:
+            empty = sparse_prompt_embeddings.new_zeros(0, MASK_SIZE, MASK_SIZE)
+            return empty, sparse_prompt_embeddings.new_zeros(0)
+        feats = features.select(image_index)
+        device, dtype = sparse_prompt_embeddings.device, feats.image_embeddings.dtype
+        # SAM2 with no user points: one empty point labelled -1 (the prompt encoder pads a
+        # second, as the original does), then the language embedding appended after them
+        points = torch.zeros(n_seg, 1, 1, 2, device=device, dtype=dtype)  # (n_seg, 1 prompt set, 1 point, xy)
+        labels = -torch.ones(n_seg, 1, 1, device=device, dtype=torch.long)
+        sparse, dense = self.sam2.prompt_encoder(points, labels, None, None)  # (n_seg,1,2,C), (n_seg,C,h,w)
+        sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)
+        image_pe = self.sam2.get_image_wide_positional_embeddings().expand(n_seg, -1, -1, -1)
+        masks, iou, _, object_logits = self.sam2.mask_decoder(
+            image_embeddings=feats.image_embeddings,
+            image_positional_embeddings=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            high_resolution_features=feats.high_resolution_features,
+        )
+        masks, iou = masks[:, 0], iou[:, 0]  # (n_seg, 3, S/4, S/4), (n_seg, 3)
+        if self.config.object_score_gate:
+            present = object_logits[:, 0] > 0  # (n_seg, 1)
+            masks = torch.where(present[:, :, None, None], masks, torch.full_like(masks, NO_OBJECT_SCORE))
+        best = iou.argmax(dim=-1)  # (n_seg,)
+        rows = torch.arange(n_seg, device=masks.device)
+        logits, best_iou = masks[rows, best], iou[rows, best]  # (n_seg, S/4, S/4), (n_seg,)
+        if logits.shape[-1] != MASK_SIZE:  # smaller SAM inputs (tiny) are brought to the loss size
+            logits = F.interpolate(logits[:, None], size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)
+            logits = logits[:, 0]
+        return logits, best_iou
+
+
+def build_segmenter(config: SegmenterConfig) -> Sam2Segmenter:
+    return Sam2Segmenter(config)
