@@ -1,0 +1,285 @@
+"""Run a predictor over records, score each by its task, aggregate overall and per modality.
+
+Routing (``Record.task``; when absent: records with masks are segmentation, with objects
+detection, anything else is left unscored and counted):
+
+| task          | prediction            | ground truth                       | per-sample scores   |
+|---------------|-----------------------|------------------------------------|---------------------|
+| vqa_closed    | ``answer``            | last assistant message's answer    | closed choice match |
+| vqa_open      | ``answer``            | same                               | token recall, F1    |
+| cot           | ``answer``            | text inside ``<answer>``; scored as vqa_closed when that is a yes/no or option letter, else as vqa_open |
+| detection     | ``boxes`` (orig. px)  | ``objects.bbox`` (orig. px)        | first-box hit       |
+| segmentation  | ``masks`` (bool HxW)  | ``masks`` PNGs, nonzero = fg       | Dice per mask       |
+| report        | ``answer``            | last assistant message             | ROUGE-L             |
+| document      | ``answer``            | last assistant message             | ANLS, exact         |
+| caption, text | not scored            |                                    |                     |
+
+Segmentation pairs the i-th ground-truth mask with the i-th predicted mask; a missing
+prediction counts as an empty mask (Dice 0 unless the truth is empty too), extra predicted
+masks are not scored (their count is kept in predictions.jsonl).
+
+The predictor is called as ``predict(images, prompt)`` with ``images`` the record's image
+paths resolved against ``base_dir`` and ``prompt`` the last user message before the last
+assistant message, ``<image>`` placeholders removed (the predictor places the images).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from citrus_v.data.schema import IMAGE_PLACEHOLDER, Record, resolve
+from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
+from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
+from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer
+from citrus_v.infer.types import Prediction
+
+# the keys eval.json always has, in table order, with how each is aggregated
+METRIC_KEYS: dict[str, str] = {
+    "vqa_closed_acc": "mean over samples",
+    "vqa_open_recall": "mean over samples",
+    "vqa_open_f1": "mean over samples",
+    "det_p50": "mean over samples with >=1 GT box (first predicted box, IoU>=0.5 with any GT box)",
+    "det_map": "micro over boxes, COCO AP@[.5:.95], class-agnostic",
+    "det_map50": "micro over boxes, COCO AP@.5, class-agnostic",
+    "seg_dice_mean": "mean over masks (one per [SEG])",
+    "seg_dice_median": "median over masks (one per [SEG])",
+    "report_bleu4": "corpus BLEU-4 over samples",
+    "report_rougeL": "mean over samples (ROUGE-L F)",
+    "report_cider": "mean over samples (CIDEr-D, corpus idf)",
+    "doc_anls": "mean over samples (ANLS, threshold 0.5)",
+    "doc_exact": "mean over samples (normalised exact match)",
+}
+SCORED_TASKS = ("vqa_closed", "vqa_open", "detection", "segmentation", "report", "document")
+
+
+class PredictorLike(Protocol):
+    def predict(self, images: list[str], prompt: str) -> Prediction: ...
+
+
+@dataclass
+class SampleResult:
+    """One record's prediction and scores, as written to predictions.jsonl."""
+
+    index: int
+    task: str  # what it was scored as (one of SCORED_TASKS) or "unscored"
+    modality: str
+    prompt: str
+    reference: str
+    answer: str
+    scores: dict[str, float] = field(default_factory=dict)  # per-sample metric values
+    dice: list[float] = field(default_factory=list)  # one per ground-truth mask
+    pred_boxes: list[list[float]] = field(default_factory=list)
+    gt_boxes: list[list[float]] = field(default_factory=list)
+    num_pred_masks: int = 0
+    note: str | None = None
+
+
+@dataclass
+class EvalResult:
+    samples: list[SampleResult]
+    metrics: dict[str, Aggregate]
+    per_modality: dict[str, dict[str, Aggregate]]
+    counts: dict[str, int]
+
+    def to_json(self) -> dict:
+        out: dict = {k: a.to_dict() for k, a in self.metrics.items()}
+        out["per_modality"] = {m: {k: a.to_dict() for k, a in ms.items()} for m, ms in self.per_modality.items()}
+        out["counts"] = dict(self.counts)
+        out["units"] = "fractions in [0, 1], except report_cider (CIDEr-D scale, x10)"
+        return out
+
+
+# --- reading a record ------------------------------------------------------------------------
+def task_of(rec: Record) -> str | None:
+    if rec.task is not None:
+        return rec.task
+    if rec.masks:
+        return "segmentation"
+    if rec.objects is not None:
+        return "detection"
+    return None
+
+
+def prompt_of(rec: Record) -> str:
+    last_assistant = max(i for i, m in enumerate(rec.messages) if m.role == "assistant")
+    users = [m.content for m in rec.messages[:last_assistant] if m.role == "user"]
+    return users[-1].replace(IMAGE_PLACEHOLDER, "").strip() if users else ""
+
+
+def reference_of(rec: Record) -> str:
+    """The last assistant message; for chain-of-thought, the text inside ``<answer>``."""
+    text = [m.content for m in rec.messages if m.role == "assistant"][-1]
+    return split_think_answer(text).answer
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """A ground-truth mask file as bool (H, W); nonzero in any channel is foreground."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"ground-truth mask {path} does not exist")
+    arr = np.asarray(Image.open(path))
+    return (arr != 0).any(axis=-1) if arr.ndim == 3 else arr != 0  # (H, W, C) -> (H, W)
+
+
+# --- scoring one record ----------------------------------------------------------------------
+def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path) -> SampleResult:
+    task = task_of(rec)
+    reference = reference_of(rec)
+    if task == "cot":
+        task = "vqa_closed" if is_closed_reference(reference) else "vqa_open"
+    s = SampleResult(index=index, task=task if task in SCORED_TASKS else "unscored",
+                     modality=rec.modality or UNKNOWN_GROUP, prompt=prompt_of(rec), reference=reference,
+                     answer=pred.answer, num_pred_masks=len(pred.masks),
+                     pred_boxes=[[float(v) for v in b.bbox] for b in pred.boxes])
+    if s.task == "vqa_closed":
+        s.scores["correct"] = closed_answer_correct(pred.answer, reference)
+    elif s.task == "vqa_open":
+        s.scores["recall"] = vqa.token_recall(pred.answer, reference)
+        s.scores["f1"] = vqa.token_f1(pred.answer, reference)
+    elif s.task == "detection":
+        s.gt_boxes = [list(map(float, b)) for b in (rec.objects.bbox if rec.objects else [])]
+        if s.gt_boxes:
+            s.scores["p50_hit"] = float(detection.first_box_hit(s.pred_boxes, s.gt_boxes))
+        else:
+            s.note = "no ground-truth box: left out of det_p50"
+    elif s.task == "segmentation":
+        s.dice = _score_masks(index, rec, pred, base_dir)
+    elif s.task == "report":
+        s.answer = _report_text(pred)
+        s.scores["rougeL"] = report.rouge_l(s.answer, reference)
+    elif s.task == "document":
+        s.scores["anls"] = document.anls(pred.answer, reference)
+        s.scores["exact"] = document.field_exact(pred.answer, reference)
+    else:
+        s.note = f"task {task!r} is not scored"
+    return s
+
+
+def _report_text(pred: Prediction) -> str:
+    """The answer text; when the predictor gave only a structured report, its two parts."""
+    if pred.answer.strip() or pred.report is None:
+        return pred.answer
+    return f"Findings: {pred.report.findings} Impression: {pred.report.impression}"
+
+
+def _score_masks(index: int, rec: Record, pred: Prediction, base_dir: str | Path) -> list[float]:
+    out = []
+    for i, rel in enumerate(rec.masks):
+        gt = load_mask(resolve(rel, base_dir))
+        if i < len(pred.masks):
+            pm = np.asarray(pred.masks[i].mask)
+            if pm.shape != gt.shape:
+                raise ValueError(f"record {index}: predicted mask {i} has shape {pm.shape} but ground truth "
+                                 f"{rel} has {gt.shape}; masks must be at the original image size")
+        else:
+            pm = np.zeros_like(gt)  # no prediction for this [SEG]: an empty mask
+        out.append(segmentation.dice(pm, gt))
+    return out
+
+
+# --- aggregating ---------------------------------------------------------------------------
+def _mean_of(samples: Sequence[SampleResult], task: str, score: str, key: str) -> Aggregate:
+    acc = ScoreAccumulator()
+    for s in samples:
+        if s.task == task and score in s.scores:
+            acc.append(s.scores[score])
+    return Aggregate(acc.mean().value, len(acc), METRIC_KEYS[key])
+
+
+def summarize(samples: Sequence[SampleResult]) -> dict[str, Aggregate]:
+    """Every key of ``METRIC_KEYS`` computed over ``samples`` (value None, n 0 when absent)."""
+    m: dict[str, Aggregate] = {}
+    m["vqa_closed_acc"] = _mean_of(samples, "vqa_closed", "correct", "vqa_closed_acc")
+    m["vqa_open_recall"] = _mean_of(samples, "vqa_open", "recall", "vqa_open_recall")
+    m["vqa_open_f1"] = _mean_of(samples, "vqa_open", "f1", "vqa_open_f1")
+    m["det_p50"] = _mean_of(samples, "detection", "p50_hit", "det_p50")
+
+    det = [(s.pred_boxes, s.gt_boxes) for s in samples if s.task == "detection"]
+    coco = detection.coco_map(det) if det else None
+    n_gt = coco.num_gt if coco else 0
+    m["det_map"] = Aggregate(coco.map if coco else None, n_gt, METRIC_KEYS["det_map"])
+    m["det_map50"] = Aggregate(coco.map50 if coco else None, n_gt, METRIC_KEYS["det_map50"])
+
+    dice = ScoreAccumulator()
+    for s in samples:
+        for d in s.dice:
+            dice.append(d)
+    m["seg_dice_mean"] = Aggregate(dice.mean().value, len(dice), METRIC_KEYS["seg_dice_mean"])
+    m["seg_dice_median"] = Aggregate(dice.median().value, len(dice), METRIC_KEYS["seg_dice_median"])
+
+    reps = [s for s in samples if s.task == "report"]
+    preds, refs = [s.answer for s in reps], [s.reference for s in reps]
+    b4, n_b4 = report.bleu4(preds, refs) if reps else (None, 0)
+    cd, n_cd = report.cider(preds, refs) if reps else (None, 0)
+    m["report_bleu4"] = Aggregate(b4, n_b4, METRIC_KEYS["report_bleu4"])
+    m["report_rougeL"] = _mean_of(samples, "report", "rougeL", "report_rougeL")
+    m["report_cider"] = Aggregate(cd, n_cd, METRIC_KEYS["report_cider"])
+
+    m["doc_anls"] = _mean_of(samples, "document", "anls", "doc_anls")
+    m["doc_exact"] = _mean_of(samples, "document", "exact", "doc_exact")
+    assert list(m) == list(METRIC_KEYS), "summarize and METRIC_KEYS must list the same keys"
+    return m
+
+
+def aggregate(samples: Sequence[SampleResult]) -> EvalResult:
+    modalities = sorted({s.modality for s in samples})
+    counts = {"records": len(samples), "unscored": sum(s.task == "unscored" for s in samples),
+              "det_without_gt": sum(s.task == "detection" and not s.gt_boxes for s in samples)}
+    counts.update({f"scored_{t}": sum(s.task == t for s in samples) for t in SCORED_TASKS})
+    return EvalResult(samples=list(samples), metrics=summarize(samples),
+                      per_modality={mod: summarize([s for s in samples if s.modality == mod]) for mod in modalities},
+                      counts=counts)
+
+
+def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str | Path, *,
+             limit: int | None = None, progress: bool = True) -> EvalResult:
+    """Predict every record (the first ``limit`` when given), score it, aggregate."""
+    from tqdm.auto import tqdm
+
+    records = list(records)[:limit] if limit is not None else list(records)
+    samples = []
+    for i, rec in enumerate(tqdm(records, desc="citrus-v eval", unit="record", disable=not progress)):
+        images = [str(resolve(p, base_dir)) for p in rec.images]
+        pred = predictor.predict(images, prompt_of(rec))
+        samples.append(score_record(i, rec, pred, base_dir))
+    return aggregate(samples)
+
+
+# --- writing ---------------------------------------------------------------------------------
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def to_markdown(result: EvalResult, *, title: str = "citrus-v evaluation") -> str:
+    lines = [f"# {title}", "", f"{result.counts['records']} records; {result.counts['unscored']} not scored. "
+             "Values are fractions in [0, 1] except CIDEr; n is the number of items aggregated.", "",
+             "| metric | value | n | aggregation |", "|---|---|---|---|"]
+    lines += [f"| {k} | {_fmt(a.value)} | {a.n} | {a.aggregation} |" for k, a in result.metrics.items()]
+    lines += ["", "## Per modality", "", "| modality | metric | value | n | aggregation |", "|---|---|---|---|---|"]
+    for mod, ms in result.per_modality.items():
+        lines += [f"| {mod} | {k} | {_fmt(a.value)} | {a.n} | {a.aggregation} |" for k, a in ms.items() if a.n]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: EvalResult, out_dir: str | Path, *, meta: dict | None = None) -> dict[str, Path]:
+    """Write eval.json, eval.md and predictions.jsonl into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "eval.json", "md": out / "eval.md", "predictions": out / "predictions.jsonl"}
+    payload = result.to_json()
+    if meta:
+        payload["meta"] = meta
+    paths["json"].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    paths["md"].write_text(to_markdown(result), encoding="utf-8")
+    with paths["predictions"].open("w", encoding="utf-8") as fh:
+        for s in result.samples:
+            fh.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+    return paths
