@@ -1,0 +1,231 @@
+"""Single DICOM files: pixels in modality units (HU for CT), photometric handling, display.
+
+``read_dicom`` decodes every transfer syntax that pydicom's installed plugins handle (raw,
+RLE, deflate, JPEG baseline/extended via Pillow, JPEG 2000 via pylibjpeg-openjpeg). Anything
+else, or a damaged file, raises ``MedicalIOError`` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from citrus_v.data.windowing import (
+    DEFAULT_CT_WINDOW,
+    WINDOW_PRESETS,
+    MedicalIOError,
+    Window,
+    apply_window,
+    gray_to_rgb,
+    percentile_scale,
+    resolve_window,
+)
+
+# header fields worth carrying along (no patient identifiers)
+_META_TAGS = (
+    "Modality",
+    "BodyPartExamined",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceThickness",
+    "Manufacturer",
+    "SeriesDescription",
+)
+
+
+@dataclass
+class DicomImage:
+    """One decoded DICOM file.
+
+    ``pixels``: float32, ``(F, H, W)`` for monochrome in modality units (rescale slope/intercept or
+    the modality LUT applied: Hounsfield units for CT), or ``(F, H, W, 3)`` RGB 0..255 for colour.
+    ``F`` is the number of frames (1 for a single-frame file). Values of a MONOCHROME1 file are left
+    as stored (physical); only the display is inverted.
+    """
+
+    path: str
+    pixels: np.ndarray
+    photometric: str
+    modality: str | None
+    spacing: tuple[float, float] | None  # (row spacing, column spacing) in mm
+    file_window: tuple[float, float] | None  # first (center, width) of the file's VOI module
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _voi_lut: Any = field(default=None, repr=False)  # the file's VOI LUT sequence item, if any
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def is_color(self) -> bool:
+        return self.pixels.ndim == 4
+
+    @property
+    def hu(self) -> np.ndarray:
+        """Frame 0 in modality units, ``(H, W)``; only for monochrome files."""
+        if self.is_color:
+            raise MedicalIOError(self.path, "a colour image has no modality units")
+        return self.pixels[0]
+
+    def display(self, frame: int = 0, window: Window = None) -> np.ndarray:
+        """An ``(H, W, 3)`` uint8 RGB image of one frame.
+
+        Window rule for monochrome: an explicit ``window`` (preset name, ``(center, width)`` or
+        ``"percentile"``) wins; else the file's VOI LUT, else the file's window center/width;
+        else CT gets the soft-tissue window (W400/L40) and everything else 1-99 percentile scaling.
+        MONOCHROME1 is inverted after windowing so bright means dense, as on a monochrome2 screen.
+        """
+        if not -self.num_frames <= frame < self.num_frames:
+            raise MedicalIOError(self.path, f"frame {frame} out of range: the file has {self.num_frames} frame(s)")
+        img = self.pixels[frame]
+        if self.is_color:
+            return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        if window is not None:
+            cw = resolve_window(window)
+            gray = percentile_scale(img) if cw is None else apply_window(img, *cw)
+        elif self._voi_lut is not None:
+            gray = _apply_lut_item(img, self._voi_lut)
+        elif self.file_window is not None:
+            gray = apply_window(img, *self.file_window)
+        elif self.modality == "CT":
+            gray = apply_window(img, *WINDOW_PRESETS[DEFAULT_CT_WINDOW])
+        else:
+            gray = percentile_scale(img)
+        if self.photometric == "MONOCHROME1":
+            gray = 255 - gray
+        return gray_to_rgb(gray)
+
+
+def _apply_lut_item(values: np.ndarray, item: Any) -> np.ndarray:
+    """Apply one VOI LUT sequence item (descriptor: entries, first mapped value, bits) -> uint8."""
+    n_entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    n_entries = n_entries or 65536  # 0 means 2**16 entries (PS3.3 C.11.2.1.1)
+    lut = np.asarray(item.LUTData, dtype=np.float32).reshape(-1)[:n_entries]
+    idx = np.clip(np.rint(values).astype(np.int64) - first, 0, len(lut) - 1)
+    top = float(lut.max()) if lut.max() > 0 else float(2**bits - 1)
+    return np.clip(np.rint(lut[idx] / top * 255.0), 0, 255).astype(np.uint8)
+
+
+def _first_window(ds: Any) -> tuple[float, float] | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    # multi-valued windows: the first is the one the modality proposes as default
+    wc, ww = _first_value(ds.WindowCenter), _first_value(ds.WindowWidth)
+    return (wc, ww) if ww >= 1 else None
+
+
+def _first_value(v: Any) -> float:
+    from pydicom.multival import MultiValue
+
+    return float(v[0]) if isinstance(v, (MultiValue, list, tuple)) else float(v)
+
+
+def dcmread(path: str | Path, *, stop_before_pixels: bool = False) -> Any:
+    """pydicom.dcmread that raises MedicalIOError (file named) instead of pydicom's errors."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = Path(path)
+    if not p.is_file():
+        raise MedicalIOError(p, "no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about harmless header quirks
+            return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as err:
+        raise MedicalIOError(p, f"not a DICOM file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - any parse failure is a bad file, reported as such
+        raise MedicalIOError(p, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+
+
+def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
+    """The raw stored pixel array (colour converted to RGB), or MedicalIOError."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise MedicalIOError(path, f"has no pixel data (SOP class {ds.get('SOPClassUID', '?')}, modality {ds.get('Modality', '?')})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - decoder plugins raise many types; all mean "cannot decode"
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        ts_name = getattr(ts, "name", str(ts))
+        msg = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if isinstance(err, (RuntimeError, NotImplementedError)):
+            raise MedicalIOError(path, f"cannot decode transfer syntax '{ts_name}' with the installed decoders: {msg}") from None
+        raise MedicalIOError(path, f"corrupt or truncated pixel data ({ts_name}): {msg}") from None
+
+
+def _spacing(ds: Any) -> tuple[float, float] | None:
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        if tag in ds and ds.get(tag) is not None and len(ds.get(tag)) == 2:
+            return float(ds.get(tag)[0]), float(ds.get(tag)[1])
+    return None
+
+
+def read_dicom(path: str | Path) -> DicomImage:
+    """Read and decode one DICOM file into modality units. See ``DicomImage``."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    ds = dcmread(path)
+    raw = decode_pixels(ds, path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    try:
+        if photometric == "PALETTE COLOR":
+            rgb = apply_color_lut(raw, ds)
+            # 16-bit palette entries are scaled to 8 bits
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+            pixels = rgb.astype(np.float32) / (257.0 if bits == 16 else 1.0)
+            samples = 3
+        elif samples == 3:
+            pixels = raw.astype(np.float32)
+            if raw.dtype.itemsize > 1:  # 16/32-bit colour (e.g. RLE 16 bit): scale to 0..255
+                pixels = pixels / float(2 ** int(ds.BitsStored) - 1) * 255.0
+        else:
+            pixels = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    except MedicalIOError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a LUT that does not fit the data is a bad file
+        raise MedicalIOError(path, f"cannot apply the modality/colour LUT: {err}") from None
+    # normalise to a leading frame axis: (F, H, W) or (F, H, W, 3)
+    per_frame_ndim = 3 if samples == 3 else 2
+    if pixels.ndim == per_frame_ndim:
+        pixels = pixels[None]
+    if pixels.shape[0] != n_frames and n_frames > 1:
+        raise MedicalIOError(path, f"NumberOfFrames={n_frames} but decoded {pixels.shape[0]} frames")
+    voi_item = None
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0 and samples == 1:
+        voi_item = ds.VOILUTSequence[0]
+    metadata = {tag: _plain(ds.get(tag)) for tag in _META_TAGS if tag in ds}
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    metadata["TransferSyntax"] = getattr(ts, "name", None)
+    return DicomImage(
+        path=str(path),
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        photometric=photometric if samples == 1 else "RGB",
+        modality=str(ds.get("Modality")) if ds.get("Modality") else None,
+        spacing=_spacing(ds),
+        file_window=_first_window(ds) if samples == 1 else None,
+        metadata=metadata,
+        _voi_lut=voi_item,
+    )
+
+
+def _plain(v: Any) -> Any:
+    """pydicom values -> JSON-friendly Python values."""
+    if v is None or isinstance(v, (int, float, str)):
+        return v
+    if hasattr(v, "__iter__") and not isinstance(v, (bytes, str)):
+        return [_plain(x) for x in v]
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
