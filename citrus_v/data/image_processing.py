@@ -1,0 +1,177 @@
+"""Images into the two encoders: Qwen2-VL patches (smart resize) and SAM2's square input.
+
+No torchvision: transformers' ``Qwen2VLImageProcessorPil`` (the PIL/numpy backend) does the
+Qwen side; the SAM2 side is a stretch, /255 and ImageNet normalisation written here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+# The PIL module, not image_processing_qwen2_vl: that one imports torchvision at module level.
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SAM2's normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MASK_SIZE = 256  # SAM2's low-resolution mask logits; ground truth is compared at this size
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """How images are sized for the Qwen ViT and for SAM2.
+
+    ``patch_size``, ``merge_size`` and ``temporal_patch_size`` must match the model's vision
+    config (``CitrusVConfig.vision``); ``sam_image_size`` its segmenter input size.
+    """
+
+    min_pixels: int = 112 * 112
+    max_pixels: int = 224 * 224
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    sam_image_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size", "sam_image_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"ImageConfig.{name} must be a positive int, got {v!r}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"ImageConfig.min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        if self.max_pixels < self.factor**2:
+            raise ValueError(f"ImageConfig.max_pixels {self.max_pixels} < one merged patch ({self.factor}^2)")
+
+    @property
+    def factor(self) -> int:
+        """Resized sides are multiples of this (28 for Qwen2.5-VL)."""
+        return self.patch_size * self.merge_size
+
+    @classmethod
+    def tiny(cls) -> ImageConfig:
+        """Small images for the tiny default: 16..64 image tokens each."""
+        return cls(min_pixels=112 * 112, max_pixels=224 * 224, sam_image_size=256)
+
+    @classmethod
+    def published(cls) -> ImageConfig:
+        """Citrus-V's published training range (256..1280 image tokens) and SAM2-L's 1024 input."""
+        return cls(min_pixels=200704, max_pixels=1003520, sam_image_size=1024)
+
+
+def to_rgb_array(image: ImageInput) -> np.ndarray:
+    """Any accepted image -> (H, W, 3) uint8.
+
+    Paths go through ``citrus_v.data.medical_io.load_image`` (DICOM, NIfTI, PNG/JPEG...). Grey images are repeated to 3 channels; float images are taken as 0..1 if their
+    maximum is <= 1, else 0..255 (and clipped).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        arr = _load_path(Path(image))
+    elif isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGB"))
+    elif isinstance(image, np.ndarray):
+        arr = image
+    else:
+        raise TypeError(f"image must be a path, numpy array or PIL image, got {type(image).__name__}")
+    return _as_rgb_uint8(arr)
+
+
+def _load_path(path: Path) -> np.ndarray:
+    # DICOM (windowed), NIfTI (one axial slice), PNG/JPEG/TIFF; errors name the file.
+    from citrus_v.data.medical_io import load_image
+
+    return load_image(path)
+
+
+def _as_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)  # (H, W) -> (H, W, 3)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float64)
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        arr = np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+class ImageProcessor:
+    """Qwen2-VL patches + SAM2 input for a list of RGB images."""
+
+    def __init__(self, cfg: ImageConfig):
+        self.cfg = cfg
+        self._qwen = Qwen2VLImageProcessorPil(
+            size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels},
+            patch_size=cfg.patch_size,
+            merge_size=cfg.merge_size,
+            temporal_patch_size=cfg.temporal_patch_size,
+        )
+
+    def resized_hw(self, height: int, width: int) -> tuple[int, int]:
+        """The smart-resized (height, width) the ViT sees: multiples of ``cfg.factor`` in range."""
+        return smart_resize(height, width, factor=self.cfg.factor, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
+
+    def num_image_tokens(self, grid_thw: torch.Tensor) -> int:
+        """``<|image_pad|>`` tokens for one image: t*h*w / merge^2."""
+        t, h, w = (int(v) for v in grid_thw)
+        return t * h * w // (self.cfg.merge_size**2)
+
+    def qwen(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> pixel_values (P, 3*T*p*p) float32, image_grid_thw (n_img, 3) long."""
+        if not images:
+            raise ValueError("qwen() needs at least one image")
+        out = self._qwen(images=images, return_tensors="pt")
+        grid = out["image_grid_thw"].long()
+        for i, (img, g) in enumerate(zip(images, grid)):
+            expect = self.resized_hw(img.shape[0], img.shape[1])
+            got = (int(g[1]) * self.cfg.patch_size, int(g[2]) * self.cfg.patch_size)
+            if got != expect:  # our box mapping relies on this being the processor's size
+                raise RuntimeError(f"image {i}: processor resized to {got}, smart_resize says {expect}")
+        return out["pixel_values"].float(), grid
+
+    def sam(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, S, S) float: stretched to S x S (aspect not kept), /255, ImageNet."""
+        return sam_preprocess(image, self.cfg.sam_image_size)
+
+
+def sam_preprocess(image: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32, bilinear stretch, /255, ImageNet mean/std."""
+    rgb = _as_rgb_uint8(image)
+    stretched = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(stretched, dtype=np.float32) / 255.0)  # (S, S, 3)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+    return ((x - mean) / std).permute(2, 0, 1).contiguous()  # (3, S, S)
+
+
+def load_mask(mask: ImageInput, size: int = MASK_SIZE) -> torch.Tensor:
+    """A mask (path, array or PIL) -> (size, size) float32 in {0, 1}: nonzero is foreground, nearest resize."""
+    if isinstance(mask, (str, os.PathLike)):
+        path = Path(mask)
+        if not path.is_file():
+            raise FileNotFoundError(f"mask file not found: {path}")
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    elif isinstance(mask, Image.Image):
+        arr = np.asarray(mask)
+    elif isinstance(mask, np.ndarray):
+        arr = mask
+    else:
+        raise TypeError(f"mask must be a path, numpy array or PIL image, got {type(mask).__name__}")
+    if arr.ndim == 3:
+        arr = arr.max(axis=-1)  # colour masks: any channel set is foreground
+    if arr.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {arr.shape}")
+    binary = Image.fromarray((arr > 0).astype(np.uint8) * 255)
+    resized = np.asarray(binary.resize((size, size), Image.NEAREST))
+    return torch.from_numpy((resized > 0).astype(np.float32))
