@@ -1,0 +1,77 @@
+"""Read-out helpers on hand-written text and hand-checkable logits."""
+
+import numpy as np
+import pytest
+import torch
+
+from citrus_v.infer.generation import GenerationSettings
+from citrus_v.infer.masks import logits_to_masks
+from citrus_v.infer.text import parse_report, split_reasoning, strip_box_markup, strip_control_tokens
+from citrus_v.infer.types import Box
+
+
+def test_split_reasoning_think_answer_and_control_tokens():
+    text = "<think>A round opacity in the right lobe.</think><answer>Yes</answer><|im_end|>"
+    assert split_reasoning(text) == ("A round opacity in the right lobe.", "Yes")
+
+
+def test_split_reasoning_without_tags_keeps_seg():
+    assert split_reasoning("Sure, it is [SEG].<|im_end|><|endoftext|>") == (None, "Sure, it is [SEG].")
+
+
+def test_split_reasoning_unclosed_think_has_no_answer():
+    reasoning, answer = split_reasoning("<think>still thinking about")
+    assert reasoning == "still thinking about" and answer == ""
+
+
+def test_strip_control_tokens_keeps_box_markup():
+    text = "<|vision_start|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|>"
+    assert strip_control_tokens(text) == "<|box_start|>(1,2),(3,4)<|box_end|>"
+
+
+def test_report_with_cited_boxes_and_markup_removed():
+    boxes = [Box([1, 2, 3, 4], "heart")]
+    answer = 'Findings: The heart ```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "heart"}]\n``` is normal. Impression: No acute disease.'
+    report = parse_report(answer, boxes)
+    assert report.findings == "The heart is normal."
+    assert report.impression == "No acute disease."
+    assert report.boxes == boxes
+    assert report.to_dict()["boxes"] == [{"bbox": [1.0, 2.0, 3.0, 4.0], "label": "heart"}]
+
+
+def test_no_report_without_headings():
+    assert parse_report("The liver is enlarged.", []) is None
+
+
+def test_strip_box_markup_all_forms():
+    assert strip_box_markup("a <bbox>[1,2,3,4]</bbox> b <|box_start|>(1,2),(3,4)<|box_end|> c") == "a b c"
+
+
+def test_logits_to_masks_upsamples_then_thresholds():
+    # left half positive, right half negative: at 2x width the boundary stays in the middle
+    logits = torch.tensor([[[5.0, -5.0], [5.0, -5.0]]])  # (1, 2, 2)
+    masks = logits_to_masks(logits, (3, 4))
+    assert masks.shape == (1, 3, 4) and masks.dtype == bool
+    np.testing.assert_array_equal(masks[0], np.array([[1, 1, 0, 0]] * 3, dtype=bool))
+
+
+def test_logits_to_masks_empty_and_bad_shape():
+    assert logits_to_masks(torch.zeros(0, 8, 8), (5, 7)).shape == (0, 5, 7)
+    with pytest.raises(ValueError, match=r"\(n, h, w\)"):
+        logits_to_masks(torch.zeros(8, 8), (5, 7))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("max_new_tokens", 0), ("temperature", 0.0), ("top_p", 1.5), ("top_k", -1)],
+)
+def test_generation_settings_validate(field, value):
+    with pytest.raises(ValueError, match=f"GenerationSettings.{field}"):
+        GenerationSettings(**{field: value})
+
+
+def test_greedy_kwargs_neutralise_sampling_knobs():
+    kw = GenerationSettings(temperature=0.3).generate_kwargs(eos_token_id=2, pad_token_id=0)
+    assert kw["do_sample"] is False and kw["temperature"] is None and kw["use_cache"] is True
+    kw = GenerationSettings(do_sample=True, temperature=0.3, top_k=5).generate_kwargs(2, 0)
+    assert kw["temperature"] == 0.3 and kw["top_k"] == 5
