@@ -53,7 +53,7 @@ def split_think_answer(text: str) -> SplitText:
 # --- closed questions ---------------------------------------------------------------------
 _YES_NO = {"yes", "no"}
 # a lone option letter: "B", "(B)", "B.", "B)", "B:" at the start, followed by text or nothing
-_LEADING_LETTER = re.compile(r"^\s*\(?([A-J])(?:\)|\.|:|\s*$)")
+_LEADING_LETTER = re.compile(r"^\s*\(?([A-Ja-j])(?:\)|\.|:|\s*$)")
 # "answer is B", "answer: (B)", "option B", "choice: b"
 _NAMED_LETTER = re.compile(r"\b(?:answer(?:\s+is)?|option|choice)\s*[:：]?\s*\(?([A-Ja-j])\b\)?", re.I)
 

@@ -1,0 +1,67 @@
+"""Model text -> reasoning/answer, closed choices, [SEG] count, report sections."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from citrus_v.eval import parsing
+from citrus_v.eval.parsing import SplitText
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("<think>opacity in RLL</think>\n<answer>Pneumonia.</answer>", SplitText("opacity in RLL", "Pneumonia.")),
+        ("<think>a</think> then yes", SplitText("a", "then yes")),  # no <answer>: text after </think>
+        ("<answer>yes", SplitText(None, "yes")),  # unclosed <answer> runs to the end
+        ("<think>still thinking", SplitText("still thinking", "")),  # stopped mid-thought
+        ("plain answer", SplitText(None, "plain answer")),
+        ("<THINK>x</THINK><Answer>B</Answer>", SplitText("x", "B")),  # tags are case-insensitive
+    ],
+)
+def test_split_think_answer(text, want):
+    assert parsing.split_think_answer(text) == want
+
+
+@pytest.mark.parametrize(
+    "pred, ref, want",
+    [
+        ("Yes, there is a fracture.", "yes", 1.0),
+        ("No", "Yes", 0.0),
+        ("I cannot tell.", "no", 0.0),  # no choice made
+        ("There is no, yes", "no", 1.0),  # the FIRST yes/no word decides
+        ("(B) pleural effusion", "B", 1.0),
+        ("b.", "(B) pleural effusion", 1.0),
+        ("The answer is C", "B", 0.0),
+        ("Answer: (c)", "C. cardiomegaly", 1.0),
+        ("A large mass", "A", 0.0),  # "A" here is an article, not option A
+        ("Left lung.", "left lung", 1.0),  # text choice: normalised exact match
+        ("left", "left lung", 0.0),
+    ],
+)
+def test_closed_answer_correct(pred, ref, want):
+    assert parsing.closed_answer_correct(pred, ref) == want
+
+
+def test_choice_kind_and_bad_kind():
+    assert parsing.choice_kind("NO.") == "yes_no"
+    assert parsing.choice_kind("D") == "letter"
+    assert parsing.choice_kind("a mass") == "text"
+    assert parsing.is_closed_reference("yes") and not parsing.is_closed_reference("right kidney")
+    with pytest.raises(ValueError, match="unknown choice kind 'digit'"):
+        parsing.extract_choice("1", "digit")
+
+
+def test_count_seg_and_split_report():
+    assert parsing.count_seg_tokens("no segmentation") == 0
+    assert parsing.count_seg_tokens("[SEG][SEG] and [SEG]") == 3
+    assert parsing.split_report("FINDINGS: a.\nIMPRESSIONS: b.") == ("a.", "b.")
+    assert parsing.split_report("Impression: only this.") == ("", "only this.")
+    assert parsing.split_report("Findings: only findings.") == ("only findings.", "")
+
+
+def test_parsing_doctests():
+    failed, attempted = doctest.testmod(parsing)
+    assert failed == 0 and attempted > 0
