@@ -1,0 +1,274 @@
+"""Checkpoints: safetensors + config.json, written under the PUBLISHED Citrus-V tensor names.
+
+Our modules are transformers' classes, whose SAM2 names differ from the facebookresearch/sam2
+names of the published checkpoint (``grounding_encoder.sam2_model.*``). ``published_names``
+maps each of our state-dict keys to its published key(s); the loader accepts published names
+(both on-disk MLLM spellings) and our own names, and fails listing every tensor left over.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from citrus_v.config import CitrusVConfig
+
+OURS_SAM2 = "segmenter.sam2."
+PUBLISHED_SAM2 = "grounding_encoder.sam2_model."
+# transformers keeps two copies of SAM2's positional table; we tie them (segmenter.py) and
+# write the table once
+TIED_ALIAS = OURS_SAM2 + "prompt_encoder.shared_embedding.positional_embedding"
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, TOKENIZER_FILE = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+)
+FORMAT_VERSION = 1
+
+# (pattern, replacement) on the key below segmenter.sam2., applied in order
+_SAM2_RULES: list[tuple[str, str]] = [
+    (r"^vision_encoder\.backbone\.patch_embed\.projection\.", "image_encoder.trunk.patch_embed.proj."),
+    (r"^vision_encoder\.backbone\.", "image_encoder.trunk."),
+    (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
+    (r"^(prompt_encoder\.shared_embedding|shared_image_embedding)\.positional_embedding$",
+     "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
+    (r"^prompt_encoder\.mask_embed\.conv1\.", "sam_prompt_encoder.mask_downscaling.0."),
+    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "sam_prompt_encoder.mask_downscaling.1."),
+    (r"^prompt_encoder\.mask_embed\.conv2\.", "sam_prompt_encoder.mask_downscaling.3."),
+    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "sam_prompt_encoder.mask_downscaling.4."),
+    (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
+    (r"^prompt_encoder\.", "sam_prompt_encoder."),
+    (r"^mask_decoder\.upscale_conv1\.", "sam_mask_decoder.output_upscaling.0."),
+    (r"^mask_decoder\.upscale_layer_norm\.", "sam_mask_decoder.output_upscaling.1."),
+    (r"^mask_decoder\.upscale_conv2\.", "sam_mask_decoder.output_upscaling.3."),
+    (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "sam_mask_decoder.transformer.norm_final_attn."),
+    (r"^mask_decoder\.", "sam_mask_decoder."),
+    (r"^memory_attention\.layer_norm\.", "memory_attention.norm."),
+    (r"^memory_encoder\.feature_projection\.", "memory_encoder.pix_feat_proj."),
+    (r"^memory_encoder\.projection\.", "memory_encoder.out_proj."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.depthwise_conv\.", r"memory_encoder.fuser.layers.\1.dwconv."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv(\d)\.", r"memory_encoder.fuser.layers.\1.pwconv\2."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.layer_norm\.", r"memory_encoder.fuser.layers.\1.norm."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.scale$", r"memory_encoder.fuser.layers.\1.gamma"),
+    (r"^memory_temporal_positional_encoding$", "maskmem_tpos_enc"),
+    (r"^no_memory_embedding$", "no_mem_embed"),
+    (r"^no_memory_positional_encoding$", "no_mem_pos_enc"),
+    (r"^no_object_pointer$", "no_obj_ptr"),
+    (r"^object_pointer_proj\.", "obj_ptr_proj."),
+    (r"\.o_proj\.", ".out_proj."),
+    (r"\.layer_norm(\d)\.", r".norm\1."),
+]
+_SAM2_COMPILED = [(re.compile(p), r) for p, r in _SAM2_RULES]
+_DOWNSAMPLER = re.compile(r"^memory_encoder\.mask_downsampler\.(?:layers\.(\d+)\.(conv|layer_norm)|final_conv)\.")
+# transformers' MLPs are proj_in, layers.*, proj_out; SAM2's are one list layers.0..k-1
+_FEED_FORWARD = re.compile(r"^(.*)\.(proj_in|proj_out|layers\.(\d+))\.(weight|bias)$")
+
+
+def _feed_forward_depths(sam2_keys: Iterable[str]) -> dict[str, int]:
+    """Prefix of every transformers MLP -> its number of linear layers."""
+    keys = list(sam2_keys)
+    prefixes = {k[: -len(".proj_in.weight")] for k in keys if k.endswith(".proj_in.weight")}
+    depth = {}
+    for prefix in prefixes:
+        hidden = {m.group(1) for k in keys if (m := re.match(re.escape(prefix) + r"\.layers\.(\d+)\.", k))}
+        depth[prefix] = 2 + len(hidden)
+    return depth
+
+
+def _sam2_published(key: str, ff_depth: dict[str, int], n_down: int, point_rows: int) -> list[str]:
+    """One of our keys below segmenter.sam2. -> its published key(s) below sam2_model."""
+    if key == "prompt_encoder.point_embed.weight":  # one (4, C) table vs four (1, C) embeddings
+        return [f"sam_prompt_encoder.point_embeddings.{i}.weight" for i in range(point_rows)]
+    m = _DOWNSAMPLER.match(key)
+    if m:  # conv/norm/act triples in one Sequential: conv at 3i, norm at 3i+1, final conv last
+        index = 3 * n_down if m.group(1) is None else 3 * int(m.group(1)) + (m.group(2) == "layer_norm")
+        key = f"memory_encoder.mask_downsampler.encoder.{index}." + key[m.end():]
+    m = _FEED_FORWARD.match(key)
+    if m and m.group(1) in ff_depth:
+        prefix, which, hidden, leaf = m.groups()
+        index = 0 if which == "proj_in" else ff_depth[prefix] - 1 if which == "proj_out" else int(hidden) + 1
+        key = f"{prefix}.layers.{index}.{leaf}"
+    for pattern, repl in _SAM2_COMPILED:
+        key = pattern.sub(repl, key)
+    return [key]
+
+
+def published_names(state_shapes: dict[str, tuple[int, ...]]) -> dict[str, list[str]]:
+    """Our state-dict key -> the published key(s) holding it (several = split along dim 0)."""
+    sam2_keys = [k[len(OURS_SAM2):] for k in state_shapes if k.startswith(OURS_SAM2)]
+    ff_depth = _feed_forward_depths(sam2_keys)
+    n_down = len({m.group(1) for k in sam2_keys if (m := _DOWNSAMPLER.match(k)) and m.group(1) is not None})
+    mapping: dict[str, list[str]] = {}
+    for key, shape in state_shapes.items():
+        if key.startswith(OURS_SAM2):
+            rows = shape[0] if key.endswith("point_embed.weight") else 1
+            sub = _sam2_published(key[len(OURS_SAM2):], ff_depth, n_down, rows)
+            mapping[key] = [PUBLISHED_SAM2 + s for s in sub]
+        else:  # mllm.* and seg_projector.* already carry the published names
+            mapping[key] = [key]
+    return mapping
+
+
+def published_shapes(state_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The published name -> shape list our model corresponds to (tied copies counted once)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for key, names in published_names(state_shapes).items():
+        shape = tuple(state_shapes[key])
+        part = (shape[0] // len(names), *shape[1:]) if len(names) > 1 else shape
+        for name in names:
+            if name in out and out[name] != part:
+                raise ValueError(f"{key} maps to {name} with shape {part}, already {out[name]}")
+            out[name] = part
+    return out
+
+
+def normalize_published_key(key: str) -> str:
+    """Accept both on-disk MLLM spellings (DESIGN §1)."""
+    if key.startswith("mllm.visual."):
+        return "mllm.model.visual." + key[len("mllm.visual."):]
+    m = re.match(r"^mllm\.model\.(embed_tokens|layers|norm)\.", key)
+    if m:
+        return "mllm.model.language_model." + key[len("mllm.model."):]
+    return key
+
+
+def to_published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, names in published_names(shapes).items():
+        if key == TIED_ALIAS:
+            continue
+        tensor = state_dict[key]
+        pieces = tensor.chunk(len(names), dim=0) if len(names) > 1 else (tensor,)
+        for name, piece in zip(names, pieces):
+            out[name] = piece.detach().contiguous()
+    return out
+
+
+def from_published_state_dict(
+    tensors: dict[str, torch.Tensor], state_shapes: dict[str, tuple[int, ...]], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Published (or our own) names -> our state dict; every tensor must find a home and vice versa."""
+    mapping = published_names(state_shapes)
+    where: dict[str, tuple[str, int]] = {}  # published key -> (our key, piece index)
+    for key, names in mapping.items():
+        if key == TIED_ALIAS:  # filled from its source below
+            continue
+        for i, name in enumerate(names):
+            where[name] = (key, i)
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    unexpected = []
+    for raw_key, tensor in tensors.items():
+        key = normalize_published_key(raw_key)
+        if key in where:
+            ours, index = where[key]
+        elif key in mapping:  # our own name
+            ours, index = key, -1
+        else:
+            unexpected.append(raw_key)
+            continue
+        pieces.setdefault(ours, {})[index] = tensor
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+    for key, names in mapping.items():
+        if key == TIED_ALIAS:
+            continue
+        got = pieces.get(key, {})
+        if -1 in got:
+            out[key] = got[-1]
+        elif len(got) == len(names):
+            out[key] = torch.cat([got[i] for i in range(len(names))], dim=0) if len(names) > 1 else got[0]
+        else:
+            missing.extend(n for i, n in enumerate(names) if i not in got)
+    if TIED_ALIAS in mapping:
+        source_key = OURS_SAM2 + "shared_image_embedding.positional_embedding"
+        if source_key in out:
+            out[TIED_ALIAS] = out[source_key]
+    bad_shape = [
+        f"{k}: {tuple(v.shape)} != {tuple(state_shapes[k])}" for k, v in out.items() if tuple(v.shape) != tuple(state_shapes[k])
+    ]
+    if missing or unexpected or bad_shape:
+        raise ValueError(
+            f"{source}: {len(missing)} missing tensor(s) {missing[:20]}, {len(unexpected)} unexpected "
+            f"tensor(s) {unexpected[:20]}, {len(bad_shape)} shape mismatch(es) {bad_shape[:20]}"
+        )
+    return out
+
+
+def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, or the shards listed by model.safetensors.index.json."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (directory / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
+    else:
+        raise FileNotFoundError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE}")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        with safe_open(str(directory / name), framework="pt") as f:
+            for key in f.keys():
+                if key in tensors:
+                    raise ValueError(f"{directory / name}: tensor {key} appears in more than one shard")
+                tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:
+    """config.json + model.safetensors (published names; no pickle) [+ tokenizer.json]."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: CitrusVConfig = model.config
+    payload = {"model_type": "citrus_v", "format_version": FORMAT_VERSION, **config.to_dict()}
+    (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    tensors = to_published_state_dict(model.state_dict())
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "citrus_v_published"})
+    if tokenizer_file is not None:
+        shutil.copyfile(tokenizer_file, directory / TOKENIZER_FILE)
+    return directory
+
+
+def read_config(directory: str | Path) -> CitrusVConfig:
+    path = Path(directory) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read config ({err})") from None
+    if data.pop("model_type", None) != "citrus_v":
+        raise ValueError(f"{path}: model_type must be 'citrus_v'")
+    version = data.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+    try:
+        return CitrusVConfig.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def load_state_into(model: torch.nn.Module, directory: str | Path) -> None:
+    """Load a published-layout (or our own) safetensors checkpoint into ``model`` (strict)."""
+    directory = Path(directory)
+    state = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    ours = from_published_state_dict(read_safetensors(directory), shapes, source=str(directory))
+    model.load_state_dict(ours, strict=True)
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", config: CitrusVConfig | None = None):
+    """Build from config.json (or ``config``) and load the weights."""
+    from citrus_v.model.citrus_v import CitrusV
+
+    config = config or read_config(directory)
+    with torch.device(device):
+        model = CitrusV(config)
+    load_state_into(model, directory)
+    return model.eval()
