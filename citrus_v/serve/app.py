@@ -1,0 +1,197 @@
+"""The HTTP server: an OpenAI-compatible chat endpoint that also returns masks and boxes, plus a viewer.
+
+``create_app(predictor, config)`` builds the FastAPI app around one model instance. Requests are parsed
+by :mod:`citrus_v.serve.schemas` (every error a 4xx naming the field), queued and batched by
+:mod:`citrus_v.serve.batching`. ``create_app(loader=...)`` loads the model in the background so that
+``/healthz`` answers at once and ``/readyz`` turns 200 when the model is in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull
+from citrus_v.serve.errors import RequestError
+from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
+from citrus_v.serve.settings import ServeConfig
+from citrus_v.serve.streaming import sse_chunks
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class ServerState:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.queue: BatchQueue | None = None
+        self.load_error: str | None = None
+        self.started = time.time()
+
+    @property
+    def ready(self) -> bool:
+        return self.queue is not None and self.queue.running
+
+    def model_name(self) -> str:
+        if self.config.model_name:
+            return self.config.model_name
+        return self.queue.predictor.model_name if self.queue else "citrus-v"
+
+
+def create_app(
+    predictor: BatchPredictor | None = None,
+    config: ServeConfig | None = None,
+    loader: Callable[[], BatchPredictor] | None = None,
+) -> FastAPI:
+    """The app. Pass a ready ``predictor``, or a ``loader`` that builds one (run in a thread at startup)."""
+    if (predictor is None) == (loader is None):
+        raise ValueError("create_app: pass exactly one of predictor= or loader=")
+    state = ServerState(config or ServeConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        load_task = asyncio.create_task(_start(state, predictor, loader))
+        yield
+        load_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await load_task
+        if state.queue is not None:
+            await state.queue.stop()
+
+    app = FastAPI(title="citrus-v", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.citrus = state
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if err.status == 503 else None
+        if err.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if state.ready:
+            return JSONResponse({"status": "ready", "model": state.model_name(), "queue": state.queue.pending()})
+        status = "failed" if state.load_error else "loading"
+        return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        _check_auth(request, state.config)
+        return {
+            "object": "list",
+            "data": [{"id": state.model_name(), "object": "model", "created": int(state.started), "owned_by": "citrus-v"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        _check_auth(request, state.config)
+        if not state.ready:
+            raise RequestError(503, "the model is still loading" if not state.load_error else "the model failed to load",
+                               code="not_ready")
+        # refuse before decoding images when the queue is already full: decoding is the costly part
+        if state.queue.is_full():
+            raise RequestError(503, "server busy: request queue is full, retry later", code="queue_full")
+        body = await _read_json(request, state.config)
+        chat = await asyncio.to_thread(parse_chat_request, body, state.config)
+        prediction = await _predict(state, chat)
+        cid = completion_id()
+        name = state.model_name()
+        if chat.stream:
+            return StreamingResponse(
+                sse_chunks(prediction, chat, name, cid), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse(build_completion(prediction, chat, name, cid))
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+async def _start(state: ServerState, predictor: BatchPredictor | None, loader: Callable[[], BatchPredictor] | None) -> None:
+    try:
+        model = predictor if predictor is not None else await asyncio.to_thread(loader)
+    except Exception as err:  # surfaced by /readyz; the process stays up to say why
+        log.exception("model failed to load")
+        state.load_error = f"{type(err).__name__}: {err}"
+        return
+    queue = BatchQueue(model, state.config)
+    await queue.start()
+    state.queue = queue
+
+
+async def _predict(state: ServerState, chat: ChatRequest):
+    try:
+        return await asyncio.wait_for(
+            state.queue.submit([image.pixels for image in chat.images], chat.prompt, chat.sampling),
+            timeout=state.config.request_timeout_s,
+        )
+    except QueueFull:
+        raise RequestError(503, "server busy: request queue is full, retry later", code="queue_full") from None
+    except asyncio.TimeoutError:
+        raise RequestError(504, f"no answer within request_timeout_s={state.config.request_timeout_s}", code="timeout") from None
+    except RequestError:
+        raise
+    except ValueError as err:
+        # the predictor validates what it is given (image count vs prompt, sizes): the client's input
+        raise RequestError(422, f"the model rejected the input: {err}", code="model_rejected_input") from None
+    except Exception as err:
+        log.exception("prediction failed")
+        raise RequestError(500, f"prediction failed: {type(err).__name__}: {err}", code="prediction_failed") from None
+
+
+def _check_auth(request: Request, config: ServeConfig) -> None:
+    if config.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    # constant-time compare: the key must not leak through response timing
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+        raise RequestError(401, "missing or wrong API key (Authorization: Bearer <key>)", code="invalid_api_key")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _read_json(request: Request, config: ServeConfig) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
+        raise RequestError(413, f"request body is {length} bytes, above max_request_bytes={config.max_request_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > config.max_request_bytes:  # a chunked upload has no Content-Length to check up front
+            raise RequestError(413, f"request body exceeds max_request_bytes={config.max_request_bytes}")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise RequestError(400, "request body is empty (expected a JSON object)")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"request body is not UTF-8 ({err})", code="invalid_json") from None
+    except json.JSONDecodeError as err:
+        raise RequestError(400, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}", code="invalid_json") from None
+    except (ValueError, RecursionError) as err:
+        raise RequestError(400, f"malformed JSON: {err}", code="invalid_json") from None

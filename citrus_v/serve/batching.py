@@ -1,0 +1,153 @@
+"""One model instance, many clients: an asyncio queue drained by one worker into ``predict_batch`` calls.
+
+The worker takes the first waiting request, then waits up to ``batch_wait_ms`` for more (up to
+``max_batch``), splits them by sampling settings (one ``predict_batch`` call decodes with one
+setting) and runs the model in a thread so the event loop keeps accepting and rejecting requests.
+The queue is bounded: past ``max_queue`` waiting requests, :class:`QueueFull` (-> 503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from citrus_v.infer.types import Prediction
+from citrus_v.serve.schemas import SamplingParams
+from citrus_v.serve.settings import ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BatchPredictor(Protocol):
+    """What the server needs of a model: a name and a batched predict (one call, many requests)."""
+
+    model_name: str
+
+    def predict_batch(
+        self, items: Sequence[tuple[list[np.ndarray], str]], settings: SamplingParams
+    ) -> list[Prediction]: ...
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``ServeConfig.max_queue``."""
+
+
+@dataclass
+class _Pending:
+    images: list[np.ndarray]
+    prompt: str
+    sampling: SamplingParams
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+    failures: int = 0
+
+
+class BatchQueue:
+    def __init__(self, predictor: BatchPredictor, config: ServeConfig):
+        self.predictor = predictor
+        self.config = config
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    def pending(self) -> int:
+        return 0 if self._queue is None else self._queue.qsize()
+
+    def is_full(self) -> bool:
+        return self.pending() >= self.config.max_queue
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.config.max_queue)
+        self._worker = asyncio.create_task(self._run(), name="citrus-v-batch-worker")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._worker = None
+
+    async def submit(self, images: list[np.ndarray], prompt: str, sampling: SamplingParams) -> Prediction:
+        if self._queue is None or not self.running:
+            raise RuntimeError("BatchQueue.submit: the worker is not running (call start() first)")
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(images, prompt, sampling, future))
+        except asyncio.QueueFull:
+            raise QueueFull(f"{self.config.max_queue} requests are already waiting") from None
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.perf_counter() + self.config.batch_wait_ms / 1000.0
+            while len(batch) < self.config.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            live = [p for p in batch if not p.future.done()]  # clients that gave up are skipped
+            for group in _group_by_sampling(live):
+                await self._predict(group)
+
+    async def _predict(self, group: list[_Pending]) -> None:
+        items = [(p.images, p.prompt) for p in group]
+        try:
+            predictions = await asyncio.to_thread(self.predictor.predict_batch, items, group[0].sampling)
+            if len(predictions) != len(group):
+                raise RuntimeError(f"predict_batch returned {len(predictions)} predictions for {len(group)} requests")
+        except Exception as err:  # the model failing must fail these requests, not the worker
+            log.exception("predict_batch failed for %d requests", len(group))
+            self.stats.failures += len(group)
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        self.stats.batches += 1
+        self.stats.requests += len(group)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+        for p, prediction in zip(group, predictions):
+            if not p.future.done():
+                p.future.set_result(prediction)
+
+
+def _group_by_sampling(batch: list[_Pending]) -> list[list[_Pending]]:
+    groups: dict[tuple, list[_Pending]] = {}
+    for p in batch:
+        groups.setdefault(p.sampling.key(), []).append(p)
+    return list(groups.values())
+
+
+def callable_predictor(name: str, fn: Callable[[Sequence[tuple[list[np.ndarray], str]], Any], list[Prediction]]) -> BatchPredictor:
+    """Wrap a plain function as a :class:`BatchPredictor` (handy for tests and custom back-ends)."""
+
+    class _Fn:
+        model_name = name
+
+        def predict_batch(self, items, settings):
+            return fn(items, settings)
+
+    return _Fn()

@@ -1,0 +1,24 @@
+"""One error type for everything a client can get wrong, rendered as an OpenAI-style error body."""
+
+from __future__ import annotations
+
+
+class RequestError(Exception):
+    """Bad input: an HTTP status (4xx), a message that says what is wrong, and where (``param``).
+
+    ``param`` is a JSON path into the request, e.g. ``messages[0].content[1].image_url.url``.
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str = "invalid_request"):
+        if not 400 <= status < 600:
+            raise ValueError(f"RequestError.status: must be an HTTP error status, got {status}")
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        super().__init__(f"{param}: {message}" if param else message)
+
+    def to_body(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        text = f"{self.param}: {self.message}" if self.param else self.message
+        return {"error": {"message": text, "type": kind, "param": self.param, "code": self.code}}

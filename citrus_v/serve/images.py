@@ -1,0 +1,169 @@
+"""Image URLs from chat messages -> (H, W, 3) uint8 arrays, with every size limit checked before decoding.
+
+Accepted: ``data:`` URLs holding base64 PNG, JPEG or DICOM (the format is sniffed from the bytes, so a
+wrong media type does not matter), and, only when ``ServeConfig.allowed_image_dirs`` is set, local
+paths / ``file://`` URLs inside those directories. Remote URLs are never fetched: a server that fetches
+what a client names is a server-side request forgery waiting to happen.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from PIL import Image
+
+from citrus_v.serve.errors import RequestError
+from citrus_v.serve.settings import ServeConfig
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # (H, W, 3) uint8
+    source_format: str  # "PNG" | "JPEG" | "DICOM"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def sniff_format(data: bytes) -> str | None:
+    """PNG / JPEG / DICOM from the leading bytes (DICOM part 10: 128-byte preamble + ``DICM``)."""
+    if data.startswith(PNG_MAGIC):
+        return "PNG"
+    if data.startswith(JPEG_MAGIC):
+        return "JPEG"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    return None
+
+
+def decode_image_url(url: str, config: ServeConfig, param: str) -> DecodedImage:
+    """Any accepted image URL -> a decoded image; a :class:`RequestError` naming ``param`` otherwise."""
+    data = read_image_bytes(url, config, param)
+    return decode_image_bytes(data, config, param)
+
+
+def read_image_bytes(url: str, config: ServeConfig, param: str) -> bytes:
+    if url.startswith("data:"):
+        return _decode_data_url(url, config, param)
+    scheme = urlparse(url).scheme.lower()
+    if scheme in ("http", "https", "ftp"):
+        raise RequestError(400, f"remote image URLs are not fetched ({scheme}://); send the image as a data: URL", param)
+    if not config.allowed_image_dirs:
+        raise RequestError(
+            400, "only data: URLs are accepted (local paths need ServeConfig.allowed_image_dirs)", param
+        )
+    path_text = unquote(urlparse(url).path) if scheme == "file" else url
+    if scheme not in ("", "file"):
+        raise RequestError(400, f"unsupported URL scheme {scheme!r}", param)
+    return _read_allowed_file(Path(path_text), config, param)
+
+
+def _decode_data_url(url: str, config: ServeConfig, param: str) -> bytes:
+    header, sep, payload = url.partition(",")
+    if not sep:
+        raise RequestError(400, "malformed data: URL (no ',' between header and payload)", param)
+    if not header.lower().endswith(";base64"):
+        raise RequestError(400, "data: URL must be base64 encoded (data:<type>;base64,...)", param)
+    # some clients wrap base64 at 76 columns; whitespace is never data
+    payload = "".join(payload.split())
+    if len(payload) // 4 * 3 > config.max_image_bytes:
+        raise RequestError(
+            413, f"image is larger than max_image_bytes={config.max_image_bytes} ({len(payload) // 4 * 3} bytes)", param
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(400, f"invalid base64 in data: URL ({err})", param) from None
+    if not data:
+        raise RequestError(400, "data: URL holds no bytes", param)
+    return data
+
+
+def _read_allowed_file(path: Path, config: ServeConfig, param: str) -> bytes:
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise RequestError(400, "image path does not exist", param) from None
+    # resolve() follows symlinks, so a link out of an allowed directory is refused too
+    if not any(resolved.is_relative_to(root) for root in config.allowed_image_dirs):
+        raise RequestError(403, "image path is outside the allowed directories", param, code="forbidden_path")
+    if not resolved.is_file():
+        raise RequestError(400, "image path is not a file", param)
+    if resolved.stat().st_size > config.max_image_bytes:
+        raise RequestError(413, f"image file is larger than max_image_bytes={config.max_image_bytes}", param)
+    return resolved.read_bytes()
+
+
+def decode_image_bytes(data: bytes, config: ServeConfig, param: str) -> DecodedImage:
+    kind = sniff_format(data)
+    if kind is None:
+        raise RequestError(415, "bytes are not a PNG, JPEG or DICOM image", param, code="unsupported_image")
+    if kind == "DICOM":
+        from citrus_v.serve.dicom import decode_dicom  # pydicom only when a DICOM arrives
+
+        return DecodedImage(decode_dicom(data, config, param), "DICOM")
+    return DecodedImage(_decode_pil(data, config, param), kind)
+
+
+def _check_pixels(width: int, height: int, config: ServeConfig, param: str) -> None:
+    if width < 1 or height < 1:
+        raise RequestError(400, f"image has an empty size {width}x{height}", param)
+    if width * height > config.max_image_pixels:
+        raise RequestError(
+            413, f"image is {width}x{height} = {width * height} pixels, above max_image_pixels={config.max_image_pixels}",
+            param, code="image_too_large",
+        )
+
+
+def _decode_pil(data: bytes, config: ServeConfig, param: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        # PIL warns (and past 2x its own limit raises) on decompression bombs; our limit is the rule
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        except Image.DecompressionBombError as err:
+            raise RequestError(413, f"image rejected as a decompression bomb ({err})", param, code="image_too_large") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise RequestError(400, f"cannot read image header ({err})", param, code="corrupt_image") from None
+        width, height = image.size
+        _check_pixels(width, height, config, param)  # BEFORE the pixels are decoded
+        try:
+            image.load()
+        except Image.DecompressionBombError as err:
+            raise RequestError(413, f"image rejected as a decompression bomb ({err})", param, code="image_too_large") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise RequestError(400, f"truncated or corrupt image data ({err})", param, code="corrupt_image") from None
+    return _to_rgb8(image)
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8; 16-bit and float grey are stretched min..max (no window known)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))  # transparent -> black, as scanners pad
+        image = Image.alpha_composite(background, image)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def encode_png_data_url(pixels: np.ndarray) -> str:
+    """(H, W, 3) uint8 -> ``data:image/png;base64,...`` (the viewer shows what the model saw, e.g. a DICOM)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

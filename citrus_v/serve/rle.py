@@ -1,0 +1,59 @@
+"""Masks and boxes as JSON: COCO RLE (the published server's ``seg_masks_rle``) and clamped boxes.
+
+pycocotools does the run-length coding; this module only pins the layout (Fortran order, uint8)
+and turns bytes into str so the result is valid JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A boolean (H, W) mask -> ``{"size": [H, W], "counts": str}`` (COCO compressed RLE).
+
+    >>> encode_mask(np.array([[1, 0], [1, 1]], dtype=bool))
+    {'size': [2, 2], 'counts': '021O'}
+    """
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask: expected a 2-D (H, W) array, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"mask: empty shape {arr.shape}")
+    # pycocotools reads column-major uint8 (H, W, N); one mask -> N=1
+    fortran = np.asfortranarray(arr.astype(bool).astype(np.uint8)[:, :, None])
+    rle = mask_utils.encode(fortran)[0]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    """The inverse of :func:`encode_mask`: ``{"size", "counts"}`` -> bool (H, W)."""
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError("rle: expected a dict with 'size' and 'counts'")
+    counts = rle["counts"]
+    coco = {"size": [int(v) for v in rle["size"]], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(coco).astype(bool)
+
+
+def encode_box(bbox: Sequence[float], image_size: tuple[int, int] | None = None) -> list[float]:
+    """One ``[x1, y1, x2, y2]`` in original pixels -> JSON-safe floats (2 decimals), ordered and clamped.
+
+    ``image_size`` is (H, W); when given the box is clamped to ``[0, W] x [0, H]``.
+    Non-finite coordinates are an error: a box the client cannot draw is a bug, not data.
+    """
+    if len(bbox) != 4:
+        raise ValueError(f"box: expected 4 coordinates [x1, y1, x2, y2], got {len(bbox)}")
+    values = [float(v) for v in bbox]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"box: non-finite coordinate in {values}")
+    x1, x2 = sorted((values[0], values[2]))
+    y1, y2 = sorted((values[1], values[3]))
+    if image_size is not None:
+        h, w = image_size
+        x1, x2 = min(max(x1, 0.0), float(w)), min(max(x2, 0.0), float(w))
+        y1, y2 = min(max(y1, 0.0), float(h)), min(max(y2, 0.0), float(h))
+    return [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]

@@ -1,0 +1,244 @@
+"""The wire format: OpenAI chat requests in, chat completions (+ ``seg_masks_rle`` and ``boxes``) out.
+
+Requests are checked by hand rather than by a pydantic model so that every error names the exact
+JSON path (``messages[0].content[1].image_url.url``) and maps to one clear 4xx. Unknown top-level keys
+are ignored, as OpenAI clients send many (``presence_penalty``, ``user``...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from citrus_v.infer.types import Prediction
+from citrus_v.serve.errors import RequestError
+from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url
+from citrus_v.serve.rle import encode_box, encode_mask
+from citrus_v.serve.settings import ServeConfig
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class SamplingParams:
+    """What the client asked of the decoder; ``temperature == 0`` (the default) means greedy."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def key(self) -> tuple:
+        """Requests with equal keys can share one ``predict_batch`` call."""
+        return (self.max_tokens, self.temperature, self.top_p, self.seed)
+
+
+@dataclass
+class ChatRequest:
+    model: str | None
+    prompt: str
+    images: list[DecodedImage]
+    sampling: SamplingParams
+    stream: bool = False
+    return_images: bool = False  # extension: echo the decoded images as PNG (the viewer shows DICOMs so)
+    ignored_system_text: list[str] = field(default_factory=list)
+
+
+def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True) -> ChatRequest:
+    """A decoded JSON body -> :class:`ChatRequest`, or :class:`RequestError` naming the bad field."""
+    if not isinstance(body, dict):
+        raise RequestError(400, f"request body must be a JSON object, got {_type_name(body)}")
+    model = _optional(body, "model", str)
+    stream = _optional(body, "stream", bool) or False
+    return_images = _optional(body, "return_images", bool) or False
+    n = _optional(body, "n", int)
+    if n is not None and n != 1:
+        raise RequestError(400, f"only n=1 is supported, got {n}", "n")
+    sampling = _parse_sampling(body, config)
+    prompt, urls, system_text = _parse_messages(body.get("messages"), config)
+    images = [decode_image_url(url, config, param) for param, url in urls] if decode_images else []
+    return ChatRequest(model, prompt, images, sampling, stream, return_images, system_text)
+
+
+def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
+    max_tokens = _optional(body, "max_tokens", int)
+    name = "max_tokens"
+    if max_tokens is None:
+        max_tokens, name = _optional(body, "max_completion_tokens", int), "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens = config.default_max_tokens
+    if not 1 <= max_tokens <= config.max_tokens_limit:
+        raise RequestError(400, f"must be in [1, {config.max_tokens_limit}], got {max_tokens}", name)
+    temperature = _optional_number(body, "temperature")
+    temperature = 0.0 if temperature is None else temperature
+    if not 0.0 <= temperature <= 2.0:
+        raise RequestError(400, f"must be in [0, 2], got {temperature}", "temperature")
+    top_p = _optional_number(body, "top_p")
+    top_p = 1.0 if top_p is None else top_p
+    if not 0.0 < top_p <= 1.0:
+        raise RequestError(400, f"must be in (0, 1], got {top_p}", "top_p")
+    seed = _optional(body, "seed", int)
+    return SamplingParams(max_tokens, float(temperature), float(top_p), seed)
+
+
+def _parse_messages(messages: Any, config: ServeConfig) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """-> (prompt, [(param, image url)], system texts). One user turn: the predictor is single-turn."""
+    if messages is None:
+        raise RequestError(400, "is required", "messages")
+    if not isinstance(messages, list):
+        raise RequestError(400, f"must be a list, got {_type_name(messages)}", "messages")
+    if not messages:
+        raise RequestError(400, "must hold at least one message", "messages")
+    if len(messages) > config.max_messages:
+        raise RequestError(400, f"{len(messages)} messages, above max_messages={config.max_messages}", "messages")
+    texts: list[str] = []
+    urls: list[tuple[str, str]] = []
+    system_text: list[str] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise RequestError(400, f"must be an object, got {_type_name(message)}", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise RequestError(400, f"role must be one of {list(ROLES)}, got {role!r}", f"{where}.role")
+        if role == "assistant":
+            # the predictor answers one user turn; folding history in silently would change answers
+            raise RequestError(400, "multi-turn conversations are not supported: send one user turn", f"{where}.role")
+        parts_text, parts_urls = _parse_content(message.get("content"), f"{where}.content", allow_images=role == "user")
+        if role == "system":
+            system_text.extend(parts_text)  # the model has its fixed system prompt; recorded, not used
+            continue
+        texts.extend(parts_text)
+        urls.extend(parts_urls)
+        if len(urls) > config.max_images_per_request:
+            raise RequestError(
+                400, f"more than max_images_per_request={config.max_images_per_request} images", where, code="too_many_images"
+            )
+    if not texts and not urls:
+        raise RequestError(400, "no user message with text or images", "messages")
+    prompt = "\n".join(t for t in texts if t)
+    if len(prompt) > config.max_prompt_chars:
+        raise RequestError(
+            400, f"prompt has {len(prompt)} characters, above max_prompt_chars={config.max_prompt_chars}", "messages",
+            code="prompt_too_long",
+        )
+    if not prompt.strip():
+        raise RequestError(400, "the user turn has no text prompt", "messages")
+    return prompt, urls, system_text
+
+
+def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    if isinstance(content, str):
+        return [content], []
+    if not isinstance(content, list):
+        raise RequestError(400, f"must be a string or a list of parts, got {_type_name(content)}", where)
+    texts: list[str] = []
+    urls: list[tuple[str, str]] = []
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict):
+            raise RequestError(400, f"must be an object, got {_type_name(part)}", at)
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RequestError(400, f"must be a string, got {_type_name(text)}", f"{at}.text")
+            texts.append(text)
+        elif kind == "image_url":
+            if not allow_images:
+                raise RequestError(400, "images are only accepted in user messages", at)
+            image_url = part.get("image_url")
+            # OpenAI's shape is {"url": ...}; a bare string is what several clients send
+            url, url_at = (image_url, f"{at}.image_url") if isinstance(image_url, str) else (None, f"{at}.image_url.url")
+            if isinstance(image_url, dict):
+                url = image_url.get("url")
+            if not isinstance(url, str) or not url:
+                raise RequestError(400, f"must be a non-empty string, got {_type_name(url)}", url_at)
+            urls.append((url_at, url))
+        else:
+            raise RequestError(400, f"part type must be 'text' or 'image_url', got {kind!r}", f"{at}.type")
+    return texts, urls
+
+
+def _optional(body: dict, key: str, kind: type) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int subclass in Python; JSON true is not a token count
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RequestError(400, f"must be {kind.__name__}, got {_type_name(value)}", key)
+    return value
+
+
+def _optional_number(body: dict, key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(400, f"must be a finite number, got {value!r}", key)
+    return float(value)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+# --------------------------------------------------------------------------------------- responses
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def finish_reason(prediction: Prediction, sampling: SamplingParams) -> str:
+    return "length" if prediction.num_generated_tokens >= sampling.max_tokens else "stop"
+
+
+def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
+    """The fields beyond OpenAI's: masks as COCO RLE at the original size, boxes in original pixels."""
+    sizes = [image.size for image in request.images]
+
+    def size_of(index: int) -> tuple[int, int] | None:
+        return sizes[index] if 0 <= index < len(sizes) else None
+
+    extras: dict = {
+        "seg_masks_rle": [encode_mask(m.mask) for m in prediction.masks],
+        "seg_masks_info": [
+            {"score": round(float(m.score), 4), "label": m.label, "image_index": m.image_index} for m in prediction.masks
+        ],
+        "boxes": [
+            {"bbox": encode_box(b.bbox, size_of(b.image_index)), "label": b.label, "image_index": b.image_index}
+            for b in prediction.boxes
+        ],
+        "reasoning": prediction.reasoning,
+        "report": prediction.report.to_dict() if prediction.report else None,
+        "mean_token_prob": prediction.mean_token_prob,
+        "image_sizes": [list(s) for s in sizes],
+    }
+    if request.return_images:
+        extras["images"] = [encode_png_data_url(image.pixels) for image in request.images]
+    return extras
+
+
+def build_completion(prediction: Prediction, request: ChatRequest, model_name: str, cid: str | None = None) -> dict:
+    message: dict = {"role": "assistant", "content": prediction.answer}
+    if prediction.reasoning:
+        message["reasoning_content"] = prediction.reasoning
+    return {
+        "id": cid or completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(prediction, request.sampling)}],
+        "usage": {
+            "prompt_tokens": 0,  # the predictor does not report it; 0 rather than a guess
+            "completion_tokens": prediction.num_generated_tokens,
+            "total_tokens": prediction.num_generated_tokens,
+        },
+        **prediction_extras(prediction, request),
+    }

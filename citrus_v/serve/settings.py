@@ -1,0 +1,65 @@
+"""``ServeConfig``: every limit the server enforces, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServeConfig:
+    """Limits and switches of ``citrus-v serve``. Each limit turns bad input into a 4xx, never a crash.
+
+    ``allowed_image_dirs`` is the allow-list for ``file://`` / plain-path image URLs; empty (the default)
+    means only ``data:`` URLs are accepted. Remote (http/https) URLs are never fetched.
+    """
+
+    max_images_per_request: int = 4
+    max_image_bytes: int = 20 * 1024 * 1024  # one decoded base64 payload
+    max_request_bytes: int = 64 * 1024 * 1024  # the whole HTTP body
+    max_image_pixels: int = 40_000_000  # width x height (x frames for DICOM), checked from the header
+    max_prompt_chars: int = 8_000
+    max_messages: int = 32
+    max_tokens_limit: int = 2_048  # the largest ``max_tokens`` a client may ask for
+    default_max_tokens: int = 512
+    max_batch: int = 8  # requests per predict_batch call
+    batch_wait_ms: float = 5.0  # how long the worker waits to fill a batch
+    max_queue: int = 256  # pending requests; beyond it -> 503 + Retry-After
+    request_timeout_s: float = 300.0
+    api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
+    allowed_image_dirs: list[Path] = field(default_factory=list)
+    model_name: str | None = None  # overrides the predictor's name in responses and /v1/models
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_images_per_request",
+            "max_image_bytes",
+            "max_request_bytes",
+            "max_image_pixels",
+            "max_prompt_chars",
+            "max_messages",
+            "max_tokens_limit",
+            "default_max_tokens",
+            "max_batch",
+            "max_queue",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ServeConfig.{name}: must be an int >= 1, got {value!r}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(
+                f"ServeConfig.default_max_tokens: {self.default_max_tokens} exceeds max_tokens_limit={self.max_tokens_limit}"
+            )
+        if not self.batch_wait_ms >= 0:
+            raise ValueError(f"ServeConfig.batch_wait_ms: must be >= 0, got {self.batch_wait_ms!r}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"ServeConfig.request_timeout_s: must be > 0, got {self.request_timeout_s!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("ServeConfig.api_key: must be a non-empty string or None")
+        dirs = []
+        for d in self.allowed_image_dirs:
+            p = Path(d).resolve()
+            if not p.is_dir():
+                raise ValueError(f"ServeConfig.allowed_image_dirs: {d} is not a directory")
+            dirs.append(p)
+        self.allowed_image_dirs = dirs

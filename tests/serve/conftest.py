@@ -1,0 +1,66 @@
+"""Serve test helpers: a deterministic test double of the predictor and image builders."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from citrus_v.infer.types import Box, Mask, Prediction
+
+
+class EchoPredictor:
+    """Fixed, checkable predictions: one box and one mask per request, both over the image's
+    top-left quarter ((H//4..H//2, W//4..W//2)), text echoing the prompt and image count."""
+
+    model_name = "citrus-v-test-double"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []  # batch size of each predict_batch call
+
+    def predict_batch(self, items, settings):
+        self.calls.append(len(items))
+        out = []
+        for images, prompt in items:
+            h, w = images[0].shape[:2] if images else (8, 8)
+            mask = np.zeros((h, w), dtype=bool)
+            mask[h // 4 : h // 2, w // 4 : w // 2] = True
+            out.append(
+                Prediction(
+                    answer=f"Echo ({len(images)} image(s)): {prompt}",
+                    raw_text=f"<think>looked</think><answer>Echo: {prompt} [SEG]</answer>",
+                    reasoning="looked",
+                    boxes=[Box([w / 4, h / 4, w / 2, h / 2], "lesion")],
+                    masks=[Mask(mask, 0.875, "lesion")],
+                    num_generated_tokens=7,
+                )
+            )
+        return out
+
+
+def png_bytes(h: int = 32, w: int = 48, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(h * 1000 + w)
+    arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64," + base64.b64encode(data).decode("ascii")
+
+
+def chat_body(url: str | None, text: str = "Please segment the lesion.", **extra) -> dict:
+    content: list[dict] = []
+    if url is not None:
+        content.append({"type": "image_url", "image_url": {"url": url}})
+    content.append({"type": "text", "text": text})
+    return {"model": "citrus-v", "messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture
+def echo_predictor() -> EchoPredictor:
+    return EchoPredictor()
