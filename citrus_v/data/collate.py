@@ -1,0 +1,67 @@
+"""Examples -> one batch, exactly the contract in docs/ARCHITECTURE.md (Batch).
+
+Right padding with the ``<|endoftext|>`` id, labels padded with -100, images concatenated in
+row order. With no image in the batch, ``pixel_values``, ``image_grid_thw`` and ``sam_images``
+are ``None`` (the model's text-only path) rather than empty tensors.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+
+from citrus_v.data.template import IGNORE_INDEX, Example
+
+MASK_SIZE = 256
+
+
+def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int) -> dict[str, torch.Tensor | None]:
+    """Pad and concatenate (see the module docstring). ``seg_image_index[i]`` is the index (into ``sam_images``) of the first
+    image of the row holding the i-th ``[SEG]`` (row-major); a ``[SEG]`` in a row without an
+    image is a ``ValueError``, and so is a row whose ``[SEG]`` count differs from its masks
+    (unless no example has masks: an inference batch, ``gt_masks`` then has 0 rows).
+    """
+    if not examples:
+        raise ValueError("collate() got an empty list of examples")
+    B = len(examples)
+    L = max(int(e.input_ids.shape[0]) for e in examples)
+    input_ids = torch.full((B, L), pad_token_id, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    seg_image_index: list[int] = []
+    image_offset = 0
+    for b, e in enumerate(examples):
+        n = int(e.input_ids.shape[0])
+        if e.labels.shape != e.input_ids.shape:
+            raise ValueError(f"example {b}: labels {tuple(e.labels.shape)} vs input_ids {tuple(e.input_ids.shape)}")
+        input_ids[b, :n] = e.input_ids
+        labels[b, :n] = e.labels
+        attention_mask[b, :n] = 1
+        n_seg = int((e.input_ids == seg_token_id).sum())
+        # Inference batches carry no masks at all; otherwise the i-th [SEG] needs the i-th mask.
+        if n_seg != int(e.gt_masks.shape[0]) and any(x.gt_masks.shape[0] for x in examples):
+            raise ValueError(f"example {b}: {n_seg} [SEG] tokens but {e.gt_masks.shape[0]} masks")
+        if n_seg and e.num_images == 0:
+            raise ValueError(f"example {b}: {n_seg} [SEG] tokens but no image to segment")
+        seg_image_index += [image_offset] * n_seg
+        image_offset += e.num_images
+
+    with_images = [e for e in examples if e.num_images]
+    batch: dict[str, torch.Tensor | None] = {
+        "input_ids": input_ids,  # (B, L)
+        "attention_mask": attention_mask,  # (B, L)
+        "labels": labels,  # (B, L)
+        "pixel_values": torch.cat([e.pixel_values for e in with_images]) if with_images else None,  # (P, 1176)
+        "image_grid_thw": torch.cat([e.image_grid_thw for e in with_images]) if with_images else None,  # (n_img, 3)
+        "sam_images": torch.cat([e.sam_images for e in with_images]) if with_images else None,  # (n_img, 3, S, S)
+        "gt_masks": torch.cat([e.gt_masks.reshape(-1, MASK_SIZE, MASK_SIZE) for e in examples]),  # (n_seg, 256, 256)
+        "seg_image_index": torch.tensor(seg_image_index, dtype=torch.long),  # (n_seg,)
+    }
+    return batch
+
+
+def make_collate_fn(pad_token_id: int, seg_token_id: int) -> Callable[[Sequence[Example]], dict[str, torch.Tensor | None]]:
+    """A one-argument ``collate_fn`` for ``torch.utils.data.DataLoader``."""
+    return partial(collate, pad_token_id=pad_token_id, seg_token_id=seg_token_id)

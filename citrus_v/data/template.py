@@ -1,0 +1,310 @@
+"""ChatML rendering for training and inference (as Qwen2.5-VL), with labels, images, boxes and [SEG].
+
+A conversation becomes::
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+    <|im_start|>user\\n<|vision_start|><|image_pad|>*n<|vision_end|>Please segment the liver.<|im_end|>\\n
+    <|im_start|>assistant\\nSure, it is [SEG].<|im_end|>\\n
+
+with n = t*h*w/4 from the image's ``image_grid_thw``.
+
+Labels (decided here, tested): every assistant turn's content tokens and its closing
+``<|im_end|>`` are supervised; everything else is -100, including the "\\n" after
+``<|im_end|>`` (it belongs to the next turn's header: at inference generation stops at
+``<|im_end|>``, so the model never has to predict it).
+
+Tokenization is done in pieces, split where labels start and stop: the prompt text up to and
+including ``<|im_start|>assistant\\n`` is one piece and each assistant content another (as
+ms-swift does), so a label boundary never falls inside a token. Image pads are inserted as ids.
+
+Boxes: ``objects`` are ORIGINAL pixels; in assistant content the placeholder ``<boxes>`` becomes
+the published fenced JSON list in RESIZED pixels of the record's first image. ms-swift's
+placeholders work too: each ``<ref-object>`` becomes the next ref, and each ``<bbox>`` in an
+assistant message that has no ``</bbox>`` becomes the next box as ``[x1, y1, x2, y2]`` (a
+message with ``</bbox>`` uses Citrus' literal ``<bbox>...</bbox>`` tokens and is left alone).
+
+Length: with ``max_length``, a too-long example raises ``TooLongError`` (``truncation="error"``)
+or, with ``truncation="right"``, loses its tail only when the tail holds no image token, no
+``[SEG]`` and the example keeps at least one label; otherwise ``TooLongError`` names both
+lengths. ``JsonlDataset`` can skip such records and count them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from citrus_v.data.boxes import render_box_list, render_boxes, round_box, to_resized
+from citrus_v.data.image_processing import ImageConfig, ImageInput, ImageProcessor, load_mask, to_rgb_array
+from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Objects, Record, resolve
+from citrus_v.data.tokenizer import IM_END, IM_START, TokenIds
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+BOXES_PLACEHOLDER = "<boxes>"
+REF_PLACEHOLDER = "<ref-object>"
+SWIFT_BBOX_PLACEHOLDER = "<bbox>"
+IGNORE_INDEX = -100
+
+
+class TooLongError(ValueError):
+    """An example is longer than ``max_length`` and cannot be cut safely."""
+
+
+@dataclass
+class Example:
+    """One encoded conversation. Shapes as the batch contract in docs/ARCHITECTURE.md, unbatched."""
+
+    input_ids: torch.Tensor  # (L,) long
+    labels: torch.Tensor  # (L,) long, -100 where not supervised
+    pixel_values: torch.Tensor  # (P, 3*T*p*p) float; P = sum of t*h*w over images (0 rows without images)
+    image_grid_thw: torch.Tensor  # (n_img, 3) long
+    sam_images: torch.Tensor  # (n_img, 3, S, S) float
+    gt_masks: torch.Tensor  # (n_seg, 256, 256) float in {0, 1}
+    orig_hw: list[tuple[int, int]] = field(default_factory=list)  # per image (height, width)
+    resized_hw: list[tuple[int, int]] = field(default_factory=list)  # per image, what the ViT saw
+    truncated: int = 0  # tokens cut from the tail by truncation="right"
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_grid_thw.shape[0])
+
+
+@dataclass
+class _Images:
+    pixel_values: torch.Tensor
+    grid: torch.Tensor
+    sam: torch.Tensor
+    orig_hw: list[tuple[int, int]]
+    resized_hw: list[tuple[int, int]]
+    n_tokens: list[int]
+
+
+class ChatTemplate:
+    """Encodes records (training) and prompts (inference) into ``Example``s."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_cfg: ImageConfig,
+        token_ids: TokenIds | None = None,
+        *,
+        default_system: str | None = DEFAULT_SYSTEM,
+        max_length: int | None = None,
+        truncation: Literal["error", "right"] = "error",
+    ):
+        if max_length is not None and max_length <= 0:
+            raise ValueError(f"max_length must be > 0 or None, got {max_length}")
+        if truncation not in ("error", "right"):
+            raise ValueError(f"truncation must be 'error' or 'right', got {truncation!r}")
+        self.tokenizer = tokenizer
+        self.image_cfg = image_cfg
+        self.ids = token_ids if token_ids is not None else TokenIds.from_tokenizer(tokenizer)
+        self.processor = ImageProcessor(image_cfg)
+        self.default_system = default_system
+        self.max_length = max_length
+        self.truncation = truncation
+
+    # ------------------------------------------------------------------ public
+    def encode_record(self, record: Record, base_dir: str | Path = ".") -> Example:
+        """A training record -> ``Example`` with labels and ground-truth masks."""
+        images = self._images([resolve(p, base_dir) for p in record.images])
+        messages = fill_box_placeholders(record.messages, record.objects, images.orig_hw, images.resized_hw)
+        ids, labels = self._encode_messages(messages, images.n_tokens, add_generation_prompt=False)
+        masks = [load_mask(resolve(p, base_dir)) for p in record.masks]
+        gt = torch.stack(masks) if masks else torch.zeros(0, 256, 256)  # (n_seg, 256, 256)
+        self._check_counts(ids, images.n_tokens, gt.shape[0])
+        ids, labels, cut = self._fit_length(ids, labels)
+        return Example(
+            torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
+            images.pixel_values, images.grid, images.sam, gt, images.orig_hw, images.resized_hw, cut,
+        )  # fmt: skip
+
+    def encode_prompt(self, images: Sequence[ImageInput], prompt: str, system: str | None = DEFAULT_SYSTEM) -> Example:
+        """An inference prompt ending in ``<|im_start|>assistant\\n``; labels all -100.
+
+        Without ``<image>`` in ``prompt`` the images go first (Qwen2.5-VL's order).
+        """
+        n_ph = prompt.count(IMAGE_PLACEHOLDER)
+        if n_ph == 0:
+            prompt = IMAGE_PLACEHOLDER * len(images) + prompt
+        elif n_ph != len(images):
+            raise ValueError(f"prompt has {n_ph} '<image>' placeholders but {len(images)} images were given")
+        imgs = self._images(list(images))
+        msgs = ([Message("system", system)] if system is not None else []) + [Message("user", prompt)]
+        ids, labels = self._encode_messages(msgs, imgs.n_tokens, add_generation_prompt=True, use_default_system=False)
+        self._check_counts(ids, imgs.n_tokens, None)
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise TooLongError(f"prompt is {len(ids)} tokens, max_length is {self.max_length}")
+        return Example(
+            torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
+            imgs.pixel_values, imgs.grid, imgs.sam, torch.zeros(0, 256, 256), imgs.orig_hw, imgs.resized_hw,
+        )  # fmt: skip
+
+    def render(self, messages: Sequence[Message], image_tokens: Sequence[int] = (), add_generation_prompt: bool = False) -> str:
+        """The whole ChatML string (image placeholders expanded); for inspection and tests."""
+        out, k = [], 0
+        for m in self._with_system(messages, self.default_system):
+            content = m.content
+            while IMAGE_PLACEHOLDER in content:
+                pads = "<|vision_start|>" + "<|image_pad|>" * image_tokens[k] + "<|vision_end|>"
+                content = content.replace(IMAGE_PLACEHOLDER, pads, 1)
+                k += 1
+            out.append(f"{IM_START}{m.role}\n{content}{IM_END}\n")
+        if add_generation_prompt:
+            out.append(f"{IM_START}assistant\n")
+        return "".join(out)
+
+    # ------------------------------------------------------------------ pieces
+    def _images(self, sources: list) -> _Images:
+        s = self.image_cfg.sam_image_size
+        if not sources:
+            return _Images(torch.zeros(0, self._patch_dim()), torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3, s, s), [], [], [])
+        arrays = [to_rgb_array(x) for x in sources]
+        pixel_values, grid = self.processor.qwen(arrays)
+        p = self.image_cfg.patch_size
+        resized = [(int(g[1]) * p, int(g[2]) * p) for g in grid]
+        sam = torch.stack([self.processor.sam(a) for a in arrays])  # (n_img, 3, S, S)
+        n_tokens = [self.processor.num_image_tokens(g) for g in grid]
+        return _Images(pixel_values, grid, sam, [a.shape[:2] for a in arrays], resized, n_tokens)
+
+    def _patch_dim(self) -> int:
+        c = self.image_cfg
+        return 3 * c.temporal_patch_size * c.patch_size * c.patch_size
+
+    @staticmethod
+    def _with_system(messages: Sequence[Message], default_system: str | None) -> list[Message]:
+        msgs = list(messages)
+        if default_system is not None and (not msgs or msgs[0].role != "system"):
+            msgs.insert(0, Message("system", default_system))
+        return msgs
+
+    def _text_ids(self, text: str, image_tokens: list[int], k: int) -> tuple[list[int], int]:
+        """Unlabelled text with ``<image>`` -> ids; returns the next image index."""
+        parts = text.split(IMAGE_PLACEHOLDER)
+        ids: list[int] = []
+        for i, part in enumerate(parts):
+            if i > 0:
+                if k >= len(image_tokens):
+                    raise ValueError(f"more '<image>' placeholders than the {len(image_tokens)} images given")
+                ids += [self.ids.vision_start] + [self.ids.image_pad] * image_tokens[k] + [self.ids.vision_end]
+                k += 1
+            if part:
+                ids += self.tokenizer.encode(part, add_special_tokens=False)
+        return ids, k
+
+    def _encode_messages(
+        self, messages: Sequence[Message], image_tokens: list[int], *, add_generation_prompt: bool, use_default_system: bool = True
+    ) -> tuple[list[int], list[int]]:
+        msgs = self._with_system(messages, self.default_system if use_default_system else None)
+        ids: list[int] = []
+        labels: list[int] = []
+        pending = ""  # unlabelled text not yet tokenized: one piece up to the next label boundary
+        k = 0
+
+        def flush() -> None:
+            nonlocal pending, k
+            piece, k = self._text_ids(pending, image_tokens, k)
+            ids.extend(piece)
+            labels.extend([IGNORE_INDEX] * len(piece))
+            pending = ""
+
+        for i, m in enumerate(msgs):
+            pending += f"{IM_START}{m.role}\n"
+            if m.role != "assistant":
+                pending += f"{m.content}{IM_END}\n"
+                continue
+            if IMAGE_PLACEHOLDER in m.content:
+                raise ValueError(f"messages[{i}]: '<image>' in an assistant message (images go in user turns)")
+            flush()
+            answer = self.tokenizer.encode(m.content, add_special_tokens=False) + [self.ids.im_end]
+            ids.extend(answer)
+            labels.extend(answer)  # supervised: the content and its closing <|im_end|>
+            pending = "\n"
+        if add_generation_prompt:
+            pending += f"{IM_START}assistant\n"
+        flush()
+        if k != len(image_tokens):
+            raise ValueError(f"{k} '<image>' placeholders but {len(image_tokens)} images")
+        return ids, labels
+
+    def _check_counts(self, ids: list[int], image_tokens: list[int], n_masks: int | None) -> None:
+        n_pad = sum(1 for t in ids if t == self.ids.image_pad)
+        if n_pad != sum(image_tokens):
+            raise ValueError(
+                f"{n_pad} <|image_pad|> tokens in the text but the images need {sum(image_tokens)} "
+                f"({len(image_tokens)} images: {image_tokens}); is '<|image_pad|>' written literally in the text?"
+            )
+        if n_masks is not None:
+            n_seg = sum(1 for t in ids if t == self.ids.seg)
+            if n_seg != n_masks:
+                raise ValueError(f"{n_seg} [SEG] tokens in the text but {n_masks} masks")
+
+    def _fit_length(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], int]:
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids, labels, 0
+        n, cap = len(ids), self.max_length
+        if self.truncation == "error":
+            raise TooLongError(f"example is {n} tokens, max_length is {cap}")
+        protected = {self.ids.image_pad, self.ids.vision_start, self.ids.vision_end, self.ids.seg}
+        if any(t in protected for t in ids[cap:]):
+            raise TooLongError(f"example is {n} tokens, max_length is {cap}, and the cut would split an image or a [SEG]")
+        if all(lab == IGNORE_INDEX for lab in labels[:cap]):
+            raise TooLongError(f"example is {n} tokens, max_length is {cap}: no supervised token would be left")
+        return ids[:cap], labels[:cap], n - cap
+
+
+_SWIFT_BBOX = re.compile(re.escape(SWIFT_BBOX_PLACEHOLDER))
+
+
+def fill_box_placeholders(
+    messages: Sequence[Message],
+    objects: Objects | None,
+    orig_hw: Sequence[tuple[int, int]],
+    resized_hw: Sequence[tuple[int, int]],
+) -> list[Message]:
+    """Replace ``<boxes>``, ``<ref-object>`` and ms-swift ``<bbox>`` with the record's objects.
+
+    Boxes go from the first image's original pixels to its resized pixels. A placeholder without
+    objects, or more placeholders than objects, is a ``ValueError`` naming both counts.
+    """
+    uses = any(
+        BOXES_PLACEHOLDER in m.content or REF_PLACEHOLDER in m.content or _is_swift_bbox(m) for m in messages
+    )
+    if not uses:
+        return list(messages)
+    if objects is None or not objects.bbox:
+        raise ValueError("messages use box placeholders (<boxes>, <ref-object>, <bbox>) but the record has no objects")
+    if not orig_hw:
+        raise ValueError("box placeholders need an image: boxes are written in the resized image's pixels")
+    oh, rh = orig_hw[0], resized_hw[0]
+    boxes = [round_box(to_resized(b, oh, rh), rh) for b in objects.bbox]
+    refs = list(objects.ref) or [""] * len(boxes)
+    next_ref, next_box = 0, 0
+    out = []
+    for m in messages:
+        content = m.content
+        if m.role == "assistant" and BOXES_PLACEHOLDER in content:
+            content = content.replace(BOXES_PLACEHOLDER, render_boxes(list(zip(boxes, refs))))
+        while REF_PLACEHOLDER in content:
+            if next_ref >= len(refs):
+                raise ValueError(f"more '<ref-object>' placeholders than the {len(refs)} refs in objects")
+            content = content.replace(REF_PLACEHOLDER, refs[next_ref], 1)
+            next_ref += 1
+        if _is_swift_bbox(m):
+            n = content.count(SWIFT_BBOX_PLACEHOLDER)
+            if next_box + n > len(boxes):
+                raise ValueError(f"{next_box + n} '<bbox>' placeholders but {len(boxes)} boxes in objects")
+            chunks = _SWIFT_BBOX.split(content)
+            content = chunks[0] + "".join(render_box_list(boxes[next_box + j]) + c for j, c in enumerate(chunks[1:]))
+            next_box += n
+        out.append(Message(m.role, content))
+    return out
+
+
+def _is_swift_bbox(m: Message) -> bool:
+    return m.role == "assistant" and SWIFT_BBOX_PLACEHOLDER in m.content and "</bbox>" not in m.content
