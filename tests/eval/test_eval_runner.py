@@ -1,0 +1,181 @@
+"""The runner end to end on a tiny JSONL with a test-double predictor whose answers are known,
+so every aggregate below is computed by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from citrus_v.cli import build_parser
+from citrus_v.data.schema import Record, read_jsonl
+from citrus_v.eval.commands import run_eval
+from citrus_v.eval.runner import METRIC_KEYS, evaluate, write_outputs
+from citrus_v.infer.types import Box, Mask, Prediction, Report
+
+ROWS2 = np.array([[1] * 4] * 2 + [[0] * 4] * 2, bool)  # (4, 4), top two rows: 8 pixels
+ROW1 = np.array([[1] * 4] + [[0] * 4] * 3, bool)  # (4, 4), top row: 4 pixels
+EMPTY = np.zeros((4, 4), bool)
+
+
+class FakePredictor:
+    """Answers by prompt; remembers what it was asked."""
+
+    def __init__(self, answers: dict[str, Prediction]):
+        self.answers, self.calls = answers, []
+
+    def predict(self, images: list[str], prompt: str) -> Prediction:
+        self.calls.append((images, prompt))
+        return self.answers[prompt]
+
+
+def _p(answer: str = "", boxes=(), masks=(), report=None) -> Prediction:
+    return Prediction(answer=answer, raw_text=answer, boxes=[Box(list(b)) for b in boxes],
+                      masks=[Mask(m, 0.9) for m in masks], report=report)
+
+
+def _rec(prompt: str, answer: str, task: str | None, modality: str | None, **extra) -> dict:
+    n_img = extra.pop("n_img", 1)
+    d = {"messages": [{"role": "user", "content": "<image>" * n_img + prompt},
+                      {"role": "assistant", "content": answer}],
+         "images": [f"img{i}.png" for i in range(n_img)], **extra}
+    if task:
+        d["task"] = task
+    if modality:
+        d["modality"] = modality
+    return d
+
+
+REPORT_A = "Findings: heart size is normal. Impression: no acute disease."
+REPORT_B = "Findings: right pleural effusion with basal atelectasis. Impression: effusion."
+
+
+def _dataset(tmp: Path) -> tuple[Path, FakePredictor]:
+    for name, arr in {"m_rows2.png": ROWS2, "m_empty.png": EMPTY, "m_row1.png": ROW1}.items():
+        Image.fromarray(arr.astype(np.uint8) * 255).save(tmp / name)
+    rows = [
+        (_rec("Is there a fracture?", "Yes", "vqa_closed", "CT"), _p("Yes, clearly.")),
+        (_rec("A or B?", "B", "vqa_closed", "MR"), _p("A")),
+        (_rec("Where is it?", "left lung mass", "vqa_open", "CT"), _p("mass in the left lung")),
+        (_rec("Effusion?", "<think>blunted angle? no</think><answer>no</answer>", "cot", "X-ray"), _p("No.")),
+        (_rec("Find the liver.", "liver", "detection", "CT", objects={"ref": ["liver"], "bbox": [[0, 0, 10, 10]]}),
+         _p("liver", boxes=[[0, 0, 10, 10]])),
+        (_rec("Find the kidney.", "kidney", "detection", "MR", objects={"ref": ["kidney"], "bbox": [[0, 0, 10, 10]]}),
+         _p("kidney", boxes=[[20, 20, 30, 30], [0, 0, 10, 10]])),
+        (_rec("Find a nodule.", "none", "detection", None, objects={"ref": [], "bbox": []}), _p("none")),
+        (_rec("Segment the liver.", "[SEG]", None, "CT", masks=["m_rows2.png"]), _p("[SEG]", masks=[ROW1])),
+        (_rec("Segment a tumour.", "[SEG]", "segmentation", "CT", masks=["m_empty.png"]), _p("[SEG]", masks=[EMPTY])),
+        (_rec("Segment both.", "[SEG] [SEG]", "segmentation", "MR", masks=["m_row1.png", "m_rows2.png"]),
+         _p("[SEG]", masks=[ROW1])),  # the second [SEG] got no mask
+        (_rec("Report A.", REPORT_A, "report", "X-ray"), _p(REPORT_A)),
+        (_rec("Report B.", REPORT_B, "report", "X-ray"),
+         _p("", report=Report("right pleural effusion with basal atelectasis.", "effusion."))),
+        (_rec("Glucose?", "12.5 mg/dL", "document", None, n_img=0), _p("12.5 MG/dL")),
+        (_rec("Code?", "abcd", "document", None, n_img=0), _p("abce")),
+        (_rec("Describe.", "A chest film.", "caption", "X-ray"), _p("A film.")),
+    ]
+    path = tmp / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    return path, FakePredictor({r["messages"][0]["content"].replace("<image>", ""): p for r, p in rows})
+
+
+# AP at every IoU threshold: detections by score are TP (1.0, sample 5), FP (1.0, sample 6's first
+# box), TP (0.5); precision/recall (1, 1/2), (1/2, 1/2), (2/3, 1); 101-point interpolation gives
+# 51 recall points at precision 1 and 50 at 2/3.
+AP = (51 + 50 * 2 / 3) / 101
+
+
+def test_runner_end_to_end_values(tmp_path):
+    data, predictor = _dataset(tmp_path)
+    result = evaluate(predictor, read_jsonl(data), data.parent, progress=False)
+    m = {k: (a.value, a.n) for k, a in result.metrics.items()}
+    approx = pytest.approx
+    assert m["vqa_closed_acc"] == (approx(2 / 3), 3)  # yes ok, B wrong, CoT "no" ok
+    assert m["vqa_open_recall"] == (1.0, 1)
+    assert m["vqa_open_f1"] == (approx(2 * 0.75 / 1.75), 1)  # P 3/4, R 1
+    assert m["det_p50"] == (0.5, 2)  # the sample without GT is left out
+    assert m["det_map"] == (approx(AP), 2) and m["det_map50"] == (approx(AP), 2)
+    # Dice per mask: rows2 vs row1 = 8/12, empty vs empty = 1, MR: 1 and 0 (missing prediction)
+    assert m["seg_dice_mean"] == (approx((2 / 3 + 1 + 1 + 0) / 4), 4)
+    assert m["seg_dice_median"] == (approx((2 / 3 + 1) / 2), 4)
+    assert m["report_rougeL"] == (1.0, 2)  # report B rebuilt from the structured Report
+    assert m["report_bleu4"] == (approx(1.0, abs=1e-6), 2)
+    assert m["report_cider"] == (approx(10.0), 2)
+    assert m["doc_anls"] == (approx((1.0 + 0.75) / 2), 2)
+    assert m["doc_exact"] == (0.5, 2)
+    assert result.counts == {"records": 15, "unscored": 1, "det_without_gt": 1, "scored_vqa_closed": 3,
+                             "scored_vqa_open": 1, "scored_detection": 3, "scored_segmentation": 3,
+                             "scored_report": 2, "scored_document": 2}
+    ct, mr = result.per_modality["CT"], result.per_modality["MR"]
+    assert (ct["seg_dice_mean"].value, ct["seg_dice_mean"].n) == (approx(5 / 6), 2)
+    assert (mr["seg_dice_mean"].value, mr["seg_dice_median"].value, mr["seg_dice_mean"].n) == (0.5, 0.5, 2)
+    assert (ct["vqa_closed_acc"].value, mr["vqa_closed_acc"].value) == (1.0, 0.0)
+    assert (ct["det_p50"].value, mr["det_p50"].value) == (1.0, 0.0)
+    assert result.per_modality["X-ray"]["seg_dice_mean"].value is None
+    assert sorted(result.per_modality) == ["CT", "MR", "X-ray", "unknown"]
+    # what the predictor was given: resolved image paths, the prompt without <image>
+    images, prompt = predictor.calls[0]
+    assert images == [str(tmp_path / "img0.png")] and prompt == "Is there a fracture?"
+
+
+def test_outputs_written(tmp_path):
+    data, predictor = _dataset(tmp_path)
+    result = evaluate(predictor, read_jsonl(data), data.parent, progress=False)
+    paths = write_outputs(result, tmp_path / "out", meta={"data": "x"})
+    js = json.loads(paths["json"].read_text())
+    for key in ("seg_dice_mean", "seg_dice_median", "vqa_closed_acc", "vqa_open_f1", "det_p50", "report_rougeL",
+                "doc_exact"):
+        assert set(js[key]) == {"value", "n", "aggregation"} and js[key]["n"] > 0
+    assert js["per_modality"]["MR"]["seg_dice_mean"] == {"value": 0.5, "n": 2,
+                                                         "aggregation": METRIC_KEYS["seg_dice_mean"]}
+    assert js["meta"] == {"data": "x"}
+    md = paths["md"].read_text()
+    assert "| metric | value | n | aggregation |" in md
+    assert "| seg_dice_median | 0.8333 | 4 | median over masks (one per [SEG]) |" in md
+    assert "| MR | seg_dice_mean | 0.5000 | 2 |" in md
+    preds = [json.loads(line) for line in paths["predictions"].read_text().splitlines()]
+    assert len(preds) == 15
+    assert preds[9]["dice"] == [1.0, 0.0] and preds[9]["num_pred_masks"] == 1
+    assert preds[3]["task"] == "vqa_closed" and preds[3]["reference"] == "no"
+    assert preds[14]["task"] == "unscored"
+
+
+def test_absent_tasks_are_null_with_zero_count(tmp_path):
+    rec = Record.from_dict(_rec("Is it?", "yes", "vqa_closed", None, n_img=0))
+    result = evaluate(FakePredictor({"Is it?": _p("no")}), [rec], tmp_path, progress=False)
+    js = result.to_json()
+    assert js["vqa_closed_acc"] == {"value": 0.0, "n": 1, "aggregation": "mean over samples"}
+    for key in METRIC_KEYS:
+        if key != "vqa_closed_acc":
+            assert js[key]["value"] is None and js[key]["n"] == 0, key
+
+
+def test_mask_errors_name_the_record(tmp_path):
+    Image.fromarray(ROWS2.astype(np.uint8)).save(tmp_path / "m.png")
+    rec = Record.from_dict(_rec("Seg.", "[SEG]", "segmentation", None, masks=["m.png"]))
+    wrong_size = FakePredictor({"Seg.": _p("[SEG]", masks=[np.zeros((5, 4), bool)])})
+    with pytest.raises(ValueError, match=r"record 0: predicted mask 0 has shape \(5, 4\).*m.png has \(4, 4\)"):
+        evaluate(wrong_size, [rec], tmp_path, progress=False)
+    missing = Record.from_dict(_rec("Seg.", "[SEG]", "segmentation", None, masks=["nope.png"]))
+    with pytest.raises(FileNotFoundError, match="nope.png does not exist"):
+        evaluate(wrong_size, [missing], tmp_path, progress=False)
+
+
+def test_cli_eval_with_limit_and_progress_bar(tmp_path, capsys):
+    data, predictor = _dataset(tmp_path)
+    args = build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path / "o"), "--limit", "2"])
+    assert args.func is run_eval and args.model is None
+    assert run_eval(args, predictor=predictor) == 0
+    js = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert js["counts"]["records"] == 2 and js["vqa_closed_acc"] == {"value": 0.5, "n": 2,
+                                                                    "aggregation": "mean over samples"}
+    assert js["meta"]["model"] == "embedded default" and js["meta"]["limit"] == 2
+    out, err = capsys.readouterr()
+    assert "| vqa_closed_acc | 0.5000 | 2 | mean over samples |" in out
+    assert "citrus-v eval" in err and "2/2" in err  # tqdm's bar on stderr
+    bad = build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path), "--limit", "0"])
+    with pytest.raises(SystemExit, match="--limit must be >= 1, got 0"):
+        run_eval(bad, predictor=predictor)
