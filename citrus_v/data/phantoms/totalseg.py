@@ -1,0 +1,146 @@
+"""Organ segmentation and VQA samples cut from the real TotalSegmentator example volumes.
+
+Slices are split by contiguous z blocks with gaps between them, so no test slice
+neighbours a train slice (3 mm slices look alike): [train_a | gap | test | gap | val | gap | train_b].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VOLUMES = {  # name -> (image file, label file, labels.json key, modality)
+    "ct": ("example_ct_sm.nii.gz", "example_seg.nii.gz", "ct (example_seg*.nii.gz)", "ct"),
+    "mr": ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "mr (example_seg_mr.nii.gz)", "mr"),
+}
+ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "stomach")
+SEG_Q = "Please segment the {organ}."
+VISIBLE_Q = "Is the {organ} visible in this slice?"
+MIN_PIXELS_FRAC = 0.004  # at 224 px: 200 pixels; smaller organ cuts are neither asked nor segmented
+GAP = 2
+
+
+def default_dir() -> Path:
+    """../shared/data/totalseg_example beside the repository checkout."""
+    return Path(__file__).resolve().parents[4] / "shared" / "data" / "totalseg_example"
+
+
+def organ_text(name: str) -> str:
+    """'kidney_right' -> 'right kidney'."""
+    parts = name.split("_")
+    return " ".join(parts[::-1]) if parts[-1] in ("left", "right") else " ".join(parts)
+
+
+def slice_blocks(n_z: int, gap: int = GAP) -> dict[str, list[int]]:
+    """Slice indices per split; blocks are separated by ``gap`` unused slices."""
+    usable = n_z - 3 * gap
+    n_test, n_val = max(1, round(usable * 0.2)), max(1, round(usable * 0.1))
+    n_train = usable - n_test - n_val
+    if n_train < 2:
+        raise ValueError(f"a volume of {n_z} slices is too short for three blocks with gap {gap}")
+    a = n_train // 2
+    test0 = a + gap
+    val0 = test0 + n_test + gap
+    b0 = val0 + n_val + gap
+    return {
+        "train": list(range(0, a)) + list(range(b0, n_z)),
+        "test": list(range(test0, test0 + n_test)),
+        "val": list(range(val0, val0 + n_val)),
+    }
+
+
+@dataclass
+class Volume:
+    image: np.ndarray  # (Z, H, W) float32 in 0..1, radiological view per slice
+    labels: np.ndarray  # (Z, H, W) uint8
+    names: dict[str, int]  # organ name -> label value
+    modality: str
+
+
+@lru_cache(maxsize=4)
+def load(root: str, which: str) -> Volume:
+    import nibabel as nib  # heavy import, only when real volumes are used
+
+    img_file, seg_file, key, modality = VOLUMES[which]
+    root_p = Path(root)
+    for f in (img_file, seg_file, "labels.json"):
+        if not (root_p / f).is_file():
+            raise FileNotFoundError(f"totalseg: {root_p / f} is missing (needed for the '{which}' volume)")
+    img = nib.as_closest_canonical(nib.load(root_p / img_file))
+    seg = nib.as_closest_canonical(nib.load(root_p / seg_file))
+    a = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z) in RAS
+    s = np.asarray(seg.dataobj).astype(np.uint8)
+    if a.shape != s.shape:
+        raise ValueError(f"totalseg: {img_file} {a.shape} and {seg_file} {s.shape} differ in shape")
+    if modality == "ct":
+        lo, hi = 40 - 200, 40 + 200  # abdomen window L40 W400
+    else:
+        lo, hi = np.percentile(a, [1, 99.5])
+    a = np.clip((a - lo) / (hi - lo), 0, 1)
+    # (X, Y, Z) RAS -> (Z, Y, X), then flip both so anterior is up and the patient's right is left
+    a = a.transpose(2, 1, 0)[:, ::-1, ::-1]
+    s = s.transpose(2, 1, 0)[:, ::-1, ::-1]
+    table = json.loads((root_p / "labels.json").read_text())[key]
+    names = {v: int(k) for k, v in table.items() if v in ORGANS}
+    return Volume(np.ascontiguousarray(a), np.ascontiguousarray(s), names, modality)
+
+
+def _square(arr: np.ndarray, size: int, resample: int, jitter: tuple[float, float, float]) -> np.ndarray:
+    """Pad to a square (aspect kept), zoom/shift by ``jitter`` (scale, dx, dy), resize to size."""
+    h, w = arr.shape
+    n = max(h, w)
+    scale, dx, dy = jitter
+    side = n / scale
+    cx, cy = w / 2 + dx * n, h / 2 + dy * n
+    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    im = Image.fromarray(arr)
+    return np.asarray(im.transform((size, size), Image.EXTENT, box, resample=resample, fillcolor=0))
+
+
+@dataclass
+class SliceSample:
+    image: np.ndarray  # (S, S) uint8
+    masks: dict[str, np.ndarray]  # organ text -> (S, S) bool
+    question: str
+    answer: str
+    seg: list[str]
+    modality: str
+    meta: dict
+
+
+def sample(root: Path, which: str, split: str, task: str, k: int, rng: np.random.Generator, size: int) -> SliceSample:
+    vol = load(str(root), which)
+    z = int(rng.choice(slice_blocks(vol.image.shape[0])[split]))
+    jitter = (rng.uniform(0.9, 1.1), rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04))
+    img = _square((vol.image[z] * 255).astype(np.uint8), size, Image.BILINEAR, jitter)
+    lab = _square(vol.labels[z], size, Image.NEAREST, jitter)
+    min_px = MIN_PIXELS_FRAC * size * size
+    masks, present, absent = {}, [], []
+    for name, value in vol.names.items():
+        m = lab == value
+        if m.sum() >= min_px:
+            masks[organ_text(name)] = m
+            present.append(organ_text(name))
+        elif not m.any():
+            absent.append(organ_text(name))
+    meta = {"source": "totalseg", "volume": which, "slice": z, "jitter": [round(float(x), 4) for x in jitter]}
+    if task == "segmentation" or not absent:
+        want_yes = True
+    elif not present:
+        want_yes = False
+    else:
+        want_yes = k % 2 == 0  # balanced yes/no over the k-th samples
+    if task == "segmentation":
+        if not present:
+            raise ValueError(f"totalseg {which} slice {z}: no organ is large enough to segment")
+        organ = present[int(rng.integers(len(present)))]
+        return SliceSample(img, {organ: masks[organ]}, SEG_Q.format(organ=organ), "Sure, it is [SEG].",
+                           [organ], vol.modality, meta)
+    pool = present if want_yes else absent
+    organ = pool[int(rng.integers(len(pool)))]
+    return SliceSample(img, {}, VISIBLE_Q.format(organ=organ), "yes" if want_yes else "no", [], vol.modality, meta)
