@@ -1,0 +1,301 @@
+"""One training loop for every stage.
+
+``train(stage, model, dataset, collate_fn, out_dir)`` freezes the model to the stage's parts,
+runs AdamW + cosine warm-up + clipping + gradient accumulation (with the mask-count
+normalisation of DESIGN §1), checkpoints atomically, resumes bit-exactly, and writes
+``metrics.jsonl`` and ``loss_curve.png``. ``run_all_stages`` chains stages 1 -> 4, each
+starting from the previous stage's final weights.
+
+Window bookkeeping: one optimizer step consumes a *window* of
+``micro_batch_size * grad_accum * world_size`` consecutive indices of the epoch's seeded
+permutation; the data position saved in a checkpoint is (epoch, index into that permutation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from citrus_v.train import checkpointing as ckpt
+from citrus_v.train.distributed import DistContext, all_reduce_sum, barrier, rank_micro_batches, wrap_model
+from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
+from citrus_v.train.optim import build_optimizer, build_scheduler
+from citrus_v.train.stages import StageConfig
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+
+class TrainableModel(Protocol):
+    """What the recipe needs from a model (CitrusV provides it)."""
+
+    def set_trainable(self, parts: Sequence[str]) -> None: ...
+    def set_seg_grad_scale(self, scale: float) -> None: ...
+    def __call__(self, **batch: Any) -> Any: ...  # returns .loss and .lm_loss
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    final_dir: Path  # the last checkpoint folder (weights + optimizer + state)
+    steps: int
+    losses: list[float] = field(default_factory=list)  # per optimizer step, this process's run
+    trainable_params: int = 0
+    total_params: int = 0
+    metrics_path: Path | None = None
+    plot_path: Path | None = None
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied tensors counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded permutation of ``range(n)`` for ``epoch`` (same on every rank)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def count_masks(batch: Batch) -> int:
+    masks = batch.get("gt_masks")
+    return 0 if masks is None else int(masks.shape[0])
+
+
+def total_steps_for(stage: StageConfig, n_samples: int, world_size: int) -> tuple[int, int]:
+    """(total optimizer steps, steps per epoch)."""
+    window = stage.micro_batch_size * stage.grad_accum * world_size
+    per_epoch = n_samples // window
+    if per_epoch == 0:
+        raise ValueError(
+            f"stage {stage.name}: {n_samples} samples are fewer than one optimizer step's window of {window} "
+            f"(micro_batch_size {stage.micro_batch_size} x grad_accum {stage.grad_accum} x world_size {world_size})"
+        )
+    if stage.max_steps is not None:
+        return stage.max_steps, per_epoch
+    assert stage.epochs is not None  # StageConfig guarantees one of the two
+    return max(1, math.ceil(stage.epochs * per_epoch)), per_epoch
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _model_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Full (unsharded, CPU) model and optimizer state keyed by parameter name; works for
+    plain, DDP and FSDP2 models alike."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def _load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: ckpt.TrainingState) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state.model, options=opts)
+    set_optimizer_state_dict(model, optimizer, state.optimizer, options=opts)
+
+
+def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
+    if clip is None:
+        norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        total = torch.stack(norms).norm() if norms else torch.zeros(())
+    else:
+        total = torch.nn.utils.clip_grad_norm_(params, clip)
+    full = getattr(total, "full_tensor", None)  # FSDP2 returns a DTensor
+    return float(full() if full is not None else total)
+
+
+def train(
+    stage: StageConfig,
+    model: nn.Module,
+    dataset: Sequence[Any],
+    collate_fn: Callable[[list[Any]], Batch],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    resume_from: str | Path | None = None,
+    device: torch.device | str | None = None,
+    dist_ctx: DistContext | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model`` for one stage; see the module docstring.
+
+    ``model`` is unwrapped (CitrusV or anything with ``set_trainable``/``set_seg_grad_scale``
+    and a forward returning ``.loss``/``.lm_loss``); it is wrapped here for DDP/FSDP2.
+    ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (or
+    ``resume_from``); a corrupt one raises CheckpointError. ``stop_after`` ends the run
+    early after that many steps (a test hook; the schedule still spans the full run).
+    """
+    ctx = dist_ctx or DistContext()
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial(ckpt_root)
+
+    torch.manual_seed(stage.seed)
+    model.set_trainable(stage.trainable_parts)
+    model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
+    if stage.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    trainable, total = count_parameters(model)
+    if ctx.is_main:
+        log.info("%s: trainable %d / total %d parameters (%.2f%%)", stage.name, trainable, total, 100 * trainable / total)
+    model.to(device)
+    model.train()
+    wrapped = wrap_model(model, ctx, device)
+    optimizer = build_optimizer(wrapped, stage)
+    total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
+    scheduler = build_scheduler(optimizer, stage, total_steps)
+
+    step, epoch, position = 0, 0, 0
+    if resume or resume_from is not None:
+        path = Path(resume_from) if resume_from is not None else ckpt.latest_checkpoint(ckpt_root)
+        if path is not None:
+            state = ckpt.load_checkpoint(path)
+            _load_state(wrapped, optimizer, state)
+            scheduler.load_state_dict(state.scheduler)
+            if state.rng is not None:
+                ckpt.restore_rng(state.rng)
+            step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
+            if ctx.is_main:
+                log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
+        elif ctx.is_main:
+            log.info("no checkpoint under %s: starting from scratch", ckpt_root)
+
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if step else None) if ctx.is_main else None
+    window_size = stage.micro_batch_size * stage.grad_accum * ctx.world_size
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )  # bf16 on GPU; CPUs here lack bf16, so fp32
+    order = epoch_order(len(dataset), stage.seed, epoch)
+    losses: list[float] = []
+    last_dir = ckpt.latest_checkpoint(ckpt_root) if step else None
+    end = total_steps if stop_after is None else min(total_steps, stop_after)
+    bar = _progress_bar(step, total_steps, enabled=progress and ctx.is_main, desc=stage.name)
+    t0 = time.perf_counter()
+    while step < end:
+        if position + window_size > len(order):  # epoch done: drop the ragged tail
+            epoch, position = epoch + 1, 0
+            order = epoch_order(len(dataset), stage.seed, epoch)
+        window = order[position : position + window_size]
+        micro = [_to_device(collate_fn([dataset[i] for i in idx]), device) for idx in rank_micro_batches(window, ctx, stage.micro_batch_size, stage.grad_accum)]
+        lm_part, mask_part = _accumulate(wrapped, micro, ctx, autocast)
+        grad_norm = _grad_norm(params, stage.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        position += window_size
+
+        lm_loss = all_reduce_sum(lm_part, ctx) / ctx.world_size
+        mask_loss = all_reduce_sum(mask_part, ctx)
+        loss = lm_loss + mask_loss
+        losses.append(loss)
+        elapsed = time.perf_counter() - t0
+        if metrics is not None and (step % stage.log_every == 0 or step == end):
+            metrics.write(
+                {"stage": stage.stage, "step": step, "epoch": epoch, "loss": loss, "lm_loss": lm_loss, "mask_loss": mask_loss,
+                 "lr": lr, "grad_norm": grad_norm, "samples": step * window_size, "elapsed_s": round(elapsed, 3)}
+            )
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
+
+        if step % stage.save_every == 0 or step == end:
+            last_dir = _save(wrapped, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx)
+    bar.close()
+
+    plot_path = metrics_path = None
+    if metrics is not None:
+        metrics_path = metrics.path
+        if metrics_path.stat().st_size:
+            plot_path = plot_loss_curve(metrics_path, out_dir / "loss_curve.png", title=stage.name)
+    barrier(ctx)
+    assert last_dir is not None or end == 0
+    return TrainResult(out_dir, last_dir or ckpt_root, step, losses, trainable, total, metrics_path, plot_path)
+
+
+def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> tuple[float, float]:
+    """Forward/backward every micro-batch of this rank's share of the window.
+
+    LM loss is averaged over micro-batches (/grad_accum). Mask losses arrive from the model
+    already weighted by (masks in micro-batch / num_masks_in_window); the window count is the
+    GLOBAL one, so they sum to the mean over every mask of the window; since DDP/FSDP
+    average gradients over ranks, they are multiplied by world_size to undo that.
+    Returns this rank's (LM part, mask part) of the window loss.
+    """
+    n_window = int(all_reduce_sum(float(sum(count_masks(b) for b in micro)), ctx))
+    lm_total = mask_total = 0.0
+    for k, batch in enumerate(micro):
+        last = k == len(micro) - 1
+        sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                out = model(**batch, num_masks_in_window=n_window)
+            if out.lm_loss is None:
+                raise ValueError("the model returned no lm_loss: the batch needs 'labels'")
+            mask = out.loss - out.lm_loss  # 2*bce + dice, already window-weighted; 0 without [SEG]
+            (out.lm_loss / len(micro) + mask * ctx.world_size).backward()
+        lm_total += float(out.lm_loss.detach()) / len(micro)
+        mask_total += float(mask.detach())
+    return lm_total, mask_total
+
+
+def _save(wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
+          position: int, stage: StageConfig, ctx: DistContext) -> Path:
+    model_sd, optim_sd = _model_state(wrapped, optimizer)  # collective under FSDP2: every rank calls it
+    final = root / ckpt.step_dir_name(step)
+    if ctx.is_main:
+        trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict()}
+        inner = wrapped.module if isinstance(wrapped, nn.parallel.DistributedDataParallel) else wrapped
+        config = getattr(inner, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
+        if config is not None and hasattr(config, "to_dict"):
+            trainer["model_config"] = config.to_dict()
+        state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())
+        final = ckpt.save_checkpoint(root, step, state, keep_last=stage.keep_last)
+    barrier(ctx)
+    return final
+
+
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass of every transformers sub-model that can."""
+    found = False
+    for module in model.modules():
+        if module is not model and hasattr(module, "gradient_checkpointing_enable") and hasattr(module, "supports_gradient_checkpointing"):
+            if module.supports_gradient_checkpointing and not getattr(module, "is_gradient_checkpointing", False):
+                # non-reentrant: works with frozen inputs and parameters that need no grad
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                found = True
+    if not found:
+        log.warning("gradient checkpointing requested but no sub-module supports it")
+
+
+def _progress_bar(start: int, total: int, *, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
