@@ -18,6 +18,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    p.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_eval)
 
@@ -29,17 +30,24 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"citrus-v eval: --limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise SystemExit(f"citrus-v eval: --batch-size must be >= 1, got {args.batch_size}")
     if not args.data.is_file():
         raise SystemExit(f"citrus-v eval: --data {args.data} is not a file")
     records = read_jsonl(args.data)
     if predictor is None:
         # heavy import (torch, transformers) only when a model is really needed
-        from citrus_v.infer.predictor import Predictor
-
+        try:
+            from citrus_v.infer.predictor import Predictor
+        except ModuleNotFoundError as err:
+            if err.name != "citrus_v.infer.predictor":
+                raise
+            raise SystemExit("citrus-v eval: no predictor in this install (citrus_v/infer/predictor.py)") from None
         predictor = Predictor.from_pretrained(args.model)
-    result = evaluate(predictor, records, args.data.parent, limit=args.limit, progress=not args.no_progress)
+    result = evaluate(predictor, records, args.data.parent, limit=args.limit,
+                      batch_size=args.batch_size, progress=not args.no_progress)
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
-            "limit": args.limit}
+            "limit": args.limit, "batch_size": args.batch_size}
     paths = write_outputs(result, args.out, meta=meta)
     sys.stdout.write(to_markdown(result))
     sys.stdout.write(f"\nwrote {paths['json']}, {paths['md']}, {paths['predictions']}\n")

@@ -20,7 +20,10 @@ masks are not scored (their count is kept in predictions.jsonl).
 
 The predictor is called as ``predict(images, prompt)`` with ``images`` the record's image
 paths resolved against ``base_dir`` and ``prompt`` the last user message before the last
-assistant message, ``<image>`` placeholders removed (the predictor places the images).
+assistant message, ``<image>`` placeholders kept, so images sit where training put them (the
+chat template puts images first when a prompt has none). Earlier turns are not replayed.
+With ``batch_size > 1`` and a predictor that has ``predict_batch(requests)``, records go in
+batches of that size (same greedy answers, faster on an accelerator).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
-from citrus_v.data.schema import IMAGE_PLACEHOLDER, Record, resolve
+from citrus_v.data.schema import Record, resolve
 from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
 from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
 from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer
@@ -110,7 +113,7 @@ def task_of(rec: Record) -> str | None:
 def prompt_of(rec: Record) -> str:
     last_assistant = max(i for i, m in enumerate(rec.messages) if m.role == "assistant")
     users = [m.content for m in rec.messages[:last_assistant] if m.role == "user"]
-    return users[-1].replace(IMAGE_PLACEHOLDER, "").strip() if users else ""
+    return users[-1].strip() if users else ""
 
 
 def reference_of(rec: Record) -> str:
@@ -240,16 +243,26 @@ def aggregate(samples: Sequence[SampleResult]) -> EvalResult:
 
 
 def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str | Path, *,
-             limit: int | None = None, progress: bool = True) -> EvalResult:
+             limit: int | None = None, batch_size: int = 1, progress: bool = True) -> EvalResult:
     """Predict every record (the first ``limit`` when given), score it, aggregate."""
     from tqdm.auto import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)[:limit] if limit is not None else list(records)
+    batched = batch_size > 1 and hasattr(predictor, "predict_batch")
+    step = batch_size if batched else 1
     samples = []
-    for i, rec in enumerate(tqdm(records, desc="citrus-v eval", unit="record", disable=not progress)):
-        images = [str(resolve(p, base_dir)) for p in rec.images]
-        pred = predictor.predict(images, prompt_of(rec))
-        samples.append(score_record(i, rec, pred, base_dir))
+    with tqdm(total=len(records), desc="citrus-v eval", unit="record", disable=not progress) as bar:
+        for start in range(0, len(records), step):
+            chunk = records[start:start + step]
+            requests = [([str(resolve(p, base_dir)) for p in rec.images], prompt_of(rec)) for rec in chunk]
+            preds = predictor.predict_batch(requests) if batched else [predictor.predict(*requests[0])]
+            if len(preds) != len(chunk):
+                raise ValueError(f"the predictor returned {len(preds)} predictions for {len(chunk)} requests")
+            for k, (rec, pred) in enumerate(zip(chunk, preds)):
+                samples.append(score_record(start + k, rec, pred, base_dir))
+            bar.update(len(chunk))
     return aggregate(samples)
 
 

@@ -79,7 +79,7 @@ def _dataset(tmp: Path) -> tuple[Path, FakePredictor]:
     ]
     path = tmp / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
-    return path, FakePredictor({r["messages"][0]["content"].replace("<image>", ""): p for r, p in rows})
+    return path, FakePredictor({r["messages"][0]["content"]: p for r, p in rows})
 
 
 # AP at every IoU threshold: detections by score are TP (1.0, sample 5), FP (1.0, sample 6's first
@@ -116,9 +116,9 @@ def test_runner_end_to_end_values(tmp_path):
     assert (ct["det_p50"].value, mr["det_p50"].value) == (1.0, 0.0)
     assert result.per_modality["X-ray"]["seg_dice_mean"].value is None
     assert sorted(result.per_modality) == ["CT", "MR", "X-ray", "unknown"]
-    # what the predictor was given: resolved image paths, the prompt without <image>
+    # what the predictor was given: resolved image paths, the prompt with its <image> placeholder
     images, prompt = predictor.calls[0]
-    assert images == [str(tmp_path / "img0.png")] and prompt == "Is there a fracture?"
+    assert images == [str(tmp_path / "img0.png")] and prompt == "<image>Is there a fracture?"
 
 
 def test_outputs_written(tmp_path):
@@ -156,7 +156,7 @@ def test_absent_tasks_are_null_with_zero_count(tmp_path):
 def test_mask_errors_name_the_record(tmp_path):
     Image.fromarray(ROWS2.astype(np.uint8)).save(tmp_path / "m.png")
     rec = Record.from_dict(_rec("Seg.", "[SEG]", "segmentation", None, masks=["m.png"]))
-    wrong_size = FakePredictor({"Seg.": _p("[SEG]", masks=[np.zeros((5, 4), bool)])})
+    wrong_size = FakePredictor({"<image>Seg.": _p("[SEG]", masks=[np.zeros((5, 4), bool)])})
     with pytest.raises(ValueError, match=r"record 0: predicted mask 0 has shape \(5, 4\).*m.png has \(4, 4\)"):
         evaluate(wrong_size, [rec], tmp_path, progress=False)
     missing = Record.from_dict(_rec("Seg.", "[SEG]", "segmentation", None, masks=["nope.png"]))
@@ -179,3 +179,26 @@ def test_cli_eval_with_limit_and_progress_bar(tmp_path, capsys):
     bad = build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path), "--limit", "0"])
     with pytest.raises(SystemExit, match="--limit must be >= 1, got 0"):
         run_eval(bad, predictor=predictor)
+
+
+class BatchFakePredictor(FakePredictor):
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.batch_sizes = []
+
+    def predict_batch(self, requests):
+        self.batch_sizes.append(len(requests))
+        return [self.predict(images, prompt) for images, prompt in requests]
+
+
+def test_batched_evaluation_matches_one_by_one(tmp_path):
+    data, single = _dataset(tmp_path)
+    batched = BatchFakePredictor(single.answers)
+    records = read_jsonl(data)
+    one = evaluate(single, records, data.parent, progress=False)
+    many = evaluate(batched, records, data.parent, batch_size=4, progress=False)
+    assert batched.batch_sizes == [4, 4, 4, 3]
+    assert many.to_json() == one.to_json()
+    assert [s.index for s in many.samples] == list(range(15))
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        evaluate(batched, records, data.parent, batch_size=0)
