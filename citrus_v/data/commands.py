@@ -1,0 +1,135 @@
+"""`citrus-v data ...`: validate, convert and show JSON-lines data (phantoms lives in data/phantoms)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections import Counter
+from pathlib import Path
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="validate, convert and show training data")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    p = sub.add_parser("validate", help="check a JSONL file; print the count per task")
+    p.add_argument("file", type=Path)
+    p.add_argument("--skip-invalid", action="store_true", help="report bad lines (count and line numbers) instead of stopping")
+    p.add_argument("--check-files", action="store_true", help="also check that every image and mask file exists")
+    p.set_defaults(func=run_validate)
+
+    p = sub.add_parser("convert", help="convert a public dataset file to DIR/data.jsonl + images")
+    p.add_argument("--format", required=True, dest="fmt", help="vqa-rad, slake, pathvqa, pmc-vqa, mecovqa-g(-plus), medsegbench, medxray-cot, meddocbench")
+    p.add_argument("src", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--images-root", type=Path, default=None, help="folder the set's image paths are relative to")
+    p.set_defaults(func=run_convert)
+
+    p = sub.add_parser("show", help="draw one record's image with its boxes and masks as PNG")
+    p.add_argument("file", type=Path)
+    p.add_argument("--index", type=int, default=0, help="0-based record index (blank lines not counted)")
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default: FILE.<index>.png)")
+    p.add_argument("--window", default=None, help="window preset for DICOM/NIfTI images (e.g. ct_lung)")
+    p.set_defaults(func=run_show)
+
+    _add_phantoms(sub)
+
+
+def _add_phantoms(sub: argparse._SubParsersAction) -> None:
+    name = "citrus_v.data.phantoms.cli"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:  # a real missing dependency inside the module: surface it
+            raise
+        return
+    module.add_phantoms_command(sub)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from citrus_v.data.schema import RecordError, SkipReport, iter_jsonl, resolve
+
+    if not args.file.is_file():
+        print(f"error: {args.file}: no such file", file=sys.stderr)
+        return 2
+    report = SkipReport()
+    counts: Counter[str] = Counter()
+    missing: list[str] = []
+    try:
+        for n, rec in enumerate(iter_jsonl(args.file, skip_invalid=args.skip_invalid, report=report)):
+            counts[rec.task or "unlabelled"] += 1
+            if args.check_files:
+                for key, paths in (("images", rec.images), ("masks", rec.masks)):
+                    missing += [f"record {n} {key}: {p}" for p in paths if not resolve(p, args.file.parent).is_file()]
+    except RecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    total = sum(counts.values())
+    print(f"{args.file}: {total} valid records")
+    for task, c in sorted(counts.items()):
+        print(f"  {task}: {c}")
+    if report.count:
+        print(f"skipped {report.count} invalid line(s): {', '.join(str(ln) for ln, _ in report.skipped)}")
+        for _, msg in report.skipped:
+            print(f"  {msg}")
+    if missing:
+        print(f"error: {len(missing)} missing file(s):", file=sys.stderr)
+        for m in missing[:20]:
+            print(f"  {m}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from citrus_v.data.sources import FORMATS, SourceError, convert
+
+    if args.fmt not in FORMATS:
+        print(f"error: unknown format {args.fmt!r}; known: {', '.join(sorted(FORMATS))}", file=sys.stderr)
+        return 2
+    kwargs = {}
+    if args.images_root is not None:
+        import inspect
+
+        if "images_root" not in inspect.signature(FORMATS[args.fmt][0]).parameters:
+            print(f"error: --images-root does not apply to {args.fmt} (images are embedded)", file=sys.stderr)
+            return 2
+        kwargs["images_root"] = args.images_root
+    try:
+        jsonl, records = convert(args.fmt, args.src, args.out, **kwargs)
+    except SourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    counts = Counter(r.task for r in records)
+    print(f"wrote {len(records)} records to {jsonl} ({', '.join(f'{t}: {c}' for t, c in sorted(counts.items()))})")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from citrus_v.data.medical_io import MedicalIOError, load_image
+    from citrus_v.data.schema import RecordError, iter_jsonl, resolve
+    from citrus_v.data.visualize import load_mask, overlay, save_png
+
+    try:
+        rec = next((r for n, r in enumerate(iter_jsonl(args.file)) if n == args.index), None)
+    except (RecordError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if rec is None:
+        print(f"error: {args.file} has no record at index {args.index}", file=sys.stderr)
+        return 1
+    if not rec.images:
+        print(f"error: {args.file} record {args.index} has no image (task {rec.task})", file=sys.stderr)
+        return 1
+    try:
+        image = load_image(resolve(rec.images[0], args.file.parent), window=args.window)
+        masks = [load_mask(resolve(m, args.file.parent), image.shape[:2]) for m in rec.masks]
+    except (MedicalIOError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    boxes = rec.objects.bbox if rec.objects else []
+    labels = rec.objects.ref if rec.objects and rec.objects.ref else []
+    out = args.out or args.file.with_name(f"{args.file.stem}.{args.index}.png")
+    save_png(overlay(image, boxes=boxes, labels=labels, masks=masks), out)
+    print(f"wrote {out} ({len(boxes)} boxes, {len(masks)} masks)")
+    return 0
