@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+
+from citrus_v.model.build import build_model
+from citrus_v.model.citrus_v import PART_NAMES, PARTS, part_of
+from citrus_v.model.losses import lm_cross_entropy, mask_bce, mask_dice, mask_window_factor
+
+
+def test_mask_losses_match_a_hand_computation():
+    logits = torch.tensor([[[0.0, 2.0], [-2.0, 0.0]]])  # one 2x2 mask
+    gt = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    p = [s(0.0), s(2.0), s(-2.0), s(0.0)]
+    g = [1, 1, 0, 0]
+    bce = -sum(gi * math.log(pi) + (1 - gi) * math.log(1 - pi) for pi, gi in zip(p, g)) / 4
+    inter = sum(pi * gi for pi, gi in zip(p, g))
+    dice = 1 - (2 * inter + 1) / (sum(p) + sum(g) + 1)
+    assert mask_bce(logits, gt).item() == pytest.approx(bce, rel=1e-6)
+    assert mask_dice(logits, gt, eps=1.0).item() == pytest.approx(dice, rel=1e-6)
+    # Dice is a mean over masks: an empty prediction on an empty truth scores 0 loss (eps/eps)
+    two = torch.cat([logits, torch.full((1, 2, 2), -1e4)])
+    two_gt = torch.cat([gt, torch.zeros(1, 2, 2)])
+    assert mask_dice(two, two_gt).item() == pytest.approx(dice / 2, rel=1e-5)
+
+
+def test_lm_loss_is_shifted_mean_over_supervised_tokens():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = math.log(3.0)  # p(token 2 | pos 0) = 3/6
+    labels = torch.tensor([[-100, 2, 1]])  # supervise pos0 -> 2 and pos1 -> 1 (uniform: 1/4)
+    expected = (-math.log(0.5) - math.log(0.25)) / 2
+    assert lm_cross_entropy(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_window_factor_and_model_loss_scaling(tiny_model, batch):
+    assert mask_window_factor(3, None) == 1.0
+    assert mask_window_factor(3, 12) == 0.25
+    with pytest.raises(ValueError, match="num_masks_in_window=2.*3 masks"):
+        mask_window_factor(3, 2)
+    with torch.no_grad():
+        plain = tiny_model(**batch)
+        window = tiny_model(**batch, num_masks_in_window=12)
+    torch.testing.assert_close(window.mask_bce_loss, plain.mask_bce_loss * 0.25)
+    torch.testing.assert_close(window.mask_dice_loss, plain.mask_dice_loss * 0.25)
+    torch.testing.assert_close(window.lm_loss, plain.lm_loss)
+    torch.testing.assert_close(window.loss, plain.lm_loss + 2 * window.mask_bce_loss + window.mask_dice_loss)
+
+
+def _mask_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch)
+    (2 * out.mask_bce_loss + out.mask_dice_loss).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_seg_grad_scale_scales_projector_and_llm_but_not_sam2(tiny_config, batch, seed):
+    model = build_model(tiny_config, seed=seed).train()
+    full = _mask_grads(model, batch)
+    model.set_seg_grad_scale(0.001)
+    scaled = _mask_grads(model, batch)
+    assert set(full) == set(scaled)
+    upstream = [n for n in full if part_of(n) in ("seg_projector", "llm", "vision_encoder", "merger")]
+    sam2 = [n for n in full if part_of(n).startswith("sam2_")]
+    assert upstream and sam2
+    for n in upstream:
+        torch.testing.assert_close(scaled[n], full[n] * 0.001, rtol=1e-4, atol=1e-12)
+    for n in sam2:
+        torch.testing.assert_close(scaled[n], full[n], rtol=0, atol=0)
+    with torch.no_grad():  # the forward value does not change
+        model.set_seg_grad_scale(1.0)
+        a = model(**batch).pred_masks
+        model.set_seg_grad_scale(0.001)
+        b = model(**batch).pred_masks
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_every_parameter_has_exactly_one_part(tiny_model):
+    for name, _ in tiny_model.named_parameters():
+        assert part_of(name) in PART_NAMES
+    counts = tiny_model.parameter_counts()
+    assert all(counts[p] > 0 for p in PART_NAMES)
+
+
+@pytest.mark.parametrize("part", PART_NAMES)
+def test_each_freeze_plan_trains_exactly_its_part(tiny_model, part):
+    tiny_model.set_trainable([part])
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    expected = {n for n, _ in tiny_model.named_parameters() if part_of(n) == part}
+    assert trainable == expected and trainable
+    assert all(n.startswith(PARTS[part]) for n in trainable)
+    assert tiny_model.trainable_parts() == [part]
+
+
+def test_published_stage_plans(tiny_model):
+    stages = {
+        1: ["vision_encoder", "merger"],
+        2: ["vision_encoder", "merger", "llm", "lm_head"],
+        4: ["seg_projector", "sam2_image_encoder", "sam2_prompt_encoder", "sam2_mask_decoder", "sam2_memory"],
+    }
+    for parts in stages.values():
+        tiny_model.set_trainable(parts)
+        assert tiny_model.trainable_parts() == [p for p in PART_NAMES if p in parts]
+    tiny_model.set_trainable(["merger"])
+    assert tiny_model.mllm.model.visual.merger.mlp[0].weight.requires_grad
+    assert not tiny_model.mllm.model.visual.blocks[0].attn.qkv.weight.requires_grad
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['sam2'\]"):
+        tiny_model.set_trainable(["sam2"])
