@@ -101,7 +101,8 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
     offset = sample_seed(cfg.seed, split, -1 & 0xFFFF) % len(sched)  # seed-dependent start of the cycle
     pos = index + offset
     src, task = sched[pos % len(sched)]
-    k = pos // len(sched) + (offset & 1)  # occurrence count of this pair: drives answer balance
+    k = pos // len(sched)  # occurrence count of this pair: drives answer balance
+    flip = (pos % len(sched)) % 2  # neighbouring pairs start on opposite answers
     s_seed = sample_seed(cfg.seed, split, index)
     rng = np.random.default_rng(s_seed)
     meta = {"phantom_id": f"{split}-{index:07d}", "split": split, "seed": cfg.seed,
@@ -113,12 +114,12 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
         return Sample(doc.image, [], q, a, None, "document", "document", meta)
     if src.startswith("totalseg_"):
         root = cfg.totalseg_dir or totalseg.default_dir()
-        ts = totalseg.sample(root, src.split("_", 1)[1], split, task, k, rng, cfg.size)
+        ts = totalseg.sample(root, src.split("_", 1)[1], split, task, k + flip, rng, cfg.size)
         meta.update(ts.meta)
         meta["phantom_id"] = f"{split}-{src}-z{ts.meta['slice']}"  # the slice is the shared object
         return Sample(ts.image, [ts.masks[n] for n in ts.seg], ts.question, ts.answer, None, task, ts.modality, meta)
     spec = SPECS[src]
-    plan = text.plan(spec, task, k, rng)
+    plan = text.plan(spec, task, k, rng, flip)
     ph = spec.render(rng, cfg.size, plan.present, plan.side, plan.large)
     qa = text.build(spec, ph, task, plan, rng)
     objects = Objects(list(qa.det), [bbox_of(ph.masks[n]) for n in qa.det]) if qa.det else None

@@ -49,12 +49,17 @@ class QA:
     det: list[str]  # mask names whose boxes go to `objects`, in order
 
 
-def plan(spec: ModalitySpec, task: str, k: int, rng: np.random.Generator) -> Plan:
-    """Attributes for the k-th sample of (spec, task); balanced over k where the answer is closed."""
+def plan(spec: ModalitySpec, task: str, k: int, rng: np.random.Generator, flip: int = 0) -> Plan:
+    """Attributes for the k-th sample of (spec, task); balanced over k where the answer is closed.
+
+    Templates cycle fastest and the answer bit flips every full cycle; ``flip`` (the pair's
+    place in the schedule) starts half of the modalities on "yes", so even a split with
+    few samples per pair stays balanced overall.
+    """
     side, large = int(rng.integers(2)), bool(rng.integers(2))
-    bit = k % 2
+    bit = (k // len(CLOSED_TEMPLATES) + flip) % 2
     if task in ("vqa_closed", "cot"):
-        template = CLOSED_TEMPLATES[(k // 2) % len(CLOSED_TEMPLATES)]
+        template = CLOSED_TEMPLATES[k % len(CLOSED_TEMPLATES)]
         if template == "presence":
             return Plan(bit == 0, side, large, template)
         if template == "location":

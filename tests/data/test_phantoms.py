@@ -1,0 +1,175 @@
+"""The synthetic suite: determinism, split hygiene, record/mask/box bookkeeping, balance, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from citrus_v.data.phantoms import generate_suite, iter_texts, make_sample
+from citrus_v.data.phantoms.cli import add_phantoms_command
+from citrus_v.data.phantoms.common import bbox_of
+from citrus_v.data.phantoms.suite import SPECS, SPLITS, SuiteConfig
+from citrus_v.data.phantoms.totalseg import slice_blocks
+from citrus_v.data.schema import TASKS, read_jsonl, resolve
+
+SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory, totalseg_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("suite")
+    generate_suite(out, 240, 60, 60, seed=7, size=SIZE, totalseg_dir=totalseg_dir, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(suite: Path) -> dict:
+    return {s: read_jsonl(suite / f"{s}.jsonl") for s in SPLITS}
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, totalseg_dir):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d, seed in ((a, 3), (b, 3), (c, 4)):
+        generate_suite(d, 30, 6, 6, seed=seed, size=64, totalseg_dir=totalseg_dir, progress=False)
+    assert _digest(a) == _digest(b)
+    assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
+    assert (a / "images/train/0000000.png").read_bytes() != (c / "images/train/0000000.png").read_bytes()
+
+
+def test_workers_do_not_change_output(tmp_path, totalseg_dir):
+    generate_suite(tmp_path / "one", 70, 2, 2, seed=1, size=48, totalseg_dir=totalseg_dir, progress=False)
+    generate_suite(tmp_path / "two", 70, 2, 2, seed=1, size=48, totalseg_dir=totalseg_dir, progress=False, workers=2)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
+
+def test_counts_and_every_modality_and_task_present(records):
+    assert [len(records[s]) for s in SPLITS] == [240, 60, 60]
+    train = records["train"]
+    assert {r.modality for r in train} == {"ct", "mr", "xray", "us", "endoscopy", "derm", "document"}
+    assert {r.task for r in train} == set(TASKS) - {"text"}
+    assert any(r.meta.get("source") == "totalseg" for r in train)
+
+
+def test_splits_share_no_phantom_or_image(records, suite):
+    ids = {s: {r.meta["phantom_id"] for r in records[s] if "source" not in r.meta} for s in SPLITS}
+    assert not ids["train"] & ids["test"] and not ids["train"] & ids["val"] and not ids["val"] & ids["test"]
+    hashes = {s: {hashlib.sha1((suite / r.images[0]).read_bytes()).hexdigest() for r in records[s]} for s in SPLITS}
+    assert not hashes["train"] & hashes["test"]
+
+
+def test_totalseg_slices_are_separated_by_a_gap(records):
+    for vol in ("ct", "mr"):
+        z = {s: {r.meta["slice"] for r in records[s] if r.meta.get("volume") == vol} for s in SPLITS}
+        assert z["train"] and z["test"]
+        for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+            assert min(abs(i - j) for i in z[a] for j in z[b] or [10**6]) >= 3  # at least 2 slices between
+    blocks = slice_blocks(30)
+    assert sorted(blocks["train"] + blocks["val"] + blocks["test"]) == sorted(set(range(30)) - {8, 9, 15, 16, 19, 20})
+
+
+def test_masks_are_the_generated_structures_and_boxes_their_bounds(records, suite):
+    cfg = SuiteConfig(seed=7, size=SIZE)
+    n_checked = 0
+    for split in SPLITS:
+        for i, rec in enumerate(records[split]):
+            assert rec.images and rec.messages[0].content.startswith("<image>")
+            img = np.asarray(Image.open(resolve(rec.images[0], suite)))
+            assert img.shape[:2] == (SIZE, SIZE)
+            if not rec.masks and rec.objects is None:
+                continue
+            s = make_sample(cfg, split, i)  # regenerate in memory: same seed -> same arrays
+            assert rec.num_seg_tokens == len(rec.masks) == len(s.masks)
+            for rel, want in zip(rec.masks, s.masks):
+                got = np.asarray(Image.open(resolve(rel, suite)))
+                assert set(np.unique(got)) <= {0, 255} and got.any()
+                np.testing.assert_array_equal(got == 255, want)
+                gray = img if img.ndim == 2 else img.mean(axis=2)
+                inside, outside = gray[want].mean(), gray[~want].mean()
+                assert abs(inside - outside) > 8, f"{rec.modality} mask is not contrasted: {inside} vs {outside}"
+                n_checked += 1
+            if rec.objects is not None:
+                assert rec.objects.bbox == s.objects.bbox
+                for b in rec.objects.bbox:
+                    assert 0 <= b[0] < b[2] <= SIZE and 0 <= b[1] < b[3] <= SIZE
+    assert n_checked > 40
+
+
+def test_bbox_of_is_exclusive_end():
+    m = np.zeros((10, 10), bool)
+    m[2:5, 3:9] = True
+    assert bbox_of(m) == [3, 2, 9, 5]
+    with pytest.raises(ValueError, match="empty"):
+        bbox_of(np.zeros((4, 4), bool))
+
+
+def test_closed_answers_are_balanced(records):
+    answers = collections.Counter(r.messages[1].content for s in SPLITS for r in records[s] if r.task == "vqa_closed")
+    for a, b in (("yes", "no"), ("small", "large")):
+        assert 0.4 <= answers[a] / (answers[a] + answers[b]) <= 0.6, answers
+    first = [r.meta["side"] == SPECS[r.meta["generator"]].locations[0]
+             for s in SPLITS for r in records[s] if r.meta.get("template") == "location"]
+    assert len(first) >= 10 and 0.3 <= sum(first) / len(first) <= 0.7
+
+
+def test_task_answer_formats(records):
+    for rec in records["train"]:
+        a = rec.messages[1].content
+        if rec.task == "segmentation":
+            assert a.count("[SEG]") >= 1
+        elif rec.task == "detection":
+            assert a == "<boxes>" and rec.objects is not None and len(rec.objects.ref) == len(rec.objects.bbox) >= 1
+        elif rec.task == "report":
+            assert a.startswith("Findings:") and " Impression: " in a
+            assert ("<boxes>" in a) == (rec.objects is not None)
+        elif rec.task == "cot":
+            assert a.startswith("<think>") and "</think><answer>" in a and a.endswith("</answer>")
+        elif rec.task == "document":
+            q = rec.messages[0].content
+            assert q.startswith("<image>What is the ") and len(a.split()) == 2 and a.split()[0][0].isdigit()
+
+
+def test_document_answer_differs_with_page(records):
+    docs = [r.messages[1].content for r in records["train"] if r.task == "document"]
+    assert len(docs) >= 10 and len(set(docs)) > 0.8 * len(docs)
+
+
+def test_iter_texts_covers_questions_and_answers():
+    texts = list(iter_texts(n=30, seed=0, size=48))
+    assert "Sure, it is [SEG]." in texts and "yes" in texts and "no" in texts
+    assert any(t.startswith("Findings:") for t in texts) and any(t.startswith("What is the ") for t in texts)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="size"):
+        SuiteConfig(size=8)
+    with pytest.raises(ValueError, match="sources: unknown"):
+        SuiteConfig(sources=("pet",))
+    with pytest.raises(ValueError, match="n_val"):
+        generate_suite("/tmp/never", 1, -1, 0, progress=False)
+
+
+def test_cli_writes_three_files(tmp_path, totalseg_dir):
+    parser = argparse.ArgumentParser()
+    add_phantoms_command(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["phantoms", "--out", str(tmp_path), "--n", "12", "--seed", "2", "--size", "64",
+                              "--totalseg-dir", str(totalseg_dir)])
+    assert args.func(args) == 0
+    lens = [len(read_jsonl(tmp_path / f"{s}.jsonl")) for s in SPLITS]
+    assert lens == [12, 2, 2]
+    rec = read_jsonl(tmp_path / "train.jsonl")[0]
+    assert Image.open(resolve(rec.images[0], tmp_path)).size == (64, 64)
