@@ -44,6 +44,7 @@ class RecordError(ValueError):
         fld = f"field '{field}': " if field else ""
         super().__init__(f"{prefix}{fld}{message}")
         self.source, self.line, self.field = source, line, field
+        self.problem = message  # without the location prefix, for re-raising with file and line
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def iter_jsonl(path: str | Path, *, skip_invalid: bool = False, report: SkipRepo
                     raise RecordError(f"invalid JSON: {e.msg} (column {e.colno})") from None
                 yield Record.from_dict(obj)
             except RecordError as e:
-                err = RecordError(str(e), source=str(path), line=lineno, field=e.field) if e.source is None else e
+                err = RecordError(e.problem, source=str(path), line=lineno, field=e.field) if e.source is None else e
                 if not skip_invalid:
                     raise err from None
                 if report is not None:

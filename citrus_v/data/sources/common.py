@@ -163,7 +163,7 @@ def make_record(
             meta=meta,
         )
     except RecordError as err:
-        raise SourceError(path, str(err), row=row, field=err.field) from None
+        raise SourceError(path, err.problem, row=row, field=err.field) from None
 
 
 def vqa_task(answer: str, answer_type: str | None) -> str:

@@ -61,7 +61,7 @@ def load_mecovqa_g(src: str | Path, *, images_root: str | Path | None = None) ->
                 )
             )
         except RecordError as err:
-            raise SourceError(src, str(err), row=i, field=err.field) from None
+            raise SourceError(src, err.problem, row=i, field=err.field) from None
     return records
 
 
