@@ -113,3 +113,13 @@ def test_tiny_train_step_is_fast(tiny_config, batch, seed):
     assert elapsed < 2.0, f"tiny forward+backward took {elapsed:.2f} s"
     assert model.seg_projector[0].weight.grad is not None
     assert model.segmenter.sam2.vision_encoder.backbone.patch_embed.projection.weight.grad.abs().sum() > 0
+
+
+def test_generate_is_the_mllm_generate(tiny_model, batch):
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+    row = {k: batch[k] for k in keys}
+    with torch.no_grad():
+        ids = tiny_model.generate(**row, max_new_tokens=4, do_sample=False)
+        ref = tiny_model.mllm.generate(**row, max_new_tokens=4, do_sample=False)
+    assert ids.shape == (2, batch["input_ids"].shape[1] + 4)
+    assert torch.equal(ids, ref)
