@@ -171,9 +171,8 @@ def parse_boxes(text: str, *, legacy_normalized: bool = False, image_hw: HW | No
     if fenced:
         for chunk in fenced:
             out.extend(_parse_json_boxes(chunk))
-    elif "bbox_2d" in text:
-        start = text.find("[")
-        out.extend(_parse_json_boxes(text[start:] if start >= 0 else text))
+    elif '"bbox_2d"' in text or '"bbox"' in text:
+        out.extend(_parse_json_boxes(text))  # bare JSON, or objects inside prose
     for m in _LEGACY.finditer(text):
         box = _check_box([m.group(k) for k in ("x1", "y1", "x2", "y2")])
         if legacy_normalized:
