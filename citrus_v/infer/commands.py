@@ -1,0 +1,136 @@
+"""``citrus-v predict``: answer a prompt about an image; write an overlay and one PNG per mask.
+
+Inputs are an argument group so another input kind (``--volume``, issue 7) is one more
+argument in :func:`add_input_arguments` plus one branch in :func:`run_predict`.
+Heavy imports happen inside the handler so ``citrus-v --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="answer a prompt about an image (boxes, masks, reports)",
+        description="Answer a prompt about PNG/JPEG/DICOM/NIfTI images; write an overlay and masks under --out.",
+    )
+    add_input_arguments(p)
+    p.add_argument("--prompt", required=True, help='the question or instruction, e.g. "Please segment the liver."')
+    p.add_argument("--model", default=None, help="model folder (ours or the published checkpoint); default: embedded")
+    p.add_argument("--out", default=None, help="folder for overlay.png and mask_<i>.png")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer text")
+    add_generation_arguments(p)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run_predict)
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    from citrus_v.data.windowing import WINDOW_PRESETS
+
+    group = p.add_argument_group("input")
+    group.add_argument(
+        "--image", action="append", default=[], metavar="FILE", help="PNG/JPEG/DICOM/NIfTI (axial slice); repeatable"
+    )
+    group.add_argument(
+        "--window",
+        default=None,
+        choices=sorted(WINDOW_PRESETS) + ["percentile"],
+        help="display window for DICOM/NIfTI (default: the file's own, else CT soft tissue / percentile)",
+    )
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=512)
+    group.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--top-k", type=int, default=0, help="0 = off")
+    group.add_argument("--seed", type=int, default=None)
+
+
+def settings_from_args(args: argparse.Namespace):  # -> GenerationSettings
+    from citrus_v.infer.generation import GenerationSettings
+
+    sampling = args.temperature is not None
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sampling,
+        temperature=args.temperature if sampling else 1.0,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+
+
+def prediction_to_dict(pred, mask_paths: list[str], overlay_path: str | None) -> dict[str, Any]:
+    """The ``--json`` object: boxes in original pixels, masks as the PNG paths written."""
+    return {
+        "answer": pred.answer,
+        "reasoning": pred.reasoning,
+        "raw_text": pred.raw_text,
+        "boxes": [b.to_dict() for b in pred.boxes],
+        "masks": mask_paths,
+        "mask_scores": [round(m.score, 4) for m in pred.masks],
+        "report": pred.report.to_dict() if pred.report is not None else None,
+        "mean_token_prob": None if pred.mean_token_prob is None else round(pred.mean_token_prob, 4),
+        "num_generated_tokens": pred.num_generated_tokens,
+        "overlay": overlay_path,
+    }
+
+
+def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
+    """overlay.png (first image) and mask_<i>.png (0/255) under ``out_dir``; returns their paths."""
+    from PIL import Image
+
+    from citrus_v.infer.overlay import draw_overlay, save_mask_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mask_paths = [str(save_mask_png(m.mask, out_dir / f"mask_{i}.png")) for i, m in enumerate(pred.masks)]
+    overlay_path = out_dir / "overlay.png"
+    Image.fromarray(draw_overlay(image, pred.masks, pred.boxes)).save(overlay_path)
+    return mask_paths, str(overlay_path)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from citrus_v.infer.predictor import Predictor
+
+    if not args.image:
+        raise SystemExit("citrus-v predict: give at least one --image FILE")
+    for path in args.image:
+        if not Path(path).exists():
+            raise SystemExit(f"citrus-v predict: --image {path}: no such file")
+    settings = settings_from_args(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    predictor = Predictor.from_pretrained(args.model, device=device, settings=settings, window=args.window)
+    images = predictor.load_images(args.image)
+    pred = predictor.predict(images, args.prompt)
+
+    mask_paths: list[str] = []
+    overlay_path = None
+    if args.out is not None:
+        mask_paths, overlay_path = write_outputs(pred, images[0], Path(args.out))
+    if args.json:
+        json.dump(prediction_to_dict(pred, mask_paths, overlay_path), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        if pred.reasoning:
+            print(f"[reasoning] {pred.reasoning}")
+        print(pred.answer)
+        for b in pred.boxes:
+            print(f"[box] {b.label or '-'}: {[round(v, 1) for v in b.bbox]}")
+        for i, m in enumerate(pred.masks):
+            where = f" -> {mask_paths[i]}" if mask_paths else ""
+            print(f"[mask {i}] {int(m.mask.sum())} px, predicted IoU {m.score:.3f}{where}")
+        if pred.mean_token_prob is not None:
+            print(f"[confidence] mean token probability {pred.mean_token_prob:.3f}")
+        if overlay_path:
+            print(f"[overlay] {overlay_path}")
+    return 0

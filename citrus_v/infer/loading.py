@@ -1,0 +1,185 @@
+"""Loading a model folder for inference: ours or the published Citrus-V checkpoint.
+
+Two layouts are accepted:
+
+* ours (``citrus-v train`` / ``CitrusV.save_pretrained``): config.json with ``format_version``,
+  model.safetensors, tokenizer.json;
+* published (the released 8B folder): a flat Qwen2.5-VL style config.json with
+  ``"model_type": "citrus_v"``, ``seg_token_idx`` and ``grounding_encoder_config.cfg_path`` naming
+  the SAM2 yaml, weights sharded behind model.safetensors.index.json (either MLLM key spelling),
+  the tokenizer's own files, preprocessor_config.json.
+
+Weights go through ``citrus_v.model.checkpoint`` (published-name mapping) in both cases; the
+tokenizer always comes from the folder's own files (``load_tokenizer``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from citrus_v.config import CitrusVConfig, LLMConfig, SegmenterConfig, TokenIds, VisionConfig, citrus_v_8b_config
+
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# SAM2 yaml named by the published config -> our segmenter shapes
+SAM2_CONFIGS = {"sam2_hiera_l.yaml": lambda: citrus_v_8b_config().segmenter}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (a model folder needs {path.name})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def checkpoint_layout(directory: Path) -> str:
+    """``"citrus_v"`` (ours: config.json has format_version) or ``"published"``."""
+    data = _read_json(directory / CONFIG_FILE)
+    if "format_version" in data:
+        return "citrus_v"
+    if "vision_config" in data and "hidden_size" in data:
+        return "published"
+    raise ValueError(f"{directory / CONFIG_FILE}: neither our layout (format_version) nor the published one (vision_config)")
+
+
+def published_config(data: dict[str, Any], segmenter: SegmenterConfig | None = None, where: str = CONFIG_FILE) -> CitrusVConfig:
+    """CitrusVConfig from a published config.json. The SAM2 shapes are not in that file: they come
+    from the yaml it names (``grounding_encoder_config.cfg_path``) unless ``segmenter`` is given."""
+
+    def get(mapping: dict[str, Any], key: str, ctx: str) -> Any:
+        if key not in mapping:
+            raise ValueError(f"{where}: field {ctx}{key} is missing")
+        return mapping[key]
+
+    vis = get(data, "vision_config", "")
+    rope = data.get("rope_scaling") or data.get("rope_parameters") or {}
+    llm = LLMConfig(
+        vocab_size=get(data, "vocab_size", ""),
+        hidden_size=get(data, "hidden_size", ""),
+        intermediate_size=get(data, "intermediate_size", ""),
+        num_hidden_layers=get(data, "num_hidden_layers", ""),
+        num_attention_heads=get(data, "num_attention_heads", ""),
+        num_key_value_heads=get(data, "num_key_value_heads", ""),
+        mrope_section=list(get(rope, "mrope_section", "rope_scaling.")),
+        rope_theta=float(data.get("rope_theta", rope.get("rope_theta", 1_000_000.0))),
+        rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=int(data.get("max_position_embeddings", 128_000)),
+        tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+    )
+    vision = VisionConfig(
+        **{k: get(vis, k, "vision_config.") for k in ("depth", "hidden_size", "intermediate_size", "num_heads")},
+        fullatt_block_indexes=list(get(vis, "fullatt_block_indexes", "vision_config.")),
+        **{k: vis[k] for k in ("patch_size", "temporal_patch_size", "spatial_merge_size", "window_size", "tokens_per_second") if k in vis},
+    )
+    bos = get(data, "bos_token_id", "")
+    tokens = TokenIds(
+        eos_token_id=get(data, "eos_token_id", ""),
+        bos_token_id=bos,
+        image_token_id=get(data, "image_token_id", ""),
+        video_token_id=get(data, "video_token_id", ""),
+        vision_start_token_id=get(data, "vision_start_token_id", ""),
+        vision_end_token_id=get(data, "vision_end_token_id", ""),
+        vision_token_id=get(data, "vision_token_id", ""),
+        seg_token_id=get(data, "seg_token_idx", ""),
+        pad_token_id=data.get("pad_token_id", bos),  # Qwen2.5 pads with <|endoftext|> = its bos
+    )
+    if segmenter is None:
+        yaml = Path(str(get(get(data, "grounding_encoder_config", ""), "cfg_path", "grounding_encoder_config."))).name
+        if yaml not in SAM2_CONFIGS:
+            raise ValueError(f"{where}: grounding_encoder_config.cfg_path names {yaml!r}; known SAM2 configs: {sorted(SAM2_CONFIGS)}")
+        segmenter = SAM2_CONFIGS[yaml]()
+    return CitrusVConfig(llm=llm, vision=vision, segmenter=segmenter, tokens=tokens, name="published")
+
+
+def published_config_dict(config: CitrusVConfig, sam2_yaml: str = "sam2_hiera_l.yaml") -> dict[str, Any]:
+    """The published config.json for ``config`` (inverse of :func:`published_config`)."""
+    llm, vis, tok = config.llm, config.vision, config.tokens
+    return {
+        "architectures": ["CitrusV"],
+        "model_type": "citrus_v",
+        **{k: getattr(llm, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                         "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",
+                                         "max_position_embeddings", "tie_word_embeddings")},
+        "rope_scaling": {"type": "mrope", "mrope_section": list(llm.mrope_section)},
+        "vision_config": {k: getattr(vis, k) for k in ("depth", "hidden_size", "intermediate_size", "num_heads",
+                                                       "fullatt_block_indexes", "patch_size", "temporal_patch_size",
+                                                       "spatial_merge_size", "window_size", "tokens_per_second")},
+        **{k: getattr(tok, k) for k in ("eos_token_id", "bos_token_id", "image_token_id", "video_token_id",
+                                         "vision_start_token_id", "vision_end_token_id", "vision_token_id", "pad_token_id")},
+        "seg_token_idx": tok.seg_token_id,
+        "grounding_encoder_config": {"cfg_path": sam2_yaml},
+    }  # fmt: skip
+
+
+def _check_same(loaded: CitrusVConfig, given: CitrusVConfig, where: Path) -> None:
+    diffs = [
+        f"{part}.{k}: file {v!r} vs given {getattr(getattr(given, part), k)!r}"
+        for part in ("llm", "vision", "tokens")
+        for k, v in vars(getattr(loaded, part)).items()
+        if getattr(getattr(given, part), k) != v
+    ]
+    if diffs:
+        raise ValueError(f"{where}: the given config disagrees with the checkpoint's: " + "; ".join(diffs))
+
+
+def image_config_for(directory: Path, config: CitrusVConfig, layout: str):
+    """Image sizing: preprocessor_config.json's pixel range when present, else the layout's default;
+    patch sizes always from the model config (the ViT fixes them) and SAM size from the segmenter."""
+    from citrus_v.data.image_processing import ImageConfig
+
+    base = ImageConfig.published() if layout == "published" else ImageConfig()
+    pixels = {"min_pixels": base.min_pixels, "max_pixels": base.max_pixels}
+    if (directory / PREPROCESSOR_FILE).is_file():
+        pre = _read_json(directory / PREPROCESSOR_FILE)
+        pixels.update({k: int(pre[k]) for k in ("min_pixels", "max_pixels") if k in pre})
+    return ImageConfig(
+        **pixels,
+        patch_size=config.vision.patch_size,
+        merge_size=config.vision.spatial_merge_size,
+        temporal_patch_size=config.vision.temporal_patch_size,
+        sam_image_size=config.segmenter.image_size,
+    )
+
+
+def load_model_and_tokenizer(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    config: CitrusVConfig | None = None,
+):
+    """-> (CitrusV in eval mode, tokenizer, ChatTemplate) for a folder of either layout."""
+    from citrus_v.data.template import ChatTemplate
+    from citrus_v.data.tokenizer import TokenIds as TokenizerIds
+    from citrus_v.data.tokenizer import load_tokenizer
+    from citrus_v.model.checkpoint import load_pretrained, read_config
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such model folder")
+    layout = checkpoint_layout(directory)
+    if layout == "published":
+        loaded = published_config(_read_json(directory / CONFIG_FILE), config.segmenter if config else None, str(directory / CONFIG_FILE))
+    else:
+        loaded = read_config(directory)
+    if config is not None:
+        _check_same(loaded, config, directory)
+    model = load_pretrained(directory, device=device, config=loaded)
+    if dtype is not None:
+        model = model.to(dtype)
+    tokenizer = load_tokenizer(directory)
+    ids = TokenizerIds.from_tokenizer(tokenizer)
+    pairs = {"seg_token_id": ids.seg, "image_token_id": ids.image_pad, "eos_token_id": ids.im_end}
+    wrong = [f"{k}={getattr(loaded.tokens, k)} but the tokenizer says {v}" for k, v in pairs.items() if getattr(loaded.tokens, k) != v]
+    if wrong:
+        raise ValueError(f"{directory}: config and tokenizer disagree: " + "; ".join(wrong))
+    template = ChatTemplate(tokenizer, image_config_for(directory, loaded, layout), ids)
+    return model, tokenizer, template

@@ -1,0 +1,57 @@
+"""Drawing a prediction on its image: semi-transparent masks, boxes, labels (PIL only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from citrus_v.infer.types import Box, Mask
+
+# distinct, colour-blind-friendly colours (Okabe-Ito), cycled per mask / box
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+)
+
+
+def draw_overlay(image: np.ndarray, masks: Sequence[Mask], boxes: Sequence[Box], alpha: float = 0.45) -> np.ndarray:
+    """(H, W, 3) uint8 with each mask blended in its colour at ``alpha``, boxes outlined and labelled."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"draw_overlay: image must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}")
+    out = image.astype(np.float32)
+    for k, m in enumerate(masks):
+        if m.mask.shape != image.shape[:2]:
+            raise ValueError(f"draw_overlay: mask {k} has shape {m.mask.shape}, the image is {image.shape[:2]}")
+        colour = np.array(PALETTE[k % len(PALETTE)], dtype=np.float32)
+        out[m.mask] = (1 - alpha) * out[m.mask] + alpha * colour
+    canvas = Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(min(image.shape[:2]) / 200))  # visible on a 2000 px X-ray, not fat on 128 px
+    for k, m in enumerate(masks):
+        if m.label and m.mask.any():
+            ys, xs = np.nonzero(m.mask)
+            draw.text((int(xs.min()), int(ys.min())), m.label, fill=PALETTE[k % len(PALETTE)])
+    for k, b in enumerate(boxes):
+        colour = PALETTE[(k + len(masks)) % len(PALETTE)]
+        x1, y1, x2, y2 = (float(v) for v in b.bbox)
+        draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=colour, width=width)
+        if b.label:
+            draw.text((min(x1, x2) + width + 1, min(y1, y2) + width + 1), b.label, fill=colour)
+    return np.asarray(canvas)
+
+
+def save_mask_png(mask: np.ndarray, path: str | Path) -> Path:
+    """A bool (H, W) mask as an 8-bit PNG with 0 / 255."""
+    if mask.ndim != 2:
+        raise ValueError(f"save_mask_png: mask must be (H, W), got shape {mask.shape}")
+    path = Path(path)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    return path
