@@ -86,7 +86,12 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         if state.ready:
-            return JSONResponse({"status": "ready", "model": state.model_name(), "queue": state.queue.pending()})
+            stats = state.queue.stats
+            return JSONResponse({
+                "status": "ready", "model": state.model_name(), "queue": state.queue.pending(),
+                "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
+                "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
+            })
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
 
@@ -157,6 +162,14 @@ async def _predict(state: ServerState, chat: ChatRequest):
     except Exception as err:
         log.exception("prediction failed")
         raise RequestError(500, f"prediction failed: {type(err).__name__}: {err}", code="prediction_failed") from None
+
+
+def _max_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux reports KiB
 
 
 def _check_auth(request: Request, config: ServeConfig) -> None:

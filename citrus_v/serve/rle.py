@@ -7,6 +7,7 @@ and turns bytes into str so the result is valid JSON.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,7 +37,10 @@ def decode_mask(rle: dict) -> np.ndarray:
         raise ValueError("rle: expected a dict with 'size' and 'counts'")
     counts = rle["counts"]
     coco = {"size": [int(v) for v in rle["size"]], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(coco).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools' numpy-2 DeprecationWarning about __array__(copy=...) is theirs, not the caller's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(coco).astype(bool)
 
 
 def encode_box(bbox: Sequence[float], image_size: tuple[int, int] | None = None) -> list[float]:

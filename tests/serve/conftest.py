@@ -64,3 +64,49 @@ def chat_body(url: str | None, text: str = "Please segment the lesion.", **extra
 @pytest.fixture
 def echo_predictor() -> EchoPredictor:
     return EchoPredictor()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1:<free port> in a thread, for clients that need a real socket."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start within 20 s")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_echo_server(echo_predictor):
+    from citrus_v.serve.app import create_app
+    from citrus_v.serve.settings import ServeConfig
+
+    with LiveServer(create_app(echo_predictor, ServeConfig(max_batch=8, batch_wait_ms=10))) as server:
+        yield server

@@ -1,0 +1,48 @@
+"""``citrus-v serve``: run the HTTP API and web viewer around one model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible HTTP API (+ masks as COCO RLE) and a web viewer",
+        description="Serve a CitrusV model: POST /v1/chat/completions, GET /v1/models, /healthz, /readyz, viewer at /.",
+    )
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set CITRUS_V_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests per model call")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long to wait to fill a batch")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
+    p.add_argument("--max-images", type=int, default=4, help="images per request")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width x height limit per image")
+    p.add_argument("--allow-image-dir", type=Path, action="append", default=[],
+                   help="allow local paths / file:// URLs under this directory (repeatable; default: data: URLs only)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from citrus_v.serve.app import create_app
+    from citrus_v.serve.predictor_adapter import load_predictor
+    from citrus_v.serve.settings import ServeConfig
+
+    config = ServeConfig(
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        max_images_per_request=args.max_images,
+        max_image_pixels=args.max_image_pixels,
+        api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
+        allowed_image_dirs=list(args.allow_image_dir),
+    )
+    app = create_app(config=config, loader=lambda: load_predictor(args.model))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

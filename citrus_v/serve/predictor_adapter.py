@@ -1,0 +1,44 @@
+"""The real model behind the server: :class:`citrus_v.infer.predictor.Predictor` as a ``BatchPredictor``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from citrus_v.infer.types import Prediction
+from citrus_v.serve.schemas import SamplingParams
+
+
+def to_generation_settings(sampling: SamplingParams):
+    """OpenAI knobs -> the predictor's ``GenerationSettings`` (temperature 0 = greedy, as OpenAI)."""
+    from citrus_v.infer.generation import GenerationSettings
+
+    sample = sampling.temperature > 0
+    return GenerationSettings(
+        max_new_tokens=sampling.max_tokens,
+        do_sample=sample,
+        temperature=sampling.temperature if sample else 1.0,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+    )
+
+
+class PredictorAdapter:
+    """Holds the ONE model instance; the batch worker calls it from one thread at a time."""
+
+    def __init__(self, predictor, model_name: str):
+        self.predictor = predictor
+        self.model_name = model_name
+
+    def predict_batch(self, items: Sequence[tuple[list[np.ndarray], str]], settings: SamplingParams) -> list[Prediction]:
+        return self.predictor.predict_batch(list(items), settings=to_generation_settings(settings))
+
+
+def load_predictor(model_dir: Path | str | None) -> PredictorAdapter:
+    from citrus_v.infer.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(model_dir)
+    name = "citrus-v-default" if model_dir is None else f"citrus-v-{Path(model_dir).resolve().name}"
+    return PredictorAdapter(predictor, name)
