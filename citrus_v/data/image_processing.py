@@ -60,6 +60,20 @@ class ImageConfig:
         return cls(min_pixels=112 * 112, max_pixels=224 * 224, sam_image_size=256)
 
     @classmethod
+    def for_model(cls, model_cfg: Any, *, min_pixels: int, max_pixels: int) -> ImageConfig:
+        """Patch/merge/temporal sizes and the SAM2 side from a ``CitrusVConfig`` (``.vision``,
+        ``.segmenter``), so the processor can never disagree with the model it feeds."""
+        v = model_cfg.vision
+        return cls(
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            patch_size=v.patch_size,
+            merge_size=v.spatial_merge_size,
+            temporal_patch_size=v.temporal_patch_size,
+            sam_image_size=model_cfg.segmenter.image_size,
+        )
+
+    @classmethod
     def published(cls) -> ImageConfig:
         """Citrus-V's published training range (256..1280 image tokens) and SAM2-L's 1024 input."""
         return cls(min_pixels=200704, max_pixels=1003520, sam_image_size=1024)

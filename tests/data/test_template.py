@@ -231,3 +231,13 @@ def test_qwen_tokenizer_template_ids(files):
 def test_assistant_image_is_rejected(template):
     with pytest.raises(ValueError, match=r"messages\[2\]: '<image>' in an assistant message"):
         template._encode_messages([Message("user", "hi"), Message("assistant", "<image>")], [], add_generation_prompt=False)
+
+
+def test_image_config_follows_the_model_config():
+    from citrus_v.config import CitrusVConfig
+
+    for name, sam in (("tiny", 256), ("8b", 1024)):
+        cfg = ImageConfig.for_model(CitrusVConfig.preset(name), min_pixels=200704, max_pixels=1003520)
+        assert (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size, cfg.sam_image_size) == (14, 2, 2, sam)
+    with pytest.raises(ValueError, match="min_pixels 50000 > max_pixels 40000"):
+        ImageConfig(min_pixels=50000, max_pixels=40000)

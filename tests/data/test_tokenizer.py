@@ -151,15 +151,26 @@ def test_load_tokenizer_adds_citrus_tokens_without_moving_ids(qwen_tok, tmp_path
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
     )
-    plain = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
-    assert "[SEG]" not in plain.get_vocab()
+    assert not any(t["content"] == "[SEG]" for t in raw["added_tokens"])
     loaded = load_tokenizer(tmp_path)
     assert loaded.convert_tokens_to_ids(list(CITRUS_TOKENS)) == [151665, 151666, 151667]
     sample = VARIED[2] + "<|vision_start|><|image_pad|><|vision_end|>"
-    assert loaded.encode(sample, add_special_tokens=False) == plain.encode(sample, add_special_tokens=False)
+    assert loaded.encode(sample, add_special_tokens=False) == qwen_tok.encode(sample, add_special_tokens=False)
     assert loaded.encode("is [SEG].", add_special_tokens=False)[-2:] == [151665, 13]
 
 
 def test_load_tokenizer_names_missing_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_tiny_ids_match_the_model_config(tiny_tok):
+    from citrus_v.config import CitrusVConfig
+
+    cfg = CitrusVConfig.preset("tiny")
+    ids = TokenIds.from_tokenizer(tiny_tok)
+    assert (cfg.tokens.image_token_id, cfg.tokens.video_token_id, cfg.tokens.vision_start_token_id,
+            cfg.tokens.vision_end_token_id, cfg.tokens.seg_token_id, cfg.tokens.pad_token_id,
+            cfg.tokens.eos_token_id) == (ids.image_pad, ids.video_pad, ids.vision_start, ids.vision_end, ids.seg,
+                                         ids.pad, ids.im_end)  # fmt: skip
+    assert cfg.llm.vocab_size >= len(tiny_tok)
