@@ -8,5 +8,6 @@ pip install -q --upgrade pip >/dev/null
 pip install -q torch==2.13.0 -e ".[test]"
 # torchvision next to torch 2.13 breaks transformers imports; never let it in.
 if python -c "import torchvision" 2>/dev/null; then echo "torchvision is installed: remove it" >&2; exit 1; fi
+command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the viewer test (tests/serve/test_browser.py)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -q -x --durations=15 "$@"
