@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
-from citrus_v.model.losses import lm_cross_entropy, mask_bce, mask_dice, mask_window_factor
+from citrus_v.model.losses import lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter
 from citrus_v.model.vlm import build_mllm
@@ -45,7 +45,7 @@ class CitrusVOutput:
     lm_loss: torch.Tensor | None
     mask_bce_loss: torch.Tensor | None  # already multiplied by the accumulation-window factor
     mask_dice_loss: torch.Tensor | None  # idem
-    logits: torch.Tensor  # (B, L, V)
+    logits: torch.Tensor | None  # (B, L, V); None when forward(..., return_logits=False)
     pred_masks: torch.Tensor  # (n_seg, 256, 256) logits
     iou_scores: torch.Tensor  # (n_seg,)
 
@@ -72,12 +72,15 @@ class CitrusV(nn.Module):
         gt_masks: torch.Tensor | None = None,
         seg_image_index: torch.Tensor | None = None,
         num_masks_in_window: int | None = None,
+        return_logits: bool = True,
     ) -> CitrusVOutput:
         """One teacher-forced pass: LM logits, one mask per [SEG] and, given labels, the loss.
 
         input_ids/attention_mask/labels (B, L); pixel_values (P, 3*2*14*14); image_grid_thw
         (n_img, 3); sam_images (n_img, 3, S, S); gt_masks (n_seg, 256, 256); seg_image_index
         (n_seg,). The i-th [SEG] in row-major order pairs with the i-th mask.
+        ``return_logits=False`` (training) skips the full (B, L, V) projection: the LM loss is
+        then computed on supervised positions only, with the same value.
         """
         seg_positions = input_ids == self.config.tokens.seg_token_id  # (B, L)
         n_seg = int(seg_positions.sum())
@@ -91,13 +94,16 @@ class CitrusV(nn.Module):
             use_cache=False,
             return_dict=True,
         ).last_hidden_state  # (B, L, H), after the final RMSNorm
-        logits = self.mllm.lm_head(hidden)  # (B, L, V)
+        logits = self.mllm.lm_head(hidden) if return_logits or labels is None else None  # (B, L, V)
 
         pred_masks, iou_scores = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index)
 
         loss = lm_loss = bce = dice = None
         if labels is not None:
-            lm_loss = lm_cross_entropy(logits, labels)
+            if logits is not None:
+                lm_loss = lm_cross_entropy(logits, labels)
+            else:
+                lm_loss = lm_cross_entropy_supervised(hidden, self.mllm.lm_head, labels)
             loss = lm_loss
             if gt_masks is not None and n_seg > 0:
                 factor = mask_window_factor(n_seg, num_masks_in_window)

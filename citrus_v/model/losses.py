@@ -17,6 +17,22 @@ def lm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
 
 
+def lm_cross_entropy_supervised(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """The same loss as ``lm_cross_entropy(lm_head(hidden), labels)``, projecting only supervised positions.
+
+    Training never needs logits where the label is -100 (system, user and image tokens, most
+    of a sequence), so this skips most of the (B, L, V) projection and its softmax.
+    hidden (B, L, H) after the final norm; labels (B, L).
+    """
+    shift_labels = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    keep = shift_labels != IGNORE_INDEX
+    if not keep.any():
+        return lm_head(hidden[:, :1]).sum() * 0.0  # nothing supervised: a zero that keeps the graph
+    picked = hidden[:, :-1][keep]  # (n_supervised, H)
+    logits = lm_head(picked).float()  # (n_supervised, V)
+    return F.cross_entropy(logits, shift_labels[keep])
+
+
 def mask_bce(pred_logits: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
     """Sigmoid BCE averaged over every pixel of every mask: (n, H, W) each."""
     return F.binary_cross_entropy_with_logits(pred_logits.float(), gt_masks.float(), reduction="mean")

@@ -106,3 +106,15 @@ def test_published_stage_plans(tiny_model):
     assert not tiny_model.mllm.model.visual.blocks[0].attn.qkv.weight.requires_grad
     with pytest.raises(ValueError, match=r"unknown part\(s\) \['sam2'\]"):
         tiny_model.set_trainable(["sam2"])
+
+
+def test_supervised_only_lm_loss_equals_full_logits_loss(tiny_model, batch):
+    # return_logits=False projects only supervised positions: same loss, same gradients
+    full = tiny_model(**batch)
+    lean = tiny_model(**batch, return_logits=False)
+    assert lean.logits is None
+    torch.testing.assert_close(lean.lm_loss, full.lm_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lean.loss, full.loss, rtol=1e-5, atol=1e-6)
+    g_full = torch.autograd.grad(full.loss, tiny_model.mllm.lm_head.weight)[0]
+    g_lean = torch.autograd.grad(lean.loss, tiny_model.mllm.lm_head.weight)[0]
+    torch.testing.assert_close(g_lean, g_full, rtol=1e-4, atol=1e-6)
