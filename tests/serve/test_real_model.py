@@ -1,0 +1,132 @@
+"""The server around the REAL Predictor on a tiny random CitrusV (the inference tests' recipe)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from citrus_v.config import tiny_config
+from citrus_v.data.tokenizer import train_tiny_tokenizer
+from citrus_v.infer.generation import GenerationSettings
+from citrus_v.model.citrus_v import CitrusV
+from citrus_v.serve.app import create_app
+from citrus_v.serve.predictor_adapter import PredictorAdapter, load_predictor, to_generation_settings
+from citrus_v.serve.rle import decode_mask, encode_box
+from citrus_v.serve.schemas import SamplingParams
+from citrus_v.serve.settings import ServeConfig
+from tests.infer.conftest import SENTENCES, ScriptedHead
+from tests.serve.conftest import chat_body, data_url
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("serve_tiny_model")
+    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(directory))
+    torch.manual_seed(0)
+    CitrusV(tiny_config()).eval().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_dir) -> PredictorAdapter:
+    return load_predictor(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def image_png() -> tuple[np.ndarray, str]:
+    from tests.serve.conftest import png_bytes  # (90, 130): not square, not a multiple of 28
+    from PIL import Image
+    import io
+
+    data = png_bytes(90, 130)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), data_url(data)
+
+
+def script(adapter: PredictorAdapter, text: str) -> None:
+    p = adapter.predictor
+    ids = p.tokenizer.encode(text, add_special_tokens=False) + [p.eos_token_id]
+    p.model.mllm.lm_head = ScriptedHead(p.model.mllm.lm_head, ids)
+
+
+def unscript(adapter: PredictorAdapter) -> None:
+    head = adapter.predictor.model.mllm.lm_head
+    if isinstance(head, ScriptedHead):
+        adapter.predictor.model.mllm.lm_head = head.head
+
+
+def test_sampling_maps_to_generation_settings():
+    assert to_generation_settings(SamplingParams(12)) == GenerationSettings(max_new_tokens=12)
+    hot = to_generation_settings(SamplingParams(5, temperature=0.7, top_p=0.9, seed=4))
+    assert (hot.do_sample, hot.temperature, hot.top_p, hot.seed) == (True, 0.7, 0.9, 4)
+
+
+def test_served_segmentation_equals_direct_prediction(adapter, image_png, tiny_dir):
+    pixels, url = image_png
+    assert adapter.model_name == f"citrus-v-{tiny_dir.name}"
+    with TestClient(create_app(adapter, ServeConfig())) as client:
+        try:
+            script(adapter, "Sure, it is [SEG].")
+            served = client.post("/v1/chat/completions", json=chat_body(url, "Please segment the liver.", max_tokens=20))
+            unscript(adapter)
+            script(adapter, "Sure, it is [SEG].")
+            direct = adapter.predictor.predict([pixels], "Please segment the liver.", settings=GenerationSettings(max_new_tokens=20))
+        finally:
+            unscript(adapter)
+    assert served.status_code == 200, served.text
+    d = served.json()
+    assert d["choices"][0]["message"]["content"] == direct.answer == "Sure, it is [SEG]."
+    (rle,) = d["seg_masks_rle"]
+    assert rle["size"] == [90, 130]  # the ORIGINAL image size, not the model's resize
+    np.testing.assert_array_equal(decode_mask(rle), direct.masks[0].mask)
+    assert d["seg_masks_info"][0]["score"] == pytest.approx(direct.masks[0].score, abs=1e-4)
+
+
+def test_served_boxes_are_original_pixels(adapter, image_png):
+    pixels, url = image_png
+    text = '```json\n[{"bbox_2d": [28, 14, 56, 42], "label": "liver"}]\n```'
+    with TestClient(create_app(adapter, ServeConfig())) as client:
+        try:
+            script(adapter, text)
+            d = client.post("/v1/chat/completions", json=chat_body(url, "Locate the liver.", max_tokens=60)).json()
+            unscript(adapter)
+            script(adapter, text)
+            direct = adapter.predictor.predict([pixels], "Locate the liver.", settings=GenerationSettings(max_new_tokens=60))
+        finally:
+            unscript(adapter)
+    assert d["boxes"] == [{"bbox": encode_box(direct.boxes[0].bbox, (90, 130)), "label": "liver", "image_index": 0}]
+
+
+def test_concurrent_unscripted_requests_match_one_by_one(adapter, image_png):
+    pixels, url = image_png
+    prompts = ["What organ is shown?", "Please segment the liver.", "Write a report.", "Locate the kidney."]
+    expected = [adapter.predictor.predict([pixels], p, settings=GenerationSettings(max_new_tokens=4)).answer for p in prompts]
+    results: list = [None] * len(prompts)
+    with TestClient(create_app(adapter, ServeConfig(max_batch=4, batch_wait_ms=100))) as client:
+        def go(i: int) -> None:
+            results[i] = client.post("/v1/chat/completions", json=chat_body(url, prompts[i], max_tokens=4))
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = client.get("/readyz").json()
+    assert [r.status_code for r in results] == [200] * 4
+    # greedy batched decoding gives the same text as one-by-one (the predictor's promise, kept through HTTP)
+    assert [r.json()["choices"][0]["message"]["content"] for r in results] == expected
+    assert stats["requests"] == 4 and stats["batches"] < 4
+
+
+def test_model_rejection_is_422(adapter, image_png):
+    _, url = image_png
+    with TestClient(create_app(adapter, ServeConfig())) as client:
+        r = client.post("/v1/chat/completions", json=chat_body(url, "Say [SEG].", max_tokens=4))
+        assert r.status_code == 422
+        assert "reserved token [SEG]" in r.json()["error"]["message"]
+        assert client.get("/healthz").status_code == 200
