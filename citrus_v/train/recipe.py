@@ -111,9 +111,10 @@ def _model_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[di
 def _load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: ckpt.TrainingState) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, state.model, options=opts)
-    set_optimizer_state_dict(model, optimizer, state.optimizer, options=opts)
+    set_model_state_dict(model, state.model, options=StateDictOptions(full_state_dict=True))
+    # non-strict: trainable parameters that never received a gradient (e.g. SAM2's unused
+    # mask-prompt convs) legitimately have no optimizer state, and must stay without one
+    set_optimizer_state_dict(model, optimizer, state.optimizer, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
