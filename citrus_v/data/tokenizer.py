@@ -26,6 +26,7 @@ the answer a user reads.
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -134,13 +135,30 @@ def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return fast
 
 
-def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+# Text every conversation carries whatever the corpus: ChatML roles, the default system prompt,
+# the published box JSON. Mixed into tiny training so the template's own strings are cheap.
+TEMPLATE_TEXTS: tuple[str, ...] = (
+    "system\nYou are a helpful assistant.",
+    "user\n",
+    "assistant\n",
+    '```json\n[{"bbox_2d": [12, 34, 56, 78], "label": "liver"}, {"bbox_2d": [90, 12, 34, 56], "label": "lesion"}]\n```',
+    "Sure, it is [SEG].",
+    "<think>reasoning</think><answer>answer</answer>",
+)
+
+
+def train_tiny_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, *, template_text_weight: int = 50
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts`` with the 13 special tokens at ids 0..12.
 
-    All 256 byte symbols are in the alphabet, so any text encodes (no unknown token) and
-    ``decode(encode(text)) == NFC(text)``. The vocabulary may come out smaller than
-    ``vocab_size`` when the text has fewer useful merges.
+    ``TEMPLATE_TEXTS`` are added ``template_text_weight`` times (0: not at all). All 256 byte
+    symbols are in the alphabet, so any text encodes (no unknown token) and
+    ``decode(encode(text)) == NFC(text)``. The vocabulary comes out smaller than ``vocab_size``
+    when the text has fewer merges seen ``min_frequency`` times (the synthetic suite gives ~700).
     """
+    if template_text_weight < 0:
+        raise ValueError(f"template_text_weight must be >= 0, got {template_text_weight}")
     if not 13 + 256 <= vocab_size <= 4096:
         raise ValueError(f"vocab_size must be in [269, 4096] (13 special + 256 bytes .. model rows), got {vocab_size}")
     tok = Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False))
@@ -154,7 +172,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequ
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(itertools.chain(texts, TEMPLATE_TEXTS * template_text_weight), trainer=trainer)
     # The trainer added all 13 as special; re-add the Citrus three as non-special (same ids).
     tok.add_tokens([_citrus(t) for t in CITRUS_TOKENS])
     for i, t in enumerate(TINY_SPECIAL_TOKENS):

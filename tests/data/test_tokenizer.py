@@ -174,3 +174,11 @@ def test_tiny_ids_match_the_model_config(tiny_tok):
             cfg.tokens.eos_token_id) == (ids.image_pad, ids.video_pad, ids.vision_start, ids.vision_end, ids.seg,
                                          ids.pad, ids.im_end)  # fmt: skip
     assert cfg.llm.vocab_size >= len(tiny_tok)
+
+
+def test_tiny_learns_the_template_text(tiny_tok):
+    # the fixed ChatML strings are mixed in: each word of the default system prompt is one token
+    n = len(tiny_tok.encode("<|im_start|>system\nYou are a helpful assistant.<|im_end|>", add_special_tokens=False))
+    assert n == 10  # <|im_start|> system \n You are a helpful assistant . <|im_end|>: one token per word
+    bare = train_tiny_tokenizer(["abc def"] * 5, vocab_size=300, template_text_weight=0)
+    assert len(bare.encode("You are a helpful assistant.", add_special_tokens=False)) >= 20  # bytes, no merges
