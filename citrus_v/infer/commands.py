@@ -27,6 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer text")
     add_generation_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    from citrus_v.volume.cli import add_volume_arguments  # issue 7: --volume, --point/--box/--slice
+
+    add_volume_arguments(p)
     p.set_defaults(func=run_predict)
 
 
@@ -98,6 +101,10 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from citrus_v.volume.cli import run_volume, wants_volume_path
+
+    if wants_volume_path(args):  # volumes and click/box refinement live in citrus_v/volume/
+        return run_volume(args)
     import torch
 
     from citrus_v.infer.predictor import Predictor

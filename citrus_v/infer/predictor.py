@@ -131,6 +131,17 @@ class Predictor:
         masks = self._segment(encoded, generated)
         return [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
 
+    def refine(self, image: ImageInput, **prompts) -> Prediction:
+        """Clicks / a box (and optionally a text prompt) on one image -> one mask (issue 7).
+
+        ``points=[(x, y, label)]`` (1 add, 0 remove), ``box=[x1, y1, x2, y2]`` in original pixels,
+        ``prompt=`` text whose [SEG] joins the clicks, ``mask_input=`` the previous mask.
+        Implemented in :func:`citrus_v.volume.interactive.refine`.
+        """
+        from citrus_v.volume.interactive import refine
+
+        return refine(self, image, **prompts)
+
     # ------------------------------------------------------------------ step 1: encode
     def load_images(self, images: Sequence[ImageInput] | ImageInput, where: str = "images") -> list[np.ndarray]:
         """Paths are read with the predictor's window; arrays / PIL images become (H, W, 3) uint8."""
