@@ -97,7 +97,8 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
 
 
 def _load_path(path: Path) -> np.ndarray:
-    # DICOM (windowed), NIfTI (one axial slice), PNG/JPEG/TIFF; errors name the file.
+    # DICOM (windowed), NIfTI (one axial slice), PNG/JPEG/TIFF; errors name the file. Imported here
+    # so that importing the template does not pull in pydicom/nibabel.
     from citrus_v.data.medical_io import load_image
 
     return load_image(path)
