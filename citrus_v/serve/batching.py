@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -140,14 +140,3 @@ def _group_by_sampling(batch: list[_Pending]) -> list[list[_Pending]]:
         groups.setdefault(p.sampling.key(), []).append(p)
     return list(groups.values())
 
-
-def callable_predictor(name: str, fn: Callable[[Sequence[tuple[list[np.ndarray], str]], Any], list[Prediction]]) -> BatchPredictor:
-    """Wrap a plain function as a :class:`BatchPredictor` (handy for tests and custom back-ends)."""
-
-    class _Fn:
-        model_name = name
-
-        def predict_batch(self, items, settings):
-            return fn(items, settings)
-
-    return _Fn()
