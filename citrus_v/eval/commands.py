@@ -19,6 +19,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     p.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="cap on generated tokens per answer (default: the predictor's setting)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_eval)
 
@@ -43,11 +45,17 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             if err.name != "citrus_v.infer.predictor":
                 raise
             raise SystemExit("citrus-v eval: no predictor in this install (citrus_v/infer/predictor.py)") from None
-        predictor = Predictor.from_pretrained(args.model)
+        settings = None
+        if args.max_new_tokens is not None:
+            from citrus_v.infer.generation import GenerationSettings
+
+            settings = GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value
+        predictor = Predictor.from_pretrained(args.model, settings=settings)
     result = evaluate(predictor, records, args.data.parent, limit=args.limit,
                       batch_size=args.batch_size, progress=not args.no_progress)
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
-            "limit": args.limit, "batch_size": args.batch_size}
+            "limit": args.limit, "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens}
     paths = write_outputs(result, args.out, meta=meta)
     sys.stdout.write(to_markdown(result))
     sys.stdout.write(f"\nwrote {paths['json']}, {paths['md']}, {paths['predictions']}\n")
