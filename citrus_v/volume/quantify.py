@@ -47,12 +47,7 @@ def _max_pairwise_distance(points_mm: np.ndarray) -> float:
     if n < 2:
         return 0.0
     if n > 64:
-        try:
-            from scipy.spatial import ConvexHull
-
-            points_mm = points_mm[ConvexHull(points_mm).vertices]
-        except Exception:  # degenerate (flat or collinear) sets: fall back to all points
-            pass
+        points_mm = _hull_vertices(points_mm)
     best = 0.0
     # chunked brute force over the (few) remaining points: (chunk, N) distances at a time
     for start in range(0, len(points_mm), 512):
@@ -60,6 +55,27 @@ def _max_pairwise_distance(points_mm: np.ndarray) -> float:
         d2 = ((block[:, None, :] - points_mm[None, :, :]) ** 2).sum(-1)
         best = max(best, float(d2.max()))
     return float(np.sqrt(best))
+
+
+def _hull_vertices(points_mm: np.ndarray) -> np.ndarray:
+    """The convex hull's vertices (the farthest pair is among them), also for flat or collinear sets.
+
+    One slice's voxels are coplanar, where a 3D hull fails: they are then expressed in their own
+    plane (an orthonormal basis from the SVD keeps distances exact) and hulled in 2D.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    centred = points_mm - points_mm.mean(axis=0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    rank = int((sv > 1e-9 * max(float(sv[0]), 1e-12)).sum())
+    if rank <= 1:  # collinear: the two extremes along the line
+        t = centred @ vt[0]
+        return points_mm[[int(t.argmin()), int(t.argmax())]]
+    coords = centred if rank == 3 else centred @ vt[:2].T  # (N, 3) or in-plane (N, 2)
+    try:
+        return points_mm[ConvexHull(coords).vertices]
+    except QhullError:  # numerically degenerate: every point is a candidate
+        return points_mm
 
 
 def _boundary_voxels(mask: np.ndarray) -> np.ndarray:
