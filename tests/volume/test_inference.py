@@ -120,3 +120,18 @@ def test_bad_arguments_are_clear():
         segment_volume(ThresholdPredictor(), vol, "Segment the liver", batch_size=0)
     with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
         segment_volume(ThresholdPredictor(), vol, "Segment the liver", axis=5)
+
+
+def test_real_predictor_masks_land_on_their_slices(tiny_predictor, force_answer):
+    """The tiny random CitrusV forced to answer with one [SEG]: each slice's 3D plane equals the mask
+    the same predictor gives for that slice picture on its own."""
+    rng = np.random.default_rng(4)
+    vol = Volume(rng.normal(size=(40, 30, 3)).astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), (1, 1, 2), modality="MR")
+    force_answer("Sure, it is [SEG].")
+    seg = segment_volume(tiny_predictor, vol, "Please segment the liver.", axis=2, batch_size=3)
+    assert seg.masks.shape == (1, 40, 30, 3) and seg.names == ["liver"]
+    for k, picture in enumerate(slice_images(vol, 2)):
+        force_answer("Sure, it is [SEG].")
+        alone = tiny_predictor.predict(picture, "Please segment the liver.")
+        assert len(alone.masks) == 1 and alone.masks[0].mask.shape == (30, 40)
+        np.testing.assert_array_equal(seg.slice_mask(0, k), alone.masks[0].mask)
