@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -64,8 +65,10 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
         return model
     if ctx.strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
-        # frozen parts and [SEG]-free micro-batches leave parameters without gradients
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        # [SEG]-free or text-only micro-batches leave parameters without gradients. DDP marks
+        # "used" whatever any forward output depends on, and CitrusV also returns outputs
+        # outside the loss (iou_scores), so DDP sees the losses only.
+        return nn.parallel.DistributedDataParallel(LossOnly(model), device_ids=ids, find_unused_parameters=True)
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -74,6 +77,23 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
         fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+class LossPair(NamedTuple):
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+
+
+class LossOnly(nn.Module):
+    """Forwards to ``model`` and keeps just (loss, lm_loss) of its output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: Any) -> LossPair:
+        out = self.model(**batch)
+        return LossPair(out.loss, out.lm_loss)
 
 
 def _shard_units(model: nn.Module) -> list[nn.Module]:

@@ -168,7 +168,9 @@ def train(
     model.to(device)
     model.train()
     wrapped = wrap_model(model, ctx, device)
-    optimizer = build_optimizer(wrapped, stage)
+    # `model` stays the module that owns the parameters (sharded in place under FSDP2);
+    # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `model`.
+    optimizer = build_optimizer(model, stage)
     total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
     scheduler = build_scheduler(optimizer, stage, total_steps)
 
@@ -177,7 +179,7 @@ def train(
         path = Path(resume_from) if resume_from is not None else ckpt.latest_checkpoint(ckpt_root)
         if path is not None:
             state = ckpt.load_checkpoint(path)
-            _load_state(wrapped, optimizer, state)
+            _load_state(model, optimizer, state)
             scheduler.load_state_dict(state.scheduler)
             if state.rng is not None:
                 ckpt.restore_rng(state.rng)
@@ -189,7 +191,7 @@ def train(
 
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if step else None) if ctx.is_main else None
     window_size = stage.micro_batch_size * stage.grad_accum * ctx.world_size
-    params = [p for p in wrapped.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )  # bf16 on GPU; CPUs here lack bf16, so fp32
@@ -228,7 +230,7 @@ def train(
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
         if step % stage.save_every == 0 or step == end:
-            last_dir = _save(wrapped, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx)
+            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx)
     bar.close()
 
     plot_path = metrics_path = None
@@ -267,14 +269,13 @@ def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast
     return lm_total, mask_total
 
 
-def _save(wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
+def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
           position: int, stage: StageConfig, ctx: DistContext) -> Path:
-    model_sd, optim_sd = _model_state(wrapped, optimizer)  # collective under FSDP2: every rank calls it
+    model_sd, optim_sd = _model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
         trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict()}
-        inner = wrapped.module if isinstance(wrapped, nn.parallel.DistributedDataParallel) else wrapped
-        config = getattr(inner, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
+        config = getattr(model, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
         if config is not None and hasattr(config, "to_dict"):
             trainer["model_config"] = config.to_dict()
         state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())

@@ -1,0 +1,42 @@
+"""torchrun with 2 CPU processes (gloo) vs one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from citrus_v.train.recipe import train
+from citrus_v.train.stages import get_stage
+from tests.train.synthetic import collate, make_dataset, tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(tmp_path_factory) -> list[float]:
+    # global batch 2 = micro 1 x accumulation 2 x 1 process
+    stage = get_stage(3, "tiny").replace(max_steps=STEPS, micro_batch_size=1, grad_accum=2, save_every=100)
+    out = tmp_path_factory.mktemp("single")
+    return train(stage, tiny_model(0), make_dataset(8), collate, out, progress=False, device="cpu").losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one(strategy, single_process_losses, tmp_path):
+    # global batch 2 = micro 1 x accumulation 1 x 2 processes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.train.run_tiny", str(tmp_path), "--stage", "3", "--steps", str(STEPS), "--save-every", "100",
+           "--accum", "1", "--samples", "8", "--strategy", strategy]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    assert result["steps"] == STEPS
+    assert result["losses"] == pytest.approx(single_process_losses, rel=1e-4)
+    assert (tmp_path / "checkpoints" / f"step_{STEPS:06d}" / "manifest.json").is_file()
