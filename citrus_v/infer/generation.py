@@ -17,6 +17,7 @@ class GenerationSettings:
     """How to decode. Greedy by default; ``do_sample=True`` turns on temperature / top-p / top-k.
 
     ``top_k=0`` and ``top_p=1.0`` mean "off". ``seed`` makes sampling reproducible.
+    ``fast=True`` (greedy only) decodes with ``citrus_v.infer.fast`` instead of ``generate``.
     """
 
     max_new_tokens: int = 512
@@ -25,6 +26,7 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    fast: bool = False
 
     def __post_init__(self) -> None:
         w = "GenerationSettings"
@@ -36,6 +38,8 @@ class GenerationSettings:
             raise ValueError(f"{w}.top_p: must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"{w}.top_k: must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if self.fast and self.do_sample:
+            raise ValueError(f"{w}.fast: the fast path is greedy only; set do_sample=False or fast=False")
 
     def generate_kwargs(self, eos_token_id: int, pad_token_id: int) -> dict:
         """Keyword arguments for ``generate``; sampling knobs only when sampling (HF warns otherwise)."""

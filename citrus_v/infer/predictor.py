@@ -125,6 +125,11 @@ class Predictor:
             return []
         settings = settings or self.settings
         encoded = [self._encode(images, prompt, where=f"request {i}") for i, (images, prompt) in enumerate(requests)]
+        if settings.fast:  # hook for the fast greedy path (citrus_v/infer/fast.py, issue 8)
+            from citrus_v.infer.fast import predict_rows_fast
+
+            generated, masks = predict_rows_fast(self, encoded, settings)
+            return [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
         generated = generate_sequences(
             self.model, self._left_padded(encoded), settings, self.eos_token_id, self.pad_token_id
         )

@@ -1,0 +1,320 @@
+"""The fast greedy path: prefill once, then a lean decode loop over a static KV cache.
+
+What the plain path (``generation.generate_sequences`` + ``CitrusV.segment``) spends time on
+and this path does not:
+
+- transformers' ``generate`` machinery per step (logits processors, stopping criteria,
+  kwargs bookkeeping, mask building, a growing ``DynamicCache`` that re-allocates its
+  tensors every step);
+- the teacher-forced pass after generation: the final-norm hidden state of every ``[SEG]``
+  is produced anyway when ``[SEG]`` is fed back as the next input, so we keep it then and
+  skip the extra forward over prompt + answer (the DESIGN's "one teacher-forced pass",
+  obtained for free; ``tests/infer/test_fast.py`` proves the masks equal ``model.segment``'s).
+
+The prefill is transformers' own multimodal forward with the position ids from the HF
+model's own helper (``_prepare_position_ids_for_generation``, which also sets
+``rope_deltas``), so prompt states and decode positions are exactly those ``generate``
+uses; each decode step then runs transformers' decoder layers on one token with a
+pre-allocated (B, kv_heads, L + T, head_dim) cache, and ``lm_head`` on that token only.
+Greedy only: sampling goes through the plain path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from citrus_v.infer.generation import GeneratedSequence
+
+
+class StaticKV:
+    """Pre-allocated keys/values for every layer; duck-types the ``cache.update`` that HF
+    attention calls. One write position (a tensor, so a compiled step never re-traces)."""
+
+    def __init__(self, n_layers: int, batch: int, kv_heads: int, length: int, head_dim: int, like: torch.Tensor):
+        shape = (batch, kv_heads, length, head_dim)
+        self.keys = [like.new_zeros(shape) for _ in range(n_layers)]
+        self.values = [like.new_zeros(shape) for _ in range(n_layers)]
+        self.write_at = torch.zeros(1, dtype=torch.long, device=like.device)  # next slot to fill
+
+    def fill(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Copy a prefill's (B, kv_heads, L, head_dim) states into slots [0, L)."""
+        self.keys[layer][:, :, : keys.shape[2]] = keys
+        self.values[layer][:, :, : values.shape[2]] = values
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, **_: object):
+        """Write one step's (B, kv_heads, 1, head_dim) at ``write_at``; return the whole buffers
+        (unfilled slots are masked out by the caller's attention mask)."""
+        self.keys[layer_idx].index_copy_(2, self.write_at, key)
+        self.values[layer_idx].index_copy_(2, self.write_at, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # for HF code that asks
+        return int(self.write_at)
+
+
+@dataclass
+class FastGeneration:
+    """Greedy output of :func:`fast_greedy_generate`, per row."""
+
+    sequences: list[GeneratedSequence]
+    seg_hidden: list[torch.Tensor]  # per row (n_seg_row, H): final-norm states at each generated [SEG]
+
+
+class FastDecoder:
+    """Greedy decoding of a ``Qwen2_5_VLForConditionalGeneration`` with a static cache.
+
+    The one-token step is written out (RMSNorm, rotary, SDPA, SwiGLU) over the HF modules'
+    own weights, because at small sizes the per-module call overhead of the HF layers costs
+    more than their arithmetic. ``fuse=True`` concatenates q/k/v and gate/up weights into one
+    matmul each (fewer kernel launches; costs a copy of those weights: about 8 GB in bf16 at
+    8b, so ``fuse=False`` where memory is short). The weights are read at construction:
+    build the decoder after loading or changing weights. ``compile=True`` wraps the step in
+    ``torch.compile`` (fixed shapes per (batch, length), so one compile per shape).
+    """
+
+    def __init__(self, mllm: nn.Module, compile: bool = False, fuse: bool = True):
+        self.mllm = mllm
+        self.lm = mllm.model.language_model
+        text = self.lm.config
+        self.n_layers = text.num_hidden_layers
+        self.n_heads = text.num_attention_heads
+        self.kv_heads = text.num_key_value_heads
+        self.head_dim = text.hidden_size // text.num_attention_heads
+        self.fuse = fuse
+        self._layers = [self._layer_weights(layer) for layer in self.lm.layers]
+        self._step: Callable = self._decode_step
+        if compile:
+            self._step = torch.compile(self._decode_step, dynamic=False)
+
+    def _layer_weights(self, layer: nn.Module) -> dict[str, torch.Tensor | float]:
+        attn, mlp = layer.self_attn, layer.mlp
+        w: dict[str, torch.Tensor | float] = {
+            "ln1": layer.input_layernorm.weight,
+            "ln2": layer.post_attention_layernorm.weight,
+            "eps": layer.input_layernorm.variance_epsilon,
+            "o": attn.o_proj.weight,
+            "down": mlp.down_proj.weight,
+        }
+        if self.fuse:
+            w["qkv"] = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+            w["qkv_b"] = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
+            w["gate_up"] = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        else:
+            w.update(q=attn.q_proj.weight, q_b=attn.q_proj.bias, k=attn.k_proj.weight, k_b=attn.k_proj.bias,
+                     v=attn.v_proj.weight, v_b=attn.v_proj.bias, gate=mlp.gate_proj.weight, up=mlp.up_proj.weight)
+        return w
+
+    # ------------------------------------------------------------------ one step
+    @staticmethod
+    def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        # as Qwen2_5_VLRMSNorm: statistics in fp32, scale in the input dtype (one fused kernel)
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _decode_step(
+        self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: torch.Tensor, cache: StaticKV
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, 1); cos/sin (B, 1, 1, head_dim); attend (B, 1, 1, S) bool
+        -> (final-norm hidden (B, H), logits (B, V))."""
+        batch = tokens.shape[0]
+        nq, d = self.n_heads * self.head_dim, self.head_dim
+        x = self.lm.embed_tokens(tokens)  # (B, 1, H)
+        for i, w in enumerate(self._layers):
+            h = self._rms(x, w["ln1"], w["eps"])
+            if self.fuse:
+                qkv = F.linear(h, w["qkv"], w["qkv_b"])  # (B, 1, (heads + 2 kv_heads) d)
+            else:
+                qkv = torch.cat([F.linear(h, w["q"], w["q_b"]), F.linear(h, w["k"], w["k_b"]), F.linear(h, w["v"], w["v_b"])], -1)
+            qkv = qkv.view(batch, -1, 1, d)  # (B, heads + 2 kv_heads, 1, d): one token, so no transpose
+            qk = self._rope(qkv[:, : self.n_heads + self.kv_heads], cos, sin)  # q and k rotated in one go
+            q, k, v = qk[:, : self.n_heads], qk[:, self.n_heads :], qkv[:, self.n_heads + self.kv_heads :]
+            keys, values = cache.update(k, v, i)  # (B, kv_heads, S, d)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, enable_gqa=True)
+            x = x + F.linear(a.transpose(1, 2).reshape(batch, 1, nq), w["o"])  # (B, 1, H)
+            h = self._rms(x, w["ln2"], w["eps"])
+            if self.fuse:
+                gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
+            else:
+                gate, up = F.linear(h, w["gate"]), F.linear(h, w["up"])
+            x = x + F.linear(F.silu(gate) * up, w["down"])
+        x = self.lm.norm(x)  # (B, 1, H): the state CitrusV reads at a [SEG]
+        logits = self.mllm.lm_head(x)[:, -1]  # (B, V)
+        return x[:, -1], logits
+
+    # ------------------------------------------------------------------ prefill
+    def _prefill(self, inputs: dict[str, torch.Tensor], total: int) -> tuple[torch.Tensor, torch.Tensor, StaticKV]:
+        """Multimodal forward of the prompt; returns last-position logits (B, V), the 4-row
+        position ids generate would use (4, B, L) and the cache with the prompt in it."""
+        from transformers import DynamicCache
+
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
+        # the HF helper: text positions from the mask (+ M-RoPE rows and rope_deltas when the
+        # inputs carry mm_token_type_ids), exactly what generate's first step sees
+        positions = self.mllm._prepare_position_ids_for_generation(ids, {"input_ids": ids, **kwargs})
+        prompt_cache = DynamicCache(config=self.lm.config)
+        out = self.mllm.model(input_ids=ids, position_ids=positions, cache=prompt_cache, use_cache=True, **kwargs)
+        logits = self.mllm.lm_head(out.last_hidden_state[:, -1:])[:, -1]  # (B, V): last position only
+        batch, length = ids.shape
+        cache = StaticKV(self.n_layers, batch, self.kv_heads, total, self.head_dim, out.last_hidden_state)
+        for i in range(self.n_layers):
+            layer = prompt_cache.layers[i]
+            cache.fill(i, layer.keys, layer.values)
+        cache.write_at.fill_(length)
+        del mask
+        return logits, positions, cache
+
+    # ------------------------------------------------------------------ the loop
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        eos_token_id: int | None,
+        pad_token_id: int,
+        seg_token_id: int | None = None,
+    ) -> FastGeneration:
+        """Greedy tokens for a LEFT-padded batch (as ``generation.generate_sequences``).
+
+        ``inputs``: input_ids / attention_mask (B, L) and optionally pixel_values (P, C),
+        image_grid_thw (n_img, 3). ``eos_token_id=None`` never stops early (benchmarks).
+        A row that emitted eos is finished: later tokens are pads and are dropped, as in
+        ``generate``. With ``seg_token_id``, the final-norm state of each generated
+        ``[SEG]`` is kept (it appears when the token is fed back at the next step).
+        """
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        if ids.dim() != 2 or mask.shape != ids.shape:
+            raise ValueError(f"fast generate: input_ids/attention_mask must be (B, L), got {tuple(ids.shape)}/{tuple(mask.shape)}")
+        if ids.shape[0] > 1 and not bool(mask[:, -1].all()):
+            raise ValueError("fast generate: the batch must be LEFT-padded (a row has padding in its last column)")
+        if max_new_tokens < 1:
+            raise ValueError(f"fast generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch, length = ids.shape
+        total = length + max_new_tokens  # prompt + every token that may be fed back
+        logits, positions, cache = self._prefill(inputs, total)
+        # (B, 1, 1, S) bool: which cache slots each row may attend to; pads stay False
+        attend = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=ids.device)
+        attend[:, 0, 0, :length] = mask.bool()
+        # rope rows of every step at once: generate adds 1 per step to the last prompt position
+        steps_ahead = torch.arange(1, max_new_tokens + 1, device=ids.device)
+        decode_positions = positions[1:, :, -1:] + steps_ahead  # (3, B, T)
+        cos, sin = self.lm.rotary_emb(logits, decode_positions)  # (B, T, head_dim) each
+        cos, sin = cos[:, None].to(logits.dtype), sin[:, None].to(logits.dtype)  # (B, 1, T, head_dim)
+
+        new_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=ids.device)
+        probs = torch.zeros(batch, max_new_tokens, device=ids.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+        seg_states: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+        steps = 0
+        for t in range(max_new_tokens):
+            token = logits.argmax(dim=-1)  # (B,)
+            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            new_ids[:, t] = token
+            probs[:, t] = torch.softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]
+            if eos_token_id is not None:
+                done |= token == eos_token_id
+            steps = t + 1
+            fed_seg = seg_token_id is not None and bool((token == seg_token_id).any())
+            if t == max_new_tokens - 1 and not fed_seg:
+                break  # the last token needs no forward unless its [SEG] state is wanted
+            if eos_token_id is not None and bool(done.all()):
+                break
+            attend[:, 0, 0, length + t] = True
+            hidden, logits = self._step(token[:, None], cos[:, :, t : t + 1], sin[:, :, t : t + 1], attend, cache)
+            cache.write_at += 1
+            if fed_seg:
+                for row in (token == seg_token_id).nonzero()[:, 0].tolist():
+                    seg_states[row].append(hidden[row])
+        return FastGeneration(
+            sequences=_split_rows(new_ids[:, :steps], probs[:, :steps], eos_token_id),
+            seg_hidden=[torch.stack(s) if s else logits.new_zeros(0, self.lm.config.hidden_size) for s in seg_states],
+        )
+
+
+def _split_rows(new_ids: torch.Tensor, probs: torch.Tensor, eos_token_id: int | None) -> list[GeneratedSequence]:
+    """(B, T) ids/probs -> one GeneratedSequence per row, cut after the first eos (kept)."""
+    rows = []
+    for ids_row, prob_row in zip(new_ids.tolist(), probs.tolist()):
+        if eos_token_id is not None and eos_token_id in ids_row:
+            end = ids_row.index(eos_token_id) + 1
+            rows.append(GeneratedSequence(ids_row[:end], prob_row[:end], stopped=True))
+        else:
+            rows.append(GeneratedSequence(ids_row, prob_row, stopped=False))
+    return rows
+
+
+@torch.no_grad()
+def masks_from_seg_states(
+    model: nn.Module, seg_hidden: torch.Tensor, sam_images: torch.Tensor, seg_image_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """seg_hidden (n_seg, H) -> mask logits (n_seg, 256, 256), IoU (n_seg,): projector, each
+    referenced SAM image encoded once (all in one batch), every [SEG] decoded in one batch.
+    The same steps, in the same order, as ``CitrusV._segment_from_hidden``."""
+    if seg_hidden.shape[0] != seg_image_index.shape[0]:
+        raise ValueError(f"{seg_hidden.shape[0]} [SEG] states but {seg_image_index.shape[0]} image indices")
+    sam_param = model.segmenter.sam2.no_memory_embedding
+    prompts = model.seg_projector(seg_hidden)  # (n_seg, 256)
+    used, per_seg = torch.unique(seg_image_index, return_inverse=True)
+    features = model.segmenter.encode(sam_images[used].to(sam_param.dtype))
+    return model.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype))
+
+
+@torch.no_grad()
+def predict_rows_fast(predictor, rows: list, settings) -> tuple[list[GeneratedSequence], list[list]]:
+    """The predictor's steps 2 + 3 on the fast path: greedy tokens and one Mask per [SEG].
+
+    ``rows`` are the predictor's encoded requests (``Predictor._encode``). The i-th [SEG]
+    of a row pairs with its i-th mask; a row's [SEG]s segment its first image, as in
+    ``Predictor._segment``. Every SAM image is encoded once, all [SEG]s decoded in one batch.
+    """
+    from citrus_v.infer.masks import logits_to_masks
+    from citrus_v.infer.types import Mask
+
+    if settings.do_sample:
+        raise ValueError("the fast path is greedy only: GenerationSettings(fast=True) needs do_sample=False")
+    decoder = FastDecoder(predictor.model.mllm)
+    out = decoder.generate(
+        predictor._left_padded(rows),
+        settings.max_new_tokens,
+        eos_token_id=predictor.eos_token_id,
+        pad_token_id=predictor.pad_token_id,
+        seg_token_id=predictor.seg_token_id,
+    )
+    masks: list[list] = [[] for _ in rows]
+    seg_rows = [i for i, s in enumerate(out.seg_hidden) if s.shape[0] > 0]
+    if not seg_rows:
+        return out.sequences, masks
+    for i in seg_rows:
+        if rows[i].sam_images is None:
+            raise ValueError(f"request {i}: the model emitted [SEG] but the request has no image to segment")
+        n_ids = out.sequences[i].ids.count(predictor.seg_token_id)
+        if n_ids != out.seg_hidden[i].shape[0]:  # bookkeeping fails loudly
+            raise ValueError(f"request {i}: {n_ids} [SEG] tokens but {out.seg_hidden[i].shape[0]} [SEG] states")
+    dtype = next(predictor.model.parameters()).dtype
+    sam_images = torch.cat([rows[i].sam_images for i in seg_rows]).to(predictor.device, dtype)  # (n_img, 3, S, S)
+    image_index, owners, first = [], [], 0
+    for i in seg_rows:
+        n = out.seg_hidden[i].shape[0]
+        image_index += [first] * n
+        owners += [i] * n
+        first += rows[i].sam_images.shape[0]
+    logits, iou = masks_from_seg_states(
+        predictor.model,
+        torch.cat([out.seg_hidden[i] for i in seg_rows]),  # (n_seg, H), row-major like model.segment
+        sam_images,
+        torch.tensor(image_index, dtype=torch.long, device=predictor.device),
+    )
+    for n, owner in enumerate(owners):
+        mask_np = logits_to_masks(logits[n : n + 1], rows[owner].original_sizes[0])[0]  # (H, W) bool
+        masks[owner].append(Mask(mask=mask_np, score=float(iou[n]), image_index=0))
+    return out.sequences, masks
