@@ -140,6 +140,7 @@ def train(
     dist_ctx: DistContext | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    adjust_trainable: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
@@ -159,6 +160,8 @@ def train(
 
     torch.manual_seed(stage.seed)
     model.set_trainable(stage.trainable_parts)
+    if adjust_trainable is not None:  # e.g. LoRA: only adapters train inside the MLLM
+        adjust_trainable(model)
     model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
     if stage.gradient_checkpointing:
         _enable_gradient_checkpointing(model)

@@ -1,0 +1,173 @@
+"""From files to a trained model folder: init model + tokenizer, the stage's data mixture,
+``recipe.train``, and the exported ``final/`` folder (``save_pretrained`` layout) that the
+next stage, ``citrus-v predict`` and ``--init`` read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from citrus_v.train.distributed import DistContext, barrier
+from citrus_v.train.recipe import TrainResult, train
+from citrus_v.train.stages import StageConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MixtureDataset:
+    """The stage's samples: (source dataset, index) pairs, each source repeated by its weight."""
+
+    sources: list[Any]  # JsonlDataset objects
+    items: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        s, j = self.items[i]
+        return self.sources[s][j]
+
+
+def _weighted(indices: list[int], weight: float, seed: int) -> list[int]:
+    """floor(weight) copies of every index plus a seeded fraction of one more copy."""
+    whole, frac = int(weight), weight - int(weight)
+    out = indices * whole
+    if frac > 0:
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(indices), generator=g)[: round(frac * len(indices))].tolist()
+        out += [indices[k] for k in sorted(pick)]
+    return out
+
+
+def build_mixture(stage: StageConfig, data_files: Sequence[str | Path], template: Any) -> MixtureDataset:
+    """Resolve the stage's mixture: JSONL entries are read directly; ``task:X`` entries select
+    records of task X from ``data_files``. An entry that yields nothing is an error."""
+    from citrus_v.data.dataset import JsonlDataset
+
+    pool = [JsonlDataset(f, template) for f in data_files]
+    sources: list[Any] = list(pool)
+    items: list[tuple[int, int]] = []
+    for k, entry in enumerate(stage.mixture):
+        picked: list[tuple[int, int]] = []
+        if entry.task is not None:
+            for s, ds in enumerate(pool):
+                idx = [i for i, r in enumerate(ds.records) if r.task == entry.task]
+                picked += [(s, i) for i in _weighted(idx, entry.weight, stage.seed + k)]
+        else:
+            sources.append(JsonlDataset(entry.source, template))
+            s = len(sources) - 1
+            picked = [(s, i) for i in _weighted(list(range(len(sources[s]))), entry.weight, stage.seed + k)]
+        if not picked:
+            where = f"in {[str(f) for f in data_files]}" if entry.task else ""
+            raise ValueError(f"stage {stage.name}: mixture entry {entry.source!r} matched no records {where}".rstrip())
+        items += picked
+    return MixtureDataset(sources, items)
+
+
+def init_model_and_template(init: str | Path | None, preset: str, stage: StageConfig, data_files: Sequence[str | Path]):
+    """-> (model, tokenizer, template). ``init`` is a model folder (save_pretrained or the
+    published layout); without it a fresh ``preset`` model is built, and for ``tiny`` a small
+    BPE is trained on the data's text (the 8b uses the real Qwen2.5 tokenizer)."""
+    from citrus_v.data.image_processing import ImageConfig
+    from citrus_v.data.template import ChatTemplate
+
+    if init is not None:
+        from citrus_v.infer.loading import load_model_and_tokenizer
+
+        model, tokenizer, template = load_model_and_tokenizer(init)
+        model.train()
+        return model, tokenizer, ChatTemplate(tokenizer, template.image_cfg, max_length=stage.max_length)
+
+    from citrus_v.data.schema import read_jsonl
+    from citrus_v.data.tokenizer import build_qwen25_tokenizer, train_tiny_tokenizer
+    from citrus_v.model.build import build_model
+
+    model = build_model(preset, seed=stage.seed)
+    cfg = model.config
+    if preset == "tiny":
+        texts = [m.content for f in data_files for r in read_jsonl(f) for m in r.messages]
+        tokenizer = train_tiny_tokenizer(texts, vocab_size=cfg.llm.vocab_size)
+        base = ImageConfig()
+    else:
+        tokenizer = build_qwen25_tokenizer()
+        base = ImageConfig.published()
+    image_cfg = ImageConfig(
+        min_pixels=base.min_pixels, max_pixels=base.max_pixels, patch_size=cfg.vision.patch_size,
+        merge_size=cfg.vision.spatial_merge_size, temporal_patch_size=cfg.vision.temporal_patch_size,
+        sam_image_size=cfg.segmenter.image_size,
+    )
+    return model, tokenizer, ChatTemplate(tokenizer, image_cfg, max_length=stage.max_length)
+
+
+def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: Path, lora_scaling: float | None = None) -> Path:
+    """Write ``out`` in the save_pretrained layout from a training checkpoint's weights (a
+    fresh CPU model, so this works the same after DDP or FSDP2)."""
+    from citrus_v.model.citrus_v import CitrusV
+    from citrus_v.train.checkpointing import load_checkpoint
+
+    state = load_checkpoint(checkpoint_dir)
+    if lora_scaling is not None:
+        from citrus_v.train.lora import merge_lora_state_dict
+
+        state.model = merge_lora_state_dict(state.model, lora_scaling)
+    with torch.device("cpu"):
+        model = CitrusV(model_config)
+    model.load_state_dict(state.model, strict=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_file = out / "tokenizer.json"
+    tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place
+    model.save_pretrained(out, tokenizer_file=None)
+    return out
+
+
+def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
+              preset: str = "tiny", resume: bool = False, dist_ctx: DistContext | None = None, progress: bool = True,
+              lora: bool = False) -> TrainResult:
+    """One stage from files: returns the recipe's result; ``out_dir/final`` holds the model."""
+    from citrus_v.data.collate import make_collate_fn
+
+    ctx = dist_ctx or DistContext()
+    out_dir = Path(out_dir)
+    model, tokenizer, template = init_model_and_template(init, preset, stage, data_files)
+    dataset = build_mixture(stage, data_files, template)
+    ids = template.ids
+    collate = make_collate_fn(ids.pad, model.config.tokens.seg_token_id)
+    log.info("%s: %d samples from %d mixture entries", stage.name, len(dataset), len(stage.mixture))
+    adjust = None
+    settings = None
+    if lora:
+        from citrus_v.train.lora import LoraSettings, apply_lora, restrict_to_lora
+
+        settings = LoraSettings()
+        apply_lora(model, settings)
+        adjust = restrict_to_lora
+    result = train(stage, model, dataset, collate, out_dir, resume=resume, dist_ctx=ctx, progress=progress,
+                   adjust_trainable=adjust)
+    if ctx.is_main:
+        export_final(result.final_dir, model.config, tokenizer, out_dir / "final",
+                     lora_scaling=settings.scaling if settings else None)
+    barrier(ctx)
+    return result
+
+
+def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | Path], out_dir: str | Path,
+                   init: str | Path | None = None, preset: str = "tiny", resume: bool = False,
+                   dist_ctx: DistContext | None = None, progress: bool = True, lora: bool = False) -> list[TrainResult]:
+    """Stages in order, each starting from the previous stage's ``final`` folder."""
+    results = []
+    for stage in stages:
+        sub = Path(out_dir) / f"stage{stage.stage}"
+        if resume and (sub / "final" / "config.json").is_file():
+            log.info("%s already finished (%s): skipping", stage.name, sub / "final")
+            init = sub / "final"
+            continue
+        results.append(run_stage(stage, data_files=data_files, out_dir=sub, init=init, preset=preset, resume=resume,
+                                 dist_ctx=dist_ctx, progress=progress, lora=lora))
+        init = sub / "final"
+    return results
