@@ -262,7 +262,8 @@ def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast
         sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else contextlib.nullcontext()
         with sync:
             with autocast:
-                out = model(**batch, num_masks_in_window=n_window)
+                # training needs no (B, L, V) logits: the LM loss is taken on supervised positions only
+                out = model(**batch, num_masks_in_window=n_window, return_logits=False)
             if out.lm_loss is None:
                 raise ValueError("the model returned no lm_loss: the batch needs 'labels'")
             mask = out.loss - out.lm_loss  # 2*bce + dice, already window-weighted; 0 without [SEG]
