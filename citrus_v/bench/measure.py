@@ -88,7 +88,7 @@ def decode_rates(model: nn.Module, sizes: BenchSizes, batch: int, device: torch.
     pad = model.config.tokens.pad_token_id
 
     def plain(k: int, **kw) -> object:
-        return mllm.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=pad, **kw)
+        return model.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=pad, **kw)
 
     decoder = FastDecoder(mllm, compile=compile_fast)
     fns: dict[str, Callable[[], object]] = {

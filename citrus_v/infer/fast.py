@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from citrus_v.infer.generation import GeneratedSequence
+from citrus_v.model.vlm import with_mm_token_types
 
 
 class StaticKV:
@@ -157,6 +158,8 @@ class FastDecoder:
         position ids generate would use (4, B, L) and the cache with the prompt in it."""
         from transformers import DynamicCache
 
+        cfg = self.mllm.config
+        inputs = with_mm_token_types(inputs, cfg.image_token_id, cfg.video_token_id)  # 2D M-RoPE for images
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
         # the HF helper: text positions from the mask (+ M-RoPE rows and rope_deltas when the

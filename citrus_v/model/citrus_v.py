@@ -13,7 +13,7 @@ from citrus_v.config import CitrusVConfig
 from citrus_v.model.losses import lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter
-from citrus_v.model.vlm import build_mllm
+from citrus_v.model.vlm import build_mllm, with_mm_token_types
 
 # Named parts for freeze plans (training stages list these). Every parameter belongs to exactly
 # one part; first matching prefix wins, so the merger is listed before the rest of the ViT.
@@ -86,14 +86,7 @@ class CitrusV(nn.Module):
         n_seg = int(seg_positions.sum())
         self._check_seg_counts(n_seg, gt_masks, seg_image_index, sam_images)
 
-        hidden = self.mllm.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            use_cache=False,
-            return_dict=True,
-        ).last_hidden_state  # (B, L, H), after the final RMSNorm
+        hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (B, L, H)
         logits = self.mllm.lm_head(hidden) if return_logits or labels is None else None  # (B, L, V)
 
         pred_masks, iou_scores = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index)
@@ -112,6 +105,25 @@ class CitrusV(nn.Module):
                 dice = mask_dice(pred_masks, gt, self.config.loss.dice_eps) * factor
                 loss = loss + self.config.loss.bce_weight * bce + self.config.loss.dice_weight * dice
         return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Last-layer states (B, L, H) after the final RMSNorm, with M-RoPE positions for images."""
+        inputs = self.mllm_inputs(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+             "image_grid_thw": image_grid_thw}
+        )  # fmt: skip
+        return self.mllm.model(**inputs, use_cache=False, return_dict=True).last_hidden_state
+
+    def mllm_inputs(self, inputs: dict) -> dict:
+        """``inputs`` for the HF MLLM, with the token types it needs to place image tokens in 2D."""
+        tok = self.config.tokens
+        return with_mm_token_types(inputs, tok.image_token_id, tok.video_token_id)
 
     def _check_seg_counts(
         self,
@@ -187,7 +199,7 @@ class CitrusV(nn.Module):
 
     def generate(self, *args, **kwargs):  # noqa: ANN002, ANN003 - transformers' own signature
         """The MLLM's ``generate`` (text only; call ``segment`` afterwards for [SEG] masks)."""
-        return self.mllm.generate(*args, **kwargs)
+        return self.mllm.generate(*args, **self.mllm_inputs(kwargs))
 
     # ------------------------------------------------------------- training knobs
     def set_seg_grad_scale(self, scale: float) -> None:

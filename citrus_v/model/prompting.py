@@ -155,13 +155,6 @@ def seg_embeddings(
     image_grid_thw: torch.Tensor | None,
 ) -> torch.Tensor:
     """Projected [SEG] states (n_seg, C) of ONE teacher-forced pass over ``input_ids`` (1, L)."""
-    hidden = model.mllm.model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        pixel_values=pixel_values,
-        image_grid_thw=image_grid_thw,
-        use_cache=False,
-        return_dict=True,
-    ).last_hidden_state  # (1, L, H), after the final norm, as in CitrusV.forward
+    hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (1, L, H), as in forward
     seg_hidden = hidden[input_ids == model.config.tokens.seg_token_id]  # (n_seg, H)
     return model.seg_projector(seg_hidden)  # (n_seg, C)

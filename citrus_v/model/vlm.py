@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from citrus_v.config import CitrusVConfig
@@ -60,3 +61,23 @@ def build_mllm(config: CitrusVConfig) -> Qwen2_5_VLForConditionalGeneration:
     # SDPA: the fast path on CPU and GPU alike; no flash-attn dependency
     hf_config._attn_implementation = "sdpa"
     return Qwen2_5_VLForConditionalGeneration(hf_config)
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    """(B, L) int: 0 text, 1 image, 2 video -- what Qwen2.5-VL needs to build M-RoPE positions.
+
+    transformers (v5) computes the 3D (temporal, height, width) rotary positions of vision
+    tokens only when it is handed these ids; without them every token, image patches
+    included, gets a plain 1-D position and the LLM loses the patches' 2D layout.
+    """
+    types = torch.zeros_like(input_ids, dtype=torch.int32)  # (B, L)
+    types[input_ids == image_token_id] = 1
+    types[input_ids == video_token_id] = 2
+    return types
+
+
+def with_mm_token_types(inputs: dict, image_token_id: int, video_token_id: int) -> dict:
+    """``inputs`` plus ``mm_token_type_ids`` when it has images and lacks them (a new dict)."""
+    if inputs.get("pixel_values") is None or inputs.get("mm_token_type_ids") is not None:
+        return inputs
+    return {**inputs, "mm_token_type_ids": mm_token_type_ids(inputs["input_ids"], image_token_id, video_token_id)}

@@ -35,7 +35,8 @@ def _requests(predictor, image, prompts: list[str]):
 
 
 def _plain(predictor, inputs, n):
-    return generate_sequences(predictor.model.mllm, inputs, GenerationSettings(max_new_tokens=n), predictor.eos_token_id, predictor.pad_token_id)
+    # CitrusV.generate: the HF generate, handed the token types that give images 2D M-RoPE positions
+    return generate_sequences(predictor.model, inputs, GenerationSettings(max_new_tokens=n), predictor.eos_token_id, predictor.pad_token_id)
 
 
 def _fast(predictor, inputs, n):

@@ -120,6 +120,30 @@ def test_generate_is_the_mllm_generate(tiny_model, batch):
     row = {k: batch[k] for k in keys}
     with torch.no_grad():
         ids = tiny_model.generate(**row, max_new_tokens=4, do_sample=False)
-        ref = tiny_model.mllm.generate(**row, max_new_tokens=4, do_sample=False)
+        types = (row["input_ids"] == tiny_model.config.tokens.image_token_id).int()  # M-RoPE needs these
+        ref = tiny_model.mllm.generate(**row, mm_token_type_ids=types, max_new_tokens=4, do_sample=False)
     assert ids.shape == (2, batch["input_ids"].shape[1] + 4)
     assert torch.equal(ids, ref)
+
+
+def test_image_tokens_get_2d_mrope_positions(tiny_model, batch):
+    # transformers builds Qwen2.5-VL's 3D rotary positions only when handed mm_token_type_ids;
+    # CitrusV supplies them, so its states equal an HF call given the types explicitly
+    # and differ from the 1-D fallback HF uses without them.
+    args = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    types = (batch["input_ids"] == tiny_model.config.tokens.image_token_id).int()
+    with torch.no_grad():
+        ours = tiny_model.hidden_states(**args)
+        with_types = tiny_model.mllm.model(**args, mm_token_type_ids=types).last_hidden_state
+        flat = tiny_model.mllm.model(**args).last_hidden_state
+        positions, _ = tiny_model.mllm.model.get_rope_index(
+            args["input_ids"], mm_token_type_ids=types, image_grid_thw=args["image_grid_thw"],
+            attention_mask=args["attention_mask"],
+        )  # fmt: skip
+    torch.testing.assert_close(ours, with_types, rtol=0, atol=0)
+    assert not torch.allclose(ours, flat)
+    # row 0's 8x8 patch grid -> a 4x4 grid of merged tokens: heights 0..3 and widths 0..3
+    img = batch["input_ids"][0] == tiny_model.config.tokens.image_token_id
+    h, w = positions[1, 0][img], positions[2, 0][img]
+    assert (h - h.min()).tolist() == [r for r in range(4) for _ in range(4)]
+    assert (w - w.min()).tolist() == [c for _ in range(4) for c in range(4)]
