@@ -105,9 +105,11 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
     return model, tokenizer, ChatTemplate(tokenizer, image_cfg, max_length=stage.max_length)
 
 
-def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: Path, lora_scaling: float | None = None) -> Path:
+def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: Path, lora_scaling: float | None = None,
+                 image_cfg: Any = None) -> Path:
     """Write ``out`` in the save_pretrained layout from a training checkpoint's weights (a
-    fresh CPU model, so this works the same after DDP or FSDP2)."""
+    fresh CPU model, so this works the same after DDP or FSDP2), plus the image sizing the
+    model was trained with (preprocessor_config.json), so inference resizes images the same way."""
     from citrus_v.model.citrus_v import CitrusV
     from citrus_v.train.checkpointing import load_checkpoint
 
@@ -123,6 +125,14 @@ def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: P
     tok_file = out / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place
     model.save_pretrained(out, tokenizer_file=None)
+    if image_cfg is not None:
+        import json
+
+        from citrus_v.infer.loading import PREPROCESSOR_FILE
+
+        pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
+               "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}
+        (out / PREPROCESSOR_FILE).write_text(json.dumps(pre, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -151,7 +161,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
                    adjust_trainable=adjust)
     if ctx.is_main:
         export_final(result.final_dir, model.config, tokenizer, out_dir / "final",
-                     lora_scaling=settings.scaling if settings else None)
+                     lora_scaling=settings.scaling if settings else None, image_cfg=template.image_cfg)
     barrier(ctx)
     return result
 

@@ -23,7 +23,11 @@ def test_finetune_command_from_init(tmp_path):
     base = tmp_path / "a" / "final"
     assert main(["train", "--stage", "4", "--data", str(files["train"]), "--init", str(base), "--steps", "1",
                  "--out", str(tmp_path / "b"), "--no-progress"]) == 0
-    m0, _, _ = load_model_and_tokenizer(base)
+    # the image sizing the model trained with travels with it
+    pre = json.loads((base / "preprocessor_config.json").read_text())
+    assert (pre["min_pixels"], pre["max_pixels"]) == (112 * 112, 224 * 224)
+    m0, _, tpl0 = load_model_and_tokenizer(base)
+    assert (tpl0.image_cfg.min_pixels, tpl0.image_cfg.max_pixels) == (112 * 112, 224 * 224)
     m1, tok, _ = load_model_and_tokenizer(tmp_path / "b" / "final")
     changed = {part_of(n) for (n, a), b in zip(m0.state_dict().items(), m1.state_dict().values()) if not torch.equal(a, b)}
     assert changed and changed <= {"seg_projector", "sam2_image_encoder", "sam2_prompt_encoder", "sam2_mask_decoder"}
