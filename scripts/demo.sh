@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's main job: install citrus-v in a fresh venv, then run the embedded default model on a
+# bundled real CT slice (DICOM) and on a synthetic phantom: answer, reasoning, boxes, masks, overlays.
+# Outputs land in out/demo/ (overlay.png, mask_*.png, prediction.json per run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip >/dev/null
+pip install -q torch==2.13.0 -e .
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+EX=citrus_v/assets/examples
+run() {  # run NAME IMAGE PROMPT
+  echo "== $1: $3"
+  citrus-v predict --image "$2" --prompt "$3" --out "out/demo/$1" --json | tee "out/demo/$1.json.tmp" >/dev/null
+  mkdir -p "out/demo/$1" && mv "out/demo/$1.json.tmp" "out/demo/$1/prediction.json"
+  python - "out/demo/$1/prediction.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+print("answer:   ", p["answer"])
+if p.get("reasoning"):
+    print("reasoning:", p["reasoning"])
+for b in p.get("boxes", []):
+    print("box:      ", b["label"], b["bbox"])
+for path, s in zip(p.get("masks", []), p.get("mask_scores", [])):
+    print(f"mask:      {path} (predicted IoU {s:.2f})")
+if p.get("overlay"):
+    print("overlay:  ", p["overlay"])
+PY
+}
+mkdir -p out/demo
+run ct_liver "$EX/ct_abdomen_liver.dcm" "Please segment the liver."
+run phantom_segment "$EX/phantom_ct_lesion.png" "Please segment the lesion."
+run phantom_reasoning "$EX/phantom_ct_lesion.png" "Is the lesion in the liver or the spleen? Think step by step."
+run phantom_report "$EX/phantom_ct_lesion.png" "Write a report for this image."

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Rebuild the embedded default model from nothing: the synthetic suite (+ real TotalSegmentator
+# slices), a tiny tokenizer, the four Citrus-V stages, the held-out evaluation, and the export
+# into citrus_v/assets/default/. Usage: bash scripts/train_default.sh [RUN_DIR]
+# Time on the 2-core development machine: see docs/default_model.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/default}
+SHARED=${SHARED:-../shared}
+mkdir -p "$RUN"
+if [ ! -f "$RUN/suite/test.jsonl" ]; then
+  citrus-v data phantoms --out "$RUN/suite" --n 30000 --n-val 300 --n-test 600 --seed 1 --size 224 --workers 2 \
+    --totalseg-dir "$SHARED/data/totalseg_example"
+fi
+init=()
+for k in 1 2 3 4; do
+  if [ ! -f "$RUN/stage$k/final/config.json" ]; then
+    # --resume continues a stage that was interrupted (from its newest complete checkpoint)
+    citrus-v train --stage "$k" --stage-config "configs/default/stage$k.json" --data "$RUN/suite/train.jsonl" \
+      --config tiny --out "$RUN/stage$k" --resume "${init[@]}"
+  fi
+  init=(--init "$RUN/stage$k/final")
+done
+citrus-v eval --data "$RUN/suite/test.jsonl" --model "$RUN/stage4/final" --out "$RUN/eval" --batch-size 8 --max-new-tokens 160
