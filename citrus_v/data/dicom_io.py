@@ -2,11 +2,15 @@
 
 ``read_dicom`` decodes every transfer syntax that pydicom's installed plugins handle (raw,
 RLE, deflate, JPEG baseline/extended via Pillow, JPEG 2000 via pylibjpeg-openjpeg). Anything
-else, or a damaged file, raises ``MedicalIOError`` naming the file and the reason.
+else, or a damaged file, raises ``MedicalIOError`` naming the file and the reason
+(``UnsupportedDicomError``, a subclass, when the file is valid but cannot be decoded here).
+``dcmread``/``read_dicom`` take a path or the file's bytes (e.g. from an HTTP request): the same
+bytes give the same pixels and display either way; errors on bytes name ``name`` or "<request bytes>".
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,15 @@ from citrus_v.data.windowing import (
     percentile_scale,
     resolve_window,
 )
+
+BYTES_NAME = "<request bytes>"  # what errors name when the DICOM came as bytes without a name
+
+DicomSource = str | Path | bytes
+
+
+class UnsupportedDicomError(MedicalIOError):
+    """A readable DICOM that cannot become an image here: no pixel data, or no installed decoder for its transfer syntax."""
+
 
 # header fields worth carrying along (no patient identifiers)
 _META_TAGS = (
@@ -127,28 +140,35 @@ def _first_value(v: Any) -> float:
     return float(v[0]) if isinstance(v, (MultiValue, list, tuple)) else float(v)
 
 
-def dcmread(path: str | Path, *, stop_before_pixels: bool = False) -> Any:
-    """pydicom.dcmread that raises MedicalIOError (file named) instead of pydicom's errors."""
+def dcmread(source: DicomSource, *, stop_before_pixels: bool = False, name: str | None = None) -> Any:
+    """pydicom.dcmread that raises MedicalIOError (file named) instead of pydicom's errors.
+
+    ``source``: a path, or the file's bytes (errors then name ``name``, default "<request bytes>").
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    p = Path(path)
-    if not p.is_file():
-        raise MedicalIOError(p, "no such file")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label: str | Path = name or BYTES_NAME
+        fp: Any = io.BytesIO(bytes(source))
+    else:
+        label = fp = Path(source)
+        if not fp.is_file():
+            raise MedicalIOError(fp, "no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about harmless header quirks
-            return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+            return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as err:
-        raise MedicalIOError(p, f"not a DICOM file ({err})") from None
+        raise MedicalIOError(label, f"not a DICOM file ({err})") from None
     except Exception as err:  # noqa: BLE001 - any parse failure is a bad file, reported as such
-        raise MedicalIOError(p, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+        raise MedicalIOError(label, f"unreadable DICOM ({type(err).__name__}: {err})") from None
 
 
 def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
     """The raw stored pixel array (colour converted to RGB), or MedicalIOError."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise MedicalIOError(path, f"has no pixel data (SOP class {ds.get('SOPClassUID', '?')}, modality {ds.get('Modality', '?')})")
+        raise UnsupportedDicomError(path, f"has no pixel data (SOP class {ds.get('SOPClassUID', '?')}, modality {ds.get('Modality', '?')})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -158,7 +178,7 @@ def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
         ts_name = getattr(ts, "name", str(ts))
         msg = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         if isinstance(err, (RuntimeError, NotImplementedError)):
-            raise MedicalIOError(path, f"cannot decode transfer syntax '{ts_name}' with the installed decoders: {msg}") from None
+            raise UnsupportedDicomError(path, f"cannot decode transfer syntax '{ts_name}' with the installed decoders: {msg}") from None
         raise MedicalIOError(path, f"corrupt or truncated pixel data ({ts_name}): {msg}") from None
 
 
@@ -169,11 +189,13 @@ def _spacing(ds: Any) -> tuple[float, float] | None:
     return None
 
 
-def read_dicom(path: str | Path) -> DicomImage:
-    """Read and decode one DICOM file into modality units. See ``DicomImage``."""
+def read_dicom(source: DicomSource, *, name: str | None = None) -> DicomImage:
+    """Read and decode one DICOM file (a path or its bytes) into modality units. See ``DicomImage``."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
-    ds = dcmread(path)
+    ds = dcmread(source, name=name)
+    # what errors and DicomImage.path name: the file, or the given name for bytes
+    path = (name or BYTES_NAME) if isinstance(source, (bytes, bytearray, memoryview)) else source
     raw = decode_pixels(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -8,11 +8,13 @@ returns an ``(H, W, 3)`` uint8 RGB display image. ``read_dicom`` keeps physical 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from citrus_v.data.dicom_io import DicomImage, read_dicom
+from citrus_v.data.dicom_io import BYTES_NAME, DicomImage, read_dicom
 from citrus_v.data.volume_io import PLANES, Volume, read_dicom_series, read_nifti, write_nifti
 from citrus_v.data.windowing import (
     WINDOW_PRESETS,
@@ -66,15 +68,22 @@ def file_kind(path: str | Path) -> str:
     raise MedicalIOError(p, f"unsupported file type '{p.suffix}' (expected DICOM, NIfTI, PNG, JPEG or TIFF)")
 
 
-def load_image(path: str | Path, *, window: Window = None, frame: int = 0) -> np.ndarray:
-    """Any supported image file -> ``(H, W, 3)`` uint8 RGB, ready for the model.
+def load_image(path: str | Path | bytes, *, window: Window = None, frame: int = 0, name: str | None = None) -> np.ndarray:
+    """Any supported image file (a path, or the bytes of a DICOM/raster file) -> ``(H, W, 3)`` uint8 RGB.
 
     ``window``: a ``WINDOW_PRESETS`` name, ``(center, width)`` or ``"percentile"`` (None = the
     file's own rule: DICOM VOI/window, CT soft tissue, else percentile). ``frame``: DICOM frame,
-    TIFF/GIF page, or NIfTI axial slice (counted from inferior; radiological view).
+    TIFF/GIF page, or NIfTI axial slice (counted from inferior; radiological view). Bytes are DICOM
+    when they carry the part-10 ``DICM`` marker, else a raster image; errors name ``name`` or
+    "<request bytes>".
     """
     if window is not None:
         resolve_window(window)  # a bad preset is the caller's error, reported before any I/O
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data, label = bytes(path), name or BYTES_NAME
+        if data[128:132] == b"DICM":  # part 10: 128-byte preamble, then the marker
+            return read_dicom(data, name=label).display(frame=frame, window=window)
+        return _load_raster(io.BytesIO(data), window=window, frame=frame, label=label)
     kind = file_kind(path)
     if kind == "dicom":
         return read_dicom(path).display(frame=frame, window=window)
@@ -86,14 +95,15 @@ def load_image(path: str | Path, *, window: Window = None, frame: int = 0) -> np
     return _load_raster(Path(path), window=window, frame=frame)
 
 
-def _load_raster(path: Path, *, window: Window, frame: int) -> np.ndarray:
+def _load_raster(path: Path | BinaryIO, *, window: Window, frame: int, label: str | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    label = label or str(path)  # what errors name: the file, or the bytes' name
     try:
         with Image.open(path) as im:
             n = getattr(im, "n_frames", 1)
             if not 0 <= frame < n:
-                raise MedicalIOError(path, f"frame {frame} out of range: the file has {n} frame(s)")
+                raise MedicalIOError(label, f"frame {frame} out of range: the file has {n} frame(s)")
             im.seek(frame)
             im.load()
             mode = im.mode
@@ -106,9 +116,9 @@ def _load_raster(path: Path, *, window: Window, frame: int) -> np.ndarray:
     except MedicalIOError:
         raise
     except UnidentifiedImageError:
-        raise MedicalIOError(path, "not a readable image (unknown or corrupt format)") from None
+        raise MedicalIOError(label, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise MedicalIOError(path, f"corrupt or truncated image ({err})") from None
+        raise MedicalIOError(label, f"corrupt or truncated image ({err})") from None
     # 16-bit / float grayscale (common for CT/MR exports): window if asked, else percentile
     if arr.ndim == 3:
         arr = arr[..., 0] if arr.shape[-1] == 1 else arr

@@ -157,6 +157,20 @@ def test_unreadable_files_give_clear_errors(tmp_path: Path):
         load_image(sample("CT_small.dcm"), window="ct_liverish")
 
 
+def test_bytes_read_like_the_file_and_errors_name_them():
+    path = Path(sample("MR_small.dcm"))
+    from_bytes = read_dicom(path.read_bytes())
+    np.testing.assert_array_equal(from_bytes.pixels, read_dicom(path).pixels)
+    assert from_bytes.path == "<request bytes>" and from_bytes.file_window == (600.0, 1600.0)
+    assert load_image(path.read_bytes()).tobytes() == load_image(path).tobytes()
+    with pytest.raises(MedicalIOError, match=r"^upload\.dcm: corrupt or truncated"):
+        read_dicom(Path(sample("MR_truncated.dcm")).read_bytes(), name="upload.dcm")
+    with pytest.raises(MedicalIOError, match=r"^<request bytes>: cannot decode transfer syntax 'JPEG-LS"):
+        read_dicom(Path(sample("MR_small_jpeg_ls_lossless.dcm")).read_bytes())
+    with pytest.raises(MedicalIOError, match=r"^<request bytes>: not a readable image"):
+        load_image(b"hello")
+
+
 # --- rasters -------------------------------------------------------------------------------
 
 
