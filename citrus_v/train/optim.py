@@ -23,19 +23,38 @@ def cosine_with_warmup(step: int, *, warmup_steps: int, total_steps: int, min_lr
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _part_scale(name: str, scales: dict[str, float]) -> float:
+    """The stage's lr multiplier for a parameter; DDP/FSDP/LoRA wrappers prefix names, so
+    leading segments are dropped until the name belongs to a part."""
+    if not scales:
+        return 1.0
+    from citrus_v.model.citrus_v import part_of
+
+    parts = name.split(".")
+    for k in range(len(parts)):
+        try:
+            return scales.get(part_of(".".join(parts[k:])), 1.0)
+        except KeyError:
+            continue
+    raise KeyError(f"parameter {name!r} belongs to no model part, so part_lr_scale cannot apply")
+
+
 def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.AdamW:
     """AdamW over the parameters that require grad; norms and biases get no weight decay
-    (decaying a LayerNorm gain towards 0 only fights the model)."""
-    decay, no_decay = [], []
+    (decaying a LayerNorm gain towards 0 only fights the model). ``stage.part_lr_scale``
+    multiplies the learning rate of the parts it names."""
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 else decay).append(p)
-    if not decay and not no_decay:
+        key = (_part_scale(name, stage.part_lr_scale), p.ndim < 2)  # (lr scale, no decay)
+        buckets.setdefault(key, []).append(p)
+    if not buckets:
         raise ValueError(f"stage {stage.name}: no trainable parameters for parts {stage.trainable_parts}")
+    # fixed group order (scale 1.0 decay first) keeps optimizer state files stable across runs
     groups = [
-        {"params": decay, "weight_decay": stage.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": 0.0 if no_decay else stage.weight_decay, "lr": stage.lr * scale}
+        for (scale, no_decay), params in sorted(buckets.items(), key=lambda kv: (kv[0][0] != 1.0, kv[0][0], kv[0][1]))
     ]
     # foreach=False: the single-tensor path gives bit-identical results between a resumed
     # and an uninterrupted run regardless of how tensors are grouped

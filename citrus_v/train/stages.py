@@ -88,6 +88,9 @@ class StageConfig:
     save_every: int = 500  # optimizer steps between checkpoints
     keep_last: int | None = 3  # checkpoints kept on disk (None keeps all)
     log_every: int = 1
+    # learning-rate multipliers by part, e.g. {"vision_encoder": 2.0}: a from-scratch vision tower
+    # learns slower than the LLM beside it (parts not named keep 1.0)
+    part_lr_scale: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "name", f"must be a non-empty string, got {self.name!r}")
@@ -121,6 +124,10 @@ class StageConfig:
             _require(isinstance(value, int) and value > 0, name, f"must be an integer > 0, got {value!r}")
         if self.grad_clip is not None:
             _require(self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
+        _require(isinstance(self.part_lr_scale, dict), "part_lr_scale", f"must be a mapping, got {self.part_lr_scale!r}")
+        for part, scale in self.part_lr_scale.items():
+            _require(part in PART_NAMES, "part_lr_scale", f"unknown part {part!r}; parts are {PART_NAMES}")
+            _require(isinstance(scale, (int, float)) and scale > 0, "part_lr_scale", f"{part}: must be > 0, got {scale!r}")
         if self.keep_last is not None:
             _require(self.keep_last > 0, "keep_last", f"must be > 0 or null, got {self.keep_last}")
 
@@ -133,6 +140,7 @@ class StageConfig:
         d["trainable_parts"] = list(self.trainable_parts)
         d["mixture"] = [{"source": m.source, "weight": m.weight} for m in self.mixture]
         d["betas"] = list(self.betas)
+        d["part_lr_scale"] = dict(self.part_lr_scale)
         return d
 
     @classmethod

@@ -89,3 +89,29 @@ def test_cosine_with_warmup_values():
     assert cosine_with_warmup(14, warmup_steps=4, total_steps=14, min_lr_ratio=0.1) == pytest.approx(0.1)
     vals = [f(s) for s in range(4, 15)]
     assert all(a >= b for a, b in zip(vals, vals[1:]))  # monotone decay
+
+
+def test_part_lr_scale_sets_group_learning_rates():
+    from citrus_v.train.optim import build_optimizer
+    from tests.train.synthetic import tiny_model
+
+    model = tiny_model(0)
+    model.set_trainable(["vision_encoder", "merger", "llm"])
+    stage = get_stage(2, "tiny").replace(lr=1e-3, part_lr_scale={"vision_encoder": 3.0, "merger": 2.0})
+    opt = build_optimizer(model, stage)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert id(p) not in lr_of
+        elif name.startswith("mllm.model.visual.merger."):
+            assert lr_of[id(p)] == pytest.approx(2e-3)
+        elif name.startswith("mllm.model.visual."):
+            assert lr_of[id(p)] == pytest.approx(3e-3)
+        else:
+            assert lr_of[id(p)] == pytest.approx(1e-3)
+    # without scales the groups are the plain (decay, no decay) pair
+    assert [g["lr"] for g in build_optimizer(model, stage.replace(part_lr_scale={})).param_groups] == [1e-3, 1e-3]
+    with pytest.raises(StageConfigError, match="part_lr_scale.*unknown part 'vit'"):
+        stage.replace(part_lr_scale={"vit": 2.0})
+    with pytest.raises(StageConfigError, match="part_lr_scale.*must be > 0"):
+        stage.replace(part_lr_scale={"llm": 0})
