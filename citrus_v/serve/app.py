@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull
+from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull, RefinePredictor
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
 from citrus_v.serve.settings import ServeConfig
@@ -113,6 +113,8 @@ def create_app(
         if state.queue.is_full():
             raise RequestError(503, "server busy: request queue is full, retry later", code="queue_full")
         body = await _read_json(request, state.config)
+        if isinstance(body, dict) and body.get("prompts") is not None and not isinstance(state.queue.predictor, RefinePredictor):
+            raise RequestError(501, "this model does not take point/box prompts", "prompts", code="prompts_unsupported")
         chat = await asyncio.to_thread(parse_chat_request, body, state.config)
         prediction = await _predict(state, chat)
         cid = completion_id()
@@ -147,7 +149,7 @@ async def _start(state: ServerState, predictor: BatchPredictor | None, loader: C
 async def _predict(state: ServerState, chat: ChatRequest):
     try:
         return await asyncio.wait_for(
-            state.queue.submit([image.pixels for image in chat.images], chat.prompt, chat.sampling),
+            state.queue.submit([image.pixels for image in chat.images], chat.prompt, chat.sampling, chat.prompts),
             timeout=state.config.request_timeout_s,
         )
     except QueueFull:

@@ -4,6 +4,8 @@ The worker takes the first waiting request, then waits up to ``batch_wait_ms`` f
 ``max_batch``), splits them by sampling settings (one ``predict_batch`` call decodes with one
 setting) and runs the model in a thread so the event loop keeps accepting and rejecting requests.
 The queue is bounded: past ``max_queue`` waiting requests, :class:`QueueFull` (-> 503 + Retry-After).
+Point/box prompt requests go through the same queue (one model, one thread at a time) but are run one
+by one with ``refine``: each carries its own clicks, so there is nothing to batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from citrus_v.infer.types import Prediction
+from citrus_v.serve.prompts import PromptSpec
 from citrus_v.serve.schemas import SamplingParams
 from citrus_v.serve.settings import ServeConfig
 
@@ -36,6 +39,13 @@ class BatchPredictor(Protocol):
     ) -> list[Prediction]: ...
 
 
+@runtime_checkable
+class RefinePredictor(BatchPredictor, Protocol):
+    """A model that also takes point/box prompts (``"prompts"`` in a request); see PredictorAdapter."""
+
+    def refine(self, image: np.ndarray, text: str, prompts: PromptSpec, settings: SamplingParams) -> Prediction: ...
+
+
 class QueueFull(Exception):
     """More requests are waiting than ``ServeConfig.max_queue``."""
 
@@ -46,6 +56,7 @@ class _Pending:
     prompt: str
     sampling: SamplingParams
     future: asyncio.Future
+    prompts: PromptSpec | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -86,12 +97,14 @@ class BatchQueue:
                 await self._worker
         self._worker = None
 
-    async def submit(self, images: list[np.ndarray], prompt: str, sampling: SamplingParams) -> Prediction:
+    async def submit(
+        self, images: list[np.ndarray], prompt: str, sampling: SamplingParams, prompts: PromptSpec | None = None
+    ) -> Prediction:
         if self._queue is None or not self.running:
             raise RuntimeError("BatchQueue.submit: the worker is not running (call start() first)")
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(images, prompt, sampling, future))
+            self._queue.put_nowait(_Pending(images, prompt, sampling, future, prompts))
         except asyncio.QueueFull:
             raise QueueFull(f"{self.config.max_queue} requests are already waiting") from None
         return await future
@@ -110,8 +123,25 @@ class BatchQueue:
                 except asyncio.TimeoutError:
                     break
             live = [p for p in batch if not p.future.done()]  # clients that gave up are skipped
-            for group in _group_by_sampling(live):
+            for p in [p for p in live if p.prompts is not None]:
+                await self._refine(p)
+            for group in _group_by_sampling([p for p in live if p.prompts is None]):
                 await self._predict(group)
+
+    async def _refine(self, p: _Pending) -> None:
+        try:
+            prediction = await asyncio.to_thread(self.predictor.refine, p.images[0], p.prompt, p.prompts, p.sampling)
+        except Exception as err:  # as in _predict: fail this request, keep the worker
+            log.exception("refine failed")
+            self.stats.failures += 1
+            if not p.future.done():
+                p.future.set_exception(err)
+            return
+        self.stats.batches += 1
+        self.stats.requests += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, 1)
+        if not p.future.done():
+            p.future.set_result(prediction)
 
     async def _predict(self, group: list[_Pending]) -> None:
         items = [(p.images, p.prompt) for p in group]

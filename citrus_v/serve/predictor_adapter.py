@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from citrus_v.infer.types import Prediction
+from citrus_v.serve.prompts import PromptSpec
 from citrus_v.serve.schemas import SamplingParams
 
 
@@ -34,6 +35,16 @@ class PredictorAdapter:
 
     def predict_batch(self, items: Sequence[tuple[list[np.ndarray], str]], settings: SamplingParams) -> list[Prediction]:
         return self.predictor.predict_batch(list(items), settings=to_generation_settings(settings))
+
+    def refine(self, image: np.ndarray, text: str, prompts: PromptSpec, settings: SamplingParams) -> Prediction:
+        """Point/box prompts (and the text, if any) on one image -> ``Predictor.refine``'s one mask."""
+        # refine decodes with predictor.settings; swapping them is safe: the batch worker is the only caller
+        previous = self.predictor.settings
+        self.predictor.settings = to_generation_settings(settings)
+        try:
+            return self.predictor.refine(image, prompt=text if text.strip() else None, **prompts.refine_kwargs())
+        finally:
+            self.predictor.settings = previous
 
 
 def load_predictor(model_dir: Path | str | None) -> PredictorAdapter:

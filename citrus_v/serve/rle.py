@@ -61,3 +61,57 @@ def encode_box(bbox: Sequence[float], image_size: tuple[int, int] | None = None)
         x1, x2 = min(max(x1, 0.0), float(w)), min(max(x2, 0.0), float(w))
         y1, y2 = min(max(y1, 0.0), float(h)), min(max(y2, 0.0), float(h))
     return [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
+
+
+MAX_RLE_CHARS = 4_000_000  # a counts string from a client; bounded before the (pure Python) parse
+
+
+def decode_untrusted_mask(rle: dict, size: tuple[int, int]) -> np.ndarray:
+    """A client's COCO RLE -> bool (H, W), checked before anything is written.
+
+    pycocotools' decoder trusts the counts: runs summing past H*W write past its buffer. Here the
+    counts string is parsed in Python, every run must be >= 0 and the runs must sum to exactly H*W;
+    a ``ValueError`` says what is wrong otherwise.
+    """
+    h, w = size
+    counts_text = rle.get("counts")
+    if not isinstance(counts_text, str):
+        raise ValueError(f"counts must be a string, got {type(counts_text).__name__}")
+    if len(counts_text) > MAX_RLE_CHARS:
+        raise ValueError(f"counts has {len(counts_text)} characters, above {MAX_RLE_CHARS}")
+    counts = _parse_counts(counts_text)
+    total = sum(counts)
+    if total != h * w:
+        raise ValueError(f"runs cover {total} pixels, the image has {h}x{w} = {h * w}")
+    # runs alternate 0, 1, 0... over the column-major (Fortran) pixel order
+    flat = np.repeat((np.arange(len(counts)) % 2).astype(bool), counts)  # (H*W,)
+    return flat.reshape((h, w), order="F")
+
+
+def _parse_counts(text: str) -> list[int]:
+    """COCO's compressed counts: 5 bits per character (offset 48), 0x20 = more, 0x10 = sign, runs
+    after the second coded as the difference to the run two back."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                raise ValueError("counts ends inside a number")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"counts character {text[p]!r} at {p} is not COCO RLE")
+            if shift > 30:
+                raise ValueError(f"counts number at {p} is too long")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift  # sign-extend
+        if len(counts) > 2:
+            value += counts[-2]
+        if value < 0:
+            raise ValueError(f"run {len(counts)} is negative ({value})")
+        counts.append(value)
+    return counts

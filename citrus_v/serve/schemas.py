@@ -16,6 +16,7 @@ from typing import Any
 from citrus_v.infer.types import Prediction
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url
+from citrus_v.serve.prompts import PromptSpec, check_prompts_on_image, parse_prompts
 from citrus_v.serve.rle import encode_box, encode_mask
 from citrus_v.serve.settings import ServeConfig
 
@@ -45,6 +46,7 @@ class ChatRequest:
     stream: bool = False
     return_images: bool = False  # extension: echo the decoded images as PNG (the viewer shows DICOMs so)
     ignored_system_text: list[str] = field(default_factory=list)
+    prompts: PromptSpec | None = None  # extension: point/box prompts -> Predictor.refine on the one image
 
 
 def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True) -> ChatRequest:
@@ -58,9 +60,16 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
     if n is not None and n != 1:
         raise RequestError(400, f"only n=1 is supported, got {n}", "n")
     sampling = _parse_sampling(body, config)
-    prompt, urls, system_text = _parse_messages(body.get("messages"), config)
+    # the prompts' shape is checked before any image is decoded; their bounds once the size is known
+    prompts = None if body.get("prompts") is None else parse_prompts(body["prompts"], "prompts")
+    prompt, urls, system_text = _parse_messages(body.get("messages"), config, text_optional=prompts is not None)
+    if prompts is not None and len(urls) != 1:
+        # refine works on one image; dropping the others silently would change what the model sees
+        raise RequestError(400, f"point/box prompts need exactly one image in the request, got {len(urls)}", "prompts")
     images = [decode_image_url(url, config, param) for param, url in urls] if decode_images else []
-    return ChatRequest(model, prompt, images, sampling, stream, return_images, system_text)
+    if prompts is not None and images:
+        check_prompts_on_image(prompts, images[0].size, "prompts")
+    return ChatRequest(model, prompt, images, sampling, stream, return_images, system_text, prompts)
 
 
 def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
@@ -84,8 +93,13 @@ def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
     return SamplingParams(max_tokens, float(temperature), float(top_p), seed)
 
 
-def _parse_messages(messages: Any, config: ServeConfig) -> tuple[str, list[tuple[str, str]], list[str]]:
-    """-> (prompt, [(param, image url)], system texts). One user turn: the predictor is single-turn."""
+def _parse_messages(
+    messages: Any, config: ServeConfig, text_optional: bool = False
+) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """-> (prompt, [(param, image url)], system texts). One user turn: the predictor is single-turn.
+
+    ``text_optional``: point/box prompts alone can make a mask (SAM-style), so the text may be empty.
+    """
     if messages is None:
         raise RequestError(400, "is required", "messages")
     if not isinstance(messages, list):
@@ -125,7 +139,7 @@ def _parse_messages(messages: Any, config: ServeConfig) -> tuple[str, list[tuple
             400, f"prompt has {len(prompt)} characters, above max_prompt_chars={config.max_prompt_chars}", "messages",
             code="prompt_too_long",
         )
-    if not prompt.strip():
+    if not prompt.strip() and not text_optional:
         raise RequestError(400, "the user turn has no text prompt", "messages")
     return prompt, urls, system_text
 

@@ -51,6 +51,28 @@ messages = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "user", "system", "assistant", "tool"]) | json_values,
      "content": st.lists(parts, max_size=4) | st.text(max_size=30) | json_values}
 )
+# point/box prompts around the 6x5 VALID_PNG: in and out of bounds, bad labels, NaN, wrong lengths, bad RLE;
+# mostly well-formed, so that acceptance is reached too
+coords = st.integers(-2, 8) | st.floats(-2, 8) | st.floats() | json_values
+good_points = st.lists(st.tuples(st.integers(-1, 5), st.integers(-1, 6), st.integers(0, 1)).map(list), min_size=1, max_size=3)
+any_points = st.lists(st.lists(coords, min_size=2, max_size=4) | json_values, max_size=3) | json_values
+prompts = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"extra": json_values}),
+    st.fixed_dictionaries(
+        {"points": good_points | any_points},
+        optional={
+            "box": st.tuples(st.integers(-1, 2), st.integers(-1, 2), st.integers(1, 6), st.integers(1, 7)).map(list)
+            | st.lists(coords, min_size=3, max_size=5) | json_values,
+            "mask_input_rle": st.fixed_dictionaries(
+                {"size": st.sampled_from([[6, 5], [6, 5], [5, 6], [6], "6x5"]) | json_values,
+                 "counts": st.sampled_from(["0n0", "n0", "0", "0n0"]) | st.text(max_size=12) | json_values}
+            ) | json_values,
+            "seg_index": st.integers(-1, 3) | json_values,
+            "multimask": st.booleans() | st.none() | json_values,
+        },
+    ),
+)
 bodies = st.one_of(
     json_values,
     st.fixed_dictionaries(
@@ -63,6 +85,7 @@ bodies = st.one_of(
             "stream": st.booleans() | json_values,
             "n": st.integers(0, 3),
             "seed": st.integers() | json_values,
+            "prompts": prompts,
         },
     ),
 )
@@ -78,11 +101,22 @@ def check(body) -> ChatRequest | None:
         assert body_json["error"]["type"] == "invalid_request_error"
         return None
     assert isinstance(req, ChatRequest)
-    assert 0 < len(req.prompt) <= CONFIG.max_prompt_chars and req.prompt.strip()
+    assert len(req.prompt) <= CONFIG.max_prompt_chars
     assert 1 <= req.sampling.max_tokens <= CONFIG.max_tokens_limit
     assert len(req.images) <= CONFIG.max_images_per_request
     for image in req.images:
         assert image.pixels.dtype == np.uint8 and image.pixels.ndim == 3 and image.pixels.shape[2] == 3
+    if req.prompts is not None:  # accepted prompts are exactly what refine can take
+        assert len(req.images) == 1 and (req.prompts.points or req.prompts.box is not None)
+        h, w = req.images[0].size
+        assert all(0 <= x < w and 0 <= y < h and label in (0, 1) for x, y, label in req.prompts.points)
+        if req.prompts.box is not None:
+            x1, y1, x2, y2 = req.prompts.box
+            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        if req.prompts.mask_input_rle is not None:
+            assert req.prompts.mask_input.shape == (h, w) and req.prompts.mask_input.dtype == bool
+    else:
+        assert req.prompt.strip()
     return req
 
 
@@ -110,3 +144,18 @@ def test_valid_bodies_are_reached():
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(VALID_PNG)}}, {"type": "text", "text": "q"}]}]}
     req = check(body)
     assert req is not None and req.images[0].size == (6, 5)
+    body["prompts"] = {"points": [[4, 5, 1]], "box": [0, 0, 5, 6], "mask_input_rle": {"size": [6, 5], "counts": "0n0"}}
+    req = check(body)
+    assert req is not None and req.prompts.points == [(4.0, 5.0, 1)] and req.prompts.mask_input.all()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(prompts, st.sampled_from(["", "Segment the lesion."]))
+def test_prompts_on_a_valid_image_are_accepted_or_4xx(value, text):
+    # a valid image and text, so the prompts alone decide (the general fuzz rarely reaches a valid image)
+    body = {"prompts": value, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(VALID_PNG)}}, {"type": "text", "text": text}]}]}
+    req = check(body)
+    if req is None:
+        return
+    assert req.prompts is not None or (value is None and text)

@@ -130,3 +130,49 @@ def test_model_rejection_is_422(adapter, image_png):
         assert r.status_code == 422
         assert "reserved token [SEG]" in r.json()["error"]["message"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_served_point_prompt_equals_predictor_refine(adapter, image_png):
+    pixels, url = image_png  # (90, 130)
+    prompts = {"points": [[40, 30, 1], [100, 70, 0]], "box": [20.5, 10, 90, 60]}
+    with TestClient(create_app(adapter, ServeConfig())) as client:
+        served = client.post("/v1/chat/completions", json=chat_body(url, "", prompts=prompts))
+        one = client.post("/v1/chat/completions", json=chat_body(url, "", prompts={"points": [[129, 89, 1]]}))
+        bad = client.post("/v1/chat/completions", json=chat_body(url, "", prompts={"points": [[130, 10, 1]]}))
+    direct = adapter.predictor.refine(pixels, points=[(40, 30, 1), (100, 70, 0)], box=[20.5, 10, 90, 60])
+    assert served.status_code == 200, served.text
+    d = served.json()
+    (rle,) = d["seg_masks_rle"]
+    assert rle["size"] == [90, 130]  # the original image size
+    mask = decode_mask(rle)
+    assert mask.shape == (90, 130) and mask.dtype == bool
+    np.testing.assert_array_equal(mask, direct.masks[0].mask)
+    assert d["seg_masks_info"] == [{"score": round(direct.masks[0].score, 4), "label": "refined", "image_index": 0}]
+    assert d["choices"][0]["message"]["content"] == "" and d["usage"]["completion_tokens"] == 0
+    # a click on the last pixel is inside; one past it is a 400 naming the point
+    single = adapter.predictor.refine(pixels, points=[(129, 89, 1)])
+    np.testing.assert_array_equal(decode_mask(one.json()["seg_masks_rle"][0]), single.masks[0].mask)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompts.points[0]"
+
+
+def test_served_point_prompt_with_text_uses_the_answers_seg(adapter, image_png):
+    pixels, url = image_png
+    prompts = {"points": [[60, 45, 1]]}
+    saved = adapter.predictor.settings
+    with TestClient(create_app(adapter, ServeConfig())) as client:
+        try:
+            script(adapter, "Sure, it is [SEG].")
+            served = client.post("/v1/chat/completions", json=chat_body(url, "Segment the liver.", max_tokens=20, prompts=prompts))
+            unscript(adapter)
+            script(adapter, "Sure, it is [SEG].")
+            adapter.predictor.settings = GenerationSettings(max_new_tokens=20)  # what the server uses for this request
+            direct = adapter.predictor.refine(pixels, points=[(60, 45, 1)], prompt="Segment the liver.")
+        finally:
+            unscript(adapter)
+            adapter.predictor.settings = saved
+    d = served.json()
+    assert d["choices"][0]["message"]["content"] == direct.answer == "Sure, it is [SEG]."
+    np.testing.assert_array_equal(decode_mask(d["seg_masks_rle"][0]), direct.masks[0].mask)
+    text_only = adapter.predictor.refine(pixels, points=[(60, 45, 1)])
+    # the [SEG] embedding joined the click: a different prompt set, so a different mask than the click alone
+    assert not np.array_equal(direct.masks[0].mask, text_only.masks[0].mask)
