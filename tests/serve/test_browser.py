@@ -117,3 +117,42 @@ def test_viewer_shows_api_errors(tmp_path):
             assert page.get_attribute("#status", "class") == "error"
         finally:
             browser.close()
+
+
+def test_viewer_click_is_a_point_prompt(tmp_path):
+    from tests.serve.test_prompts import RefiningEcho
+
+    sync_playwright = need_browser()
+    image_path = tmp_path / "grey.png"
+    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
+    model = RefiningEcho()
+    with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(server.url + "/", wait_until="load")
+            page.set_input_files("#image-input", str(image_path))
+            page.click("#submit-button")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=20_000)
+            box = page.locator("#overlay-canvas").bounding_box()  # shown scaled: CSS px != image px
+
+            def click_at(x: int, y: int, shift: bool = False) -> None:
+                if shift:
+                    page.keyboard.down("Shift")
+                page.mouse.click(box["x"] + (x + 0.5) * box["width"] / W, box["y"] + (y + 0.5) * box["height"] / H)
+                if shift:
+                    page.keyboard.up("Shift")
+
+            click_at(100, 70)
+            page.wait_for_function("document.getElementById('status').textContent.includes('from 1 point')", timeout=20_000)
+            (_, text, prompts, _), = model.refined
+            assert text == "" and len(prompts.points) == 1
+            x, y, label = prompts.points[0]
+            assert abs(x - 100) <= 1 and abs(y - 70) <= 1 and label == 1  # within the 1 px canvas border
+            assert "mask 1 (refined): 25 px" in page.text_content("#mask-list")
+            assert tuple(canvas_pixels(page)[int(y), int(x)]) == (40, 220, 40)  # the click is drawn
+            click_at(20, 10, shift=True)
+            page.wait_for_function("document.getElementById('status').textContent.includes('from 2 point')", timeout=20_000)
+            assert [pt[2] for pt in model.refined[1][2].points] == [1, 0]  # the shift-click removes
+        finally:
+            browser.close()

@@ -1,8 +1,9 @@
-// The viewer: upload an image, ask, draw the answer's masks and boxes over the image.
+// The viewer: upload an image, ask, draw the answer's masks and boxes over the image;
+// then a click on the image is a point prompt (shift-click: a negative point) sent with "prompts".
 "use strict";
 
 const COLORS = [[255, 64, 64], [64, 160, 255], [64, 220, 120], [255, 200, 40], [200, 90, 255], [255, 120, 200]];
-const state = { image: null, masks: [], boxes: [], visible: [] };
+const state = { image: null, masks: [], boxes: [], visible: [], url: null, points: [] };
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,24 +42,57 @@ async function ask(event) {
     let url = await readAsDataURL(file);
     // FileReader gives "data:;base64," for unknown types (.dcm): the server sniffs the bytes anyway
     url = url.replace(/^data:;base64,/, "data:application/dicom;base64,");
-    const headers = { "Content-Type": "application/json" };
-    const key = $("api-key-input").value.trim();
-    if (key) headers["Authorization"] = "Bearer " + key;
-    const body = {
-      model: "citrus-v",
-      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url } }, { type: "text", text: prompt }] }],
-      max_tokens: parseInt($("max-tokens-input").value, 10) || 256,
-      return_images: true,  // the server's decoded image: what the model saw, and a DICOM the browser can show
-    };
-    const response = await fetch("/v1/chat/completions", { method: "POST", headers, body: JSON.stringify(body) });
-    const data = await response.json();
-    if (!response.ok) throw new Error(data.error ? data.error.message : "HTTP " + response.status);
+    state.url = url;
+    state.points = [];  // clicks belong to one image and one answer
+    const data = await complete(url, prompt, null);
     await show(data);
     setStatus("Done: " + data.seg_masks_rle.length + " mask(s), " + data.boxes.length + " box(es).", false);
   } catch (err) {
     setStatus("Error: " + err.message, true);
   } finally {
     $("submit-button").disabled = false;
+  }
+}
+
+function requestBody(url, text, prompts) {
+  const body = {
+    model: "citrus-v",
+    messages: [{ role: "user", content: [{ type: "image_url", image_url: { url } }, { type: "text", text }] }],
+    max_tokens: parseInt($("max-tokens-input").value, 10) || 256,
+    return_images: true,  // the server's decoded image: what the model saw, and a DICOM the browser can show
+  };
+  if (prompts) body.prompts = prompts;
+  return body;
+}
+
+async function complete(url, text, prompts) {
+  const headers = { "Content-Type": "application/json" };
+  const key = $("api-key-input").value.trim();
+  if (key) headers["Authorization"] = "Bearer " + key;
+  const body = JSON.stringify(requestBody(url, text, prompts));
+  const response = await fetch("/v1/chat/completions", { method: "POST", headers, body });
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error ? data.error.message : "HTTP " + response.status);
+  return data;
+}
+
+async function click(event) {
+  if (!state.url || !state.image) return;
+  const canvas = $("overlay-canvas");
+  const rect = canvas.getBoundingClientRect();
+  // the canvas is drawn at the image's own size and may be shown scaled: back to image pixels
+  const x = Math.min(canvas.width - 1, Math.max(0, Math.floor((event.clientX - rect.left) * canvas.width / rect.width)));
+  const y = Math.min(canvas.height - 1, Math.max(0, Math.floor((event.clientY - rect.top) * canvas.height / rect.height)));
+  state.points.push([x, y, event.shiftKey ? 0 : 1]);
+  setStatus("Refining with " + state.points.length + " point(s)…", false);
+  try {
+    // the clicks alone make the mask (text empty): SAM-style refinement through the same API
+    const data = await complete(state.url, "", { points: state.points });
+    await show(data);
+    setStatus("Done: " + data.seg_masks_rle.length + " mask(s) from " + state.points.length + " point(s).", false);
+  } catch (err) {
+    state.points.pop();
+    setStatus("Error: " + err.message, true);
   }
 }
 
@@ -140,6 +174,12 @@ function draw() {
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     if (b.label) ctx.fillText(b.label, x1 + 2, Math.max(y1 - 3, 10));
   });
+  for (const [x, y, label] of state.points) {
+    ctx.beginPath();
+    ctx.arc(x + 0.5, y + 0.5, Math.max(2, Math.round(canvas.width / 100)), 0, 2 * Math.PI);
+    ctx.fillStyle = label ? "rgb(40,220,40)" : "rgb(230,30,30)";
+    ctx.fill();
+  }
   canvas.dataset.drawn = String(Date.now());
 }
 
@@ -152,4 +192,5 @@ async function loadModelName() {
 }
 
 $("ask-form").addEventListener("submit", ask);
+$("overlay-canvas").addEventListener("click", click);
 loadModelName();
