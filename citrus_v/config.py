@@ -116,12 +116,21 @@ class VisionConfig:
         )
 
 
+SEGMENTER_KINDS = ("sam2", "litemedsam")
+PIXEL_NORMS = ("imagenet", "minmax")
+
+
 @dataclass
 class SegmenterConfig:
-    """SAM2: Hiera image encoder + FPN neck, prompt encoder, mask decoder, memory modules.
+    """The segmentation side: ``kind="sam2"`` or ``kind="litemedsam"``.
 
-    The memory modules (memory attention / encoder, object pointers) are unused for single
-    images but held so every published tensor has a home.
+    SAM2: Hiera image encoder + FPN neck, prompt encoder, mask decoder, memory modules. The
+    memory modules (memory attention / encoder, object pointers) are unused for single images
+    but held so every published tensor has a home.
+
+    LiteMedSAM (citrus_v/model/litemedsam.py): TinyViT-5M encoder (its geometry is fixed by the
+    pretrained checkpoint) + SAM-1 prompt encoder and mask decoder. It reads ``image_size``,
+    ``hidden_size`` and the ``decoder_*`` fields; the Hiera and memory fields are ignored.
     """
 
     image_size: int  # SAM2 input side S (1024 for 8b); images are stretched to S x S
@@ -145,9 +154,22 @@ class SegmenterConfig:
     # negative constant; published inference goes through that path. Off for small models in
     # training, where it would cut the mask gradient for every "no object" guess.
     object_score_gate: bool = False
+    kind: str = "sam2"
+    # how SAM images are scaled: "imagenet" (SAM2: /255 then ImageNet mean/std) or "minmax"
+    # (LiteMedSAM: each image's own min -> 0, max -> 1)
+    pixel_norm: str = "imagenet"
 
     def __post_init__(self) -> None:
         w = "SegmenterConfig"
+        _require(self.kind in SEGMENTER_KINDS, f"{w}.kind", f"must be one of {SEGMENTER_KINDS}, got {self.kind!r}")
+        _require(
+            self.pixel_norm in PIXEL_NORMS, f"{w}.pixel_norm", f"must be one of {PIXEL_NORMS}, got {self.pixel_norm!r}"
+        )
+        _require(
+            not (self.kind == "litemedsam" and self.object_score_gate),
+            f"{w}.object_score_gate",
+            "LiteMedSAM (SAM-1 decoder) has no object-score head; set it to False",
+        )
         _positive(
             w,
             image_size=self.image_size,
@@ -375,4 +397,22 @@ def citrus_v_8b_config() -> CitrusVConfig:
     )
 
 
-PRESETS = {"tiny": tiny_config, "8b": citrus_v_8b_config}
+def tiny_litemedsam_config() -> CitrusVConfig:
+    """The tiny LLM/ViT with LiteMedSAM as the segmenter (initialise it with
+    ``citrus_v.model.litemedsam.load_litemedsam_weights``): SAM-1 decoder sizes, min-max pixels."""
+    config = tiny_config()
+    config.name = "tiny_litemedsam"
+    config.segmenter = dataclasses.replace(
+        config.segmenter,
+        kind="litemedsam",
+        pixel_norm="minmax",
+        image_size=256,
+        hidden_size=256,
+        decoder_mlp_dim=2048,
+        decoder_num_layers=2,
+        decoder_num_heads=8,
+    )
+    return config
+
+
+PRESETS = {"tiny": tiny_config, "tiny_litemedsam": tiny_litemedsam_config, "8b": citrus_v_8b_config}

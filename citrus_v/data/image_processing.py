@@ -22,6 +22,7 @@ ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SAM2's normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_SIZE = 256  # SAM2's low-resolution mask logits; ground truth is compared at this size
+SAM_PIXEL_NORMS = ("imagenet", "minmax")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,11 @@ class ImageConfig:
     merge_size: int = 2
     temporal_patch_size: int = 2
     sam_image_size: int = 256
+    sam_pixel_norm: str = "imagenet"  # the segmenter's SegmenterConfig.pixel_norm: "imagenet" | "minmax"
 
     def __post_init__(self) -> None:
+        if self.sam_pixel_norm not in SAM_PIXEL_NORMS:
+            raise ValueError(f"ImageConfig.sam_pixel_norm must be one of {SAM_PIXEL_NORMS}, got {self.sam_pixel_norm!r}")
         for name in ("min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size", "sam_image_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -71,6 +75,7 @@ class ImageConfig:
             merge_size=v.spatial_merge_size,
             temporal_patch_size=v.temporal_patch_size,
             sam_image_size=model_cfg.segmenter.image_size,
+            sam_pixel_norm=model_cfg.segmenter.pixel_norm,
         )
 
     @classmethod
@@ -155,15 +160,27 @@ class ImageProcessor:
         return out["pixel_values"].float(), grid
 
     def sam(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, S, S) float: stretched to S x S (aspect not kept), /255, ImageNet."""
-        return sam_preprocess(image, self.cfg.sam_image_size)
+        """(H, W, 3) uint8 -> (3, S, S) float: stretched to S x S (aspect not kept), then
+        ``cfg.sam_pixel_norm`` (/255 + ImageNet, or per-image min-max)."""
+        return sam_preprocess(image, self.cfg.sam_image_size, self.cfg.sam_pixel_norm)
 
 
-def sam_preprocess(image: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float32, bilinear stretch, /255, ImageNet mean/std."""
+def sam_preprocess(image: np.ndarray, size: int, pixel_norm: str = "imagenet") -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32, bilinear stretch, then the segmenter's scaling.
+
+    ``"imagenet"`` (SAM2): /255 and ImageNet mean/std. ``"minmax"`` (LiteMedSAM): the image's own
+    minimum -> 0 and maximum -> 1 over all channels (a flat image becomes all zeros). LiteMedSAM
+    itself resizes the longest side and pads; we stretch, like the SAM2 path, so that boxes and
+    masks map to the segmenter input the same way for both kinds.
+    """
+    if pixel_norm not in SAM_PIXEL_NORMS:
+        raise ValueError(f"sam_preprocess: pixel_norm must be one of {SAM_PIXEL_NORMS}, got {pixel_norm!r}")
     rgb = _as_rgb_uint8(image)
     stretched = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(stretched, dtype=np.float32) / 255.0)  # (S, S, 3)
+    if pixel_norm == "minmax":
+        lo, hi = x.min(), x.max()
+        return ((x - lo) / (hi - lo).clamp_min(1e-8)).permute(2, 0, 1).contiguous()  # (3, S, S)
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
     return ((x - mean) / std).permute(2, 0, 1).contiguous()  # (3, S, S)

@@ -265,7 +265,7 @@ def masks_from_seg_states(
     The same steps, in the same order, as ``CitrusV._segment_from_hidden``."""
     if seg_hidden.shape[0] != seg_image_index.shape[0]:
         raise ValueError(f"{seg_hidden.shape[0]} [SEG] states but {seg_image_index.shape[0]} image indices")
-    sam_param = model.segmenter.sam2.no_memory_embedding
+    sam_param = next(model.segmenter.parameters())  # the segmenter's device and dtype (SAM2 or LiteMedSAM)
     prompts = model.seg_projector(seg_hidden)  # (n_seg, 256)
     used, per_seg = torch.unique(seg_image_index, return_inverse=True)
     features = model.segmenter.encode(sam_images[used].to(sam_param.dtype))

@@ -147,6 +147,7 @@ def image_config_for(directory: Path, config: CitrusVConfig, layout: str):
         merge_size=config.vision.spatial_merge_size,
         temporal_patch_size=config.vision.temporal_patch_size,
         sam_image_size=config.segmenter.image_size,
+        sam_pixel_norm=config.segmenter.pixel_norm,
     )
 
 

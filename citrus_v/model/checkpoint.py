@@ -19,9 +19,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.model.litemedsam import litemedsam_name
 
 OURS_SAM2 = "segmenter.sam2."
 PUBLISHED_SAM2 = "grounding_encoder.sam2_model."
+# a LiteMedSAM segmenter (segmenter.image_encoder/prompt_encoder/mask_decoder) is written under
+# this prefix with the tensor names of lite_medsam.pth itself
+OURS_SEGMENTER = "segmenter."
+PUBLISHED_LITEMEDSAM = "grounding_encoder.litemedsam."
 # transformers keeps two copies of SAM2's positional table; we tie them (segmenter.py) and
 # write the table once
 TIED_ALIAS = OURS_SAM2 + "prompt_encoder.shared_embedding.positional_embedding"
@@ -112,6 +117,8 @@ def published_names(state_shapes: dict[str, tuple[int, ...]]) -> dict[str, list[
             rows = shape[0] if key.endswith("point_embed.weight") else 1
             sub = _sam2_published(key[len(OURS_SAM2):], ff_depth, n_down, rows)
             mapping[key] = [PUBLISHED_SAM2 + s for s in sub]
+        elif key.startswith(OURS_SEGMENTER):
+            mapping[key] = [PUBLISHED_LITEMEDSAM + litemedsam_name(key[len(OURS_SEGMENTER):])]
         else:  # mllm.* and seg_projector.* already carry the published names
             mapping[key] = [key]
     return mapping
@@ -223,14 +230,28 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:
-    """config.json + model.safetensors (published names; no pickle) [+ tokenizer.json]."""
+def save_pretrained(
+    model: torch.nn.Module,
+    directory: str | Path,
+    tokenizer_file: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """config.json + model.safetensors (published names; no pickle) [+ tokenizer.json].
+
+    ``dtype`` (torch.float16 / torch.bfloat16) writes every floating-point tensor at that
+    precision (half the bytes: how the tiny default stays under its size budget); the loader
+    copies them into the model's own (fp32) parameters.
+    """
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"save_pretrained: dtype must be a floating-point dtype, got {dtype}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config: CitrusVConfig = model.config
     payload = {"model_type": "citrus_v", "format_version": FORMAT_VERSION, **config.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     tensors = to_published_state_dict(model.state_dict())
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "citrus_v_published"})
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, directory / TOKENIZER_FILE)

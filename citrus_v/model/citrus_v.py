@@ -12,20 +12,28 @@ from torch import nn
 from citrus_v.config import CitrusVConfig
 from citrus_v.model.losses import lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
+from citrus_v.model.litemedsam import LiteMedSAMSegmenter
 from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter
 from citrus_v.model.vlm import build_mllm, with_mm_token_types
 
 # Named parts for freeze plans (training stages list these). Every parameter belongs to exactly
 # one part; first matching prefix wins, so the merger is listed before the rest of the ViT.
+# The sam2_* part names also cover a LiteMedSAM segmenter (segmenter.image_encoder = TinyViT,
+# segmenter.prompt_encoder, segmenter.mask_decoder), so stage configs work for either kind;
+# sam2_memory is empty for LiteMedSAM.
 PARTS: dict[str, tuple[str, ...]] = {
     "merger": ("mllm.model.visual.merger.",),
     "vision_encoder": ("mllm.model.visual.",),
     "llm": ("mllm.model.language_model.",),
     "lm_head": ("mllm.lm_head.",),
     "seg_projector": ("seg_projector.",),
-    "sam2_image_encoder": ("segmenter.sam2.vision_encoder.", "segmenter.sam2.no_memory_embedding"),
-    "sam2_prompt_encoder": ("segmenter.sam2.prompt_encoder.", "segmenter.sam2.shared_image_embedding."),
-    "sam2_mask_decoder": ("segmenter.sam2.mask_decoder.",),
+    "sam2_image_encoder": (
+        "segmenter.sam2.vision_encoder.", "segmenter.sam2.no_memory_embedding", "segmenter.image_encoder.",
+    ),
+    "sam2_prompt_encoder": (
+        "segmenter.sam2.prompt_encoder.", "segmenter.sam2.shared_image_embedding.", "segmenter.prompt_encoder.",
+    ),
+    "sam2_mask_decoder": ("segmenter.sam2.mask_decoder.", "segmenter.mask_decoder."),
     # video-memory modules: unused on single images, held for checkpoint compatibility
     "sam2_memory": ("segmenter.sam2.",),
 }
@@ -37,6 +45,13 @@ def part_of(param_name: str) -> str:
         if param_name.startswith(prefixes):
             return part
     raise KeyError(f"parameter {param_name!r} belongs to no part in PARTS")
+
+
+def build_segmenter(config: CitrusVConfig) -> Sam2Segmenter | LiteMedSAMSegmenter:
+    """The segmenter ``config.segmenter.kind`` names (randomly initialised)."""
+    if config.segmenter.kind == "litemedsam":
+        return LiteMedSAMSegmenter(config.segmenter)
+    return Sam2Segmenter(config.segmenter)
 
 
 @dataclass
@@ -57,7 +72,7 @@ class CitrusV(nn.Module):
         super().__init__()
         self.config = config
         self.mllm = build_mllm(config)
-        self.segmenter = Sam2Segmenter(config.segmenter)
+        self.segmenter = build_segmenter(config)
         self.seg_projector = build_seg_projector(config.llm.hidden_size, self.segmenter.prompt_dim)
 
     # ------------------------------------------------------------------ forward
@@ -169,7 +184,7 @@ class CitrusV(nn.Module):
         prompts = scale_grad(prompts, self.config.seg_grad_scale)
         # encode each referenced image once, however many [SEG] point at it
         used, per_seg = torch.unique(seg_image_index, return_inverse=True)
-        sam_param = self.segmenter.sam2.no_memory_embedding
+        sam_param = next(self.segmenter.parameters())  # the segmenter's device and dtype
         features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
         return self.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype))
 
@@ -232,10 +247,14 @@ class CitrusV(nn.Module):
         return counts
 
     # ------------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, tokenizer_file: str | Path | None = None, dtype: torch.dtype | None = None
+    ) -> Path:
+        """``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision; loading
+        casts them back to the model's own dtype."""
         from citrus_v.model.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory, tokenizer_file=tokenizer_file)
+        return save_pretrained(self, directory, tokenizer_file=tokenizer_file, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CitrusV:

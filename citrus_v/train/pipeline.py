@@ -90,7 +90,11 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
 
     model = build_model(preset, seed=stage.seed)
     cfg = model.config
-    if preset == "tiny":
+    if cfg.segmenter.kind == "litemedsam":  # a fresh LiteMedSAM side starts from its pretrained weights
+        from citrus_v.model.litemedsam import load_litemedsam_weights
+
+        log.info("segmenter initialised from %s", load_litemedsam_weights(model.segmenter))
+    if preset in ("tiny", "tiny_litemedsam"):
         texts = [m.content for f in data_files for r in read_jsonl(f) for m in r.messages]
         tokenizer = train_tiny_tokenizer(texts, vocab_size=cfg.llm.vocab_size)
         base = ImageConfig()
@@ -101,6 +105,7 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
         min_pixels=base.min_pixels, max_pixels=base.max_pixels, patch_size=cfg.vision.patch_size,
         merge_size=cfg.vision.spatial_merge_size, temporal_patch_size=cfg.vision.temporal_patch_size,
         sam_image_size=cfg.segmenter.image_size,
+        sam_pixel_norm=cfg.segmenter.pixel_norm,
     )
     return model, tokenizer, ChatTemplate(tokenizer, image_cfg, max_length=stage.max_length)
 

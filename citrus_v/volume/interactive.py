@@ -83,13 +83,13 @@ def refine(
             text_embedding = seg_embeddings(model, ids, torch.ones_like(ids), **images)[seg_index]  # (C,)
         sam_image = enc.sam_images[:1]  # (1, 3, S, S)
     else:
-        sam_image = sam_preprocess(rgb, sam_size)[None]  # (1, 3, S, S)
+        sam_image = sam_preprocess(rgb, sam_size, model.config.segmenter.pixel_norm)[None]  # (1, 3, S, S)
     if not points and box is None and text_embedding is None:
         # text alone and the model did not ask for a mask: nothing to segment with
         return Prediction(answer=answer, raw_text=raw_text, reasoning=reasoning, mean_token_prob=mean_prob,
                           num_generated_tokens=n_generated)  # fmt: skip
 
-    param = model.segmenter.sam2.no_memory_embedding
+    param = next(model.segmenter.parameters())  # the segmenter's device and dtype
     features = model.segmenter.encode(sam_image.to(param.device, param.dtype))
     pts = lbl = bx = None
     if points:

@@ -17,7 +17,7 @@ def test_presets_validate_and_round_trip_through_dict():
 
 
 def test_unknown_preset_names_the_choices():
-    with pytest.raises(ValueError, match=r"'huge'.*\['8b', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"'huge'.*\['8b', 'tiny', 'tiny_litemedsam'\]"):
         CitrusVConfig.preset("huge")
 
 
