@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from citrus_v.model.litemedsam import LiteMedSAMSegmenter
 from citrus_v.model.segmenter import MASK_SIZE, NO_OBJECT_SCORE, Sam2Segmenter, SegmenterFeatures
 
 POINT_LABELS = {0: "negative", 1: "positive"}
@@ -68,7 +69,7 @@ def check_prompts(
 
 
 def prompt_embeddings(
-    segmenter: Sam2Segmenter,
+    segmenter: Sam2Segmenter | LiteMedSAMSegmenter,
     points_sam: torch.Tensor | None,
     point_labels: torch.Tensor | None,
     box_sam: torch.Tensor | None,
@@ -82,8 +83,9 @@ def prompt_embeddings(
     """
     if points_sam is None and box_sam is None and text_embedding is None:
         raise ValueError("give at least one prompt: a point, a box or a text [SEG] embedding")
-    prompt_encoder = segmenter.sam2.prompt_encoder
-    param = segmenter.sam2.no_memory_embedding
+    litemedsam = isinstance(segmenter, LiteMedSAMSegmenter)
+    prompt_encoder = segmenter.prompt_encoder if litemedsam else segmenter.sam2.prompt_encoder
+    param = next(segmenter.parameters())
     device, dtype = param.device, param.dtype
     if points_sam is None and box_sam is None:
         # text only: the same padding point (label -1) Sam2Segmenter.decode uses
@@ -94,7 +96,8 @@ def prompt_embeddings(
     dense_in = None
     if mask_input is not None:
         # SAM's mask prompt is a logit map at 4x the embedding resolution
-        size = prompt_encoder.mask_input_size
+        # (SAM-1's encoder has no mask_input_size attribute: 4x its embedding side)
+        size = (4 * segmenter.embedding_side,) * 2 if litemedsam else prompt_encoder.mask_input_size
         dense_in = F.interpolate(mask_input.to(device, dtype)[None, None], size=size, mode="bilinear", align_corners=False)
     sparse, dense = prompt_encoder(pts, lbl, boxes, dense_in)  # (1, 1, T, C), (1, C, h, w)
     if text_embedding is not None:
@@ -105,7 +108,7 @@ def prompt_embeddings(
 
 @torch.no_grad()
 def decode_with_prompts(
-    segmenter: Sam2Segmenter,
+    segmenter: Sam2Segmenter | LiteMedSAMSegmenter,
     features: SegmenterFeatures,
     *,
     points_sam: torch.Tensor | None = None,
@@ -127,6 +130,8 @@ def decode_with_prompts(
     if multimask is None:
         n_points = 0 if points_sam is None else int(points_sam.reshape(-1, 2).shape[0])
         multimask = box_sam is None and n_points <= 1
+    if isinstance(segmenter, LiteMedSAMSegmenter):  # SAM-1 decoder: no skip features, no object score
+        return segmenter.decode_sparse(features.image_embeddings, sparse, dense, multimask)
     masks, iou, _, object_logits = segmenter.sam2.mask_decoder(
         image_embeddings=features.image_embeddings,
         image_positional_embeddings=segmenter.sam2.get_image_wide_positional_embeddings(),

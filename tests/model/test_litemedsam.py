@@ -200,3 +200,25 @@ def test_pixel_norm_is_a_validated_segmenter_field_the_images_follow(config):
     assert torch.equal(sam_preprocess(np.full((8, 8), 77, np.uint8), 16, "minmax"), torch.zeros(3, 16, 16))
     with pytest.raises(ValueError, match=r"pixel_norm must be one of"):
         sam_preprocess(image, 256, "zscore")
+
+
+def test_interactive_prompts_reach_the_litemedsam_decoder(config):
+    """citrus_v.model.prompting (clicks/boxes/refine) works on a LiteMedSAM segmenter too."""
+    from citrus_v.model.prompting import decode_with_prompts
+
+    torch.manual_seed(1)
+    seg = LiteMedSAMSegmenter(config.segmenter).eval()
+    feats = SegmenterFeatures(torch.randn(1, 256, 64, 64), [])
+    box = torch.tensor([40.0, 50.0, 120.0, 160.0])
+    text = torch.randn(256)
+    with torch.no_grad():
+        by_box, iou_box = decode_with_prompts(seg, feats, box_sam=box)  # one mask for a box (SAM's advice)
+        ref_box, ref_iou = seg.decode_boxes(feats, box[None])
+        by_text, _ = decode_with_prompts(seg, feats, text_embedding=text)
+        ref_text, _ = seg.decode(feats, torch.tensor([0]), text.view(1, 1, 256))
+        clicked, _ = decode_with_prompts(seg, feats, points_sam=torch.tensor([[80.0, 90.0]]),
+                                         point_labels=torch.tensor([1]), text_embedding=text, mask_input=ref_text[0])
+    torch.testing.assert_close(by_box, ref_box)
+    torch.testing.assert_close(iou_box, ref_iou)
+    torch.testing.assert_close(by_text, ref_text)
+    assert clicked.shape == (1, MASK_SIZE, MASK_SIZE) and (clicked - ref_text).abs().max() > 1e-3
