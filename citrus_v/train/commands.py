@@ -20,7 +20,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="training JSONL (ms-swift format); repeat for several files")
     p.add_argument("--val", type=Path, default=None, help="validation JSONL (checked for format; evaluate with citrus-v eval)")
     p.add_argument("--init", type=Path, default=None, help="model folder to start from (default: a fresh --config model)")
-    p.add_argument("--config", choices=["tiny", "8b"], default="tiny", help="model preset and schedule (8b = published)")
+    p.add_argument("--config", choices=["tiny", "tiny_litemedsam", "8b"], default="tiny",
+                   help="model preset and schedule (8b = published; tiny_litemedsam = tiny with the pretrained LiteMedSAM segmenter)")
     p.add_argument("--stage-config", type=Path, default=None, help="a stage JSON/YAML file (configs/train/) instead of the built-in stage")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides the stage's length)")

@@ -249,9 +249,9 @@ def get_stage(stage: int, preset: str = "8b") -> StageConfig:
         raise StageConfigError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
     if preset == "8b":
         return STAGES[stage]
-    if preset == "tiny":
+    if preset in ("tiny", "tiny_litemedsam"):  # same model sizes but the segmenter: same CPU schedule
         return tiny_variant(STAGES[stage])
-    raise StageConfigError(f"unknown schedule preset {preset!r}; choose '8b' or 'tiny'")
+    raise StageConfigError(f"unknown schedule preset {preset!r}; choose '8b', 'tiny' or 'tiny_litemedsam'")
 
 
 def load_stage_config(path: str | Path) -> StageConfig:
