@@ -142,3 +142,27 @@ def split_report(text: str) -> tuple[str, str]:
     fnd = _FINDINGS.search(body)
     findings = body[fnd.end():] if fnd else body
     return findings.strip(), impression.strip()
+
+
+# box markup in free text: fenced JSON lists, bare bbox_2d lists, the <boxes> placeholder of a
+# reference, the legacy <|box_start|>..<|box_end|> and <bbox>..</bbox> forms
+_BOX_MARKUP = re.compile(
+    r"```(?:json)?\s*\[.*?\]\s*```"
+    r"|\[\s*\{[^\[\]]*?\"bbox_2d\".*?\}\s*\]"
+    r"|<boxes>"
+    r"|<\|box_start\|>.*?<\|box_end\|>"
+    r"|<bbox>.*?</bbox>",
+    re.S,
+)
+
+
+def strip_box_markup(text: str) -> str:
+    """``text`` without box markup, whitespace collapsed: report prose is scored on its words;
+    the boxes it cites are coordinates, scored by the detection metrics instead.
+
+    >>> strip_box_markup('Findings: a lesion at ```json\\n[{"bbox_2d": [1, 2, 3, 4], "label": "x"}]\\n```. Impression: x.')
+    'Findings: a lesion at . Impression: x.'
+    >>> strip_box_markup("Findings: a lesion at <boxes>. Impression: x.")
+    'Findings: a lesion at . Impression: x.'
+    """
+    return " ".join(_BOX_MARKUP.sub("", text).split())

@@ -40,7 +40,7 @@ import numpy as np
 from citrus_v.data.schema import Record, resolve
 from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
 from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
-from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer
+from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer, strip_box_markup
 from citrus_v.infer.types import Prediction
 
 # the keys eval.json always has, in table order, with how each is aggregated
@@ -53,9 +53,9 @@ METRIC_KEYS: dict[str, str] = {
     "det_map50": "micro over boxes, COCO AP@.5, class-agnostic",
     "seg_dice_mean": "mean over masks (one per [SEG])",
     "seg_dice_median": "median over masks (one per [SEG])",
-    "report_bleu4": "corpus BLEU-4 over samples",
-    "report_rougeL": "mean over samples (ROUGE-L F)",
-    "report_cider": "mean over samples (CIDEr-D, corpus idf)",
+    "report_bleu4": "corpus BLEU-4 over samples (box markup removed)",
+    "report_rougeL": "mean over samples (ROUGE-L F, box markup removed)",
+    "report_cider": "mean over samples (CIDEr-D, corpus idf, box markup removed)",
     "doc_anls": "mean over samples (ANLS, threshold 0.5)",
     "doc_exact": "mean over samples (normalised exact match)",
 }
@@ -156,8 +156,11 @@ def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path
     elif s.task == "segmentation":
         s.dice = _score_masks(index, rec, pred, base_dir)
     elif s.task == "report":
-        s.answer = _report_text(pred)
-        s.scores["rougeL"] = report.rouge_l(s.answer, reference)
+        # prose against prose: the reference holds a <boxes> placeholder where the model writes
+        # coordinates, so box markup leaves both sides (boxes are the detection metrics' job)
+        s.reference = strip_box_markup(reference)
+        s.answer = strip_box_markup(_report_text(pred))
+        s.scores["rougeL"] = report.rouge_l(s.answer, s.reference)
     elif s.task == "document":
         s.scores["anls"] = document.anls(pred.answer, reference)
         s.scores["exact"] = document.field_exact(pred.answer, reference)

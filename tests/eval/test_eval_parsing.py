@@ -65,3 +65,17 @@ def test_count_seg_and_split_report():
 def test_parsing_doctests():
     failed, attempted = doctest.testmod(parsing)
     assert failed == 0 and attempted > 0
+
+
+def test_strip_box_markup_leaves_the_prose():
+    from citrus_v.eval.parsing import strip_box_markup
+
+    ref = "Findings: There is a small lesion in the liver at <boxes>. Impression: Small lesion."
+    ans = ('Findings: There is a small lesion in the liver at ```json\n[{"bbox_2d": [149, 80, 169, 104], '
+           '"label": "lesion"}]\n```. Impression: Small lesion.')
+    assert strip_box_markup(ans) == strip_box_markup(ref) == (
+        "Findings: There is a small lesion in the liver at . Impression: Small lesion."
+    )
+    legacy = "at <|box_start|>(1,2),(3,4)<|box_end|> and <bbox>[1, 2, 3, 4]</bbox> ok"
+    assert strip_box_markup(legacy) == "at and ok"
+    assert strip_box_markup("no boxes here") == "no boxes here"
