@@ -190,3 +190,19 @@ def test_metric_doctests(module):
     mod = importlib.import_module(f"citrus_v.eval.metrics.{module}")
     failed, attempted = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert failed == 0 and attempted > 0
+
+
+def test_malformed_predicted_boxes_are_misses_not_errors():
+    from citrus_v.eval.metrics.detection import coco_map, first_box_hit, is_well_formed
+
+    gt = [[10, 10, 20, 20]]
+    assert not is_well_formed([93, 127, 87, 133]) and is_well_formed([1, 1, 1, 1])
+    # x2 < x1 in the first box: a miss, and the good second box does not count instead
+    assert first_box_hit([[20, 10, 10, 20], [10, 10, 20, 20]], gt) is False
+    assert first_box_hit([[10, 10, 20, 20]], gt) is True
+    # COCO: the malformed box stays a (zero-area, unmatched) detection ranked first
+    good = coco_map([([[10, 10, 20, 20]], gt)])
+    mixed = coco_map([([[20, 10, 10, 20], [10, 10, 20, 20]], gt)])
+    assert good.map50 == pytest.approx(1.0) and mixed.num_pred == 2 and mixed.map50 < good.map50
+    with pytest.raises(ValueError, match="ground-truth box"):
+        coco_map([([[10, 10, 20, 20]], [[20, 10, 10, 20]])])

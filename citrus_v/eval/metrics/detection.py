@@ -34,6 +34,16 @@ def _check_box(box: BoxT, what: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
+def is_well_formed(box: BoxT) -> bool:
+    """Four numbers with x1 <= x2 and y1 <= y2. A model may write anything: a predicted box that
+    is not well formed matches nothing (IoU 0, a miss); a ground-truth one is an error."""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return False
+    return x1 <= x2 and y1 <= y2
+
+
 def box_iou(a: BoxT, b: BoxT) -> float:
     """Intersection over union of two boxes; 0.0 when the union has no area.
 
@@ -53,8 +63,8 @@ def first_box_hit(pred_boxes: Sequence[BoxT], gt_boxes: Sequence[BoxT], iou_thre
     """Whether the first predicted box has IoU >= ``iou_threshold`` with any ground-truth box."""
     if not gt_boxes:
         raise ValueError("first_box_hit needs at least one ground-truth box (the sample has none)")
-    if not pred_boxes:
-        return False
+    if not pred_boxes or not is_well_formed(pred_boxes[0]):
+        return False  # a malformed first box is a miss: the next box does not take its place
     return max(box_iou(pred_boxes[0], g) for g in gt_boxes) >= iou_threshold
 
 
@@ -86,7 +96,11 @@ def coco_map(samples: Sequence[tuple[Sequence[BoxT], Sequence[BoxT]]]) -> CocoRe
             gts.append({"id": len(gts) + 1, "image_id": img_id, "category_id": 1, "iscrowd": 0,
                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
         for rank, box in enumerate(preds):
-            x1, y1, x2, y2 = _check_box(box, f"predicted box {rank} of sample {img_id - 1}")
+            if not is_well_formed(box):
+                # kept as a zero-area detection: it still costs precision, and matches nothing
+                x1 = y1 = x2 = y2 = 0.0
+            else:
+                x1, y1, x2, y2 = _check_box(box, f"predicted box {rank} of sample {img_id - 1}")
             dets.append({"image_id": img_id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
                          "score": 1.0 - rank / len(preds)})
     if not gts:
