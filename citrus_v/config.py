@@ -232,11 +232,21 @@ class LossConfig:
     bce_weight: float = 2.0
     dice_weight: float = 1.0
     dice_eps: float = 1.0
+    # Published: BCE/Dice on the candidate with the best PREDICTED IoU, no IoU-head loss (its SAM2
+    # starts pretrained). A segmenter trained from scratch needs the IoU head taught and benefits
+    # from SAM's own min-loss candidate rule: the tiny preset sets iou_weight=1, "min_loss".
+    iou_weight: float = 0.0
+    mask_selection: str = "predicted_iou"
 
     def __post_init__(self) -> None:
-        for name in ("bce_weight", "dice_weight"):
+        for name in ("bce_weight", "dice_weight", "iou_weight"):
             _require(getattr(self, name) >= 0, f"LossConfig.{name}", f"must be >= 0, got {getattr(self, name)}")
         _positive("LossConfig", dice_eps=self.dice_eps)
+        _require(
+            self.mask_selection in ("predicted_iou", "min_loss"),
+            "LossConfig.mask_selection",
+            f"must be 'predicted_iou' or 'min_loss', got {self.mask_selection!r}",
+        )
 
 
 @dataclass
@@ -348,6 +358,8 @@ def tiny_config() -> CitrusVConfig:
             seg_token_id=10,
             pad_token_id=0,
         ),
+        # its SAM2 starts from random weights: teach the IoU head, train the best-fitting candidate
+        loss=LossConfig(iou_weight=1.0, mask_selection="min_loss"),
     )
 
 

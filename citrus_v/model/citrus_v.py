@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
-from citrus_v.model.losses import lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
+from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
 from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter
@@ -63,6 +63,7 @@ class CitrusVOutput:
     logits: torch.Tensor | None  # (B, L, V); None when forward(..., return_logits=False)
     pred_masks: torch.Tensor  # (n_seg, 256, 256) logits
     iou_scores: torch.Tensor  # (n_seg,)
+    mask_iou_loss: torch.Tensor | None = None  # IoU-head MSE (window-weighted), when LossConfig.iou_weight > 0
 
 
 class CitrusV(nn.Module):
@@ -104,9 +105,21 @@ class CitrusV(nn.Module):
         hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (B, L, H)
         logits = self.mllm.lm_head(hidden) if return_logits or labels is None else None  # (B, L, V)
 
-        pred_masks, iou_scores = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index)
+        loss_cfg = self.config.loss
+        # training losses over SAM's multimask candidates (IoU-head loss, min-loss rule) need them all
+        over_candidates = (
+            labels is not None and gt_masks is not None and n_seg > 0
+            and (loss_cfg.iou_weight > 0 or loss_cfg.mask_selection != "predicted_iou")
+        )  # fmt: skip
+        masks, ious = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index, over_candidates)
+        if over_candidates:
+            rows = torch.arange(n_seg, device=ious.device)
+            best = ious.argmax(-1)  # the published pick, what inference returns
+            pred_masks, iou_scores = masks[rows, best], ious[rows, best]  # (n_seg, 256, 256), (n_seg,)
+        else:
+            pred_masks, iou_scores = masks, ious
 
-        loss = lm_loss = bce = dice = None
+        loss = lm_loss = bce = dice = iou_loss = None
         if labels is not None:
             if logits is not None:
                 lm_loss = lm_cross_entropy(logits, labels)
@@ -116,10 +129,18 @@ class CitrusV(nn.Module):
             if gt_masks is not None and n_seg > 0:
                 factor = mask_window_factor(n_seg, num_masks_in_window)
                 gt = gt_masks.to(pred_masks.dtype)
-                bce = mask_bce(pred_masks, gt) * factor
-                dice = mask_dice(pred_masks, gt, self.config.loss.dice_eps) * factor
-                loss = loss + self.config.loss.bce_weight * bce + self.config.loss.dice_weight * dice
-        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores)
+                if over_candidates:
+                    bce, dice, iou_mse = candidate_mask_losses(
+                        masks, ious, gt, bce_weight=loss_cfg.bce_weight, dice_weight=loss_cfg.dice_weight,
+                        dice_eps=loss_cfg.dice_eps, selection=loss_cfg.mask_selection,
+                    )  # fmt: skip
+                    bce, dice, iou_loss = bce * factor, dice * factor, iou_mse * factor
+                    loss = loss + loss_cfg.iou_weight * iou_loss
+                else:
+                    bce = mask_bce(pred_masks, gt) * factor
+                    dice = mask_dice(pred_masks, gt, loss_cfg.dice_eps) * factor
+                loss = loss + loss_cfg.bce_weight * bce + loss_cfg.dice_weight * dice
+        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss)
 
     def hidden_states(
         self,
@@ -174,6 +195,7 @@ class CitrusV(nn.Module):
         seg_positions: torch.Tensor,
         sam_images: torch.Tensor | None,
         seg_image_index: torch.Tensor | None,
+        candidates: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         seg_hidden = hidden[seg_positions]  # (n_seg, H), row-major order of the [SEG] tokens
         if seg_hidden.shape[0] == 0:
@@ -186,7 +208,7 @@ class CitrusV(nn.Module):
         used, per_seg = torch.unique(seg_image_index, return_inverse=True)
         sam_param = next(self.segmenter.parameters())  # the segmenter's device and dtype
         features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
-        return self.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype))
+        return self.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype), candidates=candidates)
 
     @torch.no_grad()
     def segment(

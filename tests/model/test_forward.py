@@ -17,8 +17,21 @@ def test_forward_shapes_and_loss_terms(tiny_model, batch, tiny_config):
     # untrained: the LM loss is near ln(vocab), BCE near ln 2 on random logits
     assert abs(out.lm_loss.item() - torch.log(torch.tensor(4096.0)).item()) < 1.0
     assert 0.5 < out.mask_bce_loss.item() < 1.0
-    expected = out.lm_loss + 2.0 * out.mask_bce_loss + 1.0 * out.mask_dice_loss
+    # the tiny preset also teaches SAM's IoU head (LossConfig.iou_weight = 1)
+    assert tiny_config.loss.iou_weight == 1.0 and out.mask_iou_loss is not None
+    expected = out.lm_loss + 2.0 * out.mask_bce_loss + 1.0 * out.mask_dice_loss + 1.0 * out.mask_iou_loss
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_published_loss_has_no_iou_term(batch, tiny_config, seed):
+    import dataclasses
+
+    from citrus_v.config import LossConfig
+
+    cfg = dataclasses.replace(tiny_config, loss=LossConfig())  # the 8b's: predicted-IoU pick, no IoU loss
+    out = build_model(cfg, seed=seed).eval()(**batch)
+    assert out.mask_iou_loss is None
+    torch.testing.assert_close(out.loss, out.lm_loss + 2.0 * out.mask_bce_loss + 1.0 * out.mask_dice_loss)
 
 
 def test_same_seed_same_outputs(batch, tiny_config, seed):

@@ -44,7 +44,10 @@ def test_window_factor_and_model_loss_scaling(tiny_model, batch):
     torch.testing.assert_close(window.mask_bce_loss, plain.mask_bce_loss * 0.25)
     torch.testing.assert_close(window.mask_dice_loss, plain.mask_dice_loss * 0.25)
     torch.testing.assert_close(window.lm_loss, plain.lm_loss)
-    torch.testing.assert_close(window.loss, plain.lm_loss + 2 * window.mask_bce_loss + window.mask_dice_loss)
+    torch.testing.assert_close(window.mask_iou_loss, plain.mask_iou_loss * 0.25)
+    torch.testing.assert_close(
+        window.loss, plain.lm_loss + 2 * window.mask_bce_loss + window.mask_dice_loss + window.mask_iou_loss
+    )
 
 
 def _mask_grads(model, batch):
@@ -118,3 +121,22 @@ def test_supervised_only_lm_loss_equals_full_logits_loss(tiny_model, batch):
     g_full = torch.autograd.grad(full.loss, tiny_model.mllm.lm_head.weight)[0]
     g_lean = torch.autograd.grad(lean.loss, tiny_model.mllm.lm_head.weight)[0]
     torch.testing.assert_close(g_lean, g_full, rtol=1e-4, atol=1e-6)
+
+
+
+def test_candidate_losses_by_hand():
+    from citrus_v.model.losses import candidate_mask_losses
+
+    # one mask, three 1x2 candidates; ground truth [1, 0]
+    gt = torch.tensor([[[1.0, 0.0]]])  # (1, 1, 2)
+    cands = torch.tensor([[[[10.0, 10.0]], [[10.0, -10.0]], [[-10.0, -10.0]]]])  # (1, 3, 1, 2)
+    pred_iou = torch.tensor([[0.9, 0.1, 0.5]])
+    # candidate 1 is exact: min_loss picks it; predicted_iou picks candidate 0 (predicted 0.9)
+    bce, dice, mse = candidate_mask_losses(cands, pred_iou, gt, bce_weight=2, dice_weight=1, dice_eps=1, selection="min_loss")
+    assert bce.item() < 1e-3 and dice.item() == pytest.approx(1 - 3 / (1 + 1 + 1), abs=1e-3)
+    # actual IoUs of the hard masks [1,1], [1,0], [0,0] vs [1,0]: 0.5, 1.0, 0.0
+    assert mse.item() == pytest.approx(((0.9 - 0.5) ** 2 + (0.1 - 1.0) ** 2 + (0.5 - 0.0) ** 2) / 3, rel=1e-5)
+    bce0, _, _ = candidate_mask_losses(cands, pred_iou, gt, bce_weight=2, dice_weight=1, dice_eps=1, selection="predicted_iou")
+    assert bce0.item() == pytest.approx(10 / 2, rel=1e-3)  # candidate 0: pixel 2 is 10 logits wrong
+    with pytest.raises(ValueError, match="selection"):
+        candidate_mask_losses(cands, pred_iou, gt, bce_weight=2, dice_weight=1, dice_eps=1, selection="best")
