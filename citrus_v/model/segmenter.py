@@ -53,6 +53,24 @@ class Segmenter(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def check_decode_inputs(
+    sparse_prompt_embeddings: torch.Tensor, image_index: torch.Tensor, prompt_dim: int, candidates: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Validate ``decode``'s inputs (shared by every segmenter); with no prompt at all, return the
+    empty result ``decode`` gives, else None."""
+    n_seg = sparse_prompt_embeddings.shape[0]
+    if sparse_prompt_embeddings.shape[1:] != (1, prompt_dim):
+        raise ValueError(
+            f"sparse_prompt_embeddings must be (n_seg, 1, {prompt_dim}), got {tuple(sparse_prompt_embeddings.shape)}"
+        )
+    if image_index.shape != (n_seg,):
+        raise ValueError(f"image_index must be ({n_seg},), got {tuple(image_index.shape)}")
+    if n_seg > 0:
+        return None
+    shape = (0, 3) if candidates else (0,)
+    return sparse_prompt_embeddings.new_zeros(*shape, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(*shape)
+
+
 def pick_masks(masks: torch.Tensor, iou: torch.Tensor, candidates: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Multimask decoder output -> what ``decode`` returns, at MASK_SIZE.
 
@@ -161,17 +179,10 @@ class Sam2Segmenter(nn.Module):
         of the chosen candidate (n_seg,); with ``candidates`` every multimask candidate,
         (n_seg, 3, 256, 256) and (n_seg, 3).
         """
+        empty = check_decode_inputs(sparse_prompt_embeddings, image_index, self.prompt_dim, candidates)
+        if empty is not None:
+            return empty
         n_seg = sparse_prompt_embeddings.shape[0]
-        if sparse_prompt_embeddings.shape[1:] != (1, self.prompt_dim):
-            raise ValueError(
-                f"sparse_prompt_embeddings must be (n_seg, 1, {self.prompt_dim}), "
-                f"got {tuple(sparse_prompt_embeddings.shape)}"
-            )
-        if image_index.shape != (n_seg,):
-            raise ValueError(f"image_index must be ({n_seg},), got {tuple(image_index.shape)}")
-        if n_seg == 0:
-            shape = (0, 3) if candidates else (0,)
-            return sparse_prompt_embeddings.new_zeros(*shape, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(*shape)
         feats = features.select(image_index)
         device, dtype = sparse_prompt_embeddings.device, feats.image_embeddings.dtype
         # SAM2 with no user points: one empty point labelled -1 (the prompt encoder pads a
