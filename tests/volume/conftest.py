@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from citrus_v.infer.types import Mask, Prediction
+from tests.infer.conftest import ScriptedHead  # forces a scripted answer (shared with the serve tests)
 
 
 class ThresholdPredictor:
@@ -74,21 +74,6 @@ def tiny_predictor(tiny_dir):
     return Predictor.from_pretrained(tiny_dir, settings=GenerationSettings(max_new_tokens=8))
 
 
-class ForcedText(nn.Module):
-    """Wraps lm_head so generation emits ``script`` (one token per step), then behaves normally."""
-
-    def __init__(self, head: nn.Module, script: list[int]):
-        super().__init__()
-        self.head, self.script, self.calls = head, script, 0
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head(hidden)  # (B, L, V)
-        if self.calls < len(self.script):
-            logits[:, -1, self.script[self.calls]] += 1e4
-        self.calls += 1
-        return logits
-
-
 @pytest.fixture()
 def force_answer(tiny_predictor):
     """``force_answer(text)``: the tiny model generates ``text`` + <|im_end|> on its next call."""
@@ -96,7 +81,7 @@ def force_answer(tiny_predictor):
 
     def install(text: str) -> None:
         ids = tiny_predictor.tokenizer.encode(text, add_special_tokens=False) + [tiny_predictor.eos_token_id]
-        tiny_predictor.model.mllm.lm_head = ForcedText(original, ids)
+        tiny_predictor.model.mllm.lm_head = ScriptedHead(original, ids)
 
     yield install
     tiny_predictor.model.mllm.lm_head = original
