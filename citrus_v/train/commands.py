@@ -33,6 +33,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
+    from citrus_v.train import vision_warmup
+
+    w = subparsers.add_parser("warmup-vision", help="stage 0 for from-scratch models: dense ViT + merger warm-up on the suite",
+                              description=vision_warmup.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    vision_warmup.add_arguments(w)
+
 
 def _stage_list(args: argparse.Namespace) -> list:
     from citrus_v.train.stages import get_stage, load_stage_config, with_data_file

@@ -89,6 +89,7 @@ class Sample:
     task: str
     modality: str
     meta: dict
+    all_masks: dict[str, np.ndarray] | None = None  # every named structure drawn (dense targets)
 
 
 def sample_seed(seed: int, split: str, index: int) -> int:
@@ -111,13 +112,14 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
         doc = document.render(rng, cfg.size, cfg.rotate_prob)
         q, a, analyte = document.question(doc, rng)
         meta.update(rotation=doc.rotation, analyte=analyte)
-        return Sample(doc.image, [], q, a, None, "document", "document", meta)
+        return Sample(doc.image, [], q, a, None, "document", "document", meta, {})
     if src.startswith("totalseg_"):
         root = cfg.totalseg_dir or totalseg.default_dir()
         ts = totalseg.sample(root, src.split("_", 1)[1], split, task, k + flip, rng, cfg.size)
         meta.update(ts.meta)
         meta["phantom_id"] = f"{split}-{src}-z{ts.meta['slice']}"  # the slice is the shared object
-        return Sample(ts.image, [ts.masks[n] for n in ts.seg], ts.question, ts.answer, None, task, ts.modality, meta)
+        return Sample(ts.image, [ts.masks[n] for n in ts.seg], ts.question, ts.answer, None, task, ts.modality, meta,
+                      ts.all_masks)
     spec = SPECS[src]
     plan = text.plan(spec, task, k, rng, flip)
     ph = spec.render(rng, cfg.size, plan.present, plan.side, plan.large)
@@ -125,7 +127,8 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
     objects = Objects(list(qa.det), [bbox_of(ph.masks[n]) for n in qa.det]) if qa.det else None
     meta.update(template=plan.template, present=plan.present, side=spec.locations[plan.side],
                 size="large" if plan.large else "small")
-    return Sample(ph.image, [ph.masks[n] for n in qa.seg], qa.question, qa.answer, objects, task, spec.modality, meta)
+    return Sample(ph.image, [ph.masks[n] for n in qa.seg], qa.question, qa.answer, objects, task, spec.modality, meta,
+                  ph.masks)
 
 
 def _write_sample(cfg: SuiteConfig, out_dir: Path, split: str, index: int) -> Record:

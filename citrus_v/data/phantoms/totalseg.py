@@ -111,6 +111,7 @@ class SliceSample:
     seg: list[str]
     modality: str
     meta: dict
+    all_masks: dict[str, np.ndarray]  # every organ large enough to name on this slice
 
 
 def sample(root: Path, which: str, split: str, task: str, k: int, rng: np.random.Generator, size: int) -> SliceSample:
@@ -140,7 +141,8 @@ def sample(root: Path, which: str, split: str, task: str, k: int, rng: np.random
             raise ValueError(f"totalseg {which} slice {z}: no organ is large enough to segment")
         organ = present[int(rng.integers(len(present)))]
         return SliceSample(img, {organ: masks[organ]}, SEG_Q.format(organ=organ), "Sure, it is [SEG].",
-                           [organ], vol.modality, meta)
+                           [organ], vol.modality, meta, masks)
     pool = present if want_yes else absent
     organ = pool[int(rng.integers(len(pool)))]
-    return SliceSample(img, {}, VISIBLE_Q.format(organ=organ), "yes" if want_yes else "no", [], vol.modality, meta)
+    return SliceSample(img, {}, VISIBLE_Q.format(organ=organ), "yes" if want_yes else "no", [], vol.modality, meta,
+                       masks)

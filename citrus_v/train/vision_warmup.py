@@ -1,0 +1,306 @@
+"""Stage 0 for models trained from scratch: a dense warm-up of the ViT and merger.
+
+The published Citrus-V starts from a pretrained Qwen2.5-VL, whose vision tower already
+knows what is where. A tiny model trained from random initialisation does not, and the
+caption loss of stage 1 (behind a random, frozen LLM) is too weak a signal to teach it: our
+first default model learned every output format but answered closed questions at chance.
+
+This stage gives the vision side dense targets instead, read straight off the synthetic
+suite's ground truth: for every ViT patch, which named structures cover it (``liver``,
+``lesion``, ``left lung`` ...; soft fractions); for every merged token, where it sits in the
+image; for every image, its modality. Small linear heads on the merger's output (the tokens
+the LLM reads) are trained with the ViT and merger, then dropped: only the vision weights go
+on to stage 1. The samples are regenerated from the suite's seed and *train* split, so the
+held-out splits stay unseen.
+
+    citrus-v warmup-vision --config tiny --seed 1 --n 12000 --steps 600 --out runs/default/stage0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from citrus_v.data.image_processing import ImageConfig, ImageProcessor
+from citrus_v.data.phantoms.suite import SuiteConfig, make_sample
+from citrus_v.model.citrus_v import CitrusV
+
+log = logging.getLogger(__name__)
+
+# Every structure name the suite's generators draw (synthetic organs and findings, and the
+# TotalSegmentator organs as the suite names them); one occupancy channel each.
+STRUCTURES: tuple[str, ...] = (
+    "brain", "cyst", "heart", "kidney", "left kidney", "left lung", "lesion", "liver", "lumen",
+    "nodule", "polyp", "right kidney", "right lung", "spleen", "stomach", "tumor", "ventricles",
+)
+MODALITIES: tuple[str, ...] = ("ct", "mr", "xray", "us", "endoscopy", "derm")
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    seed: int = 1  # the suite's seed: samples are the suite's train split
+    n: int = 12000  # distinct training images (regenerated, documents excluded)
+    n_val: int = 300  # images from the suite's val split, for the report
+    size: int = 224
+    steps: int = 600
+    batch_size: int = 24
+    lr: float = 2e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.01
+    position_weight: float = 1.0
+    modality_weight: float = 0.2
+    totalseg_dir: str | None = None
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("n", "n_val", "steps", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WarmupConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"WarmupConfig.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class DenseSet:
+    """images (N, S, S, 3) uint8; occupancy (N, K, gh, gw) uint8 (fraction x 255); modality (N,)."""
+
+    images: np.ndarray
+    occupancy: np.ndarray
+    modality: np.ndarray
+
+
+def occupancy_grid(masks: dict[str, np.ndarray], grid: tuple[int, int]) -> np.ndarray:
+    """(K, gh, gw) uint8: the share of each ViT patch covered by each structure in STRUCTURES."""
+    gh, gw = grid
+    out = np.zeros((len(STRUCTURES), gh, gw), dtype=np.uint8)
+    for name, mask in masks.items():
+        if name not in STRUCTURES:
+            raise KeyError(f"structure {name!r} has no occupancy channel; add it to STRUCTURES")
+        frac = Image.fromarray(mask.astype(np.float32), mode="F").resize((gw, gh), Image.BOX)
+        out[STRUCTURES.index(name)] = np.clip(np.asarray(frac) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _make_chunk(args: tuple[SuiteConfig, str, list[int], tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    cfg, split, indices, grid = args
+    out = []
+    for i in indices:
+        s = make_sample(cfg, split, i)
+        if s.modality not in MODALITIES:  # documents: no structures to map
+            continue
+        img = s.image if s.image.ndim == 3 else np.repeat(s.image[..., None], 3, axis=2)
+        out.append((img, occupancy_grid(s.all_masks or {}, grid), MODALITIES.index(s.modality)))
+    return out
+
+
+def build_dense_set(suite: SuiteConfig, split: str, n: int, grid: tuple[int, int], workers: int = 2,
+                    progress: bool = True) -> DenseSet:
+    """The first ``n`` non-document samples of ``split`` with their occupancy grids."""
+    from tqdm import tqdm
+
+    items: list[tuple[np.ndarray, np.ndarray, int]] = []
+    start, chunk = 0, 256
+    bar = tqdm(total=n, desc=f"dense targets ({split})", unit="img", disable=not progress)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        while len(items) < n:
+            jobs = [(suite, split, list(range(start + k * chunk, start + (k + 1) * chunk)), grid) for k in range(workers * 2)]
+            start += chunk * len(jobs)
+            for got in pool.map(_make_chunk, jobs):
+                take = got[: n - len(items)]
+                items += take
+                bar.update(len(take))
+    bar.close()
+    return DenseSet(
+        images=np.stack([it[0] for it in items]),
+        occupancy=np.stack([it[1] for it in items]),
+        modality=np.asarray([it[2] for it in items], dtype=np.int64),
+    )
+
+
+class DenseHeads(nn.Module):
+    """Linear read-outs of the merged vision tokens: occupancy of each of the merge x merge
+    patches a token covers, the token's (row, col) in the image, and the image's modality."""
+
+    def __init__(self, dim: int, merge: int, n_structures: int = len(STRUCTURES), n_modalities: int = len(MODALITIES)):
+        super().__init__()
+        self.merge = merge
+        self.n_structures = n_structures
+        self.occupancy = nn.Linear(dim, n_structures * merge * merge)
+        self.position = nn.Linear(dim, 2)
+        self.modality = nn.Linear(dim, n_modalities)
+
+    def forward(self, tokens: torch.Tensor, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens (sum_i t*h*w/m^2, D) in Qwen's merged order -> per image: occupancy logits
+        (B, K, gh, gw), position (B, gh/m, gw/m, 2), modality logits (B, M). All images must share one grid."""
+        m = self.merge
+        t, gh, gw = (int(v) for v in grid_thw[0])
+        if not bool((grid_thw == grid_thw[0]).all()) or t != 1:
+            raise ValueError(f"DenseHeads needs single-frame images of one size, got grids {grid_thw.tolist()}")
+        b, th, tw = grid_thw.shape[0], gh // m, gw // m
+        x = tokens.reshape(b, th, tw, -1)
+        occ = self.occupancy(x).reshape(b, th, tw, self.n_structures, m, m)
+        occ = occ.permute(0, 3, 1, 4, 2, 5).reshape(b, self.n_structures, gh, gw)  # (B, K, gh, gw)
+        return {"occupancy": occ, "position": self.position(x), "modality": self.modality(x.mean(dim=(1, 2)))}
+
+
+def token_positions(th: int, tw: int) -> torch.Tensor:
+    """(th, tw, 2): each merged token's centre as (row, col) in 0..1."""
+    r = (torch.arange(th, dtype=torch.float32) + 0.5) / th
+    c = (torch.arange(tw, dtype=torch.float32) + 0.5) / tw
+    return torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1)
+
+
+def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality: torch.Tensor,
+                 cfg: WarmupConfig) -> dict[str, torch.Tensor]:
+    """occupancy (B, K, gh, gw) in 0..1; modality (B,) long."""
+    occ = F.binary_cross_entropy_with_logits(out["occupancy"], occupancy)
+    th, tw = out["position"].shape[1:3]
+    pos = F.mse_loss(out["position"], token_positions(th, tw).expand_as(out["position"]))
+    mod = F.cross_entropy(out["modality"], modality)
+    total = occ + cfg.position_weight * pos + cfg.modality_weight * mod
+    return {"loss": total, "occupancy_loss": occ, "position_loss": pos, "modality_loss": mod}
+
+
+def vision_tokens(model: CitrusV, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """The merged vision tokens the LLM reads, (N, D)."""
+    return model.mllm.model.visual(pixel_values, grid_thw=grid_thw).pooler_output
+
+
+@torch.no_grad()
+def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProcessor, batch_size: int = 32) -> dict:
+    """Per-structure IoU of the occupancy map thresholded at 0.5 (patches where the structure is
+    present in the ground truth at >= 50%), position error in tokens, modality accuracy."""
+    model.eval()
+    inter = np.zeros(len(STRUCTURES))
+    union = np.zeros(len(STRUCTURES))
+    correct, pos_err, n_tok = 0, 0.0, 0
+    for s in range(0, len(data.images), batch_size):
+        pv, grid = proc.qwen(list(data.images[s:s + batch_size]))
+        out = heads(vision_tokens(model, pv, grid), grid)
+        pred = (out["occupancy"] > 0).numpy()
+        truth = data.occupancy[s:s + batch_size] >= 128
+        inter += (pred & truth).sum(axis=(0, 2, 3))
+        union += (pred | truth).sum(axis=(0, 2, 3))
+        correct += int((out["modality"].argmax(-1).numpy() == data.modality[s:s + batch_size]).sum())
+        th, tw = out["position"].shape[1:3]
+        err = (out["position"] - token_positions(th, tw)).abs() * torch.tensor([th, tw], dtype=torch.float32)
+        pos_err += float(err.sum())
+        n_tok += err.numel()
+    iou = {name: (float(inter[k] / union[k]) if union[k] else None) for k, name in enumerate(STRUCTURES)}
+    present = [v for v in iou.values() if v is not None]
+    model.train()
+    return {"structure_iou": iou, "mean_structure_iou": float(np.mean(present)) if present else None,
+            "modality_acc": correct / len(data.images), "position_abs_err_tokens": pos_err / max(n_tok, 1)}
+
+
+def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, init: str | Path | None = None, preset: str = "tiny",
+               progress: bool = True) -> dict:
+    """Train ViT + merger on dense targets; write ``out_dir/final`` (the whole model, vision updated),
+    ``metrics.jsonl``, ``warmup_eval.json`` (val split) and a loss curve. Returns the eval dict."""
+    from tqdm import tqdm
+
+    from citrus_v.config import CitrusVConfig
+    from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
+    from citrus_v.train.optim import cosine_with_warmup
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = CitrusV.from_pretrained(init) if init else CitrusV(CitrusVConfig.preset(preset))
+    model.set_trainable(["vision_encoder", "merger"])
+    model.train()
+    img_cfg = ImageConfig.for_model(model.config, min_pixels=cfg.size * cfg.size, max_pixels=cfg.size * cfg.size)
+    proc = ImageProcessor(img_cfg)
+    patch = img_cfg.patch_size
+    grid = (cfg.size // patch, cfg.size // patch)
+    if proc.resized_hw(cfg.size, cfg.size) != (cfg.size, cfg.size):
+        raise ValueError(f"WarmupConfig.size {cfg.size} is not a multiple of the ViT's {img_cfg.factor}-pixel unit")
+
+    suite = SuiteConfig(seed=cfg.seed, size=cfg.size, totalseg_dir=Path(cfg.totalseg_dir) if cfg.totalseg_dir else None)
+    t0 = time.time()
+    train = build_dense_set(suite, "train", cfg.n, grid, cfg.workers, progress)
+    val = build_dense_set(suite, "val", cfg.n_val, grid, cfg.workers, progress)
+    log.info("dense targets: %d train / %d val images in %.0f s", len(train.images), len(val.images), time.time() - t0)
+
+    heads = DenseHeads(model.config.llm.hidden_size, img_cfg.merge_size)
+    params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    rng = np.random.default_rng(cfg.seed)
+    before = evaluate(model, heads, val, proc)
+    bar = tqdm(range(1, cfg.steps + 1), desc="stage 0 (vision warm-up)", disable=not progress)
+    for step in bar:
+        idx = rng.choice(len(train.images), size=cfg.batch_size, replace=False)
+        pv, g = proc.qwen(list(train.images[idx]))
+        occ = torch.from_numpy(train.occupancy[idx]).float() / 255.0
+        losses = dense_losses(heads(vision_tokens(model, pv, g), g), occ, torch.from_numpy(train.modality[idx]), cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        row = {"step": step, "lr": sched.get_last_lr()[0], **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
+        metrics.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", occ=f"{row['occupancy_loss']:.4f}")
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"stage 0: loss is {row['loss']} at step {step}")
+    after = evaluate(model, heads, val, proc)
+    model.save_pretrained(out_dir / "final")
+    report = {"config": asdict(cfg), "val_before": before, "val_after": after, "seconds": round(time.time() - t0, 1)}
+    (out_dir / "warmup_eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png", title="stage 0: vision warm-up")
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = ["structure        IoU before  IoU after"]
+    for name in STRUCTURES:
+        b, a = report["val_before"]["structure_iou"][name], report["val_after"]["structure_iou"][name]
+        if a is None:
+            continue
+        lines.append(f"{name:<16} {b if b is not None else float('nan'):10.3f} {a:10.3f}")
+    for key in ("mean_structure_iou", "modality_acc", "position_abs_err_tokens"):
+        lines.append(f"{key:<24} {report['val_before'][key]:.3f} -> {report['val_after'][key]:.3f}")
+    return "\n".join(lines)
+
+
+def add_arguments(p) -> None:  # noqa: ANN001
+    d = WarmupConfig()
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--init", type=Path, default=None, help="model folder to start from (default: a fresh --config model)")
+    p.add_argument("--config", default="tiny", choices=["tiny", "tiny_litemedsam"])
+    p.add_argument("--seed", type=int, default=d.seed, help="the suite seed (samples are its train split)")
+    p.add_argument("--n", type=int, default=d.n)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--size", type=int, default=d.size)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--totalseg-dir", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:  # noqa: ANN001
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.init is not None and not (args.init / "config.json").is_file():
+        raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
+    cfg = WarmupConfig(seed=args.seed, n=args.n, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir)
+    report = run_warmup(cfg, args.out, init=args.init, preset=args.config, progress=not args.no_progress)
+    print(format_report(report))
+    print(f"model: {args.out / 'final'}; report: {args.out / 'warmup_eval.json'}")
+    return 0

@@ -1,0 +1,100 @@
+"""Stage 0 (dense vision warm-up): targets, token layout, and a short real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from citrus_v.config import CitrusVConfig
+from citrus_v.data.image_processing import ImageConfig, ImageProcessor
+from citrus_v.data.phantoms.suite import SuiteConfig, make_sample
+from citrus_v.train.vision_warmup import (
+    MODALITIES,
+    STRUCTURES,
+    DenseHeads,
+    WarmupConfig,
+    occupancy_grid,
+    run_warmup,
+    token_positions,
+)
+
+
+def test_occupancy_grid_is_the_covered_share_of_each_patch():
+    mask = np.zeros((56, 56), dtype=bool)
+    mask[:, :28] = True  # left half
+    mask[:14, 28:35] = True  # half of the patch at row 0, column 2
+    occ = occupancy_grid({"liver": mask}, (4, 4))
+    liver = occ[STRUCTURES.index("liver")]
+    assert liver.shape == (4, 4)
+    assert (liver[:, :2] == 255).all()
+    assert liver[0, 2] == 128  # 0.5 x 255, rounded
+    assert (liver[1:, 2:] == 0).all() and liver[0, 3] == 0
+    assert occ.sum() == liver.sum()  # other channels empty
+
+
+def test_unknown_structure_is_refused_by_name():
+    with pytest.raises(KeyError, match="pancreas"):
+        occupancy_grid({"pancreas": np.ones((28, 28), bool)}, (2, 2))
+
+
+def test_every_suite_structure_and_modality_has_a_channel(tmp_path):
+    cfg = SuiteConfig(seed=3, size=112)
+    for i in range(60):
+        s = make_sample(cfg, "train", i)
+        if s.modality == "document":
+            continue
+        assert s.modality in MODALITIES
+        assert set(s.all_masks) <= set(STRUCTURES), set(s.all_masks) - set(STRUCTURES)
+
+
+def test_heads_map_merged_tokens_back_to_the_patch_grid():
+    """The processor orders merged tokens row-major over the (h/2, w/2) grid, each covering a
+    2x2 block of patches; DenseHeads must put each token's four outputs back on those patches."""
+    proc = ImageProcessor(ImageConfig.for_model(CitrusVConfig.preset("tiny"), min_pixels=56 * 112, max_pixels=56 * 112))
+    img = np.zeros((56, 112, 3), dtype=np.uint8)
+    img[28:56, 56:84] = 255  # merged token (row 1, col 2) of a 2 x 4 token grid
+    pv, grid = proc.qwen([img])
+    assert grid.tolist() == [[1, 4, 8]]
+    bright = pv.reshape(8, 4, -1).mean(dim=(1, 2)) > 0  # per merged token (groups of 4 patch rows)
+    assert bright.nonzero().flatten().tolist() == [1 * 4 + 2]
+
+    heads = DenseHeads(dim=3, merge=2, n_structures=1, n_modalities=2)
+    with torch.no_grad():
+        heads.occupancy.weight.zero_()
+        heads.occupancy.bias.copy_(torch.arange(4.0))  # sub-patch (dy, dx) -> 2*dy + dx
+        tokens = torch.zeros(8, 3)
+        out = heads(tokens, grid)["occupancy"][0, 0]  # (4, 8)
+    expect = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).repeat(2, 4)
+    assert torch.equal(out, expect)
+
+
+def test_token_positions_are_centres():
+    pos = token_positions(2, 4)
+    assert pos.shape == (2, 4, 2)
+    assert torch.allclose(pos[1, 3], torch.tensor([0.75, 0.875]))
+
+
+def test_a_short_warmup_learns_and_writes_a_loadable_model(tmp_path):
+    from citrus_v.model.citrus_v import CitrusV
+
+    torch.set_num_threads(1)
+    cfg = WarmupConfig(seed=5, n=48, n_val=16, size=112, steps=30, batch_size=8, lr=3e-3, warmup_steps=3, workers=1)
+    report = run_warmup(cfg, tmp_path, preset="tiny", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 30
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
+    assert last < 0.7 * first, (first, last)
+    assert report["val_after"]["modality_acc"] >= report["val_before"]["modality_acc"]
+    saved = json.loads((tmp_path / "warmup_eval.json").read_text())
+    assert saved["config"]["steps"] == 30
+    model = CitrusV.from_pretrained(tmp_path / "final")
+    vis = "mllm.model.visual.blocks.0.attn.qkv.weight"
+    llm = "mllm.model.language_model.layers.0.mlp.up_proj.weight"
+    torch.manual_seed(5)
+    seeded = CitrusV(CitrusVConfig.preset("tiny")).state_dict()
+    assert not torch.equal(model.state_dict()[vis], seeded[vis])  # the vision tower trained
+    assert torch.equal(model.state_dict()[llm], seeded[llm])  # the LLM did not
+    assert (tmp_path / "loss.png").stat().st_size > 1000
