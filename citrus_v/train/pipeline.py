@@ -112,9 +112,8 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
 
 def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: Path, lora_scaling: float | None = None,
                  image_cfg: Any = None) -> Path:
-    """Write ``out`` in the save_pretrained layout from a training checkpoint's weights (a
-    fresh CPU model, so this works the same after DDP or FSDP2), plus the image sizing the
-    model was trained with (preprocessor_config.json), so inference resizes images the same way."""
+    """Write ``out`` (see ``write_model_folder``) from a training checkpoint's weights (a
+    fresh CPU model, so this works the same after DDP or FSDP2)."""
     from citrus_v.model.citrus_v import CitrusV
     from citrus_v.train.checkpointing import load_checkpoint
 
@@ -126,6 +125,13 @@ def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: P
     with torch.device("cpu"):
         model = CitrusV(model_config)
     model.load_state_dict(state.model, strict=True)
+    return write_model_folder(model, tokenizer, out, image_cfg)
+
+
+def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = None) -> Path:
+    """A complete model folder: weights + config (save_pretrained), tokenizer.json, and the
+    image sizing the model was trained with (preprocessor_config.json), so inference resizes
+    images the same way."""
     out.mkdir(parents=True, exist_ok=True)
     tok_file = out / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place

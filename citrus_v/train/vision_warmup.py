@@ -13,7 +13,8 @@ the LLM reads) are trained with the ViT and merger, then dropped: only the visio
 on to stage 1. The samples are regenerated from the suite's seed and *train* split, so the
 held-out splits stay unseen.
 
-    citrus-v warmup-vision --config tiny --seed 1 --n 12000 --steps 600 --out runs/default/stage0
+    citrus-v warmup-vision --data runs/default/suite/train.jsonl --seed 1 --n 12000 --steps 1200 \
+        --totalseg-dir ../shared/data/totalseg_example --out runs/default/stage0
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -204,20 +206,23 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
             "modality_acc": correct / len(data.images), "position_abs_err_tokens": pos_err / max(n_tok, 1)}
 
 
-def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, init: str | Path | None = None, preset: str = "tiny",
-               progress: bool = True) -> dict:
-    """Train ViT + merger on dense targets; write ``out_dir/final`` (the whole model, vision updated),
-    ``metrics.jsonl``, ``warmup_eval.json`` (val split) and a loss curve. Returns the eval dict."""
+def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[str | Path], init: str | Path | None = None,
+               preset: str = "tiny", progress: bool = True) -> dict:
+    """Train ViT + merger on dense targets; write ``out_dir/final`` (a complete model folder,
+    vision updated), ``metrics.jsonl``, ``warmup_eval.json`` (val split) and a loss curve.
+    Without ``init`` the model and its tokenizer are made as stage 1 would make them from
+    ``data_files`` (the tiny BPE is trained on their text). Returns the eval dict."""
     from tqdm import tqdm
 
-    from citrus_v.config import CitrusVConfig
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
+    from citrus_v.train.pipeline import init_model_and_template, write_model_folder
+    from citrus_v.train.stages import get_stage
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = CitrusV.from_pretrained(init) if init else CitrusV(CitrusVConfig.preset(preset))
+    model, tokenizer, template = init_model_and_template(init, preset, get_stage(1, preset), data_files)
     model.set_trainable(["vision_encoder", "merger"])
     model.train()
     img_cfg = ImageConfig.for_model(model.config, min_pixels=cfg.size * cfg.size, max_pixels=cfg.size * cfg.size)
@@ -258,7 +263,7 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, init: str | Path | Non
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"stage 0: loss is {row['loss']} at step {step}")
     after = evaluate(model, heads, val, proc)
-    model.save_pretrained(out_dir / "final")
+    write_model_folder(model, tokenizer, out_dir / "final", template.image_cfg)
     report = {"config": asdict(cfg), "val_before": before, "val_after": after, "seconds": round(time.time() - t0, 1)}
     (out_dir / "warmup_eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png", title="stage 0: vision warm-up")
@@ -279,6 +284,8 @@ def format_report(report: dict) -> str:
 
 def add_arguments(p) -> None:  # noqa: ANN001
     d = WarmupConfig()
+    p.add_argument("--data", required=True, type=Path, action="append",
+                   help="the suite's training JSONL: the tiny tokenizer is trained on its text (as stage 1 would)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--init", type=Path, default=None, help="model folder to start from (default: a fresh --config model)")
     p.add_argument("--config", default="tiny", choices=["tiny", "tiny_litemedsam"])
@@ -300,7 +307,10 @@ def run_cli(args) -> int:  # noqa: ANN001
         raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
     cfg = WarmupConfig(seed=args.seed, n=args.n, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir)
-    report = run_warmup(cfg, args.out, init=args.init, preset=args.config, progress=not args.no_progress)
+    for f in args.data:
+        if not f.is_file():
+            raise SystemExit(f"{f}: no such data file")
+    report = run_warmup(cfg, args.out, data_files=args.data, init=args.init, preset=args.config, progress=not args.no_progress)
     print(format_report(report))
     print(f"model: {args.out / 'final'}; report: {args.out / 'warmup_eval.json'}")
     return 0

@@ -77,12 +77,17 @@ def test_token_positions_are_centres():
     assert torch.allclose(pos[1, 3], torch.tensor([0.75, 0.875]))
 
 
-def test_a_short_warmup_learns_and_writes_a_loadable_model(tmp_path):
-    from citrus_v.model.citrus_v import CitrusV
+def test_a_short_warmup_learns_and_writes_a_complete_model_folder(tmp_path):
+    from citrus_v.data.phantoms.suite import generate_suite
+    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.build import build_model
+    from citrus_v.train.stages import get_stage
 
     torch.set_num_threads(1)
+    files = generate_suite(tmp_path / "suite", 40, n_val=0, n_test=0, seed=5, size=112, progress=False)
     cfg = WarmupConfig(seed=5, n=48, n_val=16, size=112, steps=30, batch_size=8, lr=3e-3, warmup_steps=3, workers=1)
-    report = run_warmup(cfg, tmp_path, preset="tiny", progress=False)
+    report = run_warmup(cfg, tmp_path / "w", data_files=[files["train"]], preset="tiny", progress=False)
+    tmp_path = tmp_path / "w"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 30
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
@@ -90,11 +95,11 @@ def test_a_short_warmup_learns_and_writes_a_loadable_model(tmp_path):
     assert report["val_after"]["modality_acc"] >= report["val_before"]["modality_acc"]
     saved = json.loads((tmp_path / "warmup_eval.json").read_text())
     assert saved["config"]["steps"] == 30
-    model = CitrusV.from_pretrained(tmp_path / "final")
+    model, tokenizer, template = load_model_and_tokenizer(tmp_path / "final")  # tokenizer + sizing travel along
+    assert template.image_cfg.max_pixels == 224 * 224
     vis = "mllm.model.visual.blocks.0.attn.qkv.weight"
     llm = "mllm.model.language_model.layers.0.mlp.up_proj.weight"
-    torch.manual_seed(5)
-    seeded = CitrusV(CitrusVConfig.preset("tiny")).state_dict()
+    seeded = build_model("tiny", seed=get_stage(1, "tiny").seed).state_dict()  # how a fresh stage-1 model starts
     assert not torch.equal(model.state_dict()[vis], seeded[vis])  # the vision tower trained
     assert torch.equal(model.state_dict()[llm], seeded[llm])  # the LLM did not
     assert (tmp_path / "loss.png").stat().st_size > 1000
