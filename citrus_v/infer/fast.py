@@ -34,12 +34,15 @@ from citrus_v.model.vlm import with_mm_token_types
 
 class StaticKV:
     """Pre-allocated keys/values for every layer; duck-types the ``cache.update`` that HF
-    attention calls. One write position (a tensor, so a compiled step never re-traces)."""
+    attention calls. One write position (a tensor, so a compiled step never re-traces).
+
+    Each layer's keys and values live in one (B, 2 kv_heads, S, head_dim) buffer (keys in the
+    first kv_heads rows), so a decode step stores both with a single ``append``."""
 
     def __init__(self, n_layers: int, batch: int, kv_heads: int, length: int, head_dim: int, like: torch.Tensor):
-        shape = (batch, kv_heads, length, head_dim)
-        self.keys = [like.new_zeros(shape) for _ in range(n_layers)]
-        self.values = [like.new_zeros(shape) for _ in range(n_layers)]
+        self.kv = [like.new_zeros(batch, 2 * kv_heads, length, head_dim) for _ in range(n_layers)]
+        self.keys = [buf[:, :kv_heads] for buf in self.kv]  # views, made once
+        self.values = [buf[:, kv_heads:] for buf in self.kv]
         self.write_at = torch.zeros(1, dtype=torch.long, device=like.device)  # next slot to fill
 
     def fill(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -52,6 +55,11 @@ class StaticKV:
         (unfilled slots are masked out by the caller's attention mask)."""
         self.keys[layer_idx].index_copy_(2, self.write_at, key)
         self.values[layer_idx].index_copy_(2, self.write_at, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def append(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``update`` for keys and values stacked as (B, 2 kv_heads, 1, head_dim)."""
+        self.kv[layer_idx].index_copy_(2, self.write_at, kv)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # for HF code that asks
@@ -87,19 +95,27 @@ class FastDecoder:
         self.kv_heads = text.num_key_value_heads
         self.head_dim = text.hidden_size // text.num_attention_heads
         self.fuse = fuse
+        hidden = text.hidden_size
+        self._eps = self.lm.norm.variance_epsilon
+        # fp32 RMSNorm as one vector norm: x * w / sqrt(mean(x^2) + eps) == x * (w sqrt(H)) / hypot(|x|, sqrt(H eps))
+        self._rms_c = torch.tensor((hidden * self._eps) ** 0.5, dtype=torch.float32, device=self.lm.norm.weight.device)
+        self._final = (self.lm.norm.weight, (self.lm.norm.weight * hidden**0.5).detach())
         self._layers = [self._layer_weights(layer) for layer in self.lm.layers]
+        self._embed = self.lm.embed_tokens.weight
+        head = mllm.lm_head  # a plain bias-free Linear is applied as F.linear (no module call per step)
+        self._head = head.weight if type(head) is nn.Linear and head.bias is None else None
         self._step: Callable = self._decode_step
         if compile:
             self._step = torch.compile(self._decode_step, dynamic=False)
 
     def _layer_weights(self, layer: nn.Module) -> dict[str, torch.Tensor | float]:
         attn, mlp = layer.self_attn, layer.mlp
-        w: dict[str, torch.Tensor | float] = {
-            "ln1": layer.input_layernorm.weight,
-            "ln2": layer.post_attention_layernorm.weight,
-            "eps": layer.input_layernorm.variance_epsilon,
-            "o": attn.o_proj.weight,
-            "down": mlp.down_proj.weight,
+        root_h = self.lm.config.hidden_size**0.5
+        w: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {
+            "ln1": (layer.input_layernorm.weight, (layer.input_layernorm.weight * root_h).detach()),
+            "ln2": (layer.post_attention_layernorm.weight, (layer.post_attention_layernorm.weight * root_h).detach()),
+            "o_t": attn.o_proj.weight.t(),  # (nq, H) views: the residual adds fold into addmm
+            "down_t": mlp.down_proj.weight.t(),
         }
         if self.fuse:
             w["qkv"] = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
@@ -111,46 +127,61 @@ class FastDecoder:
         return w
 
     # ------------------------------------------------------------------ one step
-    @staticmethod
-    def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        # as Qwen2_5_VLRMSNorm: statistics in fp32, scale in the input dtype (one fused kernel)
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    def _rms(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Qwen2_5_VLRMSNorm of (B, H) rows; ``weights`` = (w, w * sqrt(H)).
 
-    @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        fp32: one vector norm and a hypot (on CPU, F.rms_norm decomposes into about six
+        kernels and costs ~3x more per decode step); the same value up to rounding. Other
+        dtypes: statistics in fp32, scale in the input dtype, as transformers does."""
+        if x.dtype == torch.float32:
+            return x * (weights[1] / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self._rms_c))
+        return weights[0] * F.rms_norm(x.float(), (x.shape[-1],), eps=self._eps).to(x.dtype)
+
+    def rope_tables(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HF rotary tables (B, 1, T, d) -> (cos, signed sin) of shape (B, heads + 2 kv_heads, T, d)
+        such that rope(qkv) = qkv*cos + roll(qkv, d/2)*signed_sin over all q, k and v heads.
+
+        rotate_half(x) = cat(-x2, x1) = roll(x, d/2) * cat(-1, +1): the sign moves into the
+        table. The v heads get cos 1 and sin 0 (no rotation), so one roll and one fused
+        multiply-add rotate a whole step's q and k, and k and v leave side by side for the cache."""
+        half = sin.shape[-1] // 2
+        b, _, t, d = cos.shape
+        rotated, plain = self.n_heads + self.kv_heads, self.kv_heads
+        cos_all = torch.cat((cos.expand(b, rotated, t, d), cos.new_ones(b, plain, t, d)), dim=1)
+        signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        sin_all = torch.cat((signed.expand(b, rotated, t, d), sin.new_zeros(b, plain, t, d)), dim=1)
+        return cos_all, sin_all
 
     def _decode_step(
         self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: torch.Tensor, cache: StaticKV
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, 1); cos/sin (B, 1, 1, head_dim); attend (B, 1, 1, S) bool
-        -> (final-norm hidden (B, H), logits (B, V))."""
+        """tokens (B,); cos / signed sin (B, heads + 2 kv_heads, 1, head_dim) from ``rope_tables``; attend (B, 1, 1, S)
+        additive mask (0 where a row may look, -inf elsewhere) -> (final-norm hidden (B, H), logits (B, V))."""
         batch = tokens.shape[0]
-        nq, d = self.n_heads * self.head_dim, self.head_dim
-        x = self.lm.embed_tokens(tokens)  # (B, 1, H)
+        nq, d, half = self.n_heads * self.head_dim, self.head_dim, self.head_dim // 2
+        x = F.embedding(tokens, self._embed)  # (B, H): one token per row, kept 2D throughout
         for i, w in enumerate(self._layers):
-            h = self._rms(x, w["ln1"], w["eps"])
+            h = self._rms(x, w["ln1"])
             if self.fuse:
-                qkv = F.linear(h, w["qkv"], w["qkv_b"])  # (B, 1, (heads + 2 kv_heads) d)
+                qkv = F.linear(h, w["qkv"], w["qkv_b"])  # (B, (heads + 2 kv_heads) d)
             else:
                 qkv = torch.cat([F.linear(h, w["q"], w["q_b"]), F.linear(h, w["k"], w["k_b"]), F.linear(h, w["v"], w["v_b"])], -1)
             qkv = qkv.view(batch, -1, 1, d)  # (B, heads + 2 kv_heads, 1, d): one token, so no transpose
-            qk = self._rope(qkv[:, : self.n_heads + self.kv_heads], cos, sin)  # q and k rotated in one go
-            q, k, v = qk[:, : self.n_heads], qk[:, self.n_heads :], qkv[:, self.n_heads + self.kv_heads :]
-            keys, values = cache.update(k, v, i)  # (B, kv_heads, S, d)
+            qkv = torch.addcmul(qkv * cos, qkv.roll(half, dims=-1), sin)  # q and k rotated, v unchanged
+            q = qkv[:, : self.n_heads]
+            keys, values = cache.append(qkv[:, self.n_heads :], i)  # (B, kv_heads, S, d) each
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, enable_gqa=True)
-            x = x + F.linear(a.transpose(1, 2).reshape(batch, 1, nq), w["o"])  # (B, 1, H)
-            h = self._rms(x, w["ln2"], w["eps"])
+            x = torch.addmm(x, a.view(batch, nq), w["o_t"])  # residual + o_proj in one kernel
+            h = self._rms(x, w["ln2"])
             if self.fuse:
                 gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
             else:
                 gate, up = F.linear(h, w["gate"]), F.linear(h, w["up"])
-            x = x + F.linear(F.silu(gate) * up, w["down"])
-        x = self.lm.norm(x)  # (B, 1, H): the state CitrusV reads at a [SEG]
-        logits = self.mllm.lm_head(x)[:, -1]  # (B, V)
-        return x[:, -1], logits
+            x = torch.addmm(x, F.silu(gate) * up, w["down_t"])
+        x = self._rms(x, self._final)  # (B, H): the final-norm state CitrusV reads at a [SEG]
+        if self._head is not None:
+            return x, F.linear(x, self._head)  # (B, H), (B, V)
+        return x, self.mllm.lm_head(x[:, None])[:, 0]  # any other head module sees (B, 1, H), as in generate
 
     # ------------------------------------------------------------------ prefill
     def _prefill(self, inputs: dict[str, torch.Tensor], total: int) -> tuple[torch.Tensor, torch.Tensor, StaticKV]:
@@ -205,25 +236,27 @@ class FastDecoder:
         batch, length = ids.shape
         total = length + max_new_tokens  # prompt + every token that may be fed back
         logits, positions, cache = self._prefill(inputs, total)
-        # (B, 1, 1, S) bool: which cache slots each row may attend to; pads stay False
-        attend = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=ids.device)
-        attend[:, 0, 0, :length] = mask.bool()
+        # (B, 1, 1, S) additive: 0 on the cache slots each row may attend to, -inf elsewhere (pads
+        # stay -inf); a float mask spares SDPA a bool->float conversion per layer and step
+        attend = torch.full((batch, 1, 1, total), float("-inf"), dtype=logits.dtype, device=ids.device)
+        attend[:, 0, 0, :length].masked_fill_(mask.bool(), 0.0)
         # rope rows of every step at once: generate adds 1 per step to the last prompt position
         steps_ahead = torch.arange(1, max_new_tokens + 1, device=ids.device)
         decode_positions = positions[1:, :, -1:] + steps_ahead  # (3, B, T)
         cos, sin = self.lm.rotary_emb(logits, decode_positions)  # (B, T, head_dim) each
-        cos, sin = cos[:, None].to(logits.dtype), sin[:, None].to(logits.dtype)  # (B, 1, T, head_dim)
+        cos, sin = self.rope_tables(cos[:, None].to(logits.dtype), sin[:, None].to(logits.dtype))  # (B, heads + 2 kv, T, d)
 
+        cos_steps, sin_steps = cos.split(1, dim=2), sin.split(1, dim=2)  # per step (B, heads + 2 kv, 1, d)
         new_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=ids.device)
         probs = torch.zeros(batch, max_new_tokens, device=ids.device)
         done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         seg_states: list[list[torch.Tensor]] = [[] for _ in range(batch)]
         steps = 0
         for t in range(max_new_tokens):
-            token = logits.argmax(dim=-1)  # (B,)
-            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            token = logits.argmax(dim=-1).masked_fill_(done, pad_token_id)  # (B,)
             new_ids[:, t] = token
-            probs[:, t] = torch.softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]
+            # greedy: the chosen token's probability is the largest one (finished rows' pads are dropped)
+            probs[:, t] = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
             if eos_token_id is not None:
                 done |= token == eos_token_id
             steps = t + 1
@@ -232,8 +265,8 @@ class FastDecoder:
                 break  # the last token needs no forward unless its [SEG] state is wanted
             if eos_token_id is not None and bool(done.all()):
                 break
-            attend[:, 0, 0, length + t] = True
-            hidden, logits = self._step(token[:, None], cos[:, :, t : t + 1], sin[:, :, t : t + 1], attend, cache)
+            attend[:, 0, 0, length + t] = 0.0
+            hidden, logits = self._step(token, cos_steps[t], sin_steps[t], attend, cache)
             cache.write_at += 1
             if fed_seg:
                 for row in (token == seg_token_id).nonzero()[:, 0].tolist():
