@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the embedded default model from nothing: the synthetic suite (+ real TotalSegmentator
-# slices), a tiny tokenizer, the four Citrus-V stages, the held-out evaluation, and the export
-# into citrus_v/assets/default/. Usage: bash scripts/train_default.sh [RUN_DIR]
+# slices), a tiny tokenizer, stage 0 (dense vision warm-up: a from-scratch ViT needs it, see
+# docs/default_model.md), the four Citrus-V stages and the held-out evaluation. Usage: bash scripts/train_default.sh [RUN_DIR]
 # Time on the 2-core development machine: see docs/default_model.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,11 @@ if [ ! -f "$RUN/suite/test.jsonl" ]; then
   citrus-v data phantoms --out "$RUN/suite" --n 30000 --n-val 300 --n-test 600 --seed 1 --size 224 --workers 2 \
     --totalseg-dir "$SHARED/data/totalseg_example"
 fi
-init=()
+if [ ! -f "$RUN/stage0/final/config.json" ]; then
+  citrus-v warmup-vision --data "$RUN/suite/train.jsonl" --seed 1 --n 12000 --steps 1200 --batch-size 24 \
+    --totalseg-dir "$SHARED/data/totalseg_example" --out "$RUN/stage0" --no-progress
+fi
+init=(--init "$RUN/stage0/final")
 for k in 1 2 3 4; do
   if [ ! -f "$RUN/stage$k/final/config.json" ]; then
     # --resume continues a stage that was interrupted (from its newest complete checkpoint)

@@ -62,11 +62,14 @@ class WarmupConfig:
     weight_decay: float = 0.01
     position_weight: float = 1.0
     modality_weight: float = 0.2
+    presence_weight: float = 1.0
+    box_weight: float = 2.0
     totalseg_dir: str | None = None
     workers: int = 2
+    save_every: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("n", "n_val", "steps", "batch_size", "workers"):
+        for name in ("n", "n_val", "steps", "batch_size", "workers", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WarmupConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -75,11 +78,13 @@ class WarmupConfig:
 
 @dataclass
 class DenseSet:
-    """images (N, S, S, 3) uint8; occupancy (N, K, gh, gw) uint8 (fraction x 255); modality (N,)."""
+    """images (N, S, S, 3) uint8; occupancy (N, K, gh, gw) uint8 (fraction x 255); modality (N,);
+    boxes (N, K, 4) float32, each structure's (x1, y1, x2, y2) in 0..1, NaN where it is absent."""
 
     images: np.ndarray
     occupancy: np.ndarray
     modality: np.ndarray
+    boxes: np.ndarray
 
 
 def occupancy_grid(masks: dict[str, np.ndarray], grid: tuple[int, int]) -> np.ndarray:
@@ -94,7 +99,19 @@ def occupancy_grid(masks: dict[str, np.ndarray], grid: tuple[int, int]) -> np.nd
     return out
 
 
-def _make_chunk(args: tuple[SuiteConfig, str, list[int], tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+def structure_boxes(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """(K, 4) float32: each structure's tight box as (x1, y1, x2, y2) fractions of the image
+    (pixel edges, so a full-image mask is (0, 0, 1, 1)); NaN rows for structures not drawn."""
+    out = np.full((len(STRUCTURES), 4), np.nan, dtype=np.float32)
+    for name, mask in masks.items():
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            h, w = mask.shape
+            out[STRUCTURES.index(name)] = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+    return out
+
+
+def _make_chunk(args: tuple[SuiteConfig, str, list[int], tuple[int, int]]) -> list[tuple]:
     cfg, split, indices, grid = args
     out = []
     for i in indices:
@@ -102,7 +119,8 @@ def _make_chunk(args: tuple[SuiteConfig, str, list[int], tuple[int, int]]) -> li
         if s.modality not in MODALITIES:  # documents: no structures to map
             continue
         img = s.image if s.image.ndim == 3 else np.repeat(s.image[..., None], 3, axis=2)
-        out.append((img, occupancy_grid(s.all_masks or {}, grid), MODALITIES.index(s.modality)))
+        masks = s.all_masks or {}
+        out.append((img, occupancy_grid(masks, grid), MODALITIES.index(s.modality), structure_boxes(masks)))
     return out
 
 
@@ -127,12 +145,21 @@ def build_dense_set(suite: SuiteConfig, split: str, n: int, grid: tuple[int, int
         images=np.stack([it[0] for it in items]),
         occupancy=np.stack([it[1] for it in items]),
         modality=np.asarray([it[2] for it in items], dtype=np.int64),
+        boxes=np.stack([it[3] for it in items]),
     )
 
 
 class DenseHeads(nn.Module):
-    """Linear read-outs of the merged vision tokens: occupancy of each of the merge x merge
-    patches a token covers, the token's (row, col) in the image, and the image's modality."""
+    """Linear read-outs of the merged vision tokens, each token first RMS-normalised as the
+    LLM's first layer reads it (so a fact counts only if its direction, not the token's size,
+    carries it).
+
+    Local: occupancy of each of the merge x merge patches a token covers, and the token's
+    (row, col) in the image. Global, asked of EVERY token: which structures the image holds
+    and each one's box, and the modality. The global read-outs make the ViT broadcast the
+    image-level facts into all tokens, so that an LLM which has not yet learned where to look
+    (its early attention is spread over tens of image tokens) can already read them.
+    """
 
     def __init__(self, dim: int, merge: int, n_structures: int = len(STRUCTURES), n_modalities: int = len(MODALITIES)):
         super().__init__()
@@ -141,19 +168,29 @@ class DenseHeads(nn.Module):
         self.occupancy = nn.Linear(dim, n_structures * merge * merge)
         self.position = nn.Linear(dim, 2)
         self.modality = nn.Linear(dim, n_modalities)
+        self.presence = nn.Linear(dim, n_structures)
+        self.boxes = nn.Linear(dim, n_structures * 4)
 
     def forward(self, tokens: torch.Tensor, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """tokens (sum_i t*h*w/m^2, D) in Qwen's merged order -> per image: occupancy logits
-        (B, K, gh, gw), position (B, gh/m, gw/m, 2), modality logits (B, M). All images must share one grid."""
+        """tokens (sum_i t*h*w/m^2, D) in Qwen's merged order -> per image (B) and token grid
+        (th, tw): occupancy logits (B, K, gh, gw), position (B, th, tw, 2), modality logits
+        (B, th, tw, M), presence logits (B, th, tw, K), boxes (B, th, tw, K, 4) in 0..1.
+        All images must share one grid."""
         m = self.merge
         t, gh, gw = (int(v) for v in grid_thw[0])
         if not bool((grid_thw == grid_thw[0]).all()) or t != 1:
             raise ValueError(f"DenseHeads needs single-frame images of one size, got grids {grid_thw.tolist()}")
         b, th, tw = grid_thw.shape[0], gh // m, gw // m
-        x = tokens.reshape(b, th, tw, -1)
+        x = F.rms_norm(tokens, (tokens.shape[-1],)).reshape(b, th, tw, -1)
         occ = self.occupancy(x).reshape(b, th, tw, self.n_structures, m, m)
         occ = occ.permute(0, 3, 1, 4, 2, 5).reshape(b, self.n_structures, gh, gw)  # (B, K, gh, gw)
-        return {"occupancy": occ, "position": self.position(x), "modality": self.modality(x.mean(dim=(1, 2)))}
+        return {
+            "occupancy": occ,
+            "position": self.position(x),
+            "modality": self.modality(x),
+            "presence": self.presence(x),
+            "boxes": torch.sigmoid(self.boxes(x)).reshape(b, th, tw, self.n_structures, 4),
+        }
 
 
 def token_positions(th: int, tw: int) -> torch.Tensor:
@@ -163,15 +200,21 @@ def token_positions(th: int, tw: int) -> torch.Tensor:
     return torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1)
 
 
-def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality: torch.Tensor,
+def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality: torch.Tensor, boxes: torch.Tensor,
                  cfg: WarmupConfig) -> dict[str, torch.Tensor]:
-    """occupancy (B, K, gh, gw) in 0..1; modality (B,) long."""
+    """occupancy (B, K, gh, gw) in 0..1; modality (B,) long; boxes (B, K, 4), NaN rows = absent."""
     occ = F.binary_cross_entropy_with_logits(out["occupancy"], occupancy)
     th, tw = out["position"].shape[1:3]
     pos = F.mse_loss(out["position"], token_positions(th, tw).expand_as(out["position"]))
-    mod = F.cross_entropy(out["modality"], modality)
-    total = occ + cfg.position_weight * pos + cfg.modality_weight * mod
-    return {"loss": total, "occupancy_loss": occ, "position_loss": pos, "modality_loss": mod}
+    per_token = lambda v: v[:, None, None].expand(-1, th, tw, *v.shape[1:])  # noqa: E731 - (B, ...) -> (B, th, tw, ...)
+    mod = F.cross_entropy(out["modality"].flatten(0, 2), per_token(modality).flatten())
+    present = ~torch.isnan(boxes[..., 0])  # (B, K)
+    pres = F.binary_cross_entropy_with_logits(out["presence"], per_token(present.float()))
+    have = per_token(present)  # (B, th, tw, K)
+    box = F.l1_loss(out["boxes"][have], per_token(torch.nan_to_num(boxes))[have]) if bool(have.any()) else occ * 0
+    total = occ + cfg.position_weight * pos + cfg.modality_weight * mod + cfg.presence_weight * pres + cfg.box_weight * box
+    return {"loss": total, "occupancy_loss": occ, "position_loss": pos, "modality_loss": mod,
+            "presence_loss": pres, "box_loss": box}
 
 
 def vision_tokens(model: CitrusV, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -179,14 +222,25 @@ def vision_tokens(model: CitrusV, pixel_values: torch.Tensor, grid_thw: torch.Te
     return model.mllm.model.visual(pixel_values, grid_thw=grid_thw).pooler_output
 
 
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise IoU of (..., 4) boxes (x1, y1, x2, y2)."""
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
+    inter = iw * ih
+    area = lambda x: (x[..., 2] - x[..., 0]).clamp_min(0) * (x[..., 3] - x[..., 1]).clamp_min(0)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
+
+
 @torch.no_grad()
 def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProcessor, batch_size: int = 32) -> dict:
     """Per-structure IoU of the occupancy map thresholded at 0.5 (patches where the structure is
-    present in the ground truth at >= 50%), position error in tokens, modality accuracy."""
+    present in the ground truth at >= 50%) and position error in tokens; and, as read from
+    single tokens (mean over every token of every image): modality accuracy, presence accuracy
+    over all structures, and the share of present structures whose box has IoU >= 0.5."""
     model.eval()
     inter = np.zeros(len(STRUCTURES))
     union = np.zeros(len(STRUCTURES))
-    correct, pos_err, n_tok = 0, 0.0, 0
+    mod_ok, pres_ok, box_ok, n_tok, n_box, pos_err, n_pos = 0.0, 0.0, 0.0, 0, 0, 0.0, 0
     for s in range(0, len(data.images), batch_size):
         pv, grid = proc.qwen(list(data.images[s:s + batch_size]))
         out = heads(vision_tokens(model, pv, grid), grid)
@@ -194,28 +248,42 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
         truth = data.occupancy[s:s + batch_size] >= 128
         inter += (pred & truth).sum(axis=(0, 2, 3))
         union += (pred | truth).sum(axis=(0, 2, 3))
-        correct += int((out["modality"].argmax(-1).numpy() == data.modality[s:s + batch_size]).sum())
         th, tw = out["position"].shape[1:3]
         err = (out["position"] - token_positions(th, tw)).abs() * torch.tensor([th, tw], dtype=torch.float32)
         pos_err += float(err.sum())
-        n_tok += err.numel()
+        n_pos += err.numel()
+        modality = torch.from_numpy(data.modality[s:s + batch_size])[:, None, None]  # (B, 1, 1)
+        mod_ok += float((out["modality"].argmax(-1) == modality).sum())
+        boxes = torch.from_numpy(data.boxes[s:s + batch_size])[:, None, None]  # (B, 1, 1, K, 4)
+        present = ~torch.isnan(boxes[..., 0])  # (B, 1, 1, K)
+        pres_ok += float(((out["presence"] > 0) == present).float().mean(-1).sum())
+        hit = (box_iou(out["boxes"], torch.nan_to_num(boxes)) >= 0.5) & present  # (B, th, tw, K)
+        box_ok += float(hit.sum())
+        n_box += int(present.sum()) * th * tw
+        n_tok += out["presence"].shape[0] * th * tw
     iou = {name: (float(inter[k] / union[k]) if union[k] else None) for k, name in enumerate(STRUCTURES)}
-    present = [v for v in iou.values() if v is not None]
+    present_iou = [v for v in iou.values() if v is not None]
     model.train()
-    return {"structure_iou": iou, "mean_structure_iou": float(np.mean(present)) if present else None,
-            "modality_acc": correct / len(data.images), "position_abs_err_tokens": pos_err / max(n_tok, 1)}
+    return {"structure_iou": iou, "mean_structure_iou": float(np.mean(present_iou)) if present_iou else None,
+            "position_abs_err_tokens": pos_err / max(n_pos, 1), "modality_acc_per_token": mod_ok / max(n_tok, 1),
+            "presence_acc_per_token": pres_ok / max(n_tok, 1), "box_iou50_per_token": box_ok / max(n_box, 1)}
 
 
 def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[str | Path], init: str | Path | None = None,
-               preset: str = "tiny", progress: bool = True) -> dict:
+               preset: str = "tiny", progress: bool = True, resume: bool = False) -> dict:
     """Train ViT + merger on dense targets; write ``out_dir/final`` (a complete model folder,
     vision updated), ``metrics.jsonl``, ``warmup_eval.json`` (val split) and a loss curve.
     Without ``init`` the model and its tokenizer are made as stage 1 would make them from
-    ``data_files`` (the tiny BPE is trained on their text). Returns the eval dict."""
+    ``data_files`` (the tiny BPE is trained on their text). Every ``cfg.save_every`` steps an
+    atomic checkpoint (model + heads, optimizer, scheduler, batch sampler, RNG) goes under
+    ``out_dir/checkpoints``; ``resume=True`` continues from the newest one and ends with the
+    same weights as an uninterrupted run. Returns the eval dict."""
     from tqdm import tqdm
 
+    from citrus_v.train import checkpointing as ckpt
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
+    from citrus_v.train.recipe import _load_state, _model_state
     from citrus_v.train.pipeline import init_model_and_template, write_model_folder
     from citrus_v.train.stages import get_stage
 
@@ -239,19 +307,32 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
     log.info("dense targets: %d train / %d val images in %.0f s", len(train.images), len(val.images), time.time() - t0)
 
     heads = DenseHeads(model.config.llm.hidden_size, img_cfg.merge_size)
-    params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
+    bundle = nn.ModuleDict({"model": model, "heads": heads})  # one state dict, keyed by name, for checkpoints
+    params = [p for p in bundle.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
-    rng = np.random.default_rng(cfg.seed)
-    before = evaluate(model, heads, val, proc)
-    bar = tqdm(range(1, cfg.steps + 1), desc="stage 0 (vision warm-up)", disable=not progress)
+    rng = np.random.default_rng(cfg.seed)  # draws the batches
+    ckpt_root, start, before = out_dir / "checkpoints", 0, None
+    latest = ckpt.latest_checkpoint(ckpt_root) if resume else None
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest)
+        _load_state(bundle, opt, state)
+        sched.load_state_dict(state.scheduler)
+        ckpt.restore_rng(state.rng)
+        rng.bit_generator.state = state.trainer["batch_rng"]
+        start, before = state.trainer["step"], state.trainer["val_before"]
+        log.info("stage 0: resumed from %s at step %d", latest, start)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start or None)
+    if before is None:
+        before = evaluate(model, heads, val, proc)
+    bar = tqdm(range(start + 1, cfg.steps + 1), desc="stage 0 (vision warm-up)", disable=not progress)
     for step in bar:
         idx = rng.choice(len(train.images), size=cfg.batch_size, replace=False)
         pv, g = proc.qwen(list(train.images[idx]))
         occ = torch.from_numpy(train.occupancy[idx]).float() / 255.0
-        losses = dense_losses(heads(vision_tokens(model, pv, g), g), occ, torch.from_numpy(train.modality[idx]), cfg)
+        losses = dense_losses(heads(vision_tokens(model, pv, g), g), occ, torch.from_numpy(train.modality[idx]),
+                              torch.from_numpy(train.boxes[idx]), cfg)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -262,6 +343,11 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
         bar.set_postfix(loss=f"{row['loss']:.4f}", occ=f"{row['occupancy_loss']:.4f}")
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"stage 0: loss is {row['loss']} at step {step}")
+        if step % cfg.save_every == 0 and step < cfg.steps:
+            model_sd, optim_sd = _model_state(bundle, opt)
+            trainer = {"batch_rng": rng.bit_generator.state, "val_before": before, "config": asdict(cfg)}
+            ckpt.save_checkpoint(ckpt_root, step, ckpt.TrainingState(model_sd, optim_sd, sched.state_dict(), trainer,
+                                                                    ckpt.capture_rng()), keep_last=1)
     after = evaluate(model, heads, val, proc)
     write_model_folder(model, tokenizer, out_dir / "final", template.image_cfg)
     report = {"config": asdict(cfg), "val_before": before, "val_after": after, "seconds": round(time.time() - t0, 1)}
@@ -277,8 +363,9 @@ def format_report(report: dict) -> str:
         if a is None:
             continue
         lines.append(f"{name:<16} {b if b is not None else float('nan'):10.3f} {a:10.3f}")
-    for key in ("mean_structure_iou", "modality_acc", "position_abs_err_tokens"):
-        lines.append(f"{key:<24} {report['val_before'][key]:.3f} -> {report['val_after'][key]:.3f}")
+    for key in ("mean_structure_iou", "position_abs_err_tokens", "modality_acc_per_token", "presence_acc_per_token",
+                "box_iou50_per_token"):
+        lines.append(f"{key:<26} {report['val_before'][key]:.3f} -> {report['val_after'][key]:.3f}")
     return "\n".join(lines)
 
 
@@ -297,6 +384,8 @@ def add_arguments(p) -> None:  # noqa: ANN001
     p.add_argument("--size", type=int, default=d.size)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--totalseg-dir", default=None)
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_cli)
 
@@ -306,11 +395,12 @@ def run_cli(args) -> int:  # noqa: ANN001
     if args.init is not None and not (args.init / "config.json").is_file():
         raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
     cfg = WarmupConfig(seed=args.seed, n=args.n, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir)
+                       size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir, save_every=args.save_every)
     for f in args.data:
         if not f.is_file():
             raise SystemExit(f"{f}: no such data file")
-    report = run_warmup(cfg, args.out, data_files=args.data, init=args.init, preset=args.config, progress=not args.no_progress)
+    report = run_warmup(cfg, args.out, data_files=args.data, init=args.init, preset=args.config,
+                        progress=not args.no_progress, resume=args.resume)
     print(format_report(report))
     print(f"model: {args.out / 'final'}; report: {args.out / 'warmup_eval.json'}")
     return 0
