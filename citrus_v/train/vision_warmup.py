@@ -55,7 +55,7 @@ class WarmupConfig:
     n: int = 12000  # distinct training images (regenerated, documents excluded)
     n_val: int = 300  # images from the suite's val split, for the report
     size: int = 224
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 24
     lr: float = 2e-3
     warmup_steps: int = 40
