@@ -237,9 +237,13 @@ class LossConfig:
     # from SAM's own min-loss candidate rule: the tiny preset sets iou_weight=1, "min_loss".
     iou_weight: float = 0.0
     mask_selection: str = "predicted_iou"
+    # Not in the published recipe (0 = off): pull each projected [SEG] embedding towards the
+    # segmenter's own prompt embedding of a positive point at its ground-truth mask's centroid,
+    # a way in for location when SAM2 is trained from scratch (docs/default_model.md).
+    point_align_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("bce_weight", "dice_weight", "iou_weight"):
+        for name in ("bce_weight", "dice_weight", "iou_weight", "point_align_weight"):
             _require(getattr(self, name) >= 0, f"LossConfig.{name}", f"must be >= 0, got {getattr(self, name)}")
         _positive("LossConfig", dice_eps=self.dice_eps)
         _require(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
@@ -140,6 +141,8 @@ class CitrusV(nn.Module):
                     bce = mask_bce(pred_masks, gt) * factor
                     dice = mask_dice(pred_masks, gt, loss_cfg.dice_eps) * factor
                 loss = loss + loss_cfg.bce_weight * bce + loss_cfg.dice_weight * dice
+                if loss_cfg.point_align_weight > 0:
+                    loss = loss + loss_cfg.point_align_weight * factor * self._point_align_loss(hidden[seg_positions], gt)
         return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss)
 
     def hidden_states(
@@ -209,6 +212,25 @@ class CitrusV(nn.Module):
         sam_param = next(self.segmenter.parameters())  # the segmenter's device and dtype
         features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
         return self.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype), candidates=candidates)
+
+    def _point_align_loss(self, seg_hidden: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance between each projected [SEG] embedding (n_seg, C) and the
+        segmenter's embedding of a positive point at its ground-truth mask's centroid (a fixed
+        target: no gradient into the prompt encoder). Empty ground truths are skipped."""
+        if not hasattr(self.segmenter, "point_prompt_embedding"):
+            raise ValueError(f"LossConfig.point_align_weight needs a SAM2 segmenter, not {self.config.segmenter.kind!r}")
+        area = gt.sum(dim=(1, 2))  # (n_seg,)
+        keep = area > 0
+        if not bool(keep.any()):
+            return gt.new_zeros(())
+        side = gt.shape[-1]
+        coords = (torch.arange(side, device=gt.device, dtype=gt.dtype) + 0.5) / side  # pixel centres in 0..1
+        x = (gt.sum(dim=1) * coords).sum(-1) / area.clamp_min(1)  # (n_seg,)
+        y = (gt.sum(dim=2) * coords).sum(-1) / area.clamp_min(1)
+        with torch.no_grad():
+            target = self.segmenter.point_prompt_embedding(torch.stack([x, y], dim=-1)[keep])
+        prompts = scale_grad(self.seg_projector(seg_hidden[keep]), self.config.seg_grad_scale)
+        return F.mse_loss(prompts, target.to(prompts.dtype))
 
     @torch.no_grad()
     def segment(

@@ -165,6 +165,14 @@ class Sam2Segmenter(nn.Module):
         no_mem = self.sam2.no_memory_embedding.view(1, -1, 1, 1)  # (1, C, 1, 1)
         return SegmenterFeatures(s16 + no_mem, [decoder.conv_s0(s4), decoder.conv_s1(s8)])
 
+    def point_prompt_embedding(self, xy: torch.Tensor) -> torch.Tensor:
+        """(n, 2) points as (x, y) fractions of the image -> (n, C): the prompt encoder's sparse
+        embedding of each as a positive click (what SAM2 gives a user's foreground point)."""
+        encoder = self.sam2.prompt_encoder
+        points = (xy * encoder.input_image_size - 0.5)[:, None, None, :]  # pixel coords; the encoder adds 0.5
+        labels = torch.ones(xy.shape[0], 1, 1, dtype=torch.long, device=xy.device)
+        return encoder._embed_points(points, labels, pad=False)[:, 0, 0]
+
     def decode(
         self,
         features: SegmenterFeatures,
