@@ -95,11 +95,11 @@ class FastDecoder:
         self.kv_heads = text.num_key_value_heads
         self.head_dim = text.hidden_size // text.num_attention_heads
         self.fuse = fuse
-        hidden = text.hidden_size
+        self._root_h = text.hidden_size**0.5
         self._eps = self.lm.norm.variance_epsilon
         # fp32 RMSNorm as one vector norm: x * w / sqrt(mean(x^2) + eps) == x * (w sqrt(H)) / hypot(|x|, sqrt(H eps))
-        self._rms_c = torch.tensor((hidden * self._eps) ** 0.5, dtype=torch.float32, device=self.lm.norm.weight.device)
-        self._final = (self.lm.norm.weight, (self.lm.norm.weight * hidden**0.5).detach())
+        self._rms_c = torch.tensor(self._root_h * self._eps**0.5, dtype=torch.float32, device=self.lm.norm.weight.device)
+        self._final = self._norm_weights(self.lm.norm)
         self._layers = [self._layer_weights(layer) for layer in self.lm.layers]
         self._embed = self.lm.embed_tokens.weight
         head = mllm.lm_head  # a plain bias-free Linear is applied as F.linear (no module call per step)
@@ -110,10 +110,9 @@ class FastDecoder:
 
     def _layer_weights(self, layer: nn.Module) -> dict[str, torch.Tensor | float]:
         attn, mlp = layer.self_attn, layer.mlp
-        root_h = self.lm.config.hidden_size**0.5
         w: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {
-            "ln1": (layer.input_layernorm.weight, (layer.input_layernorm.weight * root_h).detach()),
-            "ln2": (layer.post_attention_layernorm.weight, (layer.post_attention_layernorm.weight * root_h).detach()),
+            "ln1": self._norm_weights(layer.input_layernorm),
+            "ln2": self._norm_weights(layer.post_attention_layernorm),
             "o_t": attn.o_proj.weight.t(),  # (nq, H) views: the residual adds fold into addmm
             "down_t": mlp.down_proj.weight.t(),
         }
@@ -125,6 +124,10 @@ class FastDecoder:
             w.update(q=attn.q_proj.weight, q_b=attn.q_proj.bias, k=attn.k_proj.weight, k_b=attn.k_proj.bias,
                      v=attn.v_proj.weight, v_b=attn.v_proj.bias, gate=mlp.gate_proj.weight, up=mlp.up_proj.weight)
         return w
+
+    def _norm_weights(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """An RMSNorm's (w, w * sqrt(H)): the second is what the fp32 path of ``_rms`` multiplies by."""
+        return norm.weight, (norm.weight * self._root_h).detach()
 
     # ------------------------------------------------------------------ one step
     def _rms(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

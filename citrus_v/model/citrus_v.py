@@ -14,7 +14,7 @@ from citrus_v.config import CitrusVConfig
 from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
-from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter
+from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter, pick_masks
 from citrus_v.model.vlm import build_mllm, with_mm_token_types
 
 # Named parts for freeze plans (training stages list these). Every parameter belongs to exactly
@@ -113,12 +113,8 @@ class CitrusV(nn.Module):
             and (loss_cfg.iou_weight > 0 or loss_cfg.mask_selection != "predicted_iou")
         )  # fmt: skip
         masks, ious = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index, over_candidates)
-        if over_candidates:
-            rows = torch.arange(n_seg, device=ious.device)
-            best = ious.argmax(-1)  # the published pick, what inference returns
-            pred_masks, iou_scores = masks[rows, best], ious[rows, best]  # (n_seg, 256, 256), (n_seg,)
-        else:
-            pred_masks, iou_scores = masks, ious
+        # the published pick (best predicted IoU), what inference returns: (n_seg, 256, 256), (n_seg,)
+        pred_masks, iou_scores = pick_masks(masks, ious, candidates=False) if over_candidates else (masks, ious)
 
         loss = lm_loss = bce = dice = iou_loss = None
         if labels is not None:

@@ -35,15 +35,12 @@ def lm_cross_entropy_supervised(hidden: torch.Tensor, lm_head: torch.nn.Module, 
 
 def mask_bce(pred_logits: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
     """Sigmoid BCE averaged over every pixel of every mask: (n, H, W) each."""
-    return F.binary_cross_entropy_with_logits(pred_logits.float(), gt_masks.float(), reduction="mean")
+    return mask_bce_per_mask(pred_logits, gt_masks).mean()  # masks share H x W: mean of means = mean
 
 
 def mask_dice(pred_logits: torch.Tensor, gt_masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - (2*sum(p*g) + eps) / (sum(p) + sum(g) + eps) per mask on sigmoid(p), mean over masks."""
-    p = pred_logits.float().sigmoid().flatten(1)  # (n, H*W)
-    g = gt_masks.float().flatten(1)
-    dice = (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)
-    return (1 - dice).mean()
+    return mask_dice_per_mask(pred_logits, gt_masks, eps).mean()
 
 
 def mask_window_factor(num_masks: int, num_masks_in_window: int | None) -> float:

@@ -130,7 +130,7 @@ def build_dense_set(suite: SuiteConfig, split: str, n: int, grid: tuple[int, int
     from tqdm import tqdm
 
     items: list[tuple[np.ndarray, np.ndarray, int]] = []
-    start, chunk = 0, 256
+    start, chunk = 0, max(16, min(256, n // workers + 1))  # documents are skipped, so a round may fall short
     bar = tqdm(total=n, desc=f"dense targets ({split})", unit="img", disable=not progress)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         while len(items) < n:
