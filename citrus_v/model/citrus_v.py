@@ -14,7 +14,7 @@ from citrus_v.config import CitrusVConfig
 from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
-from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter, pick_masks
+from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter, SegmenterFeatures, pick_masks
 from citrus_v.model.vlm import build_mllm, with_mm_token_types
 
 # Named parts for freeze plans (training stages list these). Every parameter belongs to exactly
@@ -125,20 +125,15 @@ class CitrusV(nn.Module):
             loss = lm_loss
             if gt_masks is not None and n_seg > 0:
                 factor = mask_window_factor(n_seg, num_masks_in_window)
-                gt = gt_masks.to(pred_masks.dtype)
-                if over_candidates:
-                    bce, dice, iou_mse = candidate_mask_losses(
-                        masks, ious, gt, bce_weight=loss_cfg.bce_weight, dice_weight=loss_cfg.dice_weight,
-                        dice_eps=loss_cfg.dice_eps, selection=loss_cfg.mask_selection,
-                    )  # fmt: skip
-                    bce, dice, iou_loss = bce * factor, dice * factor, iou_mse * factor
+                bce, dice, iou_loss = self.mask_losses(masks, ious, gt_masks, candidates=over_candidates)
+                bce, dice = bce * factor, dice * factor
+                if iou_loss is not None:
+                    iou_loss = iou_loss * factor
                     loss = loss + loss_cfg.iou_weight * iou_loss
-                else:
-                    bce = mask_bce(pred_masks, gt) * factor
-                    dice = mask_dice(pred_masks, gt, loss_cfg.dice_eps) * factor
                 loss = loss + loss_cfg.bce_weight * bce + loss_cfg.dice_weight * dice
                 if loss_cfg.point_align_weight > 0:
-                    loss = loss + loss_cfg.point_align_weight * factor * self._point_align_loss(hidden[seg_positions], gt)
+                    align = self._point_align_loss(hidden[seg_positions], gt_masks.to(pred_masks.dtype))
+                    loss = loss + loss_cfg.point_align_weight * factor * align
         return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss)
 
     def hidden_states(
@@ -201,13 +196,37 @@ class CitrusV(nn.Module):
             empty = hidden.new_zeros(0, MASK_SIZE, MASK_SIZE)
             return empty, hidden.new_zeros(0)
         assert sam_images is not None and seg_image_index is not None  # checked by _check_seg_counts
-        prompts = self.seg_projector(seg_hidden)  # (n_seg, 256)
-        prompts = scale_grad(prompts, self.config.seg_grad_scale)
         # encode each referenced image once, however many [SEG] point at it
         used, per_seg = torch.unique(seg_image_index, return_inverse=True)
         sam_param = next(self.segmenter.parameters())  # the segmenter's device and dtype
         features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
-        return self.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype), candidates=candidates)
+        return self.decode_seg_states(seg_hidden, features, per_seg, candidates=candidates)
+
+    def decode_seg_states(
+        self, seg_hidden: torch.Tensor, features: SegmenterFeatures, image_index: torch.Tensor, candidates: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[SEG] states (n_seg, H) + encoded images -> masks and predicted IoU, as ``segmenter.decode``
+        returns them: the projector and the mask decoder, all that stage 4 trains (so its cached
+        variant, ``citrus_v.train.cached_seg``, calls exactly this)."""
+        prompts = self.seg_projector(seg_hidden)  # (n_seg, 256)
+        prompts = scale_grad(prompts, self.config.seg_grad_scale)
+        dtype = features.image_embeddings.dtype
+        return self.segmenter.decode(features, image_index, prompts.unsqueeze(1).to(dtype), candidates=candidates)
+
+    def mask_losses(
+        self, masks: torch.Tensor, ious: torch.Tensor, gt_masks: torch.Tensor, candidates: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(BCE, Dice, IoU-head MSE or None) of the decoder output against (n_seg, 256, 256) ground
+        truth, unweighted: over every candidate (``candidates``, LossConfig.mask_selection) or on the
+        picked mask (the published loss)."""
+        cfg = self.config.loss
+        gt = gt_masks.to(masks.dtype)
+        if candidates:
+            return candidate_mask_losses(
+                masks, ious, gt, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, dice_eps=cfg.dice_eps,
+                selection=cfg.mask_selection,
+            )  # fmt: skip
+        return mask_bce(masks, gt), mask_dice(masks, gt, cfg.dice_eps), None
 
     def _point_align_loss(self, seg_hidden: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """Mean squared distance between each projected [SEG] embedding (n_seg, C) and the

@@ -139,6 +139,12 @@ class LiteMedSAMSegmenter(nn.Module):
         masks, iou = masks[:, 0], iou[:, 0]  # (n, M, 4h, 4w), (n, M) with M = 3 or 1
         return pick_masks(masks, iou, candidates)
 
+    def box_prompt_token(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(n, 4) boxes (x1, y1, x2, y2) in input pixels -> (n, C): the prompt encoder's two corner
+        tokens summed into one, a [SEG]-shaped stand-in for a box (``cached_seg``'s warm start)."""
+        sparse, _ = self.prompt_encoder(None, None, boxes[:, None, :], None)  # (n, 1, 2, C)
+        return sparse[:, 0].sum(dim=1)
+
     def decode_boxes(self, features: SegmenterFeatures, boxes: torch.Tensor, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """LiteMedSAM's own use: one box (x1, y1, x2, y2) in input pixels per image.
 

@@ -39,6 +39,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                               description=vision_warmup.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     vision_warmup.add_arguments(w)
 
+    from citrus_v.train import cached_seg
+
+    c = subparsers.add_parser("train-seg-cached", help="stage 4 on cached frozen features ([SEG] states, image embeddings)",
+                              description=cached_seg.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cached_seg.add_arguments(c)
+
 
 def _stage_list(args: argparse.Namespace) -> list:
     from citrus_v.train.stages import get_stage, load_stage_config, with_data_file

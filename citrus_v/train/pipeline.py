@@ -128,14 +128,14 @@ def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: P
     return write_model_folder(model, tokenizer, out, image_cfg)
 
 
-def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = None) -> Path:
-    """A complete model folder: weights + config (save_pretrained), tokenizer.json, and the
-    image sizing the model was trained with (preprocessor_config.json), so inference resizes
-    images the same way."""
+def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = None, dtype: Any = None) -> Path:
+    """A complete model folder: weights + config (save_pretrained, floating-point tensors
+    stored as ``dtype`` when given), tokenizer.json, and the image sizing the model was trained
+    with (preprocessor_config.json), so inference resizes images the same way."""
     out.mkdir(parents=True, exist_ok=True)
     tok_file = out / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place
-    model.save_pretrained(out, tokenizer_file=None)
+    model.save_pretrained(out, tokenizer_file=None, dtype=dtype)
     if image_cfg is not None:
         import json
 

@@ -1,0 +1,476 @@
+"""Stage 4 on cached frozen features: the [SEG] projector and mask decoder, many steps for little CPU.
+
+In stage 4 only the segmentation side trains (DESIGN §3): the MLLM is frozen, so the hidden
+state of every ``[SEG]`` in a training record is a fixed function of that record. When the
+segmenter's image encoder is frozen as well (the LiteMedSAM default: its pretrained features
+are the point of using it, and its stride-1 TinyViT costs ~2 s per image on one CPU thread),
+every image embedding is fixed too. This module computes both once per record and trains the
+rest, ``CitrusV.decode_seg_states`` (projector + prompt / mask decoder) with the model's own
+``CitrusV.mask_losses``, on the stored tensors: the same loss and gradients as
+``citrus-v train --stage 4`` with the image encoder frozen, at a fraction of the cost per step.
+
+    citrus-v train-seg-cached --init runs/default/stage3/final --segmenter litemedsam \\
+        --data runs/default/suite/train.jsonl --val runs/default/suite/val.jsonl --out runs/default/stage4
+
+Layout under ``--out``: ``image_cache/`` (encoder outputs, ground-truth masks; reusable by any
+run with the same data, records and image encoder: ``--image-cache``), ``states/`` ([SEG]
+states of this ``--init``), ``checkpoints/`` (atomic, ``--resume``), ``best_val.safetensors``
+(the trained parts at the best validation Dice so far), ``metrics.jsonl``, ``loss.png``,
+``report.json`` and ``final/`` (a complete model folder, the best-validation weights).
+Caching resumes too: finished shards are kept, so an interrupted run loses at most one shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from citrus_v.model.citrus_v import CitrusV
+from citrus_v.model.segmenter import SegmenterFeatures, pick_masks
+
+log = logging.getLogger(__name__)
+
+SHARD = 8  # records per cache shard (one encoder / MLLM batch)
+TRAINED_PARTS = ("seg_projector", "sam2_prompt_encoder", "sam2_mask_decoder")
+
+
+@dataclass(frozen=True)
+class CachedSegConfig:
+    steps: int = 3000
+    batch_size: int = 16  # masks per step
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_records: int | None = 1500  # segmentation records of --data to cache (file order); None = all
+    val_every: int = 250
+    save_every: int = 500
+    seed: int = 1
+    trainable: tuple[str, ...] = TRAINED_PARTS
+    # projector warm start before the mask loss (LiteMedSAM only; 0 = off): regress each projected
+    # [SEG] onto the segmenter's box prompt of its ground-truth mask, folded into one token
+    box_align_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CachedSegConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_records is not None and self.max_records < 1:
+            raise ValueError(f"CachedSegConfig.max_records must be >= 1 or None, got {self.max_records}")
+        if self.box_align_steps < 0:
+            raise ValueError(f"CachedSegConfig.box_align_steps must be >= 0, got {self.box_align_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"CachedSegConfig.lr must be > 0, got {self.lr}")
+
+
+# ------------------------------------------------------------------------------ the model
+def with_litemedsam(model: CitrusV) -> CitrusV:
+    """``model`` with its segmenter replaced by pretrained LiteMedSAM (same MLLM and projector).
+
+    The projector's output width is the segmenter's prompt width (256 for both), so the
+    projector trained with SAM2 is kept as the starting point."""
+    from citrus_v.config import CitrusVConfig
+    from citrus_v.model.litemedsam import load_litemedsam_weights
+
+    if model.config.segmenter.kind == "litemedsam":
+        return model
+    name = "tiny_litemedsam" if model.config.name == "tiny" else f"{model.config.name}+litemedsam"
+    config = dataclasses.replace(model.config, name=name, segmenter=CitrusVConfig.preset("tiny_litemedsam").segmenter)
+    swapped = CitrusV(config)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("segmenter.")}
+    missing, unexpected = swapped.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith("segmenter.") for k in missing):
+        raise ValueError(f"segmenter swap: unexpected {unexpected[:5]}, missing {[k for k in missing if not k.startswith('segmenter.')][:5]}")
+    log.info("segmenter: LiteMedSAM from %s", load_litemedsam_weights(swapped.segmenter))
+    return swapped
+
+
+# Everything ``segmenter.encode`` computes with: frozen while features are cached. SAM2's
+# decoder projects the skip features inside ``encode`` (conv_s0/conv_s1), so those stay fixed too.
+CACHED_PREFIXES = (
+    "segmenter.image_encoder.", "segmenter.sam2.vision_encoder.", "segmenter.sam2.no_memory_embedding",
+    "segmenter.sam2.mask_decoder.conv_s0.", "segmenter.sam2.mask_decoder.conv_s1.",
+)
+
+
+def encoder_fingerprint(model: CitrusV) -> str:
+    """sha256 over the tensors ``segmenter.encode`` uses and the SAM input settings: what the image cache depends on."""
+    h = hashlib.sha256()
+    seg = model.config.segmenter
+    h.update(f"{seg.kind}|{seg.image_size}|{seg.pixel_norm}".encode())
+    for name, t in sorted(model.state_dict().items()):
+        if name.startswith(CACHED_PREFIXES):
+            h.update(name.encode())
+            h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ caching
+def segmentation_records(dataset: Any, max_records: int | None) -> list[int]:
+    """Indices of ``dataset``'s records that carry masks, in file order, at most ``max_records``."""
+    picked = [i for i, r in enumerate(dataset.records) if r.masks]
+    if not picked:
+        raise ValueError(f"{dataset.path}: no segmentation records (none has 'masks')")
+    return picked[:max_records] if max_records is not None else picked
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _shards(indices: list[int]) -> list[list[int]]:
+    return [indices[i : i + SHARD] for i in range(0, len(indices), SHARD)]
+
+
+def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
+    f = folder / "meta.json"
+    if f.is_file():
+        old = json.loads(f.read_text(encoding="utf-8"))
+        wrong = [f"{k}: cache has {old.get(k)!r}, this run {v!r}" for k, v in meta.items() if old.get(k) != v]
+        if wrong:
+            raise ValueError(f"{folder} was made for other inputs ({'; '.join(wrong)}); use another --out or --image-cache")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+@torch.inference_mode()
+def cache_images(model: CitrusV, dataset: Any, indices: list[int], folder: Path, *, progress: bool = True) -> None:
+    """Shard k of ``folder``: the image encoder's output for the images of 8 records (fp16), their
+    ground-truth masks and each mask's image index. Existing shards are kept."""
+    from tqdm import tqdm
+
+    from citrus_v.data.collate import collate
+
+    _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices,
+                         "encoder": encoder_fingerprint(model)})
+    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not (folder / f"images_{k:05d}.safetensors").is_file()]
+    tok = model.config.tokens
+    for k, chunk in tqdm(todo, desc=f"caching image features ({folder.name})", disable=not progress):
+        batch = collate([dataset.encode(i) for i in chunk], pad_token_id=0, seg_token_id=tok.seg_token_id)
+        feats = model.segmenter.encode(batch["sam_images"].to(next(model.segmenter.parameters()).dtype))
+        out = {"image_embeddings": feats.image_embeddings.half(), "gt_masks": batch["gt_masks"].bool(),
+               "seg_image_index": batch["seg_image_index"]}
+        for j, hr in enumerate(feats.high_resolution_features):
+            out[f"high_res_{j}"] = hr.half()
+        _atomic_save(out, folder / f"images_{k:05d}.safetensors")
+
+
+@torch.inference_mode()
+def cache_states(model: CitrusV, dataset: Any, indices: list[int], folder: Path, *, pad_token_id: int,
+                 progress: bool = True) -> None:
+    """Shard k of ``folder``: the frozen MLLM's last hidden state at every [SEG] of 8 records
+    (teacher-forced on the record's answer, as stage 4 sees it). Existing shards are kept."""
+    from tqdm import tqdm
+
+    from citrus_v.data.collate import collate
+
+    mllm_sha = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name.startswith("mllm."):
+            mllm_sha.update(t.detach().float().contiguous().numpy().tobytes())
+    _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices, "mllm": mllm_sha.hexdigest()[:16]})
+    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not (folder / f"states_{k:05d}.safetensors").is_file()]
+    seg_id = model.config.tokens.seg_token_id
+    for k, chunk in tqdm(todo, desc=f"caching [SEG] states ({folder.name})", disable=not progress):
+        batch = collate([dataset.encode(i) for i in chunk], pad_token_id=pad_token_id, seg_token_id=seg_id)
+        hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+        _atomic_save({"seg_hidden": hidden[batch["input_ids"] == seg_id].float()}, folder / f"states_{k:05d}.safetensors")
+
+
+@dataclass
+class CachedSet:
+    """Every cached mask of one split, in memory: [SEG] states, image features and targets."""
+
+    seg_hidden: torch.Tensor  # (n_seg, H)
+    image_embeddings: torch.Tensor  # (n_img, C, h, w) fp16
+    high_res: list[torch.Tensor]  # SAM2's skip features (fp16); empty for LiteMedSAM
+    gt_masks: torch.Tensor  # (n_seg, 256, 256) bool
+    image_of: torch.Tensor  # (n_seg,) index into image_embeddings
+
+    def __len__(self) -> int:
+        return int(self.seg_hidden.shape[0])
+
+    def features(self, rows: torch.Tensor) -> tuple[SegmenterFeatures, torch.Tensor]:
+        """Features of the images of masks ``rows`` (each image once, fp32) and each mask's index into them."""
+        used, per_seg = torch.unique(self.image_of[rows], return_inverse=True)
+        feats = SegmenterFeatures(self.image_embeddings[used].float(), [h[used].float() for h in self.high_res])
+        return feats, per_seg
+
+
+def load_cached_set(images: Path, states: Path, n_shards: int) -> CachedSet:
+    hidden, emb, gt, image_of, high = [], [], [], [], []
+    offset = 0
+    for k in range(n_shards):
+        a = load_file(str(images / f"images_{k:05d}.safetensors"))
+        s = load_file(str(states / f"states_{k:05d}.safetensors"))
+        if s["seg_hidden"].shape[0] != a["gt_masks"].shape[0]:
+            raise ValueError(f"shard {k}: {s['seg_hidden'].shape[0]} [SEG] states but {a['gt_masks'].shape[0]} masks")
+        hidden.append(s["seg_hidden"])
+        emb.append(a["image_embeddings"])
+        gt.append(a["gt_masks"])
+        image_of.append(a["seg_image_index"] + offset)
+        high.append([a[key] for key in sorted(k2 for k2 in a if k2.startswith("high_res_"))])
+        offset += a["image_embeddings"].shape[0]
+    return CachedSet(torch.cat(hidden), torch.cat(emb), [torch.cat(h) for h in zip(*high)], torch.cat(gt), torch.cat(image_of))
+
+
+# ------------------------------------------------------------------------------ training
+def dice_of_picked(model: CitrusV, data: CachedSet, batch_size: int = 32) -> list[float]:
+    """Per-mask Dice of what inference returns (best predicted IoU, logits > 0) at 256 x 256;
+    1.0 when prediction and ground truth are both empty."""
+    from citrus_v.eval.metrics.segmentation import dice
+
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(data)))
+            feats, per_seg = data.features(rows)
+            masks, _ = model.decode_seg_states(data.seg_hidden[rows], feats, per_seg)
+            for m, g in zip(masks, data.gt_masks[rows]):
+                out.append(float(dice((m > 0).numpy(), g.numpy())))
+    return out
+
+
+def mask_boxes(gt_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, H, W) bool -> boxes (m, 4) as pixel edges x1, y1, x2, y2 of the non-empty masks, and their rows (m,)."""
+    rows = torch.nonzero(gt_masks.flatten(1).any(dim=1)).flatten()
+    boxes = []
+    for r in rows.tolist():
+        ys, xs = torch.nonzero(gt_masks[r], as_tuple=True)
+        boxes.append([float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1])
+    return torch.tensor(boxes, dtype=torch.float32).view(-1, 4), rows
+
+
+def box_align(model: CitrusV, data: CachedSet, steps: int, *, lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> list[float]:
+    """Warm-start the [SEG] projector (nothing else moves): MSE between each projected [SEG] and
+    ``segmenter.box_prompt_token`` of its mask's box. Cheap (no decoder in the loop); the mask
+    loss then teaches the decoder to read the token. Returns the loss per step."""
+    if not hasattr(model.segmenter, "box_prompt_token"):
+        raise ValueError(f"box_align_steps needs a LiteMedSAM segmenter, not {model.config.segmenter.kind!r}")
+    boxes, rows = mask_boxes(data.gt_masks)
+    scale = model.config.segmenter.image_size / data.gt_masks.shape[-1]  # mask pixels -> SAM input pixels
+    with torch.no_grad():
+        target = model.segmenter.box_prompt_token(boxes * scale)  # (m, C)
+    hidden = data.seg_hidden[rows]
+    params = list(model.seg_projector.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        pick = torch.randint(len(rows), (min(batch_size, len(rows)),), generator=g)
+        loss = torch.nn.functional.mse_loss(model.seg_projector(hidden[pick]), target[pick])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: CachedSegConfig, out_dir: Path, *,
+                 resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.trainable`` on cached features; returns the report. The best-validation
+    trained parts are loaded into ``model`` at the end (the last step's without ``val``)."""
+    from tqdm import tqdm
+
+    from citrus_v.train import checkpointing as ckpt
+    from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
+    from citrus_v.train.optim import cosine_with_warmup
+    from citrus_v.train.recipe import _load_state, _model_state
+
+    model.set_trainable(cfg.trainable)
+    for name, p in model.named_parameters():
+        if name.startswith(CACHED_PREFIXES):
+            p.requires_grad_(False)  # its output is in the cache
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
+    loss_cfg = model.config.loss
+    candidates = loss_cfg.iou_weight > 0 or loss_cfg.mask_selection != "predicted_iou"
+    rng = np.random.default_rng(cfg.seed)
+    ckpt_root, best_file = out_dir / "checkpoints", out_dir / "best_val.safetensors"
+    start, curve, best = 0, [], {"step": None, "dice": -1.0}
+    latest = ckpt.latest_checkpoint(ckpt_root) if resume else None
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest)
+        _load_state(model, opt, state)
+        sched.load_state_dict(state.scheduler)
+        ckpt.restore_rng(state.rng)
+        rng.bit_generator.state = state.trainer["batch_rng"]
+        start, curve, best = state.trainer["step"], state.trainer["val_curve"], state.trainer["best"]
+        log.info("cached stage 4: resumed from %s at step %d", latest, start)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start or None)
+    t0 = time.time()
+    bar = tqdm(range(start + 1, cfg.steps + 1), desc="stage 4 (cached features)", disable=not progress)
+    for step in bar:
+        rows = torch.from_numpy(rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False))
+        feats, per_seg = train.features(rows)
+        masks, ious = model.decode_seg_states(train.seg_hidden[rows], feats, per_seg, candidates=candidates)
+        bce, dice_loss, iou_loss = model.mask_losses(masks, ious, train.gt_masks[rows], candidates=candidates)
+        loss = loss_cfg.bce_weight * bce + loss_cfg.dice_weight * dice_loss
+        if iou_loss is not None:
+            loss = loss + loss_cfg.iou_weight * iou_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        opt.step()
+        sched.step()
+        row = {"step": step, "loss": float(loss.detach()), "mask_loss": float(loss.detach()), "bce": float(bce.detach()),
+               "dice_loss": float(dice_loss.detach()), "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"cached stage 4: loss is {row['loss']} at step {step}")
+        if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+            model.eval()
+            scores = dice_of_picked(model, val)
+            model.train()
+            row["val_dice"] = float(np.mean(scores))
+            curve.append([step, row["val_dice"]])
+            if row["val_dice"] > best["dice"]:
+                best = {"step": step, "dice": row["val_dice"]}
+                _atomic_save(_trained_state(model), best_file)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{row['val_dice']:.3f}")
+        metrics.write(row)
+        if step % cfg.save_every == 0 and step < cfg.steps:
+            model_sd, optim_sd = _model_state(model, opt)
+            trainer = {"step": step, "batch_rng": rng.bit_generator.state, "val_curve": curve, "best": best,
+                       "config": asdict(cfg)}
+            ckpt.save_checkpoint(ckpt_root, step, ckpt.TrainingState(model_sd, optim_sd, sched.state_dict(), trainer,
+                                                                    ckpt.capture_rng()), keep_last=1)
+    if best["step"] is not None:
+        model.load_state_dict(load_file(str(best_file)), strict=False)
+    model.eval()
+    plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png", title="stage 4 on cached features")
+    return {"config": asdict(cfg), "train_masks": len(train), "val_masks": len(val) if val is not None else 0,
+            "val_dice_curve": curve, "best": best, "seconds": round(time.time() - t0, 1)}
+
+
+def ckpt_exists(out_dir: Path) -> bool:
+    from citrus_v.train.checkpointing import latest_checkpoint
+
+    return latest_checkpoint(out_dir / "checkpoints") is not None
+
+
+def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Path, out_dir: str | Path,
+                      val_data: str | Path | None = None, segmenter: str | None = None, image_cache: str | Path | None = None,
+                      save_dtype: torch.dtype | None = None, resume: bool = False, cache_only: bool = False,
+                      progress: bool = True) -> dict[str, Any]:
+    """Everything ``citrus-v train-seg-cached`` does (module docstring); returns the report."""
+    from citrus_v.data.dataset import JsonlDataset
+    from citrus_v.data.image_processing import ImageConfig
+    from citrus_v.data.template import ChatTemplate
+    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.train.pipeline import write_model_folder
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, template = load_model_and_tokenizer(init)
+    if segmenter == "litemedsam":
+        model = with_litemedsam(model)
+    elif segmenter is not None:
+        raise ValueError(f"--segmenter: only 'litemedsam' can replace the init model's segmenter, got {segmenter!r}")
+    model.eval()
+    base = template.image_cfg
+    image_cfg = ImageConfig.for_model(model.config, min_pixels=base.min_pixels, max_pixels=base.max_pixels)
+    template = ChatTemplate(tokenizer, image_cfg, template.ids)
+    image_root = Path(image_cache) if image_cache is not None else out_dir / "image_cache"
+
+    # validation first: it is small, and a run stopped early can already be judged on it
+    splits = ({"val": Path(val_data)} if val_data is not None else {}) | {"train": Path(data)}
+    sets: dict[str, CachedSet] = {}
+    records: dict[str, int] = {}
+    for split, path in splits.items():
+        ds = JsonlDataset(path, template)
+        indices = segmentation_records(ds, cfg.max_records if split == "train" else None)
+        records[f"{split}_records"] = len(indices)
+        log.info("%s: %d segmentation records of %s", split, len(indices), path)
+        cache_images(model, ds, indices, image_root / split, progress=progress)
+        if cache_only:
+            continue
+        cache_states(model, ds, indices, out_dir / "states" / split, pad_token_id=template.ids.pad, progress=progress)
+        sets[split] = load_cached_set(image_root / split, out_dir / "states" / split, len(_shards(indices)))
+    if cache_only:
+        return {"cached": {s: str(image_root / s) for s in splits}}
+
+    def val_dice() -> float | None:
+        return float(np.mean(dice_of_picked(model, sets["val"]))) if "val" in sets else None
+
+    before, aligned = val_dice(), {}
+    if cfg.box_align_steps and not (resume and ckpt_exists(out_dir)):
+        losses = box_align(model, sets["train"], cfg.box_align_steps, seed=cfg.seed)
+        aligned = {"box_align_loss_first_last": [losses[0], losses[-1]], "val_dice_after_box_align": val_dice()}
+        log.info("box-align warm start: loss %.4f -> %.4f, val Dice %s", losses[0], losses[-1], aligned["val_dice_after_box_align"])
+    report = train_cached(model, sets["train"], sets.get("val"), cfg, out_dir, resume=resume, progress=progress)
+    report |= {"init": str(init), "segmenter": model.config.segmenter.kind, "val_dice_before": before, **aligned, **records}
+    write_model_folder(model, tokenizer, out_dir / "final", image_cfg, dtype=save_dtype)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_arguments(p) -> None:  # noqa: ANN001
+    d = CachedSegConfig()
+    p.add_argument("--init", required=True, type=Path, help="model folder after stage 3 (its MLLM stays frozen)")
+    p.add_argument("--data", required=True, type=Path, help="training JSONL (its segmentation records are used)")
+    p.add_argument("--val", type=Path, default=None, help="validation JSONL: Dice every --val-every steps; the best is kept")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--segmenter", choices=["litemedsam"], default=None,
+                   help="replace the init model's segmenter by pretrained LiteMedSAM before training")
+    p.add_argument("--image-cache", type=Path, default=None, help="where image features are cached (default OUT/image_cache)")
+    p.add_argument("--max-records", type=int, default=d.max_records, help="segmentation records to cache (0 = all)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="masks per step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--box-align-steps", type=int, default=d.box_align_steps,
+                   help="projector warm start on box-prompt targets before the mask loss (LiteMedSAM; 0 = off)")
+    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="precision of the saved weights (default: float16 with LiteMedSAM, to stay under 50 MB)")
+    p.add_argument("--cache-only", action="store_true", help="only fill the image-feature cache, then stop")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:  # noqa: ANN001
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not (args.init / "config.json").is_file():
+        raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
+    for f in [args.data] + ([args.val] if args.val else []):
+        if not f.is_file():
+            raise SystemExit(f"{f}: no such data file")
+    cfg = CachedSegConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          max_records=args.max_records or None, val_every=args.val_every, save_every=args.save_every,
+                          seed=args.seed, box_align_steps=args.box_align_steps)
+    dtype = args.save_dtype or ("float16" if args.segmenter == "litemedsam" else None)
+    report = run_cached_stage4(cfg, init=args.init, data=args.data, out_dir=args.out, val_data=args.val,
+                               segmenter=args.segmenter, image_cache=args.image_cache,
+                               save_dtype=getattr(torch, dtype) if dtype else None, resume=args.resume,
+                               cache_only=args.cache_only, progress=not args.no_progress)
+    if args.cache_only:
+        print(f"image features cached: {report['cached']}")
+        return 0
+    print(f"val Dice before {report['val_dice_before']}, best {report['best']['dice']:.4f} at step {report['best']['step']}")
+    print(f"model: {args.out / 'final'}; report: {args.out / 'report.json'}")
+    return 0
