@@ -136,15 +136,23 @@ def _shards(indices: list[int]) -> list[list[int]]:
 
 
 def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """A cache folder serves only the inputs it was made for; a longer record list that starts
+    with the cached one extends it (shards are by position, so the finished ones stay valid)."""
     f = folder / "meta.json"
     if f.is_file():
         old = json.loads(f.read_text(encoding="utf-8"))
-        wrong = [f"{k}: cache has {old.get(k)!r}, this run {v!r}" for k, v in meta.items() if old.get(k) != v]
+        old_records, new_records = old.get("records", []), meta["records"]
+        extends = len(new_records) >= len(old_records) and new_records[: len(old_records)] == old_records
+        wrong = [f"{k}: cache has {old.get(k)!r}, this run {v!r}" for k, v in meta.items()
+                 if old.get(k) != v and not (k == "records" and extends)]
+        if len(old_records) % SHARD and len(new_records) > len(old_records):
+            wrong.append(f"records: the cache's last shard is partial ({len(old_records)} records), so it cannot be extended")
         if wrong:
             raise ValueError(f"{folder} was made for other inputs ({'; '.join(wrong)}); use another --out or --image-cache")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if new_records == old_records:
+            return
+    folder.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 @torch.inference_mode()

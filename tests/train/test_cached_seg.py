@@ -131,12 +131,31 @@ def test_an_image_cache_made_for_other_inputs_is_refused(tmp_path, suite_and_mod
     cache_images(model, ds, seg[:2], tmp_path / "c", progress=False)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["images_00000.safetensors", "meta.json"]
     with pytest.raises(ValueError, match="records"):
-        cache_images(model, ds, seg[:3], tmp_path / "c", progress=False)
+        cache_images(model, ds, seg[1:3], tmp_path / "c", progress=False)  # other records
+    with pytest.raises(ValueError, match="partial"):
+        cache_images(model, ds, seg[:3], tmp_path / "c", progress=False)  # its only shard holds 2 of 8 records
     with torch.no_grad():
         next(model.segmenter.sam2.vision_encoder.parameters()).add_(1.0)
     assert json.loads((tmp_path / "c" / "meta.json").read_text())["encoder"] != encoder_fingerprint(model)
     with pytest.raises(ValueError, match="encoder"):
         cache_images(model, ds, seg[:2], tmp_path / "c", progress=False)
+
+
+def test_a_longer_record_list_extends_an_image_cache(tmp_path, suite_and_model):
+    from citrus_v.data.dataset import JsonlDataset
+    from citrus_v.infer.loading import load_model_and_tokenizer
+
+    files, init = suite_and_model
+    model, _, template = load_model_and_tokenizer(init)
+    ds = JsonlDataset(files["train"], template)
+    seg = [i for i, r in enumerate(ds.records) if r.masks]
+    assert len(seg) >= 10
+    cache_images(model, ds, seg[:8], tmp_path / "c", progress=False)
+    first = (tmp_path / "c" / "images_00000.safetensors").stat().st_mtime_ns
+    cache_images(model, ds, seg[:10], tmp_path / "c", progress=False)
+    assert (tmp_path / "c" / "images_00000.safetensors").stat().st_mtime_ns == first  # kept, not recomputed
+    assert (tmp_path / "c" / "images_00001.safetensors").is_file()
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["records"] == seg[:10]
 
 
 def test_with_litemedsam_keeps_the_mllm_and_loads_the_pretrained_segmenter():
