@@ -30,6 +30,7 @@ PY
 }
 mkdir -p out/demo
 run ct_liver "$EX/ct_abdomen_liver.dcm" "Please segment the liver."
+run phantom_liver "$EX/phantom_ct_lesion.png" "Please segment the liver."
 run phantom_segment "$EX/phantom_ct_lesion.png" "Please segment the lesion."
 run phantom_reasoning "$EX/phantom_ct_lesion.png" "Is the lesion in the liver or the spleen? Think step by step."
 run phantom_report "$EX/phantom_ct_lesion.png" "Write a report for this image."
