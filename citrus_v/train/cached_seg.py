@@ -298,10 +298,9 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
     trained parts are loaded into ``model`` at the end (the last step's without ``val``)."""
     from tqdm import tqdm
 
-    from citrus_v.train import checkpointing as ckpt
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.recipe import _load_state, _model_state
+    from citrus_v.train.recipe import resume_loop_checkpoint, save_loop_checkpoint
 
     model.set_trainable(cfg.trainable)
     for name, p in model.named_parameters():
@@ -317,15 +316,9 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
     rng = np.random.default_rng(cfg.seed)
     ckpt_root, best_file = out_dir / "checkpoints", out_dir / "best_val.safetensors"
     start, curve, best = 0, [], {"step": None, "dice": -1.0}
-    latest = ckpt.latest_checkpoint(ckpt_root) if resume else None
-    if latest is not None:
-        state = ckpt.load_checkpoint(latest)
-        _load_state(model, opt, state)
-        sched.load_state_dict(state.scheduler)
-        ckpt.restore_rng(state.rng)
-        rng.bit_generator.state = state.trainer["batch_rng"]
-        start, curve, best = state.trainer["step"], state.trainer["val_curve"], state.trainer["best"]
-        log.info("cached stage 4: resumed from %s at step %d", latest, start)
+    trainer = resume_loop_checkpoint(ckpt_root, model, opt, sched, rng) if resume else None
+    if trainer is not None:
+        start, curve, best = trainer["step"], trainer["val_curve"], trainer["best"]
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start or None)
     t0 = time.time()
     bar = tqdm(range(start + 1, cfg.steps + 1), desc="stage 4 (cached features)", disable=not progress)
@@ -358,11 +351,7 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{row['val_dice']:.3f}")
         metrics.write(row)
         if step % cfg.save_every == 0 and step < cfg.steps:
-            model_sd, optim_sd = _model_state(model, opt)
-            trainer = {"step": step, "batch_rng": rng.bit_generator.state, "val_curve": curve, "best": best,
-                       "config": asdict(cfg)}
-            ckpt.save_checkpoint(ckpt_root, step, ckpt.TrainingState(model_sd, optim_sd, sched.state_dict(), trainer,
-                                                                    ckpt.capture_rng()), keep_last=1)
+            save_loop_checkpoint(ckpt_root, step, model, opt, sched, rng, {"val_curve": curve, "best": best, "config": asdict(cfg)})
     if best["step"] is not None:
         model.load_state_dict(load_file(str(best_file)), strict=False)
     model.eval()

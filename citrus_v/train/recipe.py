@@ -117,6 +117,33 @@ def _load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: ckpt.
     set_optimizer_state_dict(model, optimizer, state.optimizer, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
+def save_loop_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                         rng: Any, extra: dict[str, Any]) -> Path:
+    """Checkpoint of a single-process loop that draws its batches from the numpy generator
+    ``rng`` (stage 0, cached stage 4): model, optimizer, scheduler, torch RNGs, ``rng`` and the
+    json-able ``extra``; only the newest is kept."""
+    model_sd, optim_sd = _model_state(model, optimizer)
+    trainer = {"batch_rng": rng.bit_generator.state, **extra}
+    state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())
+    return ckpt.save_checkpoint(root, step, state, keep_last=1)
+
+
+def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                           rng: Any) -> dict[str, Any] | None:
+    """Restore the newest ``save_loop_checkpoint`` under ``root`` into these objects and return its
+    ``extra`` (with ``step``); None when there is none."""
+    latest = ckpt.latest_checkpoint(root)
+    if latest is None:
+        return None
+    state = ckpt.load_checkpoint(latest)
+    _load_state(model, optimizer, state)
+    scheduler.load_state_dict(state.scheduler)
+    ckpt.restore_rng(state.rng)
+    rng.bit_generator.state = state.trainer["batch_rng"]
+    log.info("resumed from %s at step %d", latest, state.trainer["step"])
+    return state.trainer
+
+
 def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
     if clip is None:
         norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]

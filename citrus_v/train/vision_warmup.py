@@ -280,10 +280,9 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
     same weights as an uninterrupted run. Returns the eval dict."""
     from tqdm import tqdm
 
-    from citrus_v.train import checkpointing as ckpt
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.recipe import _load_state, _model_state
+    from citrus_v.train.recipe import resume_loop_checkpoint, save_loop_checkpoint
     from citrus_v.train.pipeline import init_model_and_template, write_model_folder
     from citrus_v.train.stages import get_stage
 
@@ -314,15 +313,9 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
         opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
     rng = np.random.default_rng(cfg.seed)  # draws the batches
     ckpt_root, start, before = out_dir / "checkpoints", 0, None
-    latest = ckpt.latest_checkpoint(ckpt_root) if resume else None
-    if latest is not None:
-        state = ckpt.load_checkpoint(latest)
-        _load_state(bundle, opt, state)
-        sched.load_state_dict(state.scheduler)
-        ckpt.restore_rng(state.rng)
-        rng.bit_generator.state = state.trainer["batch_rng"]
-        start, before = state.trainer["step"], state.trainer["val_before"]
-        log.info("stage 0: resumed from %s at step %d", latest, start)
+    trainer = resume_loop_checkpoint(ckpt_root, bundle, opt, sched, rng) if resume else None
+    if trainer is not None:
+        start, before = trainer["step"], trainer["val_before"]
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start or None)
     if before is None:
         before = evaluate(model, heads, val, proc)
@@ -344,10 +337,7 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"stage 0: loss is {row['loss']} at step {step}")
         if step % cfg.save_every == 0 and step < cfg.steps:
-            model_sd, optim_sd = _model_state(bundle, opt)
-            trainer = {"batch_rng": rng.bit_generator.state, "val_before": before, "config": asdict(cfg)}
-            ckpt.save_checkpoint(ckpt_root, step, ckpt.TrainingState(model_sd, optim_sd, sched.state_dict(), trainer,
-                                                                    ckpt.capture_rng()), keep_last=1)
+            save_loop_checkpoint(ckpt_root, step, bundle, opt, sched, rng, {"val_before": before, "config": asdict(cfg)})
     after = evaluate(model, heads, val, proc)
     write_model_folder(model, tokenizer, out_dir / "final", template.image_cfg)
     report = {"config": asdict(cfg), "val_before": before, "val_after": after, "seconds": round(time.time() - t0, 1)}
