@@ -252,6 +252,11 @@ class LossConfig:
             f"must be 'predicted_iou' or 'min_loss', got {self.mask_selection!r}",
         )
 
+    @property
+    def over_candidates(self) -> bool:
+        """Whether the mask loss needs every multimask candidate (IoU-head loss or min-loss pick)."""
+        return self.iou_weight > 0 or self.mask_selection != "predicted_iou"
+
 
 @dataclass
 class CitrusVConfig:

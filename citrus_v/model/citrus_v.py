@@ -110,7 +110,7 @@ class CitrusV(nn.Module):
         # training losses over SAM's multimask candidates (IoU-head loss, min-loss rule) need them all
         over_candidates = (
             labels is not None and gt_masks is not None and n_seg > 0
-            and (loss_cfg.iou_weight > 0 or loss_cfg.mask_selection != "predicted_iou")
+            and loss_cfg.over_candidates
         )  # fmt: skip
         masks, ious = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index, over_candidates)
         # the published pick (best predicted IoU), what inference returns: (n_seg, 256, 256), (n_seg,)

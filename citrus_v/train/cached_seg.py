@@ -104,16 +104,20 @@ CACHED_PREFIXES = (
 )
 
 
-def encoder_fingerprint(model: CitrusV) -> str:
-    """sha256 over the tensors ``segmenter.encode`` uses and the SAM input settings: what the image cache depends on."""
-    h = hashlib.sha256()
-    seg = model.config.segmenter
-    h.update(f"{seg.kind}|{seg.image_size}|{seg.pixel_norm}".encode())
+def _weights_fingerprint(model: CitrusV, prefixes: tuple[str, ...], settings: str = "") -> str:
+    """sha256 (16 hex digits) over ``settings`` and the names and values of the tensors under ``prefixes``."""
+    h = hashlib.sha256(settings.encode())
     for name, t in sorted(model.state_dict().items()):
-        if name.startswith(CACHED_PREFIXES):
+        if name.startswith(prefixes):
             h.update(name.encode())
             h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def encoder_fingerprint(model: CitrusV) -> str:
+    """What the image cache depends on: the tensors ``segmenter.encode`` uses and the SAM input settings."""
+    seg = model.config.segmenter
+    return _weights_fingerprint(model, CACHED_PREFIXES, f"{seg.kind}|{seg.image_size}|{seg.pixel_norm}")
 
 
 # ------------------------------------------------------------------------------ caching
@@ -133,6 +137,11 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def _shards(indices: list[int]) -> list[list[int]]:
     return [indices[i : i + SHARD] for i in range(0, len(indices), SHARD)]
+
+
+def _shard_file(folder: Path, kind: str, k: int) -> Path:
+    """``kind`` is "images" or "states"."""
+    return folder / f"{kind}_{k:05d}.safetensors"
 
 
 def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
@@ -165,7 +174,7 @@ def cache_images(model: CitrusV, dataset: Any, indices: list[int], folder: Path,
 
     _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices,
                          "encoder": encoder_fingerprint(model)})
-    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not (folder / f"images_{k:05d}.safetensors").is_file()]
+    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not _shard_file(folder, "images", k).is_file()]
     tok = model.config.tokens
     for k, chunk in tqdm(todo, desc=f"caching image features ({folder.name})", disable=not progress):
         batch = collate([dataset.encode(i) for i in chunk], pad_token_id=0, seg_token_id=tok.seg_token_id)
@@ -174,7 +183,7 @@ def cache_images(model: CitrusV, dataset: Any, indices: list[int], folder: Path,
                "seg_image_index": batch["seg_image_index"]}
         for j, hr in enumerate(feats.high_resolution_features):
             out[f"high_res_{j}"] = hr.half()
-        _atomic_save(out, folder / f"images_{k:05d}.safetensors")
+        _atomic_save(out, _shard_file(folder, "images", k))
 
 
 @torch.inference_mode()
@@ -186,17 +195,14 @@ def cache_states(model: CitrusV, dataset: Any, indices: list[int], folder: Path,
 
     from citrus_v.data.collate import collate
 
-    mllm_sha = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if name.startswith("mllm."):
-            mllm_sha.update(t.detach().float().contiguous().numpy().tobytes())
-    _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices, "mllm": mllm_sha.hexdigest()[:16]})
-    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not (folder / f"states_{k:05d}.safetensors").is_file()]
+    _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices,
+                         "mllm": _weights_fingerprint(model, ("mllm.",))})
+    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not _shard_file(folder, "states", k).is_file()]
     seg_id = model.config.tokens.seg_token_id
     for k, chunk in tqdm(todo, desc=f"caching [SEG] states ({folder.name})", disable=not progress):
         batch = collate([dataset.encode(i) for i in chunk], pad_token_id=pad_token_id, seg_token_id=seg_id)
         hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-        _atomic_save({"seg_hidden": hidden[batch["input_ids"] == seg_id].float()}, folder / f"states_{k:05d}.safetensors")
+        _atomic_save({"seg_hidden": hidden[batch["input_ids"] == seg_id].float()}, _shard_file(folder, "states", k))
 
 
 @dataclass
@@ -223,8 +229,8 @@ def load_cached_set(images: Path, states: Path, n_shards: int) -> CachedSet:
     hidden, emb, gt, image_of, high = [], [], [], [], []
     offset = 0
     for k in range(n_shards):
-        a = load_file(str(images / f"images_{k:05d}.safetensors"))
-        s = load_file(str(states / f"states_{k:05d}.safetensors"))
+        a = load_file(str(_shard_file(images, "images", k)))
+        s = load_file(str(_shard_file(states, "states", k)))
         if s["seg_hidden"].shape[0] != a["gt_masks"].shape[0]:
             raise ValueError(f"shard {k}: {s['seg_hidden'].shape[0]} [SEG] states but {a['gt_masks'].shape[0]} masks")
         hidden.append(s["seg_hidden"])
@@ -312,7 +318,7 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
     loss_cfg = model.config.loss
-    candidates = loss_cfg.iou_weight > 0 or loss_cfg.mask_selection != "predicted_iou"
+    candidates = loss_cfg.over_candidates
     rng = np.random.default_rng(cfg.seed)
     ckpt_root, best_file = out_dir / "checkpoints", out_dir / "best_val.safetensors"
     start, curve, best = 0, [], {"step": None, "dice": -1.0}
@@ -360,12 +366,6 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
             "val_dice_curve": curve, "best": best, "seconds": round(time.time() - t0, 1)}
 
 
-def ckpt_exists(out_dir: Path) -> bool:
-    from citrus_v.train.checkpointing import latest_checkpoint
-
-    return latest_checkpoint(out_dir / "checkpoints") is not None
-
-
 def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Path, out_dir: str | Path,
                       val_data: str | Path | None = None, segmenter: str | None = None, image_cache: str | Path | None = None,
                       save_dtype: torch.dtype | None = None, resume: bool = False, cache_only: bool = False,
@@ -375,6 +375,7 @@ def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Pat
     from citrus_v.data.image_processing import ImageConfig
     from citrus_v.data.template import ChatTemplate
     from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.train.checkpointing import latest_checkpoint
     from citrus_v.train.pipeline import write_model_folder
 
     out_dir = Path(out_dir)
@@ -412,7 +413,8 @@ def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Pat
         return float(np.mean(dice_of_picked(model, sets["val"]))) if "val" in sets else None
 
     before, aligned = val_dice(), {}
-    if cfg.box_align_steps and not (resume and ckpt_exists(out_dir)):
+    resuming = resume and latest_checkpoint(out_dir / "checkpoints") is not None  # the checkpoint holds the aligned projector
+    if cfg.box_align_steps and not resuming:
         losses = box_align(model, sets["train"], cfg.box_align_steps, seed=cfg.seed)
         aligned = {"box_align_loss_first_last": [losses[0], losses[-1]], "val_dice_after_box_align": val_dice()}
         log.info("box-align warm start: loss %.4f -> %.4f, val Dice %s", losses[0], losses[-1], aligned["val_dice_after_box_align"])
