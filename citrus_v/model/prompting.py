@@ -2,16 +2,17 @@
 
 SAM2 users correct a mask by clicking: a positive point (label 1) adds a region, a negative
 point (label 0) removes one, a box (two corners, labels 2 and 3 inside the prompt encoder)
-frames the object. Here those prompts go through SAM2's own prompt encoder, and a projected
-[SEG] embedding (what the language model asked for) may be appended after them exactly as
-``Sam2Segmenter.decode`` appends it after its padding point, so a click refines a text-prompted
+frames the object. Here those prompts go through the segmenter's own prompt encoder (SAM2's or LiteMedSAM's), and a
+projected [SEG] embedding (what the language model asked for) may be appended after them exactly
+as ``decode`` appends it after its padding point, so a click refines a text-prompted
 mask instead of replacing it. A previous mask's logits can also be fed back as the dense prompt.
 
 Coordinates: users give pixels of the ORIGINAL image (x right, y down). The segmenter sees the
 image stretched to S x S, so x -> x * S / W and y -> y * S / H (``to_sam_coords``); the prompt
 encoder adds the half-pixel shift itself.
 
-Additive to the model engineer's files: only public pieces of ``Sam2Segmenter`` are used.
+Only the ``Segmenter`` interface is used (``prompt_encoder``, ``mask_input_size``, ``decode_sparse``),
+so either segmenter works unchanged.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from citrus_v.model.litemedsam import LiteMedSAMSegmenter
-from citrus_v.model.segmenter import MASK_SIZE, NO_OBJECT_SCORE, Sam2Segmenter, SegmenterFeatures
+from citrus_v.model.segmenter import Segmenter, SegmenterFeatures, padding_point
 
 POINT_LABELS = {0: "negative", 1: "positive"}
 
@@ -69,7 +69,7 @@ def check_prompts(
 
 
 def prompt_embeddings(
-    segmenter: Sam2Segmenter | LiteMedSAMSegmenter,
+    segmenter: Segmenter,
     points_sam: torch.Tensor | None,
     point_labels: torch.Tensor | None,
     box_sam: torch.Tensor | None,
@@ -83,23 +83,19 @@ def prompt_embeddings(
     """
     if points_sam is None and box_sam is None and text_embedding is None:
         raise ValueError("give at least one prompt: a point, a box or a text [SEG] embedding")
-    litemedsam = isinstance(segmenter, LiteMedSAMSegmenter)
-    prompt_encoder = segmenter.prompt_encoder if litemedsam else segmenter.sam2.prompt_encoder
     param = next(segmenter.parameters())
     device, dtype = param.device, param.dtype
     if points_sam is None and box_sam is None:
-        # text only: the same padding point (label -1) Sam2Segmenter.decode uses
-        points_sam, point_labels = torch.zeros(1, 2), -torch.ones(1, dtype=torch.long)
+        # text only: the same padding point decode uses
+        points_sam, point_labels = padding_point(1, device, dtype)  # (1, 1, 1, 2), (1, 1, 1)
     pts = None if points_sam is None else points_sam.to(device, dtype).view(1, 1, -1, 2)  # (1, 1, N, 2)
     lbl = None if point_labels is None else point_labels.to(device, torch.long).view(1, 1, -1)  # (1, 1, N)
     boxes = None if box_sam is None else box_sam.to(device, dtype).view(1, 1, 4)  # (1, 1 box, 4)
     dense_in = None
     if mask_input is not None:
         # SAM's mask prompt is a logit map at 4x the embedding resolution
-        # (SAM-1's encoder has no mask_input_size attribute: 4x its embedding side)
-        size = (4 * segmenter.embedding_side,) * 2 if litemedsam else prompt_encoder.mask_input_size
-        dense_in = F.interpolate(mask_input.to(device, dtype)[None, None], size=size, mode="bilinear", align_corners=False)
-    sparse, dense = prompt_encoder(pts, lbl, boxes, dense_in)  # (1, 1, T, C), (1, C, h, w)
+        dense_in = F.interpolate(mask_input.to(device, dtype)[None, None], size=segmenter.mask_input_size, mode="bilinear", align_corners=False)
+    sparse, dense = segmenter.prompt_encoder(pts, lbl, boxes, dense_in)  # (1, 1, T, C), (1, C, h, w)
     if text_embedding is not None:
         text = text_embedding.to(device, sparse.dtype).view(1, 1, 1, -1)  # (1, 1, 1, C)
         sparse = torch.cat([sparse, text], dim=2)
@@ -108,7 +104,7 @@ def prompt_embeddings(
 
 @torch.no_grad()
 def decode_with_prompts(
-    segmenter: Sam2Segmenter | LiteMedSAMSegmenter,
+    segmenter: Segmenter,
     features: SegmenterFeatures,
     *,
     points_sam: torch.Tensor | None = None,
@@ -130,25 +126,7 @@ def decode_with_prompts(
     if multimask is None:
         n_points = 0 if points_sam is None else int(points_sam.reshape(-1, 2).shape[0])
         multimask = box_sam is None and n_points <= 1
-    if isinstance(segmenter, LiteMedSAMSegmenter):  # SAM-1 decoder: no skip features, no object score
-        return segmenter.decode_sparse(features.image_embeddings, sparse, dense, multimask)
-    masks, iou, _, object_logits = segmenter.sam2.mask_decoder(
-        image_embeddings=features.image_embeddings,
-        image_positional_embeddings=segmenter.sam2.get_image_wide_positional_embeddings(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        high_resolution_features=features.high_resolution_features,
-    )
-    masks, iou = masks[:, 0], iou[:, 0]  # (1, M, S/4, S/4), (1, M) with M = 3 or 1
-    if segmenter.config.object_score_gate:
-        present = object_logits[:, 0] > 0  # (1, 1)
-        masks = torch.where(present[:, :, None, None], masks, torch.full_like(masks, NO_OBJECT_SCORE))
-    best = iou.argmax(dim=-1)  # (1,)
-    logits, best_iou = masks[0, best], iou[0, best]  # (1, S/4, S/4), (1,)
-    if logits.shape[-1] != MASK_SIZE:
-        logits = F.interpolate(logits[:, None], size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)[:, 0]
-    return logits, best_iou
+    return segmenter.decode_sparse(features, sparse, dense, multimask)
 
 
 @torch.no_grad()

@@ -1,10 +1,13 @@
 """The segmentation side: SAM2 with its own image encoder, prompted by projected [SEG] states.
 
-A segmenter is anything with the two-call interface below, so another SAM-family model
-(LiteMedSAM, a SAM-1 decoder without high-resolution features) can replace SAM2 later:
+A segmenter is anything with the interface below (``Segmenter``), so another SAM-family model
+(LiteMedSAM, a SAM-1 decoder without high-resolution features, ``litemedsam.py``) can replace SAM2:
 
     features = segmenter.encode(sam_images)                 # once per image
     logits, iou = segmenter.decode(features, image_index, sparse_prompt_embeddings)
+    # interactive prompts (clicks, boxes, a previous mask): model/prompting.py
+    sparse, dense = segmenter.prompt_encoder(points, labels, boxes, mask_input)
+    logits, iou = segmenter.decode_sparse(features, sparse, dense, multimask)
 
 The compute is transformers' ``Sam2VideoModel`` (chosen over ``Sam2Model`` because it also
 holds the video-memory modules, so every tensor of the published SAM2 checkpoint has a home).
@@ -41,8 +44,19 @@ class SegmenterFeatures:
 
 class Segmenter(Protocol):
     prompt_dim: int
+    prompt_encoder: nn.Module  # SAM's: (points, labels, boxes, mask logits) -> sparse, dense embeddings
+    mask_input_size: tuple[int, int]  # the dense (mask-logit) prompt's side: 4x the embedding side
 
     def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures: ...
+
+    def decode_sparse(
+        self,
+        features: SegmenterFeatures,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        multimask: bool,
+        candidates: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def decode(
         self,
@@ -69,6 +83,15 @@ def check_decode_inputs(
         return None
     shape = (0, 3) if candidates else (0,)
     return sparse_prompt_embeddings.new_zeros(*shape, MASK_SIZE, MASK_SIZE), sparse_prompt_embeddings.new_zeros(*shape)
+
+
+def padding_point(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt SAM gets when no user point is given: one empty point labelled -1 per prompt set
+    (the prompt encoder pads a second when there is no box, as the originals do).
+    Returns points (n, 1, 1, 2) and labels (n, 1, 1), the prompt encoder's layout."""
+    points = torch.zeros(n, 1, 1, 2, device=device, dtype=dtype)
+    labels = -torch.ones(n, 1, 1, device=device, dtype=torch.long)
+    return points, labels
 
 
 def pick_masks(masks: torch.Tensor, iou: torch.Tensor, candidates: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +175,14 @@ class Sam2Segmenter(nn.Module):
         # (sam_prompt_encoder.pe_layer); transformers keeps two copies, so we tie them.
         self.sam2.prompt_encoder.shared_embedding = self.sam2.shared_image_embedding
 
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.sam2.prompt_encoder
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        return tuple(self.sam2.prompt_encoder.mask_input_size)
+
     def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures:
         """sam_images (n_img, 3, S, S), normalised -> features of every image."""
         side = self.config.image_size
@@ -192,25 +223,31 @@ class Sam2Segmenter(nn.Module):
             return empty
         n_seg = sparse_prompt_embeddings.shape[0]
         feats = features.select(image_index)
-        device, dtype = sparse_prompt_embeddings.device, feats.image_embeddings.dtype
-        # SAM2 with no user points: one empty point labelled -1 (the prompt encoder pads a
-        # second, as the original does), then the language embedding appended after them
-        points = torch.zeros(n_seg, 1, 1, 2, device=device, dtype=dtype)  # (n_seg, 1 prompt set, 1 point, xy)
-        labels = -torch.ones(n_seg, 1, 1, device=device, dtype=torch.long)
-        sparse, dense = self.sam2.prompt_encoder(points, labels, None, None)  # (n_seg,1,2,C), (n_seg,C,h,w)
+        # no user points: the padding point, then the language embedding appended after them
+        points, labels = padding_point(n_seg, sparse_prompt_embeddings.device, feats.image_embeddings.dtype)
+        sparse, dense = self.prompt_encoder(points, labels, None, None)  # (n_seg,1,2,C), (n_seg,C,h,w)
         sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)
-        image_pe = self.sam2.get_image_wide_positional_embeddings().expand(n_seg, -1, -1, -1)
+        return self.decode_sparse(feats, sparse, dense, multimask=True, candidates=candidates)
+
+    def decode_sparse(
+        self, features: SegmenterFeatures, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, candidates: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features of n images, sparse (n, 1, T, C), dense (n, C, h, w) -> best logits (n, 256, 256)
+        and IoU (n,) (every candidate, (n, M, 256, 256) and (n, M), with ``candidates``); masks
+        judged absent by the object-score head are blanked when ``object_score_gate`` is on."""
+        n = sparse.shape[0]
+        image_pe = self.sam2.get_image_wide_positional_embeddings().expand(n, -1, -1, -1)
         masks, iou, _, object_logits = self.sam2.mask_decoder(
-            image_embeddings=feats.image_embeddings,
+            image_embeddings=features.image_embeddings,
             image_positional_embeddings=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=True,
-            high_resolution_features=feats.high_resolution_features,
+            multimask_output=multimask,
+            high_resolution_features=features.high_resolution_features,
         )
-        masks, iou = masks[:, 0], iou[:, 0]  # (n_seg, 3, S/4, S/4), (n_seg, 3)
+        masks, iou = masks[:, 0], iou[:, 0]  # (n, M, S/4, S/4), (n, M) with M = 3 or 1
         if self.config.object_score_gate:
-            present = object_logits[:, 0] > 0  # (n_seg, 1)
+            present = object_logits[:, 0] > 0  # (n, 1)
             masks = torch.where(present[:, :, None, None], masks, torch.full_like(masks, NO_OBJECT_SCORE))
         return pick_masks(masks, iou, candidates)
 
