@@ -17,8 +17,9 @@ if [ ! -f "$RUN/stage0/final/config.json" ]; then
     --totalseg-dir "$SHARED/data/totalseg_example" --out "$RUN/stage0" --no-progress
 fi
 init=(--init "$RUN/stage0/final")
-# stage 3b continues stage 3 (2000 more steps at half the lr, more weight on closed VQA, boxes and documents)
-for k in 1 2 3 3b; do
+# stages 3b and 3c continue stage 3 (2000 more steps at half the lr, then 3000 at 0.4x with more weight on
+# closed VQA and boxes and the ViT at 0.2x instead of 0.1x; docs/default_model.md)
+for k in 1 2 3 3b 3c; do
   if [ ! -f "$RUN/stage$k/final/config.json" ]; then
     # --resume continues a stage that was interrupted (from its newest complete checkpoint)
     citrus-v train --stage "${k:0:1}" --stage-config "configs/default/stage$k.json" --data "$RUN/suite/train.jsonl" \
@@ -29,7 +30,7 @@ done
 # Stage 4 (projector + mask decoder; the MLLM frozen) with pretrained LiteMedSAM as the segmenter, its image
 # encoder frozen, on cached [SEG] states and image features (docs/default_model.md); --resume continues it.
 if [ ! -f "$RUN/stage4/final/config.json" ]; then
-  citrus-v train-seg-cached --init "$RUN/stage3b/final" --segmenter litemedsam --data "$RUN/suite/train.jsonl" \
+  citrus-v train-seg-cached --init "$RUN/stage3c/final" --segmenter litemedsam --data "$RUN/suite/train.jsonl" \
     --val "$RUN/suite/val.jsonl" --out "$RUN/stage4" --max-records 800 --steps 600 --batch-size 8 --lr 3e-4 \
     --box-align-steps 3000 --val-every 50 --save-every 100 --resume --no-progress
 fi

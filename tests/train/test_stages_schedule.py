@@ -74,6 +74,16 @@ def test_shipped_stage_files_load(shared_dir):
     assert with_data_file(STAGES[4], "my.jsonl").mixture == (MixtureEntry("my.jsonl", 1.0),)
 
 
+def test_default_model_stage_files_load_as_their_stage():
+    # scripts/train_default.sh runs configs/default/stage<k>.json as --stage ${k:0:1} (3b, 3c -> 3)
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[2] / "configs" / "default").glob("stage*.json"))
+    assert {f.stem for f in files} >= {"stage1", "stage2", "stage3", "stage3b", "stage3c"}
+    for f in files:
+        assert load_stage_config(f).stage == int(f.stem[len("stage")]), f.name
+
+
 def test_stage_roundtrip_dict():
     s = STAGES[3]
     assert StageConfig.from_dict(json.loads(json.dumps(s.to_dict()))) == s
