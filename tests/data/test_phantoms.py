@@ -173,3 +173,21 @@ def test_cli_writes_three_files(tmp_path, totalseg_dir):
     assert lens == [12, 2, 2]
     rec = read_jsonl(tmp_path / "train.jsonl")[0]
     assert Image.open(resolve(rec.images[0], tmp_path)).size == (64, 64)
+
+
+@pytest.mark.parametrize("rotation_seed", range(4))
+def test_document_glyph_labels_sit_on_the_ink_of_their_characters(rotation_seed):
+    from citrus_v.data.phantoms import document
+
+    rng = np.random.default_rng(rotation_seed)
+    page = document.render(rng, 224, rotate_prob=1.0 if rotation_seed else 0.0)  # seed 0: upright; others turned
+    digits = document.glyph_labels(page, "0123456789")
+    ink = page.image[..., 0] < 128  # (S, S): dark text on light paper
+    assert digits.shape == ink.shape and digits.max() <= 10
+    # every labelled pixel is ink (kerning may shift a glyph by a pixel, hence not exactly 1)
+    assert ink[digits > 0].mean() > 0.85
+    # the labels hold exactly the digits printed (values and patient id), and no letter shapes
+    printed = "".join(text for _, text, _ in page.lines)
+    assert {int(k) - 1 for k in np.unique(digits[digits > 0])} == {int(c) for c in printed if c.isdigit()}
+    letters = document.glyph_labels(page, "LAB")
+    assert letters.max() == 3 and not np.any((letters > 0) & (digits > 0))

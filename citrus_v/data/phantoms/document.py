@@ -7,7 +7,7 @@ degrees (as scanned documents are). The answer is the value with its unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -50,6 +50,7 @@ class Document:
     image: np.ndarray  # (S, S, 3) uint8
     values: dict[str, str]  # analyte -> "13.2 g/dL"
     rotation: int
+    lines: list[tuple[tuple[int, int], str, int]] = field(default_factory=list)  # ((x, y), text, font px) as drawn, before rotation
 
 
 def render(rng: np.random.Generator, size: int, rotate_prob: float = 0.25) -> Document:
@@ -62,11 +63,14 @@ def render(rng: np.random.Generator, size: int, rotate_prob: float = 0.25) -> Do
     paper = int(rng.integers(236, 256))
     page = Image.new("L", (size, size), paper)
     draw = ImageDraw.Draw(page)
-    title, body = _font(max(8, round(size * 0.07))), _font(max(8, round(size * 0.068)))
+    title_px, body_px = max(8, round(size * 0.07)), max(8, round(size * 0.068))
+    title, body = _font(title_px), _font(body_px)
     ink = int(rng.integers(0, 40))
     m = round(size * 0.05)
+    lines: list[tuple[tuple[int, int], str, int]] = [((m, m), "LAB REPORT", title_px)]
     draw.text((m, m), "LAB REPORT", fill=ink, font=title)
-    draw.text((m, round(size * 0.16)), f"ID {int(rng.integers(1000, 9999))}", fill=ink + 60, font=body)
+    lines.append(((m, round(size * 0.16)), f"ID {int(rng.integers(1000, 9999))}", body_px))
+    draw.text(lines[-1][0], lines[-1][1], fill=ink + 60, font=body)
     y0, dy = round(size * 0.32), round(size * 0.155)
     draw.line([(m, y0 - dy * 0.25), (size - m, y0 - dy * 0.25)], fill=ink + 80, width=max(1, size // 112))
     for r, name in enumerate(values):
@@ -74,11 +78,32 @@ def render(rng: np.random.Generator, size: int, rotate_prob: float = 0.25) -> Do
         label = name.capitalize() if name[0].islower() else name
         draw.text((m, y), label, fill=ink, font=body)
         draw.text((round(size * 0.5), y), values[name], fill=ink, font=body)
+        lines += [((m, y), label, body_px), ((round(size * 0.5), y), values[name], body_px)]
     rotation = int(rng.choice(ROTATIONS[1:])) if rng.random() < rotate_prob else 0
     if rotation:
         page = page.rotate(rotation)  # square page: a lossless quarter turn, counter-clockwise
     arr = np.asarray(page.convert("RGB"))
-    return Document(arr, values, rotation)
+    return Document(arr, values, rotation, lines)
+
+
+def glyph_labels(doc: Document, charset: str) -> np.ndarray:
+    """(S, S) int16 map of the page as rendered: 1 + the index in ``charset`` of the character whose
+    glyph covers the pixel, 0 elsewhere (characters outside ``charset`` are left out). For dense
+    reading targets (scripts/probe_doc_reading.py); character positions follow the font's advance
+    widths, so they match ``render`` to within kerning."""
+    size = doc.image.shape[0]
+    labels = np.zeros((size, size), dtype=np.int16)
+    for (x, y), text, px in doc.lines:
+        font = _font(px)
+        for i, ch in enumerate(text):
+            if ch not in charset:
+                continue
+            glyph = Image.new("L", (size, size), 0)
+            ImageDraw.Draw(glyph).text((x + font.getlength(text[:i]), y), ch, fill=255, font=font)
+            labels[np.asarray(glyph) >= 128] = charset.index(ch) + 1
+    if doc.rotation:  # the same counter-clockwise quarter turns as the page
+        labels = np.rot90(labels, k=doc.rotation // 90).copy()
+    return labels
 
 
 def question(doc: Document, rng: np.random.Generator) -> tuple[str, str, str]:
