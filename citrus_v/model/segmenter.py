@@ -94,6 +94,26 @@ def padding_point(n: int, device: torch.device, dtype: torch.dtype) -> tuple[tor
     return points, labels
 
 
+def decode_seg_prompts(
+    segmenter: Segmenter,
+    features: SegmenterFeatures,
+    image_index: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    candidates: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode`` for any segmenter: each projected [SEG] (n_seg, 1, C) goes after the padding
+    point (no user points), on the features of its image (image_index (n_seg,)); multimask output,
+    the best predicted IoU kept (every candidate with ``candidates``)."""
+    empty = check_decode_inputs(sparse_prompt_embeddings, image_index, segmenter.prompt_dim, candidates)
+    if empty is not None:
+        return empty
+    feats = features.select(image_index)
+    points, labels = padding_point(len(image_index), feats.image_embeddings.device, feats.image_embeddings.dtype)
+    sparse, dense = segmenter.prompt_encoder(points, labels, None, None)  # (n_seg, 1, 2, C), (n_seg, C, h, w)
+    sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)  # (n_seg, 1, 3, C)
+    return segmenter.decode_sparse(feats, sparse, dense, multimask=True, candidates=candidates)
+
+
 def pick_masks(masks: torch.Tensor, iou: torch.Tensor, candidates: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Multimask decoder output -> what ``decode`` returns, at MASK_SIZE.
 
@@ -218,16 +238,7 @@ class Sam2Segmenter(nn.Module):
         of the chosen candidate (n_seg,); with ``candidates`` every multimask candidate,
         (n_seg, 3, 256, 256) and (n_seg, 3).
         """
-        empty = check_decode_inputs(sparse_prompt_embeddings, image_index, self.prompt_dim, candidates)
-        if empty is not None:
-            return empty
-        n_seg = sparse_prompt_embeddings.shape[0]
-        feats = features.select(image_index)
-        # no user points: the padding point, then the language embedding appended after them
-        points, labels = padding_point(n_seg, sparse_prompt_embeddings.device, feats.image_embeddings.dtype)
-        sparse, dense = self.prompt_encoder(points, labels, None, None)  # (n_seg,1,2,C), (n_seg,C,h,w)
-        sparse = torch.cat([sparse, sparse_prompt_embeddings.to(sparse.dtype).unsqueeze(1)], dim=2)
-        return self.decode_sparse(feats, sparse, dense, multimask=True, candidates=candidates)
+        return decode_seg_prompts(self, features, image_index, sparse_prompt_embeddings, candidates)
 
     def decode_sparse(
         self, features: SegmenterFeatures, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool, candidates: bool = False
