@@ -64,6 +64,9 @@ class WarmupConfig:
     modality_weight: float = 0.2
     presence_weight: float = 1.0
     box_weight: float = 2.0
+    # weight of the positive targets in the occupancy and presence BCE: a small finding covers a
+    # few patches of a few images, and at 1 the heads learn to call it absent everywhere
+    positive_weight: float = 1.0
     totalseg_dir: str | None = None
     workers: int = 2
     save_every: int = 200
@@ -72,8 +75,9 @@ class WarmupConfig:
         for name in ("n", "n_val", "steps", "batch_size", "workers", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WarmupConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"WarmupConfig.lr must be > 0, got {self.lr}")
+        for name in ("lr", "positive_weight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"WarmupConfig.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -203,13 +207,17 @@ def token_positions(th: int, tw: int) -> torch.Tensor:
 def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality: torch.Tensor, boxes: torch.Tensor,
                  cfg: WarmupConfig) -> dict[str, torch.Tensor]:
     """occupancy (B, K, gh, gw) in 0..1; modality (B,) long; boxes (B, K, 4), NaN rows = absent."""
-    occ = F.binary_cross_entropy_with_logits(out["occupancy"], occupancy)
+    k = occupancy.shape[1]
+    weighted = cfg.positive_weight != 1.0  # at 1 the plain BCE, bit for bit
+    pos_occ = torch.full((k, 1, 1), cfg.positive_weight) if weighted else None  # broadcast over (B, K, gh, gw)
+    pos_pres = torch.full((k,), cfg.positive_weight) if weighted else None  # over (B, th, tw, K)
+    occ = F.binary_cross_entropy_with_logits(out["occupancy"], occupancy, pos_weight=pos_occ)
     th, tw = out["position"].shape[1:3]
     pos = F.mse_loss(out["position"], token_positions(th, tw).expand_as(out["position"]))
     per_token = lambda v: v[:, None, None].expand(-1, th, tw, *v.shape[1:])  # noqa: E731 - (B, ...) -> (B, th, tw, ...)
     mod = F.cross_entropy(out["modality"].flatten(0, 2), per_token(modality).flatten())
     present = ~torch.isnan(boxes[..., 0])  # (B, K)
-    pres = F.binary_cross_entropy_with_logits(out["presence"], per_token(present.float()))
+    pres = F.binary_cross_entropy_with_logits(out["presence"], per_token(present.float()), pos_weight=pos_pres)
     have = per_token(present)  # (B, th, tw, K)
     box = F.l1_loss(out["boxes"][have], per_token(torch.nan_to_num(boxes))[have]) if bool(have.any()) else occ * 0
     total = occ + cfg.position_weight * pos + cfg.modality_weight * mod + cfg.presence_weight * pres + cfg.box_weight * box
@@ -241,6 +249,8 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
     inter = np.zeros(len(STRUCTURES))
     union = np.zeros(len(STRUCTURES))
     mod_ok, pres_ok, box_ok, n_tok, n_box, pos_err, n_pos = 0.0, 0.0, 0.0, 0, 0, 0.0, 0
+    said_present = np.zeros((2, len(STRUCTURES)))  # tokens answering "present": [absent images, present images]
+    tokens_by_truth = np.zeros((2, len(STRUCTURES)))
     for s in range(0, len(data.images), batch_size):
         pv, grid = proc.qwen(list(data.images[s:s + batch_size]))
         out = heads(vision_tokens(model, pv, grid), grid)
@@ -257,16 +267,26 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
         boxes = torch.from_numpy(data.boxes[s:s + batch_size])[:, None, None]  # (B, 1, 1, K, 4)
         present = ~torch.isnan(boxes[..., 0])  # (B, 1, 1, K)
         pres_ok += float(((out["presence"] > 0) == present).float().mean(-1).sum())
+        says = (out["presence"] > 0).flatten(1, 2).sum(1).numpy()  # (B, K) tokens per image saying "present"
+        truth_k = present[:, 0, 0].numpy()  # (B, K)
+        for t in (0, 1):
+            said_present[t] += (says * (truth_k == t)).sum(0)
+            tokens_by_truth[t] += (truth_k == t).sum(0) * th * tw
         hit = (box_iou(out["boxes"], torch.nan_to_num(boxes)) >= 0.5) & present  # (B, th, tw, K)
         box_ok += float(hit.sum())
         n_box += int(present.sum()) * th * tw
         n_tok += out["presence"].shape[0] * th * tw
     iou = {name: (float(inter[k] / union[k]) if union[k] else None) for k, name in enumerate(STRUCTURES)}
+    # per structure, as read from single tokens: recall on images that hold it, specificity on those that do not
+    presence = {name: {"recall": float(said_present[1, k] / tokens_by_truth[1, k]) if tokens_by_truth[1, k] else None,
+                       "specificity": float(1 - said_present[0, k] / tokens_by_truth[0, k]) if tokens_by_truth[0, k] else None}
+                for k, name in enumerate(STRUCTURES)}
     present_iou = [v for v in iou.values() if v is not None]
     model.train()
     return {"structure_iou": iou, "mean_structure_iou": float(np.mean(present_iou)) if present_iou else None,
             "position_abs_err_tokens": pos_err / max(n_pos, 1), "modality_acc_per_token": mod_ok / max(n_tok, 1),
-            "presence_acc_per_token": pres_ok / max(n_tok, 1), "box_iou50_per_token": box_ok / max(n_box, 1)}
+            "presence_acc_per_token": pres_ok / max(n_tok, 1), "box_iou50_per_token": box_ok / max(n_box, 1),
+            "presence_by_structure": presence}
 
 
 def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[str | Path], init: str | Path | None = None,
@@ -347,12 +367,15 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
 
 
 def format_report(report: dict) -> str:
-    lines = ["structure        IoU before  IoU after"]
+    lines = ["structure        IoU before  IoU after  presence recall / specificity after (single tokens)"]
+    nan = float("nan")
     for name in STRUCTURES:
         b, a = report["val_before"]["structure_iou"][name], report["val_after"]["structure_iou"][name]
         if a is None:
             continue
-        lines.append(f"{name:<16} {b if b is not None else float('nan'):10.3f} {a:10.3f}")
+        pres = report["val_after"]["presence_by_structure"][name]
+        rec, spec = (nan if pres[k] is None else pres[k] for k in ("recall", "specificity"))
+        lines.append(f"{name:<16} {b if b is not None else nan:10.3f} {a:10.3f}  {rec:6.3f} / {spec:.3f}")
     for key in ("mean_structure_iou", "position_abs_err_tokens", "modality_acc_per_token", "presence_acc_per_token",
                 "box_iou50_per_token"):
         lines.append(f"{key:<26} {report['val_before'][key]:.3f} -> {report['val_after'][key]:.3f}")
@@ -371,6 +394,8 @@ def add_arguments(p) -> None:  # noqa: ANN001
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--positive-weight", type=float, default=d.positive_weight,
+                   help="weight of positive occupancy/presence targets (> 1 for small, rare findings)")
     p.add_argument("--size", type=int, default=d.size)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--totalseg-dir", default=None)
@@ -385,7 +410,7 @@ def run_cli(args) -> int:  # noqa: ANN001
     if args.init is not None and not (args.init / "config.json").is_file():
         raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
     cfg = WarmupConfig(seed=args.seed, n=args.n, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir, save_every=args.save_every)
+                       positive_weight=args.positive_weight, size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir, save_every=args.save_every)
     for f in args.data:
         if not f.is_file():
             raise SystemExit(f"{f}: no such data file")

@@ -18,6 +18,7 @@ from citrus_v.train.vision_warmup import (
     WarmupConfig,
     box_iou,
     dense_losses,
+    format_report,
     occupancy_grid,
     run_warmup,
     structure_boxes,
@@ -97,6 +98,25 @@ def test_global_facts_are_asked_of_every_token():
     assert heads.boxes.weight.grad[:4].abs().sum() > 0
 
 
+def test_positive_weight_scales_only_the_positive_targets():
+    heads = DenseHeads(dim=8, merge=2, n_structures=2, n_modalities=3)
+    out = {k: torch.zeros_like(v) for k, v in heads(torch.randn(2 * 8, 8), torch.tensor([[1, 4, 8], [1, 4, 8]])).items()}
+    out["boxes"] = out["boxes"] + 0.5  # sigmoid(0), as the zero logits give
+    occupancy = torch.zeros(2, 2, 4, 8)
+    occupancy[0, 1, :2, :2] = 1.0  # 4 of 128 cells of structure 1 are covered
+    boxes = torch.tensor([[[float("nan")] * 4, [0.0, 0.0, 0.25, 0.5]], [[float("nan")] * 4] * 2])  # one positive
+    plain = dense_losses(out, occupancy, torch.tensor([0, 1]), boxes, WarmupConfig())
+    heavy = dense_losses(out, occupancy, torch.tensor([0, 1]), boxes, WarmupConfig(positive_weight=5.0))
+    # zero logits: every target costs log 2; weighting the positives by 5 adds 4 * log 2 per positive
+    n_occ, n_pres = occupancy.numel(), 2 * 2 * 4 * 2  # cells; tokens x structures
+    assert plain["occupancy_loss"].item() == pytest.approx(np.log(2))
+    assert heavy["occupancy_loss"].item() == pytest.approx(np.log(2) * (1 + 4 * 4 / n_occ))
+    assert heavy["presence_loss"].item() == pytest.approx(np.log(2) * (1 + 4 * 8 / n_pres))
+    assert heavy["modality_loss"].item() == pytest.approx(plain["modality_loss"].item())
+    with pytest.raises(ValueError, match="positive_weight"):
+        WarmupConfig(positive_weight=0)
+
+
 def test_token_positions_are_centres():
     pos = token_positions(2, 4)
     assert pos.shape == (2, 4, 2)
@@ -119,6 +139,12 @@ def test_a_short_warmup_learns_and_writes_a_complete_model_folder(tmp_path):
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
     assert last < 0.7 * first, (first, last)
     assert report["val_after"]["modality_acc_per_token"] > report["val_before"]["modality_acc_per_token"]
+    by_structure = report["val_after"]["presence_by_structure"]
+    assert set(by_structure) == set(STRUCTURES)
+    seen = [v for v in by_structure.values() if v["recall"] is not None]
+    assert seen and all(0.0 <= v["recall"] <= 1.0 for v in seen)
+    table = format_report(report)
+    assert "presence recall" in table and "modality_acc_per_token" in table
     saved = json.loads((tmp_path / "warmup_eval.json").read_text())
     assert saved["config"]["steps"] == 30
     model, tokenizer, template = load_model_and_tokenizer(tmp_path / "final")  # tokenizer + sizing travel along
