@@ -239,6 +239,20 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
 
 
+def presence_by_structure(says: np.ndarray, holds: np.ndarray, modality: np.ndarray) -> dict[str, dict]:
+    """Per structure, as read from single tokens: recall = share of tokens saying "present" on images
+    that hold it; specificity = share saying "absent" on images that do not but are of a modality
+    where it occurs (a nodule is trivially absent from a brain MR). says (N, K) shares in 0..1,
+    holds (N, K) bool, modality (N,) indices. None where there is nothing to measure."""
+    out = {}
+    for k, name in enumerate(STRUCTURES):
+        held = holds[:, k].astype(bool)
+        same_kind = np.isin(modality, modality[held]) & ~held
+        out[name] = {"recall": float(says[held, k].mean()) if held.any() else None,
+                     "specificity": float(1 - says[same_kind, k].mean()) if same_kind.any() else None}
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProcessor, batch_size: int = 32) -> dict:
     """Per-structure IoU of the occupancy map thresholded at 0.5 (patches where the structure is
@@ -249,8 +263,7 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
     inter = np.zeros(len(STRUCTURES))
     union = np.zeros(len(STRUCTURES))
     mod_ok, pres_ok, box_ok, n_tok, n_box, pos_err, n_pos = 0.0, 0.0, 0.0, 0, 0, 0.0, 0
-    said_present = np.zeros((2, len(STRUCTURES)))  # tokens answering "present": [absent images, present images]
-    tokens_by_truth = np.zeros((2, len(STRUCTURES)))
+    says_present, holds = [], []  # per image: share of tokens saying each structure is present; the truth
     for s in range(0, len(data.images), batch_size):
         pv, grid = proc.qwen(list(data.images[s:s + batch_size]))
         out = heads(vision_tokens(model, pv, grid), grid)
@@ -267,20 +280,14 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
         boxes = torch.from_numpy(data.boxes[s:s + batch_size])[:, None, None]  # (B, 1, 1, K, 4)
         present = ~torch.isnan(boxes[..., 0])  # (B, 1, 1, K)
         pres_ok += float(((out["presence"] > 0) == present).float().mean(-1).sum())
-        says = (out["presence"] > 0).flatten(1, 2).sum(1).numpy()  # (B, K) tokens per image saying "present"
-        truth_k = present[:, 0, 0].numpy()  # (B, K)
-        for t in (0, 1):
-            said_present[t] += (says * (truth_k == t)).sum(0)
-            tokens_by_truth[t] += (truth_k == t).sum(0) * th * tw
+        says_present.append((out["presence"] > 0).float().mean(dim=(1, 2)).numpy())  # (B, K)
+        holds.append(present[:, 0, 0].numpy())  # (B, K)
         hit = (box_iou(out["boxes"], torch.nan_to_num(boxes)) >= 0.5) & present  # (B, th, tw, K)
         box_ok += float(hit.sum())
         n_box += int(present.sum()) * th * tw
         n_tok += out["presence"].shape[0] * th * tw
     iou = {name: (float(inter[k] / union[k]) if union[k] else None) for k, name in enumerate(STRUCTURES)}
-    # per structure, as read from single tokens: recall on images that hold it, specificity on those that do not
-    presence = {name: {"recall": float(said_present[1, k] / tokens_by_truth[1, k]) if tokens_by_truth[1, k] else None,
-                       "specificity": float(1 - said_present[0, k] / tokens_by_truth[0, k]) if tokens_by_truth[0, k] else None}
-                for k, name in enumerate(STRUCTURES)}
+    presence = presence_by_structure(np.concatenate(says_present), np.concatenate(holds), data.modality)
     present_iou = [v for v in iou.values() if v is not None]
     model.train()
     return {"structure_iou": iou, "mean_structure_iou": float(np.mean(present_iou)) if present_iou else None,

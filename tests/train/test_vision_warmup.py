@@ -20,6 +20,7 @@ from citrus_v.train.vision_warmup import (
     dense_losses,
     format_report,
     occupancy_grid,
+    presence_by_structure,
     run_warmup,
     structure_boxes,
     token_positions,
@@ -115,6 +116,18 @@ def test_positive_weight_scales_only_the_positive_targets():
     assert heavy["modality_loss"].item() == pytest.approx(plain["modality_loss"].item())
     with pytest.raises(ValueError, match="positive_weight"):
         WarmupConfig(positive_weight=0)
+
+
+def test_presence_by_structure_counts_specificity_within_the_modalities_where_it_occurs():
+    k = STRUCTURES.index("nodule")
+    says = np.zeros((4, len(STRUCTURES)))
+    holds = np.zeros((4, len(STRUCTURES)), dtype=bool)
+    modality = np.array([MODALITIES.index(m) for m in ("xray", "xray", "mr", "xray")])
+    holds[0, k] = True
+    says[:, k] = [1.0, 0.5, 1.0, 0.0]  # the MR image's false "present" does not count: no nodules there
+    got = presence_by_structure(says, holds, modality)
+    assert got["nodule"] == {"recall": 1.0, "specificity": 0.75}
+    assert got["liver"] == {"recall": None, "specificity": None}
 
 
 def test_token_positions_are_centres():
