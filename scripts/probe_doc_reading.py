@@ -54,22 +54,24 @@ def patch_glyphs(labels: np.ndarray, patch: int, merge: int) -> np.ndarray:
     return present.reshape(th, merge, th, merge, len(CHARS)).transpose(0, 2, 1, 3, 4).reshape(th, th, merge * merge, len(CHARS))
 
 
-def make_pages(n: int, seed: int, patch: int = 14, merge: int = 2) -> tuple[np.ndarray, ...]:
-    """images (n, S, S, 3) uint8, presence (n, A) float32, chars (n, A, SLOTS) long,
-    glyphs (n, th, tw, merge^2, len(CHARS)) float32."""
+def make_pages(n: int, seed: int, glyphs_too: bool, patch: int = 14, merge: int = 2) -> tuple[np.ndarray, ...]:
+    """images (n, S, S, 3) uint8, presence (n, A) float32, chars (n, A, SLOTS) long, and with
+    ``glyphs_too`` glyphs (n, th, tw, merge^2, len(CHARS)) float32 (else None: rendering each
+    character's label map is the slow part, and only --target glyphs reads it)."""
     rng = np.random.default_rng(seed)
     images, glyphs, presence = [], [], np.zeros((n, len(NAMES)), np.float32)
     chars = np.full((n, len(NAMES), SLOTS), PAD, np.int64)
     for i in range(n):
         page = document.render(rng, SIZE)
         images.append(page.image)
-        glyphs.append(patch_glyphs(document.glyph_labels(page, CHARS), patch, merge))
+        if glyphs_too:
+            glyphs.append(patch_glyphs(document.glyph_labels(page, CHARS), patch, merge))
         for name, value in page.values.items():
             k = NAMES.index(name)
             presence[i, k] = 1
             for j, c in enumerate(value.split(" ")[0][:SLOTS]):
                 chars[i, k, j] = CHARS.index(c)
-    return np.stack(images), presence, chars, np.stack(glyphs)
+    return np.stack(images), presence, chars, np.stack(glyphs) if glyphs_too else None
 
 
 class ReadingHead(nn.Module):
@@ -134,7 +136,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     t0 = time.time()
-    train, val = make_pages(args.n_train, 1001), make_pages(args.n_val, 2002)
+    glyphs_too = args.target == "glyphs"
+    train, val = make_pages(args.n_train, 1001, glyphs_too), make_pages(args.n_val, 2002, glyphs_too)
     model, _, _ = init_model_and_template(args.init, "tiny", get_stage(1, "tiny"), [])
     model.set_trainable(["vision_encoder", "merger"])
     model.train()

@@ -201,7 +201,7 @@ class Sam2Segmenter(nn.Module):
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
-        return tuple(self.sam2.prompt_encoder.mask_input_size)
+        return tuple(self.prompt_encoder.mask_input_size)
 
     def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures:
         """sam_images (n_img, 3, S, S), normalised -> features of every image."""
@@ -219,7 +219,7 @@ class Sam2Segmenter(nn.Module):
     def point_prompt_embedding(self, xy: torch.Tensor) -> torch.Tensor:
         """(n, 2) points as (x, y) fractions of the image -> (n, C): the prompt encoder's sparse
         embedding of each as a positive click (what SAM2 gives a user's foreground point)."""
-        encoder = self.sam2.prompt_encoder
+        encoder = self.prompt_encoder
         points = (xy * encoder.input_image_size - 0.5)[:, None, None, :]  # pixel coords; the encoder adds 0.5
         labels = torch.ones(xy.shape[0], 1, 1, dtype=torch.long, device=xy.device)
         return encoder._embed_points(points, labels, pad=False)[:, 0, 0]

@@ -279,8 +279,9 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
         mod_ok += float((out["modality"].argmax(-1) == modality).sum())
         boxes = torch.from_numpy(data.boxes[s:s + batch_size])[:, None, None]  # (B, 1, 1, K, 4)
         present = ~torch.isnan(boxes[..., 0])  # (B, 1, 1, K)
-        pres_ok += float(((out["presence"] > 0) == present).float().mean(-1).sum())
-        says_present.append((out["presence"] > 0).float().mean(dim=(1, 2)).numpy())  # (B, K)
+        said = out["presence"] > 0  # (B, th, tw, K)
+        pres_ok += float((said == present).float().mean(-1).sum())
+        says_present.append(said.float().mean(dim=(1, 2)).numpy())  # (B, K)
         holds.append(present[:, 0, 0].numpy())  # (B, K)
         hit = (box_iou(out["boxes"], torch.nan_to_num(boxes)) >= 0.5) & present  # (B, th, tw, K)
         box_ok += float(hit.sum())
@@ -417,7 +418,8 @@ def run_cli(args) -> int:  # noqa: ANN001
     if args.init is not None and not (args.init / "config.json").is_file():
         raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
     cfg = WarmupConfig(seed=args.seed, n=args.n, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       positive_weight=args.positive_weight, size=args.size, workers=args.workers, totalseg_dir=args.totalseg_dir, save_every=args.save_every)
+                       positive_weight=args.positive_weight, size=args.size, workers=args.workers,
+                       totalseg_dir=args.totalseg_dir, save_every=args.save_every)
     for f in args.data:
         if not f.is_file():
             raise SystemExit(f"{f}: no such data file")

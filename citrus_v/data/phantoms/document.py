@@ -64,21 +64,22 @@ def render(rng: np.random.Generator, size: int, rotate_prob: float = 0.25) -> Do
     page = Image.new("L", (size, size), paper)
     draw = ImageDraw.Draw(page)
     title_px, body_px = max(8, round(size * 0.07)), max(8, round(size * 0.068))
-    title, body = _font(title_px), _font(body_px)
+    lines: list[tuple[tuple[int, int], str, int]] = []
+
+    def put(xy: tuple[int, int], text: str, px: int, fill: int) -> None:  # draw, and remember it for glyph_labels
+        draw.text(xy, text, fill=fill, font=_font(px))
+        lines.append((xy, text, px))
+
     ink = int(rng.integers(0, 40))
     m = round(size * 0.05)
-    lines: list[tuple[tuple[int, int], str, int]] = [((m, m), "LAB REPORT", title_px)]
-    draw.text((m, m), "LAB REPORT", fill=ink, font=title)
-    lines.append(((m, round(size * 0.16)), f"ID {int(rng.integers(1000, 9999))}", body_px))
-    draw.text(lines[-1][0], lines[-1][1], fill=ink + 60, font=body)
+    put((m, m), "LAB REPORT", title_px, ink)
+    put((m, round(size * 0.16)), f"ID {int(rng.integers(1000, 9999))}", body_px, ink + 60)
     y0, dy = round(size * 0.32), round(size * 0.155)
     draw.line([(m, y0 - dy * 0.25), (size - m, y0 - dy * 0.25)], fill=ink + 80, width=max(1, size // 112))
     for r, name in enumerate(values):
         y = y0 + r * dy
-        label = name.capitalize() if name[0].islower() else name
-        draw.text((m, y), label, fill=ink, font=body)
-        draw.text((round(size * 0.5), y), values[name], fill=ink, font=body)
-        lines += [((m, y), label, body_px), ((round(size * 0.5), y), values[name], body_px)]
+        put((m, y), name.capitalize() if name[0].islower() else name, body_px, ink)
+        put((round(size * 0.5), y), values[name], body_px, ink)
     rotation = int(rng.choice(ROTATIONS[1:])) if rng.random() < rotate_prob else 0
     if rotation:
         page = page.rotate(rotation)  # square page: a lossless quarter turn, counter-clockwise
