@@ -30,6 +30,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
     p.add_argument("--strategy", choices=["none", "ddp", "fsdp2"], default="ddp", help="under torchrun: DDP or FSDP2")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on the MLLM's linear layers (peft)")
+    p.add_argument("--workers", type=int, default=0, help="processes that read and collate batches (0: in the training process)")
+    p.add_argument("--time-budget-min", type=float, default=None,
+                   help="fit the run into this many minutes: after its first steps it is shortened (and its cosine with it) "
+                        "to the steps that fit at the measured rate")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
@@ -82,15 +86,22 @@ def run_train(args: argparse.Namespace) -> int:
     from citrus_v.train.distributed import init_distributed, shutdown
     from citrus_v.train.pipeline import run_all_stages, run_stage
 
+    if args.workers < 0:
+        raise SystemExit(f"--workers {args.workers}: must be 0 or more")
+    if args.time_budget_min is not None and args.time_budget_min <= 0:
+        raise SystemExit(f"--time-budget-min {args.time_budget_min}: must be positive")
     ctx = init_distributed(args.strategy)
     try:
         common = dict(data_files=args.data, init=args.init, preset=args.config, resume=args.resume, dist_ctx=ctx,
                       progress=not args.no_progress, lora=args.lora)
         if len(stages) == 1:
-            result = run_stage(stages[0], out_dir=args.out, **common)
+            budget = None if args.time_budget_min is None else 60 * args.time_budget_min
+            result = run_stage(stages[0], out_dir=args.out, loader_workers=args.workers, time_budget_s=budget, **common)
             if ctx.is_main:
                 print(f"trained {result.steps} steps; model: {args.out / 'final'}; metrics: {result.metrics_path}; plot: {result.plot_path}")
         else:
+            if args.time_budget_min is not None:
+                raise SystemExit("--time-budget-min applies to one stage, not --stage all")
             run_all_stages(stages, out_dir=args.out, **common)
             if ctx.is_main:
                 print(f"trained stages 1-4; final model: {args.out / 'stage4' / 'final'}")

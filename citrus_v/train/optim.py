@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,10 +62,15 @@ def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=stage.lr, betas=stage.betas, eps=stage.eps, foreach=False)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig,
+                    total_steps: int | Callable[[], int]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine with warm-up over ``total_steps``; a callable is read at every step (a run whose
+    length is settled while it runs, by a time budget)."""
+    horizon = total_steps if callable(total_steps) else (lambda: total_steps)
+
     def factor(step: int) -> float:
         return cosine_with_warmup(
-            step, warmup_steps=stage.warmup_steps, total_steps=total_steps, min_lr_ratio=stage.min_lr_ratio
+            step, warmup_steps=stage.warmup_steps, total_steps=horizon(), min_lr_ratio=stage.min_lr_ratio
         )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

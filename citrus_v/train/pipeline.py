@@ -149,7 +149,7 @@ def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = N
 
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
               preset: str = "tiny", resume: bool = False, dist_ctx: DistContext | None = None, progress: bool = True,
-              lora: bool = False) -> TrainResult:
+              lora: bool = False, loader_workers: int = 0, time_budget_s: float | None = None) -> TrainResult:
     """One stage from files: returns the recipe's result; ``out_dir/final`` holds the model."""
     from citrus_v.data.collate import make_collate_fn
 
@@ -169,7 +169,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
         apply_lora(model, settings)
         adjust = restrict_to_lora
     result = train(stage, model, dataset, collate, out_dir, resume=resume, dist_ctx=ctx, progress=progress,
-                   adjust_trainable=adjust)
+                   adjust_trainable=adjust, loader_workers=loader_workers, time_budget_s=time_budget_s)
     if ctx.is_main:
         export_final(result.final_dir, model.config, tokenizer, out_dir / "final",
                      lora_scaling=settings.scaling if settings else None, image_cfg=template.image_cfg)

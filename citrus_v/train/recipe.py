@@ -168,6 +168,8 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     adjust_trainable: Callable[[nn.Module], None] | None = None,
+    loader_workers: int = 0,
+    time_budget_s: float | None = None,
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
@@ -176,6 +178,9 @@ def train(
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (or
     ``resume_from``); a corrupt one raises CheckpointError. ``stop_after`` ends the run
     early after that many steps (a test hook; the schedule still spans the full run).
+    ``loader_workers`` > 0 reads and collates batches in that many processes (same batches,
+    same order). ``time_budget_s`` shortens the run (and its cosine) to the steps that fit in
+    that many seconds, measured over the first steps; the length it settles on is checkpointed.
     """
     ctx = dist_ctx or DistContext()
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -202,7 +207,8 @@ def train(
     # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `model`.
     optimizer = build_optimizer(model, stage)
     total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
-    scheduler = build_scheduler(optimizer, stage, total_steps)
+    horizon = [total_steps]  # the schedule's length; a time budget may shorten it once the step time is known
+    scheduler = build_scheduler(optimizer, stage, lambda: horizon[0])
 
     step, epoch, position = 0, 0, 0
     if resume or resume_from is not None:
@@ -214,6 +220,8 @@ def train(
             if state.rng is not None:
                 ckpt.restore_rng(state.rng)
             step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
+            total_steps = horizon[0] = state.trainer.get("total_steps", total_steps)
+            time_budget_s = None  # a resumed run keeps the length the interrupted one had settled on
             if ctx.is_main:
                 log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
         elif ctx.is_main:
@@ -225,26 +233,29 @@ def train(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )  # bf16 on GPU; CPUs here lack bf16, so fp32
-    order = epoch_order(len(dataset), stage.seed, epoch)
     losses: list[float] = []
     last_dir = ckpt.latest_checkpoint(ckpt_root) if step else None
     end = total_steps if stop_after is None else min(total_steps, stop_after)
+    plan = _window_plan(len(dataset), epoch, position, window_size, end - step)
+    batches = _micro_batch_stream(dataset, collate_fn, plan, ctx, stage, loader_workers, pin=device.type == "cuda")
     bar = _progress_bar(step, total_steps, enabled=progress and ctx.is_main, desc=stage.name)
     t0 = time.perf_counter()
-    while step < end:
-        if position + window_size > len(order):  # epoch done: drop the ragged tail
-            epoch, position = epoch + 1, 0
-            order = epoch_order(len(dataset), stage.seed, epoch)
-        window = order[position : position + window_size]
-        micro = [_to_device(collate_fn([dataset[i] for i in idx]), device) for idx in rank_micro_batches(window, ctx, stage.micro_batch_size, stage.grad_accum)]
+    budget = _TimeBudget(time_budget_s, start_step=step) if time_budget_s is not None else None
+    for epoch, position in plan:
+        if step >= end:
+            break
+        micro = [_to_device(next(batches), device) for _ in range(stage.grad_accum)]
         lm_part, mask_part = _accumulate(wrapped, micro, ctx, autocast)
         grad_norm = _grad_norm(params, stage.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
-        scheduler.step()
         step += 1
-        position += window_size
+        if budget is not None and (fit := budget.fit(step, end)) is not None:
+            end = horizon[0] = fit  # the cosine now ends where the time runs out (from the next step's lr on)
+            bar.total = end
+            log.info("%s: time budget of %.0f s fits %d steps in all", stage.name, time_budget_s, end)
+        scheduler.step()
 
         lm_loss = all_reduce_sum(lm_part, ctx) / ctx.world_size
         mask_loss = all_reduce_sum(mask_part, ctx)
@@ -260,7 +271,7 @@ def train(
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
         if step % stage.save_every == 0 or step == end:
-            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx)
+            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx, end)
     bar.close()
 
     plot_path = metrics_path = None
@@ -271,6 +282,74 @@ def train(
     barrier(ctx)
     assert last_dir is not None or end == 0
     return TrainResult(out_dir, last_dir or ckpt_root, step, losses, trainable, total, metrics_path, plot_path)
+
+
+def _window_plan(n: int, epoch: int, position: int, window_size: int, steps: int) -> list[tuple[int, int]]:
+    """The (epoch, position) after each of the next ``steps`` optimizer steps, starting from a
+    saved (epoch, position); each step's window is the ``window_size`` indices before that position."""
+    plan = []
+    for _ in range(steps):
+        if position + window_size > n:  # epoch done: drop the ragged tail
+            epoch, position = epoch + 1, 0
+        position += window_size
+        plan.append((epoch, position))
+    return plan
+
+
+def _plan_micro_batches(plan: list[tuple[int, int]], n: int, seed: int, window_size: int, ctx: DistContext,
+                        stage: StageConfig):
+    """This rank's micro-batches of dataset indices, step after step, as ``plan`` lays them out."""
+    order, order_epoch = None, None
+    for epoch, position in plan:
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(n, seed, epoch), epoch
+        window = order[position - window_size : position]
+        yield from rank_micro_batches(window, ctx, stage.micro_batch_size, stage.grad_accum)
+
+
+class _Collated(torch.utils.data.IterableDataset):
+    """Collated micro-batches in order; with several loader workers, worker w makes every
+    w-th one and the DataLoader interleaves them back into order."""
+
+    def __init__(self, dataset: Sequence[Any], collate_fn: Callable[[list[Any]], Batch], micro: list[list[int]]):
+        self.dataset, self.collate_fn, self.micro = dataset, collate_fn, micro
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for idx in self.micro[wid::nw]:
+            yield self.collate_fn([self.dataset[i] for i in idx])
+
+
+def _micro_batch_stream(dataset: Sequence[Any], collate_fn: Callable[[list[Any]], Batch], plan: list[tuple[int, int]],
+                        ctx: DistContext, stage: StageConfig, workers: int, pin: bool):
+    window = stage.micro_batch_size * stage.grad_accum * ctx.world_size
+    source = _Collated(dataset, collate_fn, list(_plan_micro_batches(plan, len(dataset), stage.seed, window, ctx, stage)))
+    if workers <= 0:
+        return iter(source)
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=4, pin_memory=pin)
+    return iter(loader)
+
+
+class _TimeBudget:
+    """Fits a run into a wall-clock budget: after a few steps (the first ones carry start-up
+    costs, so they are timed apart), the steps that still fit at the measured rate."""
+
+    def __init__(self, seconds: float, start_step: int, skip: int = 5, measure: int = 20):
+        self.seconds, self.start_step, self.skip, self.measure = seconds, start_step, skip, measure
+        self.t_start = time.perf_counter()
+        self.t_skip: float | None = None
+
+    def fit(self, step: int, end: int) -> int | None:
+        done = step - self.start_step
+        if done == self.skip:
+            self.t_skip = time.perf_counter()
+        if done != self.skip + self.measure or self.t_skip is None:
+            return None
+        now = time.perf_counter()
+        per_step = (now - self.t_skip) / self.measure
+        left = self.seconds - (now - self.t_start)
+        return max(step, min(end, step + int(left / per_step)))
 
 
 def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> tuple[float, float]:
@@ -301,11 +380,12 @@ def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
-          position: int, stage: StageConfig, ctx: DistContext) -> Path:
+          position: int, stage: StageConfig, ctx: DistContext, total_steps: int) -> Path:
     model_sd, optim_sd = _model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
-        trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict()}
+        trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict(),
+                   "total_steps": total_steps}
         config = getattr(model, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
         if config is not None and hasattr(config, "to_dict"):
             trainer["model_config"] = config.to_dict()

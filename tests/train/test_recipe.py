@@ -82,3 +82,28 @@ def test_hook_grad_scale_is_set_per_stage(tmp_path):
     assert model.config.seg_grad_scale == 0.001
     train(get_stage(4, "tiny").replace(max_steps=1, grad_accum=1), model, make_dataset(1), collate, tmp_path / "b", progress=False)
     assert model.config.seg_grad_scale == 1.0
+
+
+def test_loader_workers_give_the_same_batches_in_the_same_order(tmp_path):
+    stage = get_stage(3, "tiny").replace(max_steps=4, grad_accum=2, micro_batch_size=1, save_every=100)
+    runs = []
+    for workers in (0, 2):
+        res = train(stage, tiny_model(0), make_dataset(5), collate, tmp_path / f"w{workers}", progress=False,
+                    device="cpu", loader_workers=workers)
+        runs.append(res.losses)
+    assert len(runs[0]) == 4 and runs[0] == runs[1]
+
+
+def test_time_budget_shortens_the_run_and_its_schedule(tmp_path):
+    from citrus_v.train import checkpointing as ckpt
+
+    stage = get_stage(3, "tiny").replace(max_steps=500, grad_accum=1, micro_batch_size=1, save_every=1000, warmup_steps=1)
+    # 25 steps are timed (5 + 20); a budget of ~0 leaves none beyond them
+    res = train(stage, tiny_model(0), make_dataset(3), collate, tmp_path, progress=False, device="cpu", time_budget_s=1e-3)
+    assert len(res.losses) == 25
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 25
+    # the cosine was re-aimed at step 25: the next lr is the floor, where a 500-step decay would still be near the top
+    state = ckpt.load_checkpoint(res.final_dir)
+    assert state.trainer["total_steps"] == 25
+    assert state.scheduler["_last_lr"][0] < 0.05 * stage.lr < 0.9 * stage.lr < rows[-1]["lr"]
