@@ -25,14 +25,18 @@ WORK=${WORK:-/tmp/citrus_gpu}
 END_S=${END_S:-570}  # the script's own deadline in seconds, inside the call's 600
 SHARED=${SHARED:-../shared}
 [ -d "$SHARED/bench" ] || SHARED=./shared
-STAGE=configs/default/stage3d.json
+STAGE=${STAGE:-configs/default/stage3d.json}
+INIT_MLLM=${INIT_MLLM:-citrus_v/assets/default/model.safetensors}  # where the init's MLLM weights come from
+N_TRAIN=${N_TRAIN:-60000}
+ANCHORS=${ANCHORS:-1}  # 0: a continuation call that already has its anchors from an earlier one
+RUN=${RUN:-stage3d}
 mkdir -p "$WORK"
 if [ "$DRY" = 1 ]; then  # CPU: small suite, 8-sample batches, short anchors
   N_TRAIN=400 GEN_WORKERS=2 LOAD_WORKERS=2 DEVICE_ENV=TINY=1 ANCHOR_S=60 STEPS_ARGS=(--steps 30)
   python3 -c "import json,sys; d=json.load(open('$STAGE')); d['micro_batch_size']=8; json.dump(d,open(sys.argv[1],'w'))" "$WORK/stage3d_dry.json"
   STAGE=$WORK/stage3d_dry.json
 else
-  N_TRAIN=60000 GEN_WORKERS=12 LOAD_WORKERS=12 DEVICE_ENV=TINY=0 ANCHOR_S=120 STEPS_ARGS=()
+  GEN_WORKERS=${GEN_WORKERS:-12} LOAD_WORKERS=${LOAD_WORKERS:-12} DEVICE_ENV=TINY=0 ANCHOR_S=120 STEPS_ARGS=()
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 if [ "$DRY" != 1 ]; then
@@ -45,13 +49,13 @@ cli() { "$PY" -m citrus_v.cli "$@"; }
 stamp() { echo "[$SECONDS s] $*"; }
 
 # the init model: stage 3c = the shipped MLLM + the carried segmenter side
-"$PY" - "$WORK/init3c" <<'PY' || exit 1
+"$PY" - "$WORK/init3c" "$INIT_MLLM" <<'PY' || exit 1
 import shutil, sys, pathlib
 from safetensors.torch import load_file, save_file
 out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 for f in ("config.json", "tokenizer.json", "preprocessor_config.json"):
     shutil.copy(pathlib.Path(".gpu/init3c") / f, out / f)
-mllm = {k: v for k, v in load_file("citrus_v/assets/default/model.safetensors").items() if k.startswith("mllm.")}
+mllm = {k: v for k, v in load_file(sys.argv[2]).items() if k.startswith("mllm.")}
 rest = load_file(".gpu/init3c/segmenter_fp16.safetensors")
 save_file({k: v.float() for k, v in {**mllm, **rest}.items()}, str(out / "model.safetensors"))
 print("init3c:", len(mllm), "+", len(rest), "tensors")
@@ -62,29 +66,29 @@ cli data phantoms --out "$WORK/suite" --n "$N_TRAIN" --n-val 1 --n-test 1 --seed
   >"$OUT/suite.log" 2>&1 &
 gen=$!
 stamp "smoke"
-cli data phantoms --out "$WORK/smoke" --n 300 --n-val 1 --n-test 1 --seed 7 --size 224 --workers 4 >"$OUT/smoke.log" 2>&1 &&
+[ "$ANCHORS" = 1 ] && cli data phantoms --out "$WORK/smoke" --n 300 --n-val 1 --n-test 1 --seed 7 --size 224 --workers 4 >"$OUT/smoke.log" 2>&1 &&
   cli train --stage 3 --stage-config "$STAGE" --data "$WORK/smoke/train.jsonl" --init "$WORK/init3c" \
     --out "$WORK/smoke_run" --steps 3 --workers 2 --no-progress >>"$OUT/smoke.log" 2>&1
-rc=$?; stamp "smoke rc=$rc"
+rc=$?; [ "$ANCHORS" = 1 ] || rc=0; stamp "smoke rc=$rc"
 if [ $rc != 0 ]; then kill $gen; tail -40 "$OUT/smoke.log"; exit 1; fi
 
 stamp "anchors"
-for name in hf_baseline hf_compiled; do
+for name in $([ "$ANCHORS" = 1 ] && echo hf_baseline hf_compiled); do
   start=$SECONDS
   env $DEVICE_ENV timeout "$ANCHOR_S" "$PY" "$SHARED/bench/$name.py" >"$OUT/$name.log" 2>&1
   stamp "$name rc=$? $((SECONDS - start))s"
 done
 wait $gen; rc=$?; stamp "suite rc=$rc"; [ $rc = 0 ] || { tail -20 "$OUT/suite.log"; exit 1; }
 
-budget_min=$(python3 -c "print(round(max(0.5, ($END_S - $SECONDS - 75) / 60), 2))")  # 75 s: start-up + export
-stamp "stage 3d, budget $budget_min min"
+budget_min=$(python3 -c "print(round(max(0.5, ($END_S - $SECONDS - ${MARGIN_S:-75}) / 60), 2))")  # 75 s: start-up + export
+stamp "$RUN, budget $budget_min min"
 cli train --stage 3 --stage-config "$STAGE" --data "$WORK/suite/train.jsonl" --init "$WORK/init3c" \
-  --out "$WORK/stage3d" --workers "$LOAD_WORKERS" --time-budget-min "$budget_min" "${STEPS_ARGS[@]}" --no-progress \
-  >"$OUT/stage3d.log" 2>&1
-rc=$?; stamp "stage 3d rc=$rc"
-cp "$WORK/stage3d/metrics.jsonl" "$OUT/stage3d_metrics.jsonl" 2>/dev/null
+  --out "$WORK/$RUN" --workers "$LOAD_WORKERS" --time-budget-min "$budget_min" "${STEPS_ARGS[@]}" --no-progress \
+  >"$OUT/$RUN.log" 2>&1
+rc=$?; stamp "$RUN rc=$rc"
+cp "$WORK/$RUN/metrics.jsonl" "$OUT/stage3d_metrics.jsonl" 2>/dev/null
 
-"$PY" - "$OUT" "$WORK/stage3d/final" "$rc" <<'PY'
+"$PY" - "$OUT" "$WORK/$RUN/final" "$rc" <<'PY'
 import json, pathlib, subprocess, sys
 out, final, rc = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
 def last_json(name):
