@@ -240,7 +240,7 @@ def train(
     batches = _micro_batch_stream(dataset, collate_fn, plan, ctx, stage, loader_workers, pin=device.type == "cuda")
     bar = _progress_bar(step, total_steps, enabled=progress and ctx.is_main, desc=stage.name)
     t0 = time.perf_counter()
-    budget = _TimeBudget(time_budget_s, start_step=step) if time_budget_s is not None else None
+    budget = _TimeBudget(time_budget_s, start_step=step, cap=end) if time_budget_s is not None else None
     for epoch, position in plan:
         if step >= end:
             break
@@ -251,10 +251,10 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
         step += 1
-        if budget is not None and (fit := budget.fit(step, end)) is not None:
+        if budget is not None and (fit := budget.fit(step)) is not None and fit != end:
             end = horizon[0] = fit  # the cosine now ends where the time runs out (from the next step's lr on)
             bar.total = end
-            log.info("%s: time budget of %.0f s fits %d steps in all", stage.name, time_budget_s, end)
+            log.info("%s: time budget of %.0f s fits %d steps in all (at step %d)", stage.name, time_budget_s, end, step)
         scheduler.step()
 
         lm_loss = all_reduce_sum(lm_part, ctx) / ctx.world_size
@@ -332,24 +332,32 @@ def _micro_batch_stream(dataset: Sequence[Any], collate_fn: Callable[[list[Any]]
 
 
 class _TimeBudget:
-    """Fits a run into a wall-clock budget: after a few steps (the first ones carry start-up
-    costs, so they are timed apart), the steps that still fit at the measured rate."""
+    """Fits a run into a wall-clock budget. The first ``skip`` steps carry start-up costs and are not
+    timed; after ``measure`` more, the run's end is set to the steps that still fit at the measured
+    rate, and re-set every ``measure`` steps from the latest window's rate (start-up slowness fades:
+    on an H200 the first windows ran at twice the steady step time) until half the run is done;
+    after that the end, and the cosine's length with it, stay put."""
 
-    def __init__(self, seconds: float, start_step: int, skip: int = 5, measure: int = 20):
-        self.seconds, self.start_step, self.skip, self.measure = seconds, start_step, skip, measure
-        self.t_start = time.perf_counter()
-        self.t_skip: float | None = None
+    def __init__(self, seconds: float, start_step: int, cap: int, skip: int = 5, measure: int = 20,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.start_step, self.cap, self.skip, self.measure, self.clock = seconds, start_step, cap, skip, measure, clock
+        self.t_start = clock()
+        self.mark: tuple[int, float] | None = None  # (step, time) where the current timing window began
+        self.end = cap
 
-    def fit(self, step: int, end: int) -> int | None:
+    def fit(self, step: int) -> int | None:
+        """The run's new end after ``step`` steps, or None when it is not re-set now."""
         done = step - self.start_step
         if done == self.skip:
-            self.t_skip = time.perf_counter()
-        if done != self.skip + self.measure or self.t_skip is None:
+            self.mark = (step, self.clock())
+        if self.mark is None or step - self.mark[0] != self.measure or (done > self.skip + self.measure and 2 * done > self.end - self.start_step):
             return None
-        now = time.perf_counter()
-        per_step = (now - self.t_skip) / self.measure
+        now = self.clock()
+        per_step = max((now - self.mark[1]) / self.measure, 1e-9)
+        self.mark = (step, now)
         left = self.seconds - (now - self.t_start)
-        return max(step, min(end, step + int(left / per_step)))
+        self.end = max(step, min(self.cap, step + int(left / per_step)))
+        return self.end
 
 
 def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> tuple[float, float]:

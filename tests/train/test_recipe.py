@@ -107,3 +107,23 @@ def test_time_budget_shortens_the_run_and_its_schedule(tmp_path):
     state = ckpt.load_checkpoint(res.final_dir)
     assert state.trainer["total_steps"] == 25
     assert state.scheduler["_last_lr"][0] < 0.05 * stage.lr < 0.9 * stage.lr < rows[-1]["lr"]
+
+
+def test_time_budget_refits_while_the_step_time_settles():
+    from citrus_v.train.recipe import _TimeBudget
+
+    now = [0.0]
+    budget = _TimeBudget(100.0, start_step=0, cap=1000, skip=5, measure=20, clock=lambda: now[0])
+    ends = {}
+    for step in range(1, 1001):
+        now[0] += 1.0 if step <= 25 else 0.25  # slow start-up steps, then four times faster
+        if (end := budget.fit(step)) is not None:
+            ends[step] = end
+    # step 25: 25 s spent, 75 s left at 1 s/step -> 100; step 45: 30 s spent, 70 s at 0.25 -> 325;
+    # then the end holds while the window's rate does; no re-fit once half the run is done
+    assert ends[25] == 100 and ends[45] == 325
+    assert set(ends.values()) == {100, 325}
+    assert max(ends) <= 325 / 2 + 20
+    # the cap bounds any fit
+    capped = _TimeBudget(1e6, start_step=0, cap=50, clock=lambda: now[0])
+    assert [capped.fit(s) for s in range(1, 26)][-1] == 50
