@@ -14,10 +14,23 @@
 # Needs, carried: .whl/transformers-5.24.0-*.whl (the image has 5.17, which this code does not run on) and
 # .gpu/init3c (stage 3c's config, tokenizer and segmenter side in fp16; its MLLM equals the shipped default's,
 # checked bit for bit, so it is taken from citrus_v/assets/default). Writes $OUT/gpu_stage3d.json.
+# Make .gpu/init3c once, here, from a stage-3 model folder that has the tiny SAM2 segmenter (e.g. stage3c/final
+# of scripts/train_default.sh; the shipped default has LiteMedSAM instead):
+#   PREPARE=runs/default/stage3c/final bash scripts/gpu_stage3d.sh
 #   run:      bash scripts/gpu_stage3d.sh         (OUT defaults to a temp dir)
 #   CPU dry run of the plumbing: DRY=1 bash scripts/gpu_stage3d.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${PREPARE:-}" ]; then
+  mkdir -p .gpu/init3c && cp "$PREPARE"/{config.json,tokenizer.json,preprocessor_config.json} .gpu/init3c/ || exit 1
+  exec python3 - "$PREPARE/model.safetensors" .gpu/init3c/segmenter_fp16.safetensors <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+sd = load_file(sys.argv[1])
+save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items() if not k.startswith("mllm.")}, sys.argv[2])
+print("wrote", sys.argv[2])
+PY
+fi
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 DRY=${DRY:-0}

@@ -27,10 +27,25 @@ for k in 1 2 3 3b 3c; do
   fi
   init=(--init "$RUN/stage$k/final")
 done
+# Stages 3d and 3e continue stage 3 at 128-sample batches. The shipped ones ran on a lent H200
+# (scripts/gpu_stage3d.sh: 259 and 186 steps, ~2.5 min each there, bf16); here they are the same steps in
+# fp32 on the CPU (~45 and ~30 min on 2 cores, --workers 2 reading batches beside the training). Their data
+# is the suite's train split without TotalSegmentator slices, as on the GPU: 60,000 records for 3d, 20,000 for 3e.
+for k in 3d 3e; do
+  n=$([ $k = 3d ] && echo 60000 || echo 20000); steps=$([ $k = 3d ] && echo 259 || echo 186)
+  if [ ! -f "$RUN/suite_$k/train.jsonl" ]; then
+    citrus-v data phantoms --out "$RUN/suite_$k" --n $n --n-val 1 --n-test 1 --seed 1 --size 224 --workers 2
+  fi
+  if [ ! -f "$RUN/stage$k/final/config.json" ]; then
+    citrus-v train --stage 3 --stage-config "configs/default/stage$k.json" --data "$RUN/suite_$k/train.jsonl" \
+      --config tiny --out "$RUN/stage$k" --steps $steps --workers 2 --resume "${init[@]}"
+  fi
+  init=(--init "$RUN/stage$k/final")
+done
 # Stage 4 (projector + mask decoder; the MLLM frozen) with pretrained LiteMedSAM as the segmenter, its image
 # encoder frozen, on cached [SEG] states and image features (docs/default_model.md); --resume continues it.
 if [ ! -f "$RUN/stage4/final/config.json" ]; then
-  citrus-v train-seg-cached --init "$RUN/stage3c/final" --segmenter litemedsam --data "$RUN/suite/train.jsonl" \
+  citrus-v train-seg-cached --init "$RUN/stage3e/final" --segmenter litemedsam --data "$RUN/suite/train.jsonl" \
     --val "$RUN/suite/val.jsonl" --out "$RUN/stage4" --max-records 800 --steps 600 --batch-size 8 --lr 3e-4 \
     --box-align-steps 3000 --val-every 50 --save-every 100 --resume --no-progress
 fi
