@@ -32,21 +32,16 @@ part hf_train_mm 70 python "$SHARED/bench/hf_train_mm.py"
 python - "$OUT" <<'PY'
 import json, pathlib, subprocess, sys
 out = pathlib.Path(sys.argv[1])
-def last_json(name):
-    log = out / f"{name}.log"
-    for line in reversed(log.read_text().splitlines() if log.exists() else []):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"error": (log.read_text()[-1500:] if log.exists() else "no log")}
+from citrus_v.bench.anchors import last_json
 ours = out / "citrus_v" / "bench.json"
 result = {
     "command": "bash scripts/bench_gpu.sh",
     "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     "gpu": (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else None,
     "citrus_v": json.loads(ours.read_text()) if ours.exists() else {"error": (out / "citrus_v.log").read_text()[-1500:]},
-    "hf_baseline": last_json("hf_baseline"),
-    "hf_compiled": last_json("hf_compiled"),
-    "hf_train_mm": last_json("hf_train_mm"),
+    "hf_baseline": last_json(out / "hf_baseline.log"),
+    "hf_compiled": last_json(out / "hf_compiled.log"),
+    "hf_train_mm": last_json(out / "hf_train_mm.log"),
 }
 (out / "gpu_bench.json").write_text(json.dumps(result, indent=1) + "\n")
 print(json.dumps({k: (v if k != "citrus_v" else {x: v.get(x) for x in ("decode_tok_s_b1", "decode_tok_s_b8", "predict_with_mask_s", "train")}) for k, v in result.items()}, indent=1))

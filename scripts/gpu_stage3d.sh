@@ -104,12 +104,7 @@ cp "$WORK/$RUN/metrics.jsonl" "$OUT/stage3d_metrics.jsonl" 2>/dev/null
 "$PY" - "$OUT" "$WORK/$RUN/final" "$rc" <<'PY'
 import json, pathlib, subprocess, sys
 out, final, rc = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
-def last_json(name):
-    log = out / f"{name}.log"
-    for line in reversed(log.read_text().splitlines() if log.exists() else []):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"error": (log.read_text()[-1500:] if log.exists() else "no log")}
+from citrus_v.bench.anchors import last_json
 rows = [json.loads(x) for x in (out / "stage3d_metrics.jsonl").read_text().splitlines()] if (out / "stage3d_metrics.jsonl").exists() else []
 def mean(rs, key):
     return round(sum(r[key] for r in rs) / len(rs), 4) if rs else None
@@ -117,8 +112,8 @@ result = {
     "command": "bash scripts/gpu_stage3d.sh",
     "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     "gpu": (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else None,
-    "hf_baseline": last_json("hf_baseline"),
-    "hf_compiled": last_json("hf_compiled"),
+    "hf_baseline": last_json(out / "hf_baseline.log"),
+    "hf_compiled": last_json(out / "hf_compiled.log"),
     "stage3d": {"rc": rc, "steps": rows[-1]["step"] if rows else 0, "samples": rows[-1]["samples"] if rows else 0,
                 "train_s": rows[-1]["elapsed_s"] if rows else None,
                 "lm_loss_first50": mean(rows[:50], "lm_loss"), "lm_loss_last50": mean(rows[-50:], "lm_loss"),
