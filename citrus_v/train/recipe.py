@@ -180,7 +180,8 @@ def train(
     early after that many steps (a test hook; the schedule still spans the full run).
     ``loader_workers`` > 0 reads and collates batches in that many processes (same batches,
     same order). ``time_budget_s`` shortens the run (and its cosine) to the steps that fit in
-    that many seconds, measured over the first steps; the length it settles on is checkpointed.
+    that many seconds at the step time measured as it runs (``_TimeBudget``); the length it
+    settles on is checkpointed.
     """
     ctx = dist_ctx or DistContext()
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
