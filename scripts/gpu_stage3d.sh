@@ -46,7 +46,7 @@ RUN=${RUN:-stage3d}
 mkdir -p "$WORK"
 if [ "$DRY" = 1 ]; then  # CPU: small suite, 8-sample batches, short anchors
   N_TRAIN=400 GEN_WORKERS=2 LOAD_WORKERS=2 DEVICE_ENV=TINY=1 ANCHOR_S=60 STEPS_ARGS=(--steps 30)
-  python3 -c "import json,sys; d=json.load(open('$STAGE')); d['micro_batch_size']=8; json.dump(d,open(sys.argv[1],'w'))" "$WORK/stage3d_dry.json"
+  echo "{\"base\": \"$(realpath "$STAGE")\", \"micro_batch_size\": 8}" >"$WORK/stage3d_dry.json"
   STAGE=$WORK/stage3d_dry.json
 else
   GEN_WORKERS=${GEN_WORKERS:-12} LOAD_WORKERS=${LOAD_WORKERS:-12} DEVICE_ENV=TINY=0 ANCHOR_S=120 STEPS_ARGS=()

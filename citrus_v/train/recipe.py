@@ -238,7 +238,7 @@ def train(
     last_dir = ckpt.latest_checkpoint(ckpt_root) if step else None
     end = total_steps if stop_after is None else min(total_steps, stop_after)
     plan = _window_plan(len(dataset), epoch, position, window_size, end - step)
-    batches = _micro_batch_stream(dataset, collate_fn, plan, ctx, stage, loader_workers, pin=device.type == "cuda")
+    batches = _micro_batch_stream(dataset, collate_fn, plan, window_size, ctx, stage, loader_workers, pin=device.type == "cuda")
     bar = _progress_bar(step, total_steps, enabled=progress and ctx.is_main, desc=stage.name)
     t0 = time.perf_counter()
     budget = _TimeBudget(time_budget_s, start_step=step, cap=end) if time_budget_s is not None else None
@@ -323,9 +323,8 @@ class _Collated(torch.utils.data.IterableDataset):
 
 
 def _micro_batch_stream(dataset: Sequence[Any], collate_fn: Callable[[list[Any]], Batch], plan: list[tuple[int, int]],
-                        ctx: DistContext, stage: StageConfig, workers: int, pin: bool):
-    window = stage.micro_batch_size * stage.grad_accum * ctx.world_size
-    source = _Collated(dataset, collate_fn, list(_plan_micro_batches(plan, len(dataset), stage.seed, window, ctx, stage)))
+                        window_size: int, ctx: DistContext, stage: StageConfig, workers: int, pin: bool):
+    source = _Collated(dataset, collate_fn, list(_plan_micro_batches(plan, len(dataset), stage.seed, window_size, ctx, stage)))
     if workers <= 0:
         return iter(source)
     loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=4, pin_memory=pin)

@@ -254,11 +254,12 @@ def get_stage(stage: int, preset: str = "8b") -> StageConfig:
     raise StageConfigError(f"unknown schedule preset {preset!r}; choose '8b', 'tiny' or 'tiny_litemedsam'")
 
 
-def load_stage_config(path: str | Path) -> StageConfig:
+def load_stage_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> StageConfig:
     """Read a stage from a ``.json`` or ``.yaml``/``.yml`` file.
 
     The file may hold a full stage or ``{"base": 3, ...overrides}`` (or ``"base": "3:tiny"``)
-    to start from a published stage. Relative mixture paths resolve against the file's folder.
+    to start from a published stage, or ``{"base": "other_stage.json", ...}`` to start from
+    another stage file. Relative mixture and base paths resolve against the file's folder.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -281,11 +282,20 @@ def load_stage_config(path: str | Path) -> StageConfig:
         raise StageConfigError(f"{where}: must hold a mapping, got {type(data).__name__}")
     if "base" in data:
         base_spec = str(data.pop("base"))
-        num, _, preset = base_spec.partition(":")
-        try:
-            base = get_stage(int(num), preset or "8b")
-        except ValueError as e:
-            raise StageConfigError(f"{where}: field 'base': {e}") from None
+        if base_spec.endswith((".json", ".yaml", ".yml")):  # another stage file, itself possibly based on one
+            base_path = (path.parent / base_spec).resolve()
+            if not base_path.is_file():
+                raise StageConfigError(f"{where}: field 'base': no such stage file {base_path}")
+            chain = (*_chain, path.resolve())
+            if base_path in chain:
+                raise StageConfigError(f"{where}: field 'base': {base_spec} leads back to itself")
+            base = load_stage_config(base_path, chain)
+        else:
+            num, _, preset = base_spec.partition(":")
+            try:
+                base = get_stage(int(num), preset or "8b")
+            except ValueError as e:
+                raise StageConfigError(f"{where}: field 'base': {e}") from None
         merged = base.to_dict()
         merged.update(data)
         data = merged

@@ -125,3 +125,16 @@ def test_part_lr_scale_sets_group_learning_rates():
         stage.replace(part_lr_scale={"vit": 2.0})
     with pytest.raises(StageConfigError, match="part_lr_scale.*must be > 0"):
         stage.replace(part_lr_scale={"llm": 0})
+
+
+def test_a_stage_file_can_start_from_another(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"base": "3:tiny", "name": "a", "lr": 5e-4, "micro_batch_size": 128}))
+    (tmp_path / "b.json").write_text(json.dumps({"base": "a.json", "name": "b", "warmup_steps": 30}))
+    b = load_stage_config(tmp_path / "b.json")
+    assert (b.name, b.lr, b.micro_batch_size, b.warmup_steps, b.stage) == ("b", 5e-4, 128, 30, 3)
+    (tmp_path / "loop.json").write_text(json.dumps({"base": "loop.json"}))
+    with pytest.raises(StageConfigError, match="leads back to itself"):
+        load_stage_config(tmp_path / "loop.json")
+    (tmp_path / "orphan.json").write_text(json.dumps({"base": "missing.json"}))
+    with pytest.raises(StageConfigError, match="no such stage file"):
+        load_stage_config(tmp_path / "orphan.json")
