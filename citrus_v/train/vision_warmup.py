@@ -209,8 +209,9 @@ def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality
     """occupancy (B, K, gh, gw) in 0..1; modality (B,) long; boxes (B, K, 4), NaN rows = absent."""
     k = occupancy.shape[1]
     weighted = cfg.positive_weight != 1.0  # at 1 the plain BCE, bit for bit
-    pos_occ = torch.full((k, 1, 1), cfg.positive_weight) if weighted else None  # broadcast over (B, K, gh, gw)
-    pos_pres = torch.full((k,), cfg.positive_weight) if weighted else None  # over (B, th, tw, K)
+    like = dict(dtype=occupancy.dtype, device=occupancy.device)  # a CPU pos_weight fails beside CUDA logits
+    pos_occ = torch.full((k, 1, 1), cfg.positive_weight, **like) if weighted else None  # broadcast over (B, K, gh, gw)
+    pos_pres = torch.full((k,), cfg.positive_weight, **like) if weighted else None  # over (B, th, tw, K)
     occ = F.binary_cross_entropy_with_logits(out["occupancy"], occupancy, pos_weight=pos_occ)
     th, tw = out["position"].shape[1:3]
     pos = F.mse_loss(out["position"], token_positions(th, tw).expand_as(out["position"]))
