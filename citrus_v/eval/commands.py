@@ -21,6 +21,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="cap on generated tokens per answer (default: the predictor's setting)")
+    p.add_argument("--text-boxes", action="store_true",
+                   help="score boxes as the model wrote them, without the segmenter's tightening "
+                        "(det_p50_text is reported either way)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_eval)
 
@@ -50,12 +53,12 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             from citrus_v.infer.generation import GenerationSettings
 
             settings = GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value
-        predictor = Predictor.from_pretrained(args.model, settings=settings)
+        predictor = Predictor.from_pretrained(args.model, settings=settings, tighten_boxes=not args.text_boxes)
     result = evaluate(predictor, records, args.data.parent, limit=args.limit,
                       batch_size=args.batch_size, progress=not args.no_progress)
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens}
+            "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
     paths = write_outputs(result, args.out, meta=meta)
     sys.stdout.write(to_markdown(result))
     sys.stdout.write(f"\nwrote {paths['json']}, {paths['md']}, {paths['predictions']}\n")

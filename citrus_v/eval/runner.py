@@ -8,7 +8,7 @@ detection, anything else is left unscored and counted):
 | vqa_closed    | ``answer``            | last assistant message's answer    | closed choice match |
 | vqa_open      | ``answer``            | same                               | token recall, F1    |
 | cot           | ``answer``            | text inside ``<answer>``; scored as vqa_closed when that is a yes/no or option letter, else as vqa_open |
-| detection     | ``boxes`` (orig. px)  | ``objects.bbox`` (orig. px)        | first-box hit       |
+| detection     | ``boxes`` (orig. px)  | ``objects.bbox`` (orig. px)        | first-box hit (also of the box as written) |
 | segmentation  | ``masks`` (bool HxW)  | ``masks`` PNGs, nonzero = fg       | Dice per mask       |
 | report        | ``answer``            | last assistant message             | ROUGE-L             |
 | document      | ``answer``            | last assistant message             | ANLS, exact         |
@@ -49,6 +49,7 @@ METRIC_KEYS: dict[str, str] = {
     "vqa_open_recall": "mean over samples",
     "vqa_open_f1": "mean over samples",
     "det_p50": "mean over samples with >=1 GT box (first predicted box, IoU>=0.5 with any GT box)",
+    "det_p50_text": "as det_p50, on the first box as the model wrote it (before the segmenter tightened it)",
     "det_map": "micro over boxes, COCO AP@[.5:.95], class-agnostic",
     "det_map50": "micro over boxes, COCO AP@.5, class-agnostic",
     "seg_dice_mean": "mean over masks (one per [SEG])",
@@ -79,6 +80,7 @@ class SampleResult:
     scores: dict[str, float] = field(default_factory=dict)  # per-sample metric values
     dice: list[float] = field(default_factory=list)  # one per ground-truth mask
     pred_boxes: list[list[float]] = field(default_factory=list)
+    text_boxes: list[list[float]] = field(default_factory=list)  # as the model wrote them (= pred_boxes untightened)
     gt_boxes: list[list[float]] = field(default_factory=list)
     num_pred_masks: int = 0
     note: str | None = None
@@ -141,7 +143,8 @@ def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path
     s = SampleResult(index=index, task=task if task in SCORED_TASKS else "unscored",
                      modality=rec.modality or UNKNOWN_GROUP, prompt=prompt_of(rec), reference=reference,
                      answer=pred.answer, num_pred_masks=len(pred.masks),
-                     pred_boxes=[[float(v) for v in b.bbox] for b in pred.boxes])
+                     pred_boxes=[[float(v) for v in b.bbox] for b in pred.boxes],
+                     text_boxes=[[float(v) for v in (b.bbox if b.text_bbox is None else b.text_bbox)] for b in pred.boxes])
     if s.task == "vqa_closed":
         s.scores["correct"] = closed_answer_correct(pred.answer, reference)
     elif s.task == "vqa_open":
@@ -151,6 +154,7 @@ def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path
         s.gt_boxes = [list(map(float, b)) for b in (rec.objects.bbox if rec.objects else [])]
         if s.gt_boxes:
             s.scores["p50_hit"] = float(detection.first_box_hit(s.pred_boxes, s.gt_boxes))
+            s.scores["p50_text_hit"] = float(detection.first_box_hit(s.text_boxes, s.gt_boxes))
         else:
             s.note = "no ground-truth box: left out of det_p50"
     elif s.task == "segmentation":
@@ -207,6 +211,7 @@ def summarize(samples: Sequence[SampleResult]) -> dict[str, Aggregate]:
     m["vqa_open_recall"] = _mean_of(samples, "vqa_open", "recall", "vqa_open_recall")
     m["vqa_open_f1"] = _mean_of(samples, "vqa_open", "f1", "vqa_open_f1")
     m["det_p50"] = _mean_of(samples, "detection", "p50_hit", "det_p50")
+    m["det_p50_text"] = _mean_of(samples, "detection", "p50_text_hit", "det_p50_text")
 
     det = [(s.pred_boxes, s.gt_boxes) for s in samples if s.task == "detection"]
     coco = detection.coco_map(det) if det else None

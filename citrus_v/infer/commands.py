@@ -25,6 +25,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model folder (ours or the published checkpoint); default: embedded")
     p.add_argument("--out", default=None, help="folder for overlay.png and mask_<i>.png")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer text")
+    p.add_argument(
+        "--text-boxes",
+        action="store_true",
+        help="return boxes exactly as the model wrote them (default: the segmenter tightens each one; "
+        "the written box is kept as text_bbox)",
+    )
     add_generation_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     from citrus_v.volume.cli import add_volume_arguments  # issue 7: --volume, --point/--box/--slice
@@ -116,7 +122,9 @@ def run_predict(args: argparse.Namespace) -> int:
             raise SystemExit(f"citrus-v predict: --image {path}: no such file")
     settings = settings_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor.from_pretrained(args.model, device=device, settings=settings, window=args.window)
+    predictor = Predictor.from_pretrained(
+        args.model, device=device, settings=settings, window=args.window, tighten_boxes=not args.text_boxes
+    )
     images = predictor.load_images(args.image)
     pred = predictor.predict(images, args.prompt)
 
@@ -132,7 +140,10 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"[reasoning] {pred.reasoning}")
         print(pred.answer)
         for b in pred.boxes:
-            print(f"[box] {b.label or '-'}: {[round(v, 1) for v in b.bbox]}")
+            written = "" if b.text_bbox is None else (
+                f" (written {[round(v, 1) for v in b.text_bbox]}; tightened by the segmenter, predicted IoU {b.score:.3f})"
+            )
+            print(f"[box] {b.label or '-'}: {[round(v, 1) for v in b.bbox]}{written}")
         for i, m in enumerate(pred.masks):
             where = f" -> {mask_paths[i]}" if mask_paths else ""
             print(f"[mask {i}] {int(m.mask.sum())} px, predicted IoU {m.score:.3f}{where}")

@@ -9,7 +9,10 @@ One request goes through four steps:
 3. segment: if any row emitted ``[SEG]``, ONE teacher-forced pass over prompt + generated ids
    (``CitrusV.segment``) gives one 256x256 logit map and one predicted IoU per ``[SEG]``;
 4. read out: answer / reasoning / boxes (mapped to original pixels) / masks (upsampled to the
-   original size) / report.
+   original size) / report;
+5. tighten boxes (``tighten_boxes=True``, the default): each written box prompts the segmenter,
+   and its outline's bounding box replaces it (``infer/box_tightening.py``; the written box stays
+   in ``Box.text_bbox``).
 
 The published code regenerates text to get the ``[SEG]`` hidden states; we do not: step 3
 reads them from a single forward over the ids step 2 produced.
@@ -64,12 +67,21 @@ class Predictor:
     ('Sure, it is [SEG].', (512, 512), 0.93)
     """
 
-    def __init__(self, model, tokenizer, template, settings: GenerationSettings | None = None, window: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template,
+        settings: GenerationSettings | None = None,
+        window: str | None = None,
+        tighten_boxes: bool = True,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = template
         self.settings = settings or GenerationSettings()
         self.window = window  # DICOM/NIfTI display window preset used when reading files
+        self.tighten_boxes = tighten_boxes  # step 5: the segmenter tightens written boxes
         tokens = model.config.tokens
         self.eos_token_id = tokens.eos_token_id
         self.pad_token_id = tokens.pad_token_id
@@ -86,11 +98,13 @@ class Predictor:
         settings: GenerationSettings | None = None,
         window: str | None = None,
         config: CitrusVConfig | None = None,
+        tighten_boxes: bool = True,
     ) -> Predictor:
         """Load a model folder: ours (config.json + model.safetensors + tokenizer files) or the
         published Citrus-V checkpoint layout (Qwen2.5-VL config + sharded safetensors). ``None``
         loads the embedded default model from ``citrus_v/assets/default``. ``config``, when given,
         must agree with the folder's (for a published folder it supplies the SAM2 shapes).
+        ``tighten_boxes=False`` returns boxes exactly as the model wrote them.
         """
         from citrus_v.infer.loading import load_model_and_tokenizer
 
@@ -101,7 +115,7 @@ class Predictor:
                 "(train it with `citrus-v train` or pass --model DIR)"
             )
         model, tokenizer, template = load_model_and_tokenizer(model_dir, device=device, dtype=dtype, config=config)
-        return cls(model, tokenizer, template, settings=settings, window=window)
+        return cls(model, tokenizer, template, settings=settings, window=window, tighten_boxes=tighten_boxes)
 
     @property
     def device(self) -> torch.device:
@@ -129,12 +143,15 @@ class Predictor:
             from citrus_v.infer.fast import predict_rows_fast
 
             generated, masks = predict_rows_fast(self, encoded, settings)
-            return [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
-        generated = generate_sequences(
-            self.model, self._left_padded(encoded), settings, self.eos_token_id, self.pad_token_id
-        )
-        masks = self._segment(encoded, generated)
-        return [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
+        else:
+            generated = generate_sequences(
+                self.model, self._left_padded(encoded), settings, self.eos_token_id, self.pad_token_id
+            )
+            masks = self._segment(encoded, generated)
+        predictions = [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
+        if self.tighten_boxes:
+            self._tighten(encoded, predictions)
+        return predictions
 
     def refine(self, image: ImageInput, **prompts) -> Prediction:
         """Clicks / a box (and optionally a text prompt) on one image -> one mask (issue 7).
@@ -264,6 +281,27 @@ class Predictor:
             mean_token_prob=gen.mean_token_prob,
             num_generated_tokens=len(gen.ids),
         )
+
+    # ------------------------------------------------------------------ step 5: tighten boxes
+    def _tighten(self, rows: Sequence[_Encoded], predictions: Sequence[Prediction]) -> None:
+        """The segmenter outlines what each written box frames; the outline's box replaces it.
+
+        One image-encoder pass over the first image of every row that has boxes, then one
+        box-prompted decode per box. The report's boxes are the same objects, so they follow.
+        """
+        from citrus_v.infer.box_tightening import tighten_boxes
+
+        todo = [i for i, p in enumerate(predictions) if p.boxes and rows[i].sam_images is not None]
+        if not todo:
+            return
+        segmenter = self.model.segmenter
+        param = next(segmenter.parameters())  # the segmenter's device and dtype
+        sam_images = torch.cat([rows[i].sam_images[:1] for i in todo]).to(param.device, param.dtype)  # (n, 3, S, S)
+        features = segmenter.encode(sam_images)
+        sam_size = self.model.config.segmenter.image_size
+        for k, i in enumerate(todo):
+            one = features.select(torch.tensor([k], device=param.device))
+            tighten_boxes(segmenter, one, predictions[i].boxes, rows[i].original_sizes[0], sam_size)
 
     def _boxes(self, answer: str, enc: _Encoded) -> list[Box]:
         """Boxes in the answer (resized-image pixels) mapped to the FIRST image's original pixels."""

@@ -9,14 +9,28 @@ import numpy as np
 
 @dataclass
 class Box:
-    """A box ``[x1, y1, x2, y2]`` in ORIGINAL image pixels, with its label."""
+    """A box ``[x1, y1, x2, y2]`` in ORIGINAL image pixels, with its label.
+
+    When the segmenter tightened it (``infer/box_tightening.py``), ``text_bbox`` is the box as the
+    model wrote it and ``score`` the segmenter's predicted IoU for its outline; both None otherwise.
+    """
 
     bbox: list[float]
     label: str = ""
     image_index: int = 0
+    text_bbox: list[float] | None = None
+    score: float | None = None
 
     def to_dict(self) -> dict:
-        return {"bbox": [round(float(v), 2) for v in self.bbox], "label": self.label}
+        out: dict = {"bbox": _rounded(self.bbox), "label": self.label}
+        if self.text_bbox is not None:
+            out["text_bbox"] = _rounded(self.text_bbox)
+            out["score"] = None if self.score is None else round(float(self.score), 4)
+        return out
+
+
+def _rounded(bbox: list[float]) -> list[float]:
+    return [round(float(v), 2) for v in bbox]
 
 
 @dataclass

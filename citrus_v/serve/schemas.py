@@ -213,6 +213,15 @@ def finish_reason(prediction: Prediction, sampling: SamplingParams) -> str:
     return "length" if prediction.num_generated_tokens >= sampling.max_tokens else "stop"
 
 
+def encode_prediction_box(box, size: tuple[int, int] | None) -> dict:
+    """One ``Box`` as JSON; a box the segmenter tightened also carries the written one and its score."""
+    out = {"bbox": encode_box(box.bbox, size), "label": box.label, "image_index": box.image_index}
+    if box.text_bbox is not None:
+        out["text_bbox"] = encode_box(box.text_bbox, size)
+        out["score"] = None if box.score is None else round(float(box.score), 4)
+    return out
+
+
 def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
     """The fields beyond OpenAI's: masks as COCO RLE at the original size, boxes in original pixels."""
     sizes = [image.size for image in request.images]
@@ -225,10 +234,7 @@ def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
         "seg_masks_info": [
             {"score": round(float(m.score), 4), "label": m.label, "image_index": m.image_index} for m in prediction.masks
         ],
-        "boxes": [
-            {"bbox": encode_box(b.bbox, size_of(b.image_index)), "label": b.label, "image_index": b.image_index}
-            for b in prediction.boxes
-        ],
+        "boxes": [encode_prediction_box(b, size_of(b.image_index)) for b in prediction.boxes],
         "reasoning": prediction.reasoning,
         "report": prediction.report.to_dict() if prediction.report else None,
         "mean_token_prob": prediction.mean_token_prob,

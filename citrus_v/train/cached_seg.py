@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from citrus_v.model.citrus_v import CitrusV
-from citrus_v.model.segmenter import SegmenterFeatures, pick_masks
+from citrus_v.model.segmenter import SegmenterFeatures
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +261,10 @@ def dice_of_picked(model: CitrusV, data: CachedSet, batch_size: int = 32) -> lis
 
 def mask_boxes(gt_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, H, W) bool -> boxes (m, 4) as pixel edges x1, y1, x2, y2 of the non-empty masks, and their rows (m,)."""
+    from citrus_v.data.phantoms.common import bbox_of  # the convention of the suite's ground-truth boxes
+
     rows = torch.nonzero(gt_masks.flatten(1).any(dim=1)).flatten()
-    boxes = []
-    for r in rows.tolist():
-        ys, xs = torch.nonzero(gt_masks[r], as_tuple=True)
-        boxes.append([float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1])
+    boxes = [bbox_of(gt_masks[r].cpu().numpy()) for r in rows.tolist()]
     return torch.tensor(boxes, dtype=torch.float32).view(-1, 4), rows
 
 

@@ -53,6 +53,10 @@ REPORT_A = "Findings: heart size is normal. Impression: no acute disease."
 REPORT_B = "Findings: right pleural effusion with basal atelectasis. Impression: effusion."
 
 
+# the segmenter tightened the written box [5, 5, 20, 20] (IoU 25/300 with the truth: a miss) to a hit
+TIGHTENED = Prediction(answer="liver", raw_text="liver", boxes=[Box([0, 0, 10, 10], text_bbox=[5, 5, 20, 20], score=0.8)])
+
+
 def _dataset(tmp: Path) -> tuple[Path, FakePredictor]:
     for name, arr in {"m_rows2.png": ROWS2, "m_empty.png": EMPTY, "m_row1.png": ROW1}.items():
         Image.fromarray(arr.astype(np.uint8) * 255).save(tmp / name)
@@ -62,7 +66,7 @@ def _dataset(tmp: Path) -> tuple[Path, FakePredictor]:
         (_rec("Where is it?", "left lung mass", "vqa_open", "CT"), _p("mass in the left lung")),
         (_rec("Effusion?", "<think>blunted angle? no</think><answer>no</answer>", "cot", "X-ray"), _p("No.")),
         (_rec("Find the liver.", "liver", "detection", "CT", objects={"ref": ["liver"], "bbox": [[0, 0, 10, 10]]}),
-         _p("liver", boxes=[[0, 0, 10, 10]])),
+         TIGHTENED),
         (_rec("Find the kidney.", "kidney", "detection", "MR", objects={"ref": ["kidney"], "bbox": [[0, 0, 10, 10]]}),
          _p("kidney", boxes=[[20, 20, 30, 30], [0, 0, 10, 10]])),
         (_rec("Find a nodule.", "none", "detection", None, objects={"ref": [], "bbox": []}), _p("none")),
@@ -97,6 +101,7 @@ def test_runner_end_to_end_values(tmp_path):
     assert m["vqa_open_recall"] == (1.0, 1)
     assert m["vqa_open_f1"] == (approx(2 * 0.75 / 1.75), 1)  # P 3/4, R 1
     assert m["det_p50"] == (0.5, 2)  # the sample without GT is left out
+    assert m["det_p50_text"] == (0.0, 2)  # the liver's box as written missed
     assert m["det_map"] == (approx(AP), 2) and m["det_map50"] == (approx(AP), 2)
     # Dice per mask: rows2 vs row1 = 8/12, empty vs empty = 1, MR: 1 and 0 (missing prediction)
     assert m["seg_dice_mean"] == (approx((2 / 3 + 1 + 1 + 0) / 4), 4)
@@ -114,6 +119,9 @@ def test_runner_end_to_end_values(tmp_path):
     assert (mr["seg_dice_mean"].value, mr["seg_dice_median"].value, mr["seg_dice_mean"].n) == (0.5, 0.5, 2)
     assert (ct["vqa_closed_acc"].value, mr["vqa_closed_acc"].value) == (1.0, 0.0)
     assert (ct["det_p50"].value, mr["det_p50"].value) == (1.0, 0.0)
+    assert (ct["det_p50_text"].value, mr["det_p50_text"].value) == (0.0, 0.0)
+    liver = next(s for s in result.samples if s.prompt.endswith("Find the liver."))
+    assert liver.pred_boxes == [[0, 0, 10, 10]] and liver.text_boxes == [[5, 5, 20, 20]]
     assert result.per_modality["X-ray"]["seg_dice_mean"].value is None
     assert sorted(result.per_modality) == ["CT", "MR", "X-ray", "unknown"]
     # what the predictor was given: resolved image paths, the prompt with its <image> placeholder

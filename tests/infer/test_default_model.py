@@ -12,6 +12,7 @@ from PIL import Image
 
 from citrus_v.cli import main
 from citrus_v.data.boxes import parse_boxes
+from citrus_v.eval.metrics.detection import box_iou
 from citrus_v.infer.predictor import Predictor, default_model_dir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "citrus_v" / "assets" / "examples"
@@ -48,6 +49,10 @@ def test_detection_answer_is_valid_box_json_in_original_pixels(default):
     h, w = image.shape[:2]
     for box in pred.boxes:
         assert len(box.bbox) == 4 and all(-1 <= v <= max(h, w) + 1 for v in box.bbox)
+    # the segmenter tightened the first box around what the written one framed, not somewhere else
+    first = pred.boxes[0]
+    assert first.text_bbox is not None and np.isfinite(first.score)
+    assert box_iou(first.bbox, first.text_bbox) > 0.2, (first.bbox, first.text_bbox)
 
 
 def test_reasoning_and_report_prompts_give_their_structures(default):

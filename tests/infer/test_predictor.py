@@ -8,7 +8,7 @@ import torch
 
 from citrus_v.infer.generation import GenerationSettings
 from citrus_v.infer.masks import logits_to_masks
-from citrus_v.infer.types import Box, Mask, Prediction
+from citrus_v.infer.types import Mask, Prediction
 
 FEW = GenerationSettings(max_new_tokens=4)
 
@@ -55,7 +55,8 @@ def test_count_mismatch_is_an_error(predictor, image, scripted, monkeypatch):
         predictor.predict([image], "Segment both kidneys.", settings=GenerationSettings(max_new_tokens=10))
 
 
-def test_boxes_are_mapped_to_original_pixels(predictor, image, scripted):
+def test_boxes_are_mapped_to_original_pixels(predictor, image, scripted, monkeypatch):
+    monkeypatch.setattr(predictor, "tighten_boxes", False)  # as written (tightening: test_box_tightening.py)
     scripted('```json\n[{"bbox_2d": [28, 14, 56, 42], "label": "liver"}]\n```')
     pred = predictor.predict([image], "Locate the liver.", settings=GenerationSettings(max_new_tokens=60))
     rh, rw = predictor.template.processor.resized_hw(90, 130)

@@ -99,7 +99,11 @@ def test_served_boxes_are_original_pixels(adapter, image_png):
             direct = adapter.predictor.predict([pixels], "Locate the liver.", settings=GenerationSettings(max_new_tokens=60))
         finally:
             unscript(adapter)
-    assert d["boxes"] == [{"bbox": encode_box(direct.boxes[0].bbox, (90, 130)), "label": "liver", "image_index": 0}]
+    box = direct.boxes[0]
+    assert box.text_bbox is not None  # the predictor tightened it: the response carries both boxes
+    assert d["boxes"] == [{"bbox": encode_box(box.bbox, (90, 130)), "label": "liver", "image_index": 0,
+                           "text_bbox": encode_box(box.text_bbox, (90, 130)), "score": round(box.score, 4)}]
+    assert d["boxes"][0]["text_bbox"] == pytest.approx([26.0, 11.25, 52.0, 33.75])  # as written: 28..56 x 14..42 of the 140 x 112 resize
 
 
 def test_concurrent_unscripted_requests_match_one_by_one(adapter, image_png):
