@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +73,18 @@ def test_rows_without_boxes_or_images_are_not_encoded(predictor, image, scripted
     scripted("No box here.")
     predictor.predict([image], "What organ is shown?", settings=SETTINGS)
     assert encoded == []
+
+
+def test_overlay_draws_the_written_box_dashed_beside_the_tightened_one():
+    from citrus_v.infer.overlay import PALETTE, draw_overlay
+    from citrus_v.infer.types import Box
+
+    image = np.zeros((100, 100, 3), np.uint8)
+    written, tight = [10, 10, 90, 90], [40, 40, 60, 60]
+    plain = draw_overlay(image, [], [Box(list(tight))])
+    both = draw_overlay(image, [], [Box(list(tight), text_bbox=list(written), score=0.9)])
+    colour = np.array(PALETTE[0])
+    top = (both[10, 10:91] == colour).all(axis=-1)  # the written box's top edge
+    assert 0.3 < top.mean() < 0.8  # dashes and gaps, not a solid line
+    assert not (plain[10, 10:91] == colour).all(axis=-1).any()  # untightened: no second box
+    assert (both[40, 45:56] == colour).all() and (plain[40, 45:56] == colour).all()  # the solid tightened box in both
