@@ -21,7 +21,8 @@ print("answer:   ", p["answer"])
 if p.get("reasoning"):
     print("reasoning:", p["reasoning"])
 for b in p.get("boxes", []):
-    print("box:      ", b["label"], b["bbox"])
+    written = f"(as written {b['text_bbox']}, tightened by the segmenter)" if "text_bbox" in b else ""
+    print("box:      ", b["label"], b["bbox"], written)
 for path, s in zip(p.get("masks", []), p.get("mask_scores", [])):
     print(f"mask:      {path} (predicted IoU {s:.2f})")
 if p.get("overlay"):

@@ -1,6 +1,6 @@
 """The Predictor: load a model once, then ``predict(images, prompt) -> Prediction``.
 
-One request goes through four steps:
+One request goes through five steps:
 
 1. encode: images are read (PNG/JPEG/DICOM/NIfTI slice -> HxWx3 uint8) and the prompt becomes
    ChatML with expanded image pads (``ChatTemplate.encode_prompt``);

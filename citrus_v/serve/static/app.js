@@ -136,7 +136,8 @@ function renderBoxList() {
   if (!state.boxes.length) { list.textContent = "(none)"; return; }
   for (const b of state.boxes) {
     const li = document.createElement("li");
-    li.textContent = `${b.label || "box"}: [${b.bbox.join(", ")}]`;
+    li.textContent = `${b.label || "box"}: [${b.bbox.join(", ")}]`
+      + (b.text_bbox ? ` (as written [${b.text_bbox.join(", ")}], tightened by the segmenter, predicted IoU ${b.score})` : "");
     list.append(li);
   }
 }
@@ -171,6 +172,12 @@ function draw() {
     const [x1, y1, x2, y2] = b.bbox;
     const [r, g, bl] = COLORS[(i + 3) % COLORS.length];
     ctx.strokeStyle = ctx.fillStyle = `rgb(${r},${g},${bl})`;
+    if (b.text_bbox) {  // the box as the model wrote it, dashed, under the tightened one
+      const [t1, u1, t2, u2] = b.text_bbox;
+      ctx.setLineDash([4 * ctx.lineWidth, 4 * ctx.lineWidth]);
+      ctx.strokeRect(t1, u1, t2 - t1, u2 - u1);
+      ctx.setLineDash([]);
+    }
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     if (b.label) ctx.fillText(b.label, x1 + 2, Math.max(y1 - 3, 10));
   });
