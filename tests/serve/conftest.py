@@ -14,7 +14,8 @@ from citrus_v.infer.types import Box, Mask, Prediction
 
 class EchoPredictor:
     """Fixed, checkable predictions: one box and one mask per request, both over the image's
-    top-left quarter ((H//4..H//2, W//4..W//2)), text echoing the prompt and image count."""
+    top-left quarter ((H//4..H//2, W//4..W//2)), text echoing the prompt and image count. The box
+    comes tightened, its written box 6 px wider up and left and 2 px down and right."""
 
     model_name = "citrus-v-test-double"
 
@@ -33,7 +34,8 @@ class EchoPredictor:
                     answer=f"Echo ({len(images)} image(s)): {prompt}",
                     raw_text=f"<think>looked</think><answer>Echo: {prompt} [SEG]</answer>",
                     reasoning="looked",
-                    boxes=[Box([w / 4, h / 4, w / 2, h / 2], "lesion")],
+                    # as if the segmenter had tightened the written box [w/4-6, h/4-6, w/2+2, h/2+2]
+                    boxes=[Box([w / 4, h / 4, w / 2, h / 2], "lesion", text_bbox=[w / 4 - 6, h / 4 - 6, w / 2 + 2, h / 2 + 2], score=0.8)],
                     masks=[Mask(mask, 0.875, "lesion")],
                     num_generated_tokens=7,
                 )

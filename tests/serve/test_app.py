@@ -41,7 +41,8 @@ def test_completion_has_openai_shape_masks_and_boxes(client):
         "message": {"role": "assistant", "content": "Echo (1 image(s)): Segment it.", "reasoning_content": "looked"},
     }]
     assert d["usage"] == {"prompt_tokens": 0, "completion_tokens": 7, "total_tokens": 7}
-    assert d["boxes"] == [{"bbox": [12.0, 8.0, 24.0, 16.0], "label": "lesion", "image_index": 0}]
+    assert d["boxes"] == [{"bbox": [12.0, 8.0, 24.0, 16.0], "label": "lesion", "image_index": 0,
+                           "text_bbox": [6.0, 2.0, 26.0, 18.0], "score": 0.8}]
     assert d["seg_masks_info"] == [{"score": 0.875, "label": "lesion", "image_index": 0}]
     assert d["image_sizes"] == [[32, 48]] and d["reasoning"] == "looked"
     (rle,) = d["seg_masks_rle"]

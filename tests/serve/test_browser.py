@@ -73,14 +73,19 @@ def test_viewer_upload_overlay_toggle_screenshot(tmp_path):
             assert page.text_content("#status") == "Done: 1 mask(s), 1 box(es)."
             assert page.text_content("#answer") == "Echo (1 image(s)): Please segment the lesion."
             assert page.text_content("#reasoning") == "looked"
-            assert page.text_content("#box-list") == "lesion: [32, 24, 64, 48]"
+            assert page.text_content("#box-list") == (
+                "lesion: [32, 24, 64, 48] (as written [26, 18, 66, 50], tightened by the segmenter, predicted IoU 0.8)"
+            )
             assert "mask 1 (lesion): 768 px, score 0.875" in page.text_content("#mask-list")  # 24 x 32 pixels
 
             pixels = canvas_pixels(page)  # (H, W, 3) at the image's own size
             assert pixels.shape == (H, W, 3)
             inner = pixels[H // 4 + 3 : H // 2 - 3, W // 4 + 3 : W // 2 - 3]  # inside the mask, off the box outline
             assert (inner == MASK0_RGB).all()
-            assert (pixels[H // 2 + 5 :, :] == GREY).all()  # below the mask and the box: the image untouched
+            assert (pixels[H // 2 + 5 :, :] == GREY).all()  # below the mask and the boxes: the image untouched
+            written_left = (pixels[20:49, 26] != GREY).any(axis=-1)  # the written box's left edge (x 26), dashed
+            assert 0.2 < written_left.mean() < 0.8, written_left
+            assert (pixels[20:49, 22] == GREY).all()  # beside it: untouched
 
             page.screenshot(path=str(shot), full_page=True)
             page.uncheck("#mask-toggle-0")
