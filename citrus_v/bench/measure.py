@@ -164,7 +164,7 @@ def train_steps(model: nn.Module, sizes: BenchSizes, device: torch.device, dtype
     """One forward + backward (checkpointing on) of CitrusV: text-only and one image + text."""
     cfg = model.config
     model.train()
-    model.mllm.gradient_checkpointing_enable()
+    model.mllm.activation_checkpointing_enable()
     llm_params = sum(p.numel() for n, p in model.mllm.named_parameters() if "visual" not in n)
     vis_params = sum(p.numel() for n, p in model.mllm.named_parameters() if "visual" in n)
     text_ids = (torch.arange(sizes.train_tokens, device=device) % (cfg.llm.vocab_size - 100) + 100)[None]  # (1, T)
@@ -179,7 +179,7 @@ def train_steps(model: nn.Module, sizes: BenchSizes, device: torch.device, dtype
 
     t = best_times({"text": text_step, "mm": mm_step}, max(2, sizes.reps // 2), device)
     model.zero_grad(set_to_none=True)
-    model.mllm.gradient_checkpointing_disable()
+    model.mllm.activation_checkpointing_disable()
     model.eval()
     n_layers, hidden = cfg.llm.num_hidden_layers, cfg.llm.hidden_size
     t_tokens, m_tokens = text_ids.shape[1], mm["input_ids"].shape[1]

@@ -407,10 +407,10 @@ def _enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute activations in the backward pass of every transformers sub-model that can."""
     found = False
     for module in model.modules():
-        if module is not model and hasattr(module, "gradient_checkpointing_enable") and hasattr(module, "supports_gradient_checkpointing"):
-            if module.supports_gradient_checkpointing and not getattr(module, "is_gradient_checkpointing", False):
+        if module is not model and hasattr(module, "activation_checkpointing_enable") and hasattr(module, "supports_gradient_checkpointing"):
+            if module.supports_gradient_checkpointing and not getattr(module, "is_activation_checkpointing", False):
                 # non-reentrant: works with frozen inputs and parameters that need no grad
-                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
                 found = True
     if not found:
         log.warning("gradient checkpointing requested but no sub-module supports it")

@@ -127,3 +127,19 @@ def test_time_budget_refits_while_the_step_time_settles():
     # the cap bounds any fit
     capped = _TimeBudget(1e6, start_step=0, cap=50, clock=lambda: now[0])
     assert [capped.fit(s) for s in range(1, 26)][-1] == 50
+
+
+def test_gradient_checkpointing_reaches_the_transformers_parts_without_deprecated_calls():
+    import warnings
+
+    from citrus_v.train.recipe import _enable_gradient_checkpointing
+
+    model = tiny_model().train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' renamed gradient_* methods warn
+        _enable_gradient_checkpointing(model)
+    on = {type(m).__name__ for m in model.modules() if getattr(m, "is_activation_checkpointing", False)}
+    assert {"Qwen2_5_VLTextModel", "Qwen2_5_VisionTransformerPretrainedModel"} <= on
+    ids = torch.randint(0, 100, (1, 12))
+    model.mllm(input_ids=ids, labels=ids).loss.backward()  # recomputation works (non-reentrant)
+    assert model.mllm.lm_head.weight.grad is not None
