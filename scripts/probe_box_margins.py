@@ -24,10 +24,10 @@ MARGINS = (0.0, 0.1, 0.2, 0.3)
 
 
 def widened(box: list[float], margin: float, hw: tuple[int, int]) -> list[float]:
-    h, w = hw
+    from citrus_v.data.boxes import clip_box
+
     bw, bh = box[2] - box[0], box[3] - box[1]
-    return [max(0.0, box[0] - margin * bw), max(0.0, box[1] - margin * bh),
-            min(float(w), box[2] + margin * bw), min(float(h), box[3] + margin * bh)]
+    return list(clip_box([box[0] - margin * bw, box[1] - margin * bh, box[2] + margin * bw, box[3] + margin * bh], hw))
 
 
 def main() -> int:

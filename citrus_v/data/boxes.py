@@ -58,12 +58,19 @@ def to_original(box: Sequence[float], orig_hw: HW, resized_hw: HW) -> Box:
     return to_resized(box, resized_hw, orig_hw)
 
 
+def clip_box(box: Sequence[float], hw: Sequence[float]) -> Box:
+    """Each coordinate clamped to the image, x to [0, width] and y to [0, height] (``hw`` = (height,
+    width)); the order of the corners is kept, so a box may come out with no area."""
+    x1, y1, x2, y2 = _check_box(box)
+    h, w = float(hw[0]), float(hw[1])
+    return min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)
+
+
 def round_box(box: Sequence[float], hw: HW | None = None) -> tuple[int, int, int, int]:
     """Round to integer pixels (Python's ``round``: ties to even), clipped to ``hw`` (height, width) if given."""
     out = [int(round(v)) for v in _check_box(box)]
     if hw is not None:
-        h, w = int(hw[0]), int(hw[1])
-        out = [min(max(out[0], 0), w), min(max(out[1], 0), h), min(max(out[2], 0), w), min(max(out[3], 0), h)]
+        out = [int(v) for v in clip_box(out, (int(hw[0]), int(hw[1])))]
     return out[0], out[1], out[2], out[3]
 
 

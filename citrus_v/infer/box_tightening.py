@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from citrus_v.data.boxes import clip_box as clip_to_image
 from citrus_v.data.phantoms.common import bbox_of
 from citrus_v.infer.masks import logits_to_masks
 from citrus_v.infer.types import Box
@@ -31,10 +32,7 @@ from citrus_v.model.segmenter import Segmenter, SegmenterFeatures
 
 def clip_box(bbox: Sequence[float], orig_hw: tuple[int, int]) -> list[float] | None:
     """``bbox`` clipped to the (H, W) image; None when nothing of positive area is left."""
-    h, w = orig_hw
-    x1, y1, x2, y2 = (float(v) for v in bbox)
-    x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
-    y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+    x1, y1, x2, y2 = clip_to_image(bbox, orig_hw)
     return [x1, y1, x2, y2] if x2 > x1 and y2 > y1 else None
 
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from citrus_v.data.boxes import clip_box
+
 
 def encode_mask(mask: np.ndarray) -> dict:
     """A boolean (H, W) mask -> ``{"size": [H, W], "counts": str}`` (COCO compressed RLE).
@@ -57,9 +59,7 @@ def encode_box(bbox: Sequence[float], image_size: tuple[int, int] | None = None)
     x1, x2 = sorted((values[0], values[2]))
     y1, y2 = sorted((values[1], values[3]))
     if image_size is not None:
-        h, w = image_size
-        x1, x2 = min(max(x1, 0.0), float(w)), min(max(x2, 0.0), float(w))
-        y1, y2 = min(max(y1, 0.0), float(h)), min(max(y2, 0.0), float(h))
+        x1, y1, x2, y2 = clip_box((x1, y1, x2, y2), image_size)
     return [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
 
 
