@@ -191,3 +191,37 @@ def test_document_glyph_labels_sit_on_the_ink_of_their_characters(rotation_seed)
     assert {int(k) - 1 for k in np.unique(digits[digits > 0])} == {int(c) for c in printed if c.isdigit()}
     letters = document.glyph_labels(page, "LAB")
     assert letters.max() == 3 and not np.any((letters > 0) & (digits > 0))
+
+
+def test_source_of_names_the_generator_make_sample_uses():
+    from citrus_v.data.phantoms.suite import source_of
+
+    cfg = SuiteConfig(seed=3, size=64)
+    for split in ("train", "test"):
+        for index in range(0, 60, 7):
+            assert source_of(cfg, split, index) == make_sample(cfg, split, index).meta["generator"]
+
+
+@pytest.mark.parametrize("rotation_seed", range(4))
+def test_document_token_characters_are_the_ink_in_each_token_in_reading_order(rotation_seed):
+    from citrus_v.data.phantoms import document
+
+    page = document.render(np.random.default_rng(rotation_seed), 224, rotate_prob=1.0 if rotation_seed else 0.0)
+    charset = "0123456789.ABLTRPOE"
+    slots = document.token_characters(page, charset, 28, slots=4)  # (64, 4)
+    labels = document.glyph_labels(page, charset)
+    assert slots.shape == (64, 4)
+    for k, row in enumerate(slots):
+        r, c = divmod(k, 8)
+        # the character's box is the line's height, so a '.' low on the line may ink the next token: half a token's slack
+        near = labels[max(r * 28 - 14, 0):(r + 1) * 28 + 14, max(c * 28 - 14, 0):(c + 1) * 28 + 14]
+        for v in row[row > 0]:
+            assert (near == v).any(), f"token {k}: {charset[v - 1]!r} has no ink near it"
+        filled = int((row > 0).sum())
+        assert (row[:filled] > 0).all() and (row[filled:] == 0).all(), f"token {k}: empty slots before filled ones"
+    # each token's characters read in the text's order, whatever the page's turn: as a string, a piece of a line
+    lines = ["".join(ch for ch in text if ch in charset) for _, text, _ in page.lines]
+    pieces = ["".join(charset[v - 1] for v in row if v) for row in slots]
+    assert sum(len(p) >= 2 for p in pieces) >= 5
+    for piece in pieces:
+        assert any(piece in line for line in lines), f"{piece!r} is not in the text's order (rotation {page.rotation})"

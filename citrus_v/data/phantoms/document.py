@@ -107,6 +107,33 @@ def glyph_labels(doc: Document, charset: str) -> np.ndarray:
     return labels
 
 
+def token_characters(doc: Document, charset: str, token: int, slots: int = 4) -> np.ndarray:
+    """(T, slots) int64 reading targets, one row per ``token``-pixel square of the page (row-major, as the
+    merger orders its tokens): 1 + the ``charset`` index of each character whose centre (of its advance on
+    the line's height, so that a '.' stays on its digits' token) falls in the square, in the text's reading order (line, then place in the line), 0 for an empty slot; characters
+    past ``slots`` in one square are dropped. Centres follow the page's quarter turn, so the order is the
+    text's, not the image's (scripts/probe_doc_finetune.py)."""
+    size = doc.image.shape[0]
+    t = size // token
+    out = np.zeros((t * t, slots), np.int64)
+    filled = np.zeros(t * t, np.int64)
+    turn = {0: lambda x, y: (x, y), 90: lambda x, y: (y, size - x),  # counter-clockwise, as the page
+            180: lambda x, y: (size - x, size - y), 270: lambda x, y: (size - y, x)}[doc.rotation]
+    for (x, y), text, px in doc.lines:
+        font = _font(px)
+        _, top, _, bottom = font.getbbox(text)  # the line's height: a '.' sits on it, low in its own box
+        for i, ch in enumerate(text):
+            if ch not in charset:
+                continue
+            left, _, right, _ = font.getbbox(ch)
+            cx, cy = turn(x + font.getlength(text[:i]) + (left + right) / 2, y + (top + bottom) / 2)
+            k = min(int(cy // token), t - 1) * t + min(int(cx // token), t - 1)
+            if filled[k] < slots:
+                out[k, filled[k]] = charset.index(ch) + 1
+                filled[k] += 1
+    return out
+
+
 def question(doc: Document, rng: np.random.Generator) -> tuple[str, str, str]:
     """(question, answer, analyte) about one row of the page."""
     names = list(doc.values)

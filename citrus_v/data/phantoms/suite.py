@@ -96,11 +96,22 @@ def sample_seed(seed: int, split: str, index: int) -> int:
     return int(np.random.SeedSequence([seed, SPLIT_CODE[split], index]).generate_state(1)[0])
 
 
-def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
-    """The index-th sample of a split (pure function of cfg, split and index)."""
+def _position(cfg: SuiteConfig, split: str, index: int) -> tuple[list[tuple[str, str]], int]:
+    """(schedule, position of the index-th sample in the repeated schedule)."""
     sched = cfg.schedule()
     offset = sample_seed(cfg.seed, split, -1 & 0xFFFF) % len(sched)  # seed-dependent start of the cycle
-    pos = index + offset
+    return sched, index + offset
+
+
+def source_of(cfg: SuiteConfig, split: str, index: int) -> str:
+    """The generator that makes the index-th sample of a split (without making it)."""
+    sched, pos = _position(cfg, split, index)
+    return sched[pos % len(sched)][0]
+
+
+def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
+    """The index-th sample of a split (pure function of cfg, split and index)."""
+    sched, pos = _position(cfg, split, index)
     src, task = sched[pos % len(sched)]
     k = pos // len(sched)  # occurrence count of this pair: drives answer balance
     flip = (pos % len(sched)) % 2  # neighbouring pairs start on opposite answers
