@@ -56,10 +56,20 @@ def patch_glyphs(labels: np.ndarray, patch: int, merge: int, n_chars: int) -> np
 SLOTS = 4  # characters a 28-px token can hold at the page's type size
 
 
+TRANSCRIBE_Q = "Transcribe the page."
+
+
+def transcript(page: document.Document) -> str:
+    """The page's text in reading order: title, id, then each row as name and value."""
+    lines = [text for _, text, _ in page.lines]
+    return "\n".join(lines[:2] + [f"{lines[k]} {lines[k + 1]}" for k in range(2, len(lines), 2)])
+
+
 def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, merge: int, charset: str,
-               target: str) -> np.ndarray:
+               target: str, transcribe: bool = False) -> np.ndarray:
     """Render the first ``n`` lab pages of the suite's train split from index ``start`` on; write each as
-    a PNG and a conversation asking all of its values to ``out/pages.jsonl``. Returns the reading targets:
+    a PNG and a conversation asking all of its values to ``out/pages.jsonl`` (after a transcript of the
+    whole page with ``transcribe``). Returns the reading targets:
     (n, T, merge^2, C) for ``patches``, (n, T, SLOTS) for ``slots``."""
     cfg = SuiteConfig(seed=seed, size=size)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -77,10 +87,10 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
         Image.fromarray(page.image).save(path)
         names = list(page.values)
         order = np.random.default_rng(index).permutation(len(names))
-        messages = []
-        for j, k in enumerate(order):
+        messages = [Message("user", "<image>" + TRANSCRIBE_Q), Message("assistant", transcript(page))] if transcribe else []
+        for k in order:
             q = document.DOC_Q.format(analyte=names[k])
-            messages += [Message("user", ("<image>" if j == 0 else "") + q), Message("assistant", page.values[names[k]])]
+            messages += [Message("user", ("" if messages else "<image>") + q), Message("assistant", page.values[names[k]])]
         records.append(Record(messages=messages, images=[str(path.relative_to(out))], task="document",
                               modality="document"))
         glyphs.append(patch_glyphs(document.glyph_labels(page, charset), patch, merge, len(charset)) if target == "patches"
@@ -134,9 +144,10 @@ def suite_page(record: Record, size: int = 224) -> document.Document:
 
 @torch.no_grad()
 def doc_exact(model, dataset, collate, device: torch.device, batch_size: int = 16, read=None,
-              slots: torch.Tensor | None = None) -> dict[str, float]:
+              slots: torch.Tensor | None = None, only: torch.Tensor | None = None) -> dict[str, float]:
     """Share of answers greedy decoding would write exactly, and of answer tokens argmax-right; with
-    ``read`` (merged tokens -> slot logits) and the pages' ``slots``, the share of filled slots read right."""
+    ``read`` (merged tokens -> slot logits) and the pages' ``slots``, the share of filled slots read right.
+    ``only`` (token ids): score just the answer tokens that are one of these."""
     model.eval()
     exact = tok_ok = toks = n = slot_ok = filled = 0
     for s in range(0, len(dataset), batch_size):
@@ -151,6 +162,8 @@ def doc_exact(model, dataset, collate, device: torch.device, batch_size: int = 1
         pred = out.logits[:, :-1].argmax(-1)
         gold = batch["labels"][:, 1:]
         sup = gold != -100
+        if only is not None:
+            sup &= torch.isin(gold, only)
         right = (pred == gold) | ~sup
         exact += int(right.all(1).sum())
         tok_ok += int(((pred == gold) & sup).sum())
@@ -183,10 +196,12 @@ def main() -> None:
                    help="characters the reading head is asked for: digits and '.', or every one on the page")
     p.add_argument("--target", choices=["patches", "slots"], default="patches",
                    help="which characters have ink in each ViT patch, or each token's characters in reading order")
+    p.add_argument("--transcribe", action="store_true", help="each page's conversation starts with its transcript")
     p.add_argument("--parts", default="vision_encoder,merger,llm,lm_head", help="the model parts that train")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there)")
     p.add_argument("--workers", type=int, default=0, help="processes encoding pages beside the training")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --init as it is, train nothing")
     p.add_argument("--max-minutes", type=float, default=None, help="stop the training after this long (then evaluate and save)")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
@@ -198,7 +213,7 @@ def main() -> None:
     vis = model.config.vision
     charset = DIGITS if args.charset == "digits" else PAGE_CHARS
     glyphs = torch.from_numpy(make_pages(args.out, args.seed, args.start, args.n_pages, 224, vis.patch_size,
-                                         vis.spatial_merge_size, charset, args.target))
+                                         vis.spatial_merge_size, charset, args.target, args.transcribe))
     print(f"{len(glyphs)} pages in {time.time() - t0:.0f} s", flush=True)
     train = JsonlDataset(args.out / "pages.jsonl", template)
     val_all = JsonlDataset(args.val or suite_val_pages(args.out, args.seed, args.val_index, 224), template)
@@ -232,11 +247,25 @@ def main() -> None:
     def read() -> torch.Tensor:  # the head on the tokens of the last forward: (N, SLOTS, C + 1) logits
         return head(F.rms_norm(captured[-1], (dim,))).reshape(-1, SLOTS, len(charset) + 1)
 
+    if args.transcribe:  # the val pages' transcripts, scored on their digits
+        digits = torch.tensor([tokenizer.convert_tokens_to_ids(d) for d in "0123456789"], device=device)
+        val_text = [template.encode_record(Record(
+            messages=[Message("user", "<image>" + TRANSCRIBE_Q), Message("assistant", transcript(suite_page(val_all.records[i])))],
+            images=val_all.records[i].images), val_all.path.parent) for i in val_idx]
+
     def evaluate() -> dict[str, float]:
-        return doc_exact(model, val, collate, device, read=read if val_slots is not None else None, slots=val_slots)
+        got = doc_exact(model, val, collate, device, read=read if val_slots is not None else None, slots=val_slots)
+        if args.transcribe:
+            page = doc_exact(model, val_text, collate, device, only=digits)
+            got.update(transcript_digits_all_right=page["doc_exact"], transcript_digit_acc=page["answer_token_acc"])
+        return got
 
     curve = [{"step": 0, **evaluate()}]
     print(curve[-1], flush=True)
+    if args.eval_only:
+        (args.out / "curve.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                         "curve": curve}, indent=1), encoding="utf-8")
+        return
     loader = torch.utils.data.DataLoader(
         Indexed(train), batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
         collate_fn=lambda items: (torch.tensor([i for i, _ in items]), collate([e for _, e in items])),
