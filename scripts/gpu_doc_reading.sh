@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared call on a lent GPU (one H200, 16 cores; ~9.5 minutes): does the LLM learn to copy the digits
-# off a lab page when it sees several times the pages the CPU runs did (~21,000)? (docs/default_model.md, "What was tried".)
+# off a lab page when it sees more pages than the CPU runs did (41,600 in the longest), at 64 a step? (docs/default_model.md, "What was tried".)
 #
 #   1. the shared anchors (hf_baseline.py, hf_compiled.py), one after the other, as the brief asks;
 #   2. scripts/probe_doc_finetune.py from the shipped default on the GPU (bf16 autocast, 64 pages a step for the
