@@ -30,17 +30,13 @@ part hf_compiled 90 python "$SHARED/bench/hf_compiled.py"
 part hf_train_mm 70 python "$SHARED/bench/hf_train_mm.py"
 
 python - "$OUT" <<'PY'
-import json, pathlib, subprocess, sys
+import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-from citrus_v.bench.anchors import last_json
+from citrus_v.bench.anchors import call_record, last_json
 ours = out / "citrus_v" / "bench.json"
 result = {
-    "command": "bash scripts/bench_gpu.sh",
-    "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-    "gpu": (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else None,
+    **call_record(out, "bash scripts/bench_gpu.sh"),
     "citrus_v": json.loads(ours.read_text()) if ours.exists() else {"error": (out / "citrus_v.log").read_text()[-1500:]},
-    "hf_baseline": last_json(out / "hf_baseline.log"),
-    "hf_compiled": last_json(out / "hf_compiled.log"),
     "hf_train_mm": last_json(out / "hf_train_mm.log"),
 }
 (out / "gpu_bench.json").write_text(json.dumps(result, indent=1) + "\n")

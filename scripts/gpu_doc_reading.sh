@@ -49,15 +49,11 @@ stamp "reading probe, $minutes min of training"
 rc=$?; stamp "probe rc=$rc"
 
 "$PY" - "$OUT" "$WORK/probe/curve.json" "$rc" <<'PY'
-import json, pathlib, subprocess, sys
+import json, pathlib, sys
 out, curve, rc = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
-from citrus_v.bench.anchors import last_json
+from citrus_v.bench.anchors import call_record
 result = {
-    "command": "bash scripts/gpu_doc_reading.sh",
-    "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-    "gpu": (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else None,
-    "hf_baseline": last_json(out / "hf_baseline.log"),
-    "hf_compiled": last_json(out / "hf_compiled.log"),
+    **call_record(out, "bash scripts/gpu_doc_reading.sh"),
     "probe": {"rc": rc, **(json.loads(curve.read_text()) if curve.exists() else {})},
 }
 (out / "gpu_doc_reading.json").write_text(json.dumps(result, indent=1) + "\n")

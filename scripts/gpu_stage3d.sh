@@ -102,18 +102,14 @@ rc=$?; stamp "$RUN rc=$rc"
 cp "$WORK/$RUN/metrics.jsonl" "$OUT/stage3d_metrics.jsonl" 2>/dev/null
 
 "$PY" - "$OUT" "$WORK/$RUN/final" "$rc" <<'PY'
-import json, pathlib, subprocess, sys
+import json, pathlib, sys
 out, final, rc = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
-from citrus_v.bench.anchors import last_json
+from citrus_v.bench.anchors import call_record
 rows = [json.loads(x) for x in (out / "stage3d_metrics.jsonl").read_text().splitlines()] if (out / "stage3d_metrics.jsonl").exists() else []
 def mean(rs, key):
     return round(sum(r[key] for r in rs) / len(rs), 4) if rs else None
 result = {
-    "command": "bash scripts/gpu_stage3d.sh",
-    "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-    "gpu": (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else None,
-    "hf_baseline": last_json(out / "hf_baseline.log"),
-    "hf_compiled": last_json(out / "hf_compiled.log"),
+    **call_record(out, "bash scripts/gpu_stage3d.sh"),
     "stage3d": {"rc": rc, "steps": rows[-1]["step"] if rows else 0, "samples": rows[-1]["samples"] if rows else 0,
                 "train_s": rows[-1]["elapsed_s"] if rows else None,
                 "lm_loss_first50": mean(rows[:50], "lm_loss"), "lm_loss_last50": mean(rows[-50:], "lm_loss"),

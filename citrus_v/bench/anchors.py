@@ -1,7 +1,7 @@
 """Reading the shared anchor scripts' output (``../shared/bench/hf_*.py``) in the GPU scripts.
 
-Each anchor prints its figures as one JSON line, last; ``scripts/bench_gpu.sh`` and
-``scripts/gpu_stage3d.sh`` log every anchor to ``NAME.log`` and gather those lines.
+Each anchor prints its figures as one JSON line, last; ``scripts/bench_gpu.sh``, ``scripts/gpu_stage3d.sh``
+and ``scripts/gpu_doc_reading.sh`` log every anchor to ``NAME.log`` and gather those lines (``call_record``).
 """
 
 from __future__ import annotations
@@ -19,3 +19,14 @@ def last_json(log: Path) -> dict[str, Any]:
         if line.startswith("{"):
             return json.loads(line)
     return {"error": text[-1500:] if log.exists() else "no log"}
+
+
+def call_record(out: Path, command: str) -> dict[str, Any]:
+    """The head of a GPU call's result file: the command, the commit it ran, the GPU (``out/gpu.txt``,
+    written by nvidia-smi) and both anchors' figures (``out/hf_baseline.log``, ``out/hf_compiled.log``)."""
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    gpu = out / "gpu.txt"
+    return {"command": command, "commit": commit or None, "gpu": gpu.read_text().strip() if gpu.exists() else None,
+            "hf_baseline": last_json(out / "hf_baseline.log"), "hf_compiled": last_json(out / "hf_compiled.log")}
