@@ -3,9 +3,11 @@
 From a model folder (the shipped default by default), the ViT, merger and LLM train on lab pages of the
 suite's *train* split (indices past the suite's own records, so none of them is a val or test page). Each
 page is one conversation asking all of its analytes in a random order (four answers per image instead of
-one), and a linear head on the merged vision tokens is asked, for each ViT patch under the token, which
-characters have ink there (digits and the point, or every character the page draws) (the local target of scripts/probe_doc_reading.py, with a
-positive weight: at 1 it learned precision before recall). The head is dropped afterwards.
+one; with ``--transcribe`` it opens with the page's transcript), and a linear head on the merged vision
+tokens is asked what each token shows: ``--target patches``, which characters have ink in each of its ViT
+patches (the local target of scripts/probe_doc_reading.py, with a positive weight: at 1 it learned
+precision before recall); ``--target slots``, its characters in reading order
+(``document.token_characters``). The head is not part of the model folder written at the end.
 
 Validation is the document records of a suite JSONL (val, never test): exact match read off one
 teacher-forced pass (greedy decoding writes the answer exactly iff every answer token, and the closing
@@ -38,21 +40,6 @@ from citrus_v.train.stages import get_stage
 
 DIGITS = "0123456789."
 PAGE_CHARS = "./0123456789ABCDEGHILOPRSTW^abcdegilmnorstu"  # every character document.render draws but the space
-MIN_PIXELS = 3  # glyph pixels for a character to count as "in" a patch
-
-
-def patch_glyphs(labels: np.ndarray, patch: int, merge: int, n_chars: int) -> np.ndarray:
-    """(S, S) glyph label map -> (T, merge * merge, len(charset)) float32: which characters each ViT
-    patch of each merged token holds, tokens and patches in the merger's row-major order."""
-    size = labels.shape[0]
-    g, c = size // patch, n_chars
-    onehot = np.stack([labels == k + 1 for k in range(c)], axis=-1)  # (S, S, C)
-    counts = onehot[: g * patch, : g * patch].reshape(g, patch, g, patch, c).sum(axis=(1, 3))  # (g, g, C)
-    present = (counts >= MIN_PIXELS).astype(np.float32)
-    t = g // merge
-    return present.reshape(t, merge, t, merge, c).transpose(0, 2, 1, 3, 4).reshape(t * t, merge * merge, c)
-
-
 SLOTS = 4  # characters a 28-px token can hold at the page's type size
 
 
@@ -93,7 +80,7 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
             messages += [Message("user", ("" if messages else "<image>") + q), Message("assistant", page.values[names[k]])]
         records.append(Record(messages=messages, images=[str(path.relative_to(out))], task="document",
                               modality="document"))
-        glyphs.append(patch_glyphs(document.glyph_labels(page, charset), patch, merge, len(charset)) if target == "patches"
+        glyphs.append(document.patch_characters(document.glyph_labels(page, charset), len(charset), patch, merge) if target == "patches"
                       else document.token_characters(page, charset, patch * merge, SLOTS))
     write_jsonl(records, out / "pages.jsonl")
     return np.stack(glyphs)

@@ -43,20 +43,9 @@ SIZE = 224
 MIN_PIXELS = 3  # glyph pixels for a character to count as "in" a patch
 
 
-def patch_glyphs(labels: np.ndarray, patch: int, merge: int) -> np.ndarray:
-    """(S, S) glyph label map -> (th, tw, merge * merge, len(CHARS)) float32: which characters each
-    ViT patch of each merged token holds, patches in the merger's row-major order."""
-    g = SIZE // patch
-    onehot = np.stack([labels == k + 1 for k in range(len(CHARS))], axis=-1)  # (S, S, C)
-    counts = onehot.reshape(g, patch, g, patch, len(CHARS)).sum(axis=(1, 3))  # (g, g, C)
-    present = (counts >= MIN_PIXELS).astype(np.float32)
-    th = g // merge
-    return present.reshape(th, merge, th, merge, len(CHARS)).transpose(0, 2, 1, 3, 4).reshape(th, th, merge * merge, len(CHARS))
-
-
 def make_pages(n: int, seed: int, glyphs_too: bool, patch: int = 14, merge: int = 2) -> tuple[np.ndarray, ...]:
     """images (n, S, S, 3) uint8, presence (n, A) float32, chars (n, A, SLOTS) long, and with
-    ``glyphs_too`` glyphs (n, th, tw, merge^2, len(CHARS)) float32 (else None: rendering each
+    ``glyphs_too`` glyphs (n, T, merge^2, len(CHARS)) float32 (else None: rendering each
     character's label map is the slow part, and only --target glyphs reads it)."""
     rng = np.random.default_rng(seed)
     images, glyphs, presence = [], [], np.zeros((n, len(NAMES)), np.float32)
@@ -65,7 +54,7 @@ def make_pages(n: int, seed: int, glyphs_too: bool, patch: int = 14, merge: int 
         page = document.render(rng, SIZE)
         images.append(page.image)
         if glyphs_too:
-            glyphs.append(patch_glyphs(document.glyph_labels(page, CHARS), patch, merge))
+            glyphs.append(document.patch_characters(document.glyph_labels(page, CHARS), len(CHARS), patch, merge, MIN_PIXELS))
         for name, value in page.values.items():
             k = NAMES.index(name)
             presence[i, k] = 1
@@ -116,7 +105,7 @@ def values_scores(out: dict[str, torch.Tensor], presence: torch.Tensor, chars: t
 @torch.no_grad()
 def glyph_scores(out: dict[str, torch.Tensor], glyphs: torch.Tensor) -> dict[str, float]:
     """Sums over a batch: true/false positives and negatives over (patch, character), exact sets."""
-    pred, truth = out["glyphs"] > 0, glyphs.flatten(1, 2) > 0  # (B, T, m^2, C)
+    pred, truth = out["glyphs"] > 0, glyphs > 0  # (B, T, m^2, C)
     inked = truth.any(-1)  # patches holding at least one character
     return {"tp": float((pred & truth).sum()), "fp": float((pred & ~truth).sum()), "fn": float((~pred & truth).sum()),
             "sets_exact": float(((pred == truth).all(-1) & inked).sum()), "inked": float(inked.sum())}
@@ -153,7 +142,7 @@ def main() -> None:
         out = forward(data[0][idx])
         if args.target == "values":
             return out, values_loss(out, torch.from_numpy(data[1][idx]), torch.from_numpy(data[2][idx]))
-        glyphs = torch.from_numpy(data[3][idx]).flatten(1, 2)  # (B, T, m^2, C)
+        glyphs = torch.from_numpy(data[3][idx])  # (B, T, m^2, C)
         return out, F.binary_cross_entropy_with_logits(out["glyphs"], glyphs)
 
     @torch.no_grad()

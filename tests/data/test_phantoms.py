@@ -225,3 +225,15 @@ def test_document_token_characters_are_the_ink_in_each_token_in_reading_order(ro
     assert sum(len(p) >= 2 for p in pieces) >= 5
     for piece in pieces:
         assert any(piece in line for line in lines), f"{piece!r} is not in the text's order (rotation {page.rotation})"
+
+
+def test_document_patch_characters_flags_the_patch_that_holds_enough_ink():
+    from citrus_v.data.phantoms import document
+
+    labels = np.zeros((56, 56), np.int16)  # 4 x 4 patches of 14 px, merged 2 x 2 -> 4 tokens
+    labels[2:4, 44:46] = 2  # 4 pixels of character 1 in patch (row 0, col 3): token 1, its patch (0, 1)
+    labels[30, 5:7] = 3  # 2 pixels of character 2 in patch (row 2, col 0): under min_pixels
+    got = document.patch_characters(labels, n_chars=3, patch=14, merge=2)
+    assert got.shape == (4, 4, 3)
+    assert got.sum() == 1 and got[1, 1, 1] == 1
+    assert document.patch_characters(labels, n_chars=3, patch=14, merge=2, min_pixels=2)[2, 0, 2] == 1

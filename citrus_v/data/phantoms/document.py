@@ -107,6 +107,18 @@ def glyph_labels(doc: Document, charset: str) -> np.ndarray:
     return labels
 
 
+def patch_characters(labels: np.ndarray, n_chars: int, patch: int, merge: int, min_pixels: int = 3) -> np.ndarray:
+    """A ``glyph_labels`` map (S, S) -> (T, merge * merge, n_chars) float32: which characters have at least
+    ``min_pixels`` pixels of ink in each ViT patch of each merged token, tokens and their patches in the
+    merger's row-major order (scripts/probe_doc_reading.py, scripts/probe_doc_finetune.py)."""
+    g = labels.shape[0] // patch
+    onehot = np.stack([labels == k + 1 for k in range(n_chars)], axis=-1)  # (S, S, C)
+    counts = onehot[: g * patch, : g * patch].reshape(g, patch, g, patch, n_chars).sum(axis=(1, 3))  # (g, g, C)
+    present = (counts >= min_pixels).astype(np.float32)
+    t = g // merge
+    return present.reshape(t, merge, t, merge, n_chars).transpose(0, 2, 1, 3, 4).reshape(t * t, merge * merge, n_chars)
+
+
 def token_characters(doc: Document, charset: str, token: int, slots: int = 4) -> np.ndarray:
     """(T, slots) int64 reading targets, one row per ``token``-pixel square of the page (row-major, as the
     merger orders its tokens): 1 + the ``charset`` index of each character whose centre (of its advance on
