@@ -53,10 +53,11 @@ def transcript(page: document.Document) -> str:
 
 
 def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, merge: int, charset: str,
-               target: str, transcribe: bool = False) -> np.ndarray:
+               target: str, transcribe: bool = False, text_page: bool = False, token: int | None = None) -> np.ndarray:
     """Render the first ``n`` lab pages of the suite's train split from index ``start`` on; write each as
     a PNG and a conversation asking all of its values to ``out/pages.jsonl`` (after a transcript of the
-    whole page with ``transcribe``). Returns the reading targets:
+    whole page with ``transcribe``; with ``text_page`` the page is given as its transcript in text instead of
+    the image). Returns the reading targets:
     (n, T, merge^2, C) for ``patches``, (n, T, SLOTS) for ``slots``."""
     cfg = SuiteConfig(seed=seed, size=size)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -78,10 +79,12 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
         for k in order:
             q = document.DOC_Q.format(analyte=names[k])
             messages += [Message("user", ("" if messages else "<image>") + q), Message("assistant", page.values[names[k]])]
-        records.append(Record(messages=messages, images=[str(path.relative_to(out))], task="document",
-                              modality="document"))
+        if text_page:
+            messages[0] = Message("user", messages[0].content.replace("<image>", transcript(page) + "\n"))
+        records.append(Record(messages=messages, images=[] if text_page else [str(path.relative_to(out))],
+                              task="document", modality="document"))
         glyphs.append(document.patch_characters(document.glyph_labels(page, charset), len(charset), patch, merge) if target == "patches"
-                      else document.token_characters(page, charset, patch * merge, SLOTS))
+                      else document.token_characters(page, charset, token or patch * merge, SLOTS))
     write_jsonl(records, out / "pages.jsonl")
     return np.stack(glyphs)
 
@@ -184,6 +187,10 @@ def main() -> None:
     p.add_argument("--target", choices=["patches", "slots"], default="patches",
                    help="which characters have ink in each ViT patch, or each token's characters in reading order")
     p.add_argument("--transcribe", action="store_true", help="each page's conversation starts with its transcript")
+    p.add_argument("--text-page", action="store_true",
+                   help="control: the page is given as its transcript in text, no image (is the LLM able to look a value up?)")
+    p.add_argument("--pixels", type=int, default=None,
+                   help="resize pages to this side for the ViT (a multiple of 28; default: the model's own sizing)")
     p.add_argument("--parts", default="vision_encoder,merger,llm,lm_head", help="the model parts that train")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there)")
@@ -197,17 +204,33 @@ def main() -> None:
     t0 = time.time()
     init = args.init or default_model_dir()
     model, tokenizer, template = init_model_and_template(init, "tiny", get_stage(3, "tiny"), [])
+    if args.pixels:  # pages resized to pixels x pixels for the ViT (Qwen2.5-VL's dynamic resolution)
+        from dataclasses import replace
+
+        from citrus_v.data.template import ChatTemplate
+
+        side = args.pixels * args.pixels
+        template = ChatTemplate(tokenizer, replace(template.image_cfg, min_pixels=side, max_pixels=side), max_length=template.max_length)
+    if args.pixels and args.target == "patches":
+        p.error("--pixels works with --target slots only")
     vis = model.config.vision
+    # one merged token covers this many pixels of the 224-px page
+    token_px = vis.patch_size * vis.spatial_merge_size * 224 // (args.pixels or 224)
     charset = DIGITS if args.charset == "digits" else PAGE_CHARS
     glyphs = torch.from_numpy(make_pages(args.out, args.seed, args.start, args.n_pages, 224, vis.patch_size,
-                                         vis.spatial_merge_size, charset, args.target, args.transcribe))
+                                         vis.spatial_merge_size, charset, args.target, args.transcribe,
+                                         args.text_page, token_px))
     print(f"{len(glyphs)} pages in {time.time() - t0:.0f} s", flush=True)
     train = JsonlDataset(args.out / "pages.jsonl", template)
     val_all = JsonlDataset(args.val or suite_val_pages(args.out, args.seed, args.val_index, 224), template)
     val_idx = [i for i, r in enumerate(val_all.records) if r.task == "document"]
     val = [val_all[i] for i in val_idx]
-    val_slots = torch.from_numpy(np.stack([document.token_characters(suite_page(val_all.records[i]), charset, vis.patch_size * vis.spatial_merge_size, SLOTS)
-                                           for i in val_idx])) if args.target == "slots" else None
+    if args.text_page:  # the same questions, the page as text
+        val = [template.encode_record(Record(messages=[
+            Message("user", val_all.records[i].messages[0].content.replace("<image>", transcript(suite_page(val_all.records[i])) + "\n")),
+            val_all.records[i].messages[1]])) for i in val_idx]
+    val_slots = torch.from_numpy(np.stack([document.token_characters(suite_page(val_all.records[i]), charset, token_px, SLOTS)
+                                           for i in val_idx])) if args.target == "slots" and not args.text_page else None
     collate = make_collate_fn(template.ids.pad, model.config.tokens.seg_token_id)
     device = torch.device(args.device)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
@@ -271,8 +294,10 @@ def main() -> None:
         with amp():
             out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],
                         batch["image_grid_thw"], return_logits=False)
-            logits = head(F.rms_norm(captured[0], (dim,))).float()
-        if args.target == "patches":
+            logits = head(F.rms_norm(captured[0], (dim,))).float() if captured else None
+        if logits is None:  # no image in the batch (--text-page)
+            gl = torch.zeros((), device=device)
+        elif args.target == "patches":
             gl = F.binary_cross_entropy_with_logits(logits.reshape(len(idx), -1, merge2, len(charset)), glyphs[idx],
                                                     pos_weight=pos_weight)
         else:
