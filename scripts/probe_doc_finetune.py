@@ -35,6 +35,7 @@ from citrus_v.data.phantoms import document
 from citrus_v.data.phantoms.suite import SuiteConfig, make_sample, sample_seed, source_of
 from citrus_v.data.schema import Message, Record, write_jsonl
 from citrus_v.infer.predictor import default_model_dir
+from citrus_v.train.recipe import batch_to_device
 from citrus_v.train.pipeline import init_model_and_template, write_model_folder
 from citrus_v.train.stages import get_stage
 
@@ -69,8 +70,7 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
         index += 1
         if source_of(cfg, "train", index) != "document":
             continue
-        rng = np.random.default_rng(sample_seed(seed, "train", index))
-        page = document.render(rng, size, cfg.rotate_prob)  # the suite's own page for this index
+        page = suite_page(sample_seed(seed, "train", index), size)  # the suite's own page for this index
         path = out / "images" / f"{index:07d}.png"
         Image.fromarray(page.image).save(path)
         names = list(page.values)
@@ -123,13 +123,9 @@ class Indexed(torch.utils.data.Dataset):
         return i, self.dataset[i]
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def suite_page(record: Record, size: int = 224) -> document.Document:
-    """The page of a suite document record, rendered again from its seed (``make_sample``'s first draw)."""
-    return document.render(np.random.default_rng(record.meta["sample_seed"]), size, SuiteConfig().rotate_prob)
+def suite_page(seed: int, size: int = 224) -> document.Document:
+    """The suite's lab page for a sample seed (``make_sample``'s first draw for a document record)."""
+    return document.render(np.random.default_rng(seed), size, SuiteConfig().rotate_prob)
 
 
 @torch.no_grad()
@@ -142,7 +138,7 @@ def doc_exact(model, dataset, collate, device: torch.device, batch_size: int = 1
     exact = tok_ok = toks = n = slot_ok = filled = 0
     for s in range(0, len(dataset), batch_size):
         rows = list(range(s, min(s + batch_size, len(dataset))))
-        batch = to_device(collate([dataset[i] for i in rows]), device)
+        batch = batch_to_device(collate([dataset[i] for i in rows]), device)
         out = model(batch["input_ids"], batch["attention_mask"], None, batch["pixel_values"], batch["image_grid_thw"])
         if read is not None:
             guess = read().argmax(-1).reshape(len(rows), -1, SLOTS)
@@ -225,12 +221,13 @@ def main() -> None:
     val_all = JsonlDataset(args.val or suite_val_pages(args.out, args.seed, args.val_index, 224), template)
     val_idx = [i for i, r in enumerate(val_all.records) if r.task == "document"]
     val = [val_all[i] for i in val_idx]
+    val_pages = [suite_page(val_all.records[i].meta["sample_seed"]) for i in val_idx]  # the pages, for their text and targets
     if args.text_page:  # the same questions, the page as text
         val = [template.encode_record(Record(messages=[
-            Message("user", val_all.records[i].messages[0].content.replace("<image>", transcript(suite_page(val_all.records[i])) + "\n")),
-            val_all.records[i].messages[1]])) for i in val_idx]
-    val_slots = torch.from_numpy(np.stack([document.token_characters(suite_page(val_all.records[i]), charset, token_px, SLOTS)
-                                           for i in val_idx])) if args.target == "slots" and not args.text_page else None
+            Message("user", val_all.records[i].messages[0].content.replace("<image>", transcript(page) + "\n")),
+            val_all.records[i].messages[1]])) for i, page in zip(val_idx, val_pages)]
+    val_slots = torch.from_numpy(np.stack([document.token_characters(page, charset, token_px, SLOTS)
+                                           for page in val_pages])) if args.target == "slots" and not args.text_page else None
     collate = make_collate_fn(template.ids.pad, model.config.tokens.seg_token_id)
     device = torch.device(args.device)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
@@ -260,8 +257,8 @@ def main() -> None:
     if args.transcribe:  # the val pages' transcripts, scored on their digits
         digits = torch.tensor([tokenizer.convert_tokens_to_ids(d) for d in "0123456789"], device=device)
         val_text = [template.encode_record(Record(
-            messages=[Message("user", "<image>" + TRANSCRIBE_Q), Message("assistant", transcript(suite_page(val_all.records[i])))],
-            images=val_all.records[i].images), val_all.path.parent) for i in val_idx]
+            messages=[Message("user", "<image>" + TRANSCRIBE_Q), Message("assistant", transcript(page))],
+            images=val_all.records[i].images), val_all.path.parent) for i, page in zip(val_idx, val_pages)]
 
     def evaluate() -> dict[str, float]:
         got = doc_exact(model, val, collate, device, read=read if val_slots is not None else None, slots=val_slots)
@@ -289,7 +286,7 @@ def main() -> None:
         except StopIteration:  # a new epoch over the pages
             batches = iter(loader)
             idx, batch = next(batches)
-        idx, batch = idx.to(device), to_device(batch, device)
+        idx, batch = idx.to(device), batch_to_device(batch, device)
         captured.clear()
         with amp():
             out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],

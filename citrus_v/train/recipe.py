@@ -95,7 +95,8 @@ def total_steps_for(stage: StageConfig, n_samples: int, world_size: int) -> tupl
     return max(1, math.ceil(stage.epochs * per_epoch)), per_epoch
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
+def batch_to_device(batch: Batch, device: torch.device) -> Batch:
+    """Every tensor of a collated batch moved to ``device``; other values as they are."""
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
@@ -245,7 +246,7 @@ def train(
     for epoch, position in plan:
         if step >= end:
             break
-        micro = [_to_device(next(batches), device) for _ in range(stage.grad_accum)]
+        micro = [batch_to_device(next(batches), device) for _ in range(stage.grad_accum)]
         lm_part, mask_part = _accumulate(wrapped, micro, ctx, autocast)
         grad_norm = _grad_norm(params, stage.grad_clip)
         optimizer.step()
