@@ -31,6 +31,7 @@ def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int
     labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((B, L), dtype=torch.long)
     seg_image_index: list[int] = []
+    copy_pairs: list[torch.Tensor] = []
     image_offset = 0
     for b, e in enumerate(examples):
         n = int(e.input_ids.shape[0])
@@ -47,6 +48,8 @@ def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int
             raise ValueError(f"example {b}: {n_seg} [SEG] tokens but no image to segment")
         seg_image_index += [image_offset] * n_seg
         image_offset += e.num_images
+        if e.copy_pairs.shape[0]:
+            copy_pairs.append(torch.cat([torch.full((e.copy_pairs.shape[0], 1), b), e.copy_pairs], 1))
 
     with_images = [e for e in examples if e.num_images]
     batch: dict[str, torch.Tensor | None] = {
@@ -58,6 +61,8 @@ def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int
         "sam_images": torch.cat([e.sam_images for e in with_images]) if with_images else None,  # (n_img, 3, S, S)
         "gt_masks": torch.cat([e.gt_masks.reshape(-1, MASK_SIZE, MASK_SIZE) for e in examples]),  # (n_seg, 256, 256)
         "seg_image_index": torch.tensor(seg_image_index, dtype=torch.long),  # (n_seg,)
+        # (n, 3) long (row, query, key): the copy-attention target, None when no example has one
+        "copy_pairs": torch.cat(copy_pairs) if copy_pairs else None,
     }
     return batch
 

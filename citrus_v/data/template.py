@@ -27,6 +27,10 @@ Length: with ``max_length``, a too-long example raises ``TooLongError`` (``trunc
 or, with ``truncation="right"``, loses its tail only when the tail holds no image token, no
 ``[SEG]`` and the example keeps at least one label; otherwise ``TooLongError`` names both
 lengths. ``JsonlDataset`` can skip such records and count them.
+
+Copy targets: a record whose ``meta["copy_points"]`` says where its first image shows each leading
+answer character (lab values on a page) gets ``Example.copy_pairs``, the (query, key) positions of the
+copy-attention target (``copy_pairs``; docs/training.md).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -68,6 +72,8 @@ class Example:
     orig_hw: list[tuple[int, int]] = field(default_factory=list)  # per image (height, width)
     resized_hw: list[tuple[int, int]] = field(default_factory=list)  # per image, what the ViT saw
     truncated: int = 0  # tokens cut from the tail by truncation="right"
+    # (n, 2) long: (query, key) positions of the copy-attention target (``copy_pairs``); 0 rows without meta.copy_points
+    copy_pairs: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long))
 
     @property
     def num_images(self) -> int:
@@ -118,10 +124,12 @@ class ChatTemplate:
         masks = [load_mask(resolve(p, base_dir)) for p in record.masks]
         gt = torch.stack(masks) if masks else torch.zeros(0, 256, 256)  # (n_seg, 256, 256)
         self._check_counts(ids, images.n_tokens, gt.shape[0])
+        pairs = copy_pairs(record.meta.get("copy_points"), ids, labels, images, self.ids.image_pad, self.image_cfg)
         ids, labels, cut = self._fit_length(ids, labels)
+        pairs = pairs[pairs[:, 0] + 1 < len(ids)]  # a cut answer keeps the pairs of the characters left
         return Example(
             torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
-            images.pixel_values, images.grid, images.sam, gt, images.orig_hw, images.resized_hw, cut,
+            images.pixel_values, images.grid, images.sam, gt, images.orig_hw, images.resized_hw, cut, pairs,
         )  # fmt: skip
 
     def encode_prompt(self, images: Sequence[ImageInput], prompt: str, system: str | None = DEFAULT_SYSTEM) -> Example:
@@ -256,6 +264,43 @@ class ChatTemplate:
         if all(lab == IGNORE_INDEX for lab in labels[:cap]):
             raise TooLongError(f"example is {n} tokens, max_length is {cap}: no supervised token would be left")
         return ids[:cap], labels[:cap], n - cap
+
+
+def copy_pairs(points: Any, ids: list[int], labels: list[int], images: _Images, image_pad: int,
+               image_cfg: ImageConfig) -> torch.Tensor:
+    """The copy-attention target of a record whose answers copy characters shown in its first image:
+    ``meta["copy_points"]`` holds, for each assistant turn, the centre (x, y in the image's own pixels) of
+    each leading answer token's character, one point per token. Returns (n, 2) long (query, key): the
+    position that predicts the token, and the ``<|image_pad|>`` of the merged token holding its point.
+    None -> no pairs. Points that do not fit the record are a ValueError naming ``meta.copy_points``."""
+    if points is None:
+        return torch.zeros(0, 2, dtype=torch.long)
+    where = "meta.copy_points"
+    if not images.n_tokens:
+        raise ValueError(f"{where}: the record has no image to copy from")
+    sup = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+    turns = [[sup[0]]] if sup else []
+    for q in sup[1:]:  # each assistant turn is one run of supervised positions (its answer and <|im_end|>)
+        (turns[-1].append(q) if q == turns[-1][-1] + 1 else turns.append([q]))
+    if not isinstance(points, list) or len(points) != len(turns):
+        raise ValueError(f"{where}: must be a list with one entry per assistant turn ({len(turns)}), got {points!r:.80}")
+    h_orig, w_orig = images.orig_hw[0]
+    h_res, w_res = images.resized_hw[0]
+    token = image_cfg.patch_size * image_cfg.merge_size
+    cols, rows = w_res // token, h_res // token
+    pads = [i for i, t in enumerate(ids) if t == image_pad][: images.n_tokens[0]]
+    pairs = []
+    for t, (turn, pts) in enumerate(zip(turns, points)):
+        if not isinstance(pts, list) or len(pts) > len(turn) - 1:
+            raise ValueError(f"{where}[{t}]: must be a list of at most {len(turn) - 1} points (the answer's tokens)")
+        for j, pt in enumerate(pts):
+            if not (isinstance(pt, (list, tuple)) and len(pt) == 2 and all(isinstance(v, (int, float)) for v in pt)
+                    and 0 <= pt[0] < w_orig and 0 <= pt[1] < h_orig):
+                raise ValueError(f"{where}[{t}][{j}]: must be [x, y] inside the {w_orig}x{h_orig} image, got {pt!r}")
+            col = min(int(pt[0] * w_res / w_orig // token), cols - 1)
+            row = min(int(pt[1] * h_res / h_orig // token), rows - 1)
+            pairs.append((turn[j] - 1, pads[row * cols + col]))
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
 _SWIFT_BBOX = re.compile(re.escape(SWIFT_BBOX_PLACEHOLDER))

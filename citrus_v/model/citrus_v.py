@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.model.copy_attention import CopyAttention
 from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
@@ -65,6 +67,8 @@ class CitrusVOutput:
     pred_masks: torch.Tensor  # (n_seg, 256, 256) logits
     iou_scores: torch.Tensor  # (n_seg,)
     mask_iou_loss: torch.Tensor | None = None  # IoU-head MSE (window-weighted), when LossConfig.iou_weight > 0
+    copy_loss: torch.Tensor | None = None  # weight x copy-attention loss, as in `loss` (set_copy_attention on, copy_pairs given)
+    copy_attention_acc: torch.Tensor | None = None  # share of copy pairs whose key gets the head's most attention
 
 
 class CitrusV(nn.Module):
@@ -76,6 +80,7 @@ class CitrusV(nn.Module):
         self.mllm = build_mllm(config)
         self.segmenter = build_segmenter(config)
         self.seg_projector = build_seg_projector(config.llm.hidden_size, self.segmenter.prompt_dim)
+        self.copy_attention: CopyAttention | None = None  # a training target, set by a stage (set_copy_attention)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -90,6 +95,7 @@ class CitrusV(nn.Module):
         seg_image_index: torch.Tensor | None = None,
         num_masks_in_window: int | None = None,
         return_logits: bool = True,
+        copy_pairs: torch.Tensor | None = None,
     ) -> CitrusVOutput:
         """One teacher-forced pass: LM logits, one mask per [SEG] and, given labels, the loss.
 
@@ -97,13 +103,20 @@ class CitrusV(nn.Module):
         (n_img, 3); sam_images (n_img, 3, S, S); gt_masks (n_seg, 256, 256); seg_image_index
         (n_seg,). The i-th [SEG] in row-major order pairs with the i-th mask.
         ``return_logits=False`` (training) skips the full (B, L, V) projection: the LM loss is
-        then computed on supervised positions only, with the same value.
+        then computed on supervised positions only, with the same value. ``copy_pairs`` (n, 3: row,
+        query, key) add the copy-attention loss when ``set_copy_attention`` has turned it on.
         """
         seg_positions = input_ids == self.config.tokens.seg_token_id  # (B, L)
         n_seg = int(seg_positions.sum())
         self._check_seg_counts(n_seg, gt_masks, seg_image_index, sam_images)
 
-        hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (B, L, H)
+        copy = self.copy_attention if copy_pairs is not None and len(copy_pairs) else None
+        with copy.capture() if copy is not None else contextlib.nullcontext():
+            hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (B, L, H)
+        copy_loss = copy_acc = None
+        if copy is not None:
+            copy_loss, copy_acc = copy.loss(copy_pairs, attention_mask)
+            copy_loss = copy.weight * copy_loss
         logits = self.mllm.lm_head(hidden) if return_logits or labels is None else None  # (B, L, V)
 
         loss_cfg = self.config.loss
@@ -134,7 +147,9 @@ class CitrusV(nn.Module):
                 if loss_cfg.point_align_weight > 0:
                     align = self._point_align_loss(hidden[seg_positions], gt_masks.to(pred_masks.dtype))
                     loss = loss + loss_cfg.point_align_weight * factor * align
-        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss)
+            if copy_loss is not None:
+                loss = loss + copy_loss
+        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss, copy_loss, copy_acc)
 
     def hidden_states(
         self,
@@ -281,6 +296,15 @@ class CitrusV(nn.Module):
         if scale < 0:
             raise ValueError(f"seg_grad_scale must be >= 0, got {scale}")
         self.config.seg_grad_scale = float(scale)
+
+    def set_copy_attention(self, layer: int | None, head: int = 0, weight: float = 1.0) -> None:
+        """Turn the copy-attention target on (``layer``'s ``head`` learns to look where answers copy from,
+        see citrus_v.model.copy_attention) or off (``layer=None``)."""
+        if self.copy_attention is not None:
+            self.copy_attention.remove()
+            self.copy_attention = None
+        if layer is not None:
+            self.copy_attention = CopyAttention(self.mllm.model.language_model, layer, head, weight)
 
     def set_trainable(self, parts: Iterable[str]) -> None:
         """Train exactly the named parts (see PART_NAMES); freeze every other parameter."""

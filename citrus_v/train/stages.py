@@ -91,6 +91,9 @@ class StageConfig:
     # learning-rate multipliers by part, e.g. {"vision_encoder": 2.0}: a from-scratch vision tower
     # learns slower than the LLM beside it (parts not named keep 1.0)
     part_lr_scale: dict[str, float] = dataclasses.field(default_factory=dict)
+    # the copy-attention target (citrus_v.model.copy_attention), e.g. {"layer": 2, "head": 0, "weight": 1.0}:
+    # on records with meta.copy_points, that head learns to look where the answer copies from; None is off
+    copy_attention: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "name", f"must be a non-empty string, got {self.name!r}")
@@ -130,6 +133,14 @@ class StageConfig:
             _require(isinstance(scale, (int, float)) and scale > 0, "part_lr_scale", f"{part}: must be > 0, got {scale!r}")
         if self.keep_last is not None:
             _require(self.keep_last > 0, "keep_last", f"must be > 0 or null, got {self.keep_last}")
+        if self.copy_attention is not None:
+            c = self.copy_attention
+            _require(isinstance(c, dict) and set(c) <= {"layer", "head", "weight"} and "layer" in c, "copy_attention",
+                     f"must be null or {{layer, head, weight}} (head 0 and weight 1.0 by default), got {c!r}")
+            _require(all(isinstance(c.get(k, 0), int) and c.get(k, 0) >= 0 for k in ("layer", "head")), "copy_attention",
+                     f"layer and head must be integers >= 0, got {c!r}")
+            _require(isinstance(c.get("weight", 1.0), (int, float)) and c.get("weight", 1.0) >= 0, "copy_attention",
+                     f"weight must be >= 0, got {c.get('weight')!r}")
 
     def replace(self, **changes: Any) -> StageConfig:
         """A copy with ``changes`` applied (and validated)."""

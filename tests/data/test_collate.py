@@ -103,3 +103,12 @@ def test_dataloader_collate_fn(template):
 def test_empty_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         collate([], pad_token_id=0, seg_token_id=10)
+
+
+def test_copy_pairs_gain_their_row_and_keep_their_positions(template):
+    a = seg_example(template, n_images=1, n_seg=0, seed=0)
+    b = seg_example(template, n_images=1, n_seg=0, seed=1)
+    assert collate([a, b], pad_token_id=0, seg_token_id=template.ids.seg)["copy_pairs"] is None
+    b.copy_pairs = torch.tensor([[7, 3], [8, 4]])
+    got = collate([a, b, b], pad_token_id=0, seg_token_id=template.ids.seg)["copy_pairs"]
+    assert got.tolist() == [[1, 7, 3], [1, 8, 4], [2, 7, 3], [2, 8, 4]]  # right padding: positions unchanged

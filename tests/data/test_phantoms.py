@@ -237,3 +237,36 @@ def test_document_patch_characters_flags_the_patch_that_holds_enough_ink():
     assert got.shape == (4, 4, 3)
     assert got.sum() == 1 and got[1, 1, 1] == 1
     assert document.patch_characters(labels, n_chars=3, patch=14, merge=2, min_pixels=2)[2, 0, 2] == 1
+
+
+def test_document_samples_carry_the_copy_points_of_their_answer():
+    from citrus_v.data.phantoms import document
+    from citrus_v.data.phantoms.suite import source_of
+
+    cfg = SuiteConfig(seed=3)
+    index = next(i for i in range(200) if source_of(cfg, "test", i) == "document")
+    s = make_sample(cfg, "test", index)
+    page = document.render(np.random.default_rng(s.meta["sample_seed"]), cfg.size, cfg.rotate_prob)
+    (points,) = s.meta["copy_points"]
+    assert len(points) == len(s.answer.split(" ")[0]) and points == document.copy_points(page, s.answer)
+    # each point is the centre of its character: on the page's ink (2 px of slack for a '.')
+    labels = document.glyph_labels(page, "0123456789.")
+    for (x, y), ch in zip(points, s.answer):
+        near = labels[max(int(y) - 9, 0):int(y) + 10, max(int(x) - 2, 0):int(x) + 3]
+        assert ("0123456789.".index(ch) + 1) in near, f"{ch!r} has no ink at {(x, y)}"
+    with pytest.raises(ValueError, match="not a value line"):
+        document.copy_points(page, "LAB REPORT")
+
+
+def test_document_pages_ask_every_value_of_train_pages_past_the_suite(tmp_path):
+    from citrus_v.data.phantoms.suite import document_pages
+
+    a = read_jsonl(document_pages(tmp_path / "a", 3, seed=4, start=5000, progress=False))
+    b = read_jsonl(document_pages(tmp_path / "b", 3, seed=4, start=5000, progress=False))
+    assert [r.to_dict() for r in a] == [r.to_dict() for r in b]
+    for r in a:
+        assert r.meta["split"] == "train" and int(r.meta["phantom_id"].split("-")[1]) >= 5000
+        answers = [m.content for m in r.messages if m.role == "assistant"]
+        assert len(answers) == 4 and len(r.meta["copy_points"]) == 4 and r.messages[0].content.startswith("<image>")
+        assert [len(p) for p in r.meta["copy_points"]] == [len(x.split(" ")[0]) for x in answers]
+        assert (tmp_path / "a" / r.images[0]).is_file()

@@ -241,3 +241,55 @@ def test_image_config_follows_the_model_config():
         assert (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size, cfg.sam_image_size) == (14, 2, 2, sam)
     with pytest.raises(ValueError, match="min_pixels 50000 > max_pixels 40000"):
         ImageConfig(min_pixels=50000, max_pixels=40000)
+
+
+def test_copy_points_pair_the_answer_characters_with_the_image_tokens_holding_them(template, tok, files):
+    # a.png is 100 x 150 -> 112 x 140 for the ViT: 4 x 5 merged tokens of 28 px
+    r = Record([Message("user", "<image>What is the glucose value?"), Message("assistant", "12 mg/dL"),
+                Message("user", "And the sodium?"), Message("assistant", "7")],
+               images=["a.png"], meta={"copy_points": [[[0, 0], [149, 99]], [[60, 30]]]})
+    ex = template.encode_record(r, files)
+    pads = (ex.input_ids == template.ids.image_pad).nonzero().flatten().tolist()
+    (s1, _), (s2, _) = labelled_spans(ex.labels)
+    # (60, 30) -> (56, 33.6) resized: column 2, row 1 -> token 7
+    assert ex.copy_pairs.tolist() == [[s1 - 1, pads[0]], [s1, pads[19]], [s2 - 1, pads[7]]]
+    assert tok.decode(ex.labels[s1 : s1 + 2]) == "12" and tok.decode(ex.labels[s2 : s2 + 1]) == "7"
+    assert template.encode_record(rec([("user", "<image>Hi"), ("assistant", "12")], images=["a.png"]), files).copy_pairs.shape == (0, 2)
+    # a cut answer keeps the pairs of the characters left before the cut
+    cut = ChatTemplate(tok, ImageConfig.tiny(), max_length=s1 + 1, truncation="right").encode_record(r, files)
+    assert cut.copy_pairs.tolist() == [[s1 - 1, pads[0]]]
+
+
+@pytest.mark.parametrize("points, message", [
+    ([[[1, 1]]], r"meta\.copy_points: must be a list with one entry per assistant turn \(2\)"),
+    ([[[1, 1]], [[150, 1]]], r"meta\.copy_points\[1\]\[0\]: must be \[x, y\] inside the 150x100 image"),
+    ([[[1, 1]], [[1, 1], [2, 2]]], r"meta\.copy_points\[1\]: must be a list of at most 1 points"),
+    ([[["a", 1]], []], r"meta\.copy_points\[0\]\[0\]: must be \[x, y\]"),
+])
+def test_copy_points_that_do_not_fit_the_record_name_the_field(template, files, points, message):
+    r = Record([Message("user", "<image>Q?"), Message("assistant", "12"), Message("user", "Q?"), Message("assistant", "7")],
+               images=["a.png"], meta={"copy_points": points})
+    with pytest.raises(ValueError, match=message):
+        template.encode_record(r, files)
+    with pytest.raises(ValueError, match="meta.copy_points: the record has no image"):
+        template.encode_record(Record([Message("user", "Q?"), Message("assistant", "12")], meta={"copy_points": [[]]}), files)
+
+
+def test_suite_pages_point_each_answer_character_at_a_token_that_shows_it(template, tok, tmp_path):
+    from citrus_v.data.phantoms import document
+    from citrus_v.data.phantoms.suite import SuiteConfig, document_pages
+
+    path = document_pages(tmp_path, 4, seed=2, progress=False)
+    data = JsonlDataset(path, template)
+    chars = "0123456789."
+    for i, r in enumerate(data.records):
+        ex = data[i]
+        page = document.render(np.random.default_rng(r.meta["sample_seed"]), 224, SuiteConfig().rotate_prob)
+        shown = document.token_characters(page, chars, 28)  # (64, 4): what each token holds, from the glyphs
+        pads = (ex.input_ids == template.ids.image_pad).nonzero().flatten().tolist()
+        numbers = [m.content.split(" ")[0] for m in r.messages if m.role == "assistant"]
+        assert len(ex.copy_pairs) == sum(map(len, numbers)) and len(numbers) == 4
+        written = "".join(tok.decode(ex.labels[q + 1 : q + 2]) for q, _ in ex.copy_pairs.tolist())
+        assert written == "".join(numbers)
+        for (q, k), ch in zip(ex.copy_pairs.tolist(), written):
+            assert chars.index(ch) + 1 in shown[pads.index(k)], f"page {i}: {ch!r} is not on its token"

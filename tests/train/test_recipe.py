@@ -67,13 +67,36 @@ def test_accumulation_equals_one_big_batch():
     for micro in ([collate([data[0]]), collate([data[1]])], [collate(data)]):
         model = tiny_model(0)
         model.set_trainable(["llm", "lm_head", "seg_projector", "sam2_mask_decoder"])
-        lm, mask = _accumulate(model, micro, DistContext(), contextlib.nullcontext())
+        lm, mask, _ = _accumulate(model, micro, DistContext(), contextlib.nullcontext())
         grads.append(({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, lm, mask))
     (g1, lm1, m1), (g2, lm2, m2) = grads
     assert lm1 == pytest.approx(lm2, rel=1e-5) and m1 == pytest.approx(m2, rel=1e-5) and m1 > 0
     assert set(g1) == set(g2) and any(n.startswith("seg_projector") for n in g1)
     for n in g1:
         torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6)  # fp32 summation-order noise
+
+
+def test_a_stage_with_copy_attention_trains_it_and_logs_its_loss(tmp_path):
+    data = make_dataset(2, seed=2)
+    for item in data:  # each answer token copies from image token 1 (the second <|image_pad|>)
+        sup = (item["labels"] != -100).nonzero().flatten()
+        item["copy_pairs"] = torch.stack([sup[:3] - 1, torch.full((3,), 2)], 1)
+
+    def with_pairs(items):
+        batch = collate(items)
+        batch["copy_pairs"] = torch.cat([torch.cat([torch.full((3, 1), b), it["copy_pairs"]], 1) for b, it in enumerate(items)])
+        return batch
+
+    model = tiny_model(0)
+    stage = get_stage(3, "tiny").replace(max_steps=15, grad_accum=1, micro_batch_size=2, warmup_steps=1, save_every=100,
+                                         copy_attention={"layer": 1, "head": 2, "weight": 2.0})
+    train(stage, model, data, with_pairs, tmp_path, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["copy_loss"] < 0.5 * rows[0]["copy_loss"] and rows[0]["copy_loss"] > 0
+    assert all(r["loss"] == pytest.approx(r["lm_loss"] + r["mask_loss"] + r["copy_loss"]) for r in rows)
+    assert model.copy_attention.layer == 1 and model.copy_attention.weight == 2.0
+    train(get_stage(3, "tiny").replace(max_steps=1, grad_accum=1), model, data, with_pairs, tmp_path / "b", progress=False)
+    assert model.copy_attention is None  # a stage without it turns it off
 
 
 def test_hook_grad_scale_is_set_per_stage(tmp_path):

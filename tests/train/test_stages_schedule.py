@@ -35,7 +35,9 @@ def test_part_names_match_the_model():
 @pytest.mark.parametrize(
     "change, field",
     [({"trainable_parts": ("llm", "bogus")}, "trainable_parts"), ({"lr": 0.0}, "lr"), ({"grad_accum": 0}, "grad_accum"),
-     ({"stage": 5}, "stage"), ({"betas": (0.9, 1.0)}, "betas"), ({"max_steps": None, "epochs": None}, "max_steps")],
+     ({"stage": 5}, "stage"), ({"betas": (0.9, 1.0)}, "betas"), ({"max_steps": None, "epochs": None}, "max_steps"),
+     ({"copy_attention": {"head": 0}}, "copy_attention"), ({"copy_attention": {"layer": 2, "heads": 1}}, "copy_attention"),
+     ({"copy_attention": {"layer": -1}}, "copy_attention"), ({"copy_attention": {"layer": 2, "weight": -1}}, "copy_attention")],
 )
 def test_invalid_stage_names_the_field(change, field):
     with pytest.raises(StageConfigError, match=f"StageConfig.{field}"):
@@ -86,6 +88,8 @@ def test_default_model_stage_files_load_as_their_stage():
 
 def test_stage_roundtrip_dict():
     s = STAGES[3]
+    assert StageConfig.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    s = s.replace(copy_attention={"layer": 2, "head": 0, "weight": 0.5})
     assert StageConfig.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 

@@ -119,28 +119,56 @@ def patch_characters(labels: np.ndarray, n_chars: int, patch: int, merge: int, m
     return present.reshape(t, merge, t, merge, n_chars).transpose(0, 2, 1, 3, 4).reshape(t * t, merge * merge, n_chars)
 
 
-def token_characters(doc: Document, charset: str, token: int, slots: int = 4) -> np.ndarray:
-    """(T, slots) int64 reading targets, one row per ``token``-pixel square of the page (row-major, as the
-    merger orders its tokens): 1 + the ``charset`` index of each character whose centre (of its advance on
-    the line's height, so that a '.' stays on its digits' token) falls in the square, in the text's reading order (line, then place in the line), 0 for an empty slot; characters
-    past ``slots`` in one square are dropped. Centres follow the page's quarter turn, so the order is the
-    text's, not the image's (scripts/probe_doc_finetune.py)."""
+def character_centres(doc: Document) -> list[list[tuple[float, float]]]:
+    """For each line of ``doc.lines``, the centre (x, y in page pixels, after the page's quarter turn) of
+    each of its characters: the middle of the character's advance, on the line's height (a '.' sits low in
+    its own box but on its digits' line)."""
     size = doc.image.shape[0]
-    t = size // token
-    out = np.zeros((t * t, slots), np.int64)
-    filled = np.zeros(t * t, np.int64)
     turn = {0: lambda x, y: (x, y), 90: lambda x, y: (y, size - x),  # counter-clockwise, as the page
             180: lambda x, y: (size - x, size - y), 270: lambda x, y: (size - y, x)}[doc.rotation]
+    out = []
     for (x, y), text, px in doc.lines:
         font = _font(px)
-        _, top, _, bottom = font.getbbox(text)  # the line's height: a '.' sits on it, low in its own box
+        _, top, _, bottom = font.getbbox(text)
+        centres = []
         for i, ch in enumerate(text):
-            if ch not in charset:
-                continue
             left, _, right, _ = font.getbbox(ch)
-            cx, cy = turn(x + font.getlength(text[:i]) + (left + right) / 2, y + (top + bottom) / 2)
-            k = min(int(cy // token), t - 1) * t + min(int(cx // token), t - 1)
-            if filled[k] < slots:
+            centres.append(turn(x + font.getlength(text[:i]) + (left + right) / 2, y + (top + bottom) / 2))
+        out.append(centres)
+    return out
+
+
+def character_tokens(doc: Document, token: int) -> list[list[int]]:
+    """For each line of ``doc.lines``, the ``token``-pixel square (row-major index, as the merger orders its
+    tokens) that holds the centre (``character_centres``) of each of its characters."""
+    t = doc.image.shape[0] // token
+    return [[min(int(cy // token), t - 1) * t + min(int(cx // token), t - 1) for cx, cy in line]
+            for line in character_centres(doc)]
+
+
+def copy_points(doc: Document, answer: str) -> list[list[float]]:
+    """Where the page shows what ``answer`` (a value line, "13.7 g/dL") copies from it: the centre
+    (``character_centres``, rounded to 0.1 px) of each character of its number ("13.7"), in order. Written
+    to a record's ``meta["copy_points"]`` for the copy-attention target (docs/training.md)."""
+    texts = [text for _, text, _ in doc.lines]
+    if answer not in texts[2:]:
+        raise ValueError(f"{answer!r} is not a value line of the page")
+    centres = character_centres(doc)[texts.index(answer, 2)]
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in centres[: len(answer.split(" ")[0])]]
+
+
+def token_characters(doc: Document, charset: str, token: int, slots: int = 4) -> np.ndarray:
+    """(T, slots) int64 reading targets, one row per ``token``-pixel square of the page (row-major, as the
+    merger orders its tokens): 1 + the ``charset`` index of each character whose centre
+    (``character_tokens``) falls in the square, in the text's reading order (line, then place in the line),
+    0 for an empty slot; characters past ``slots`` in one square are dropped. Centres follow the page's
+    quarter turn, so the order is the text's, not the image's (scripts/probe_doc_finetune.py)."""
+    t = doc.image.shape[0] // token
+    out = np.zeros((t * t, slots), np.int64)
+    filled = np.zeros(t * t, np.int64)
+    for (_, text, _), squares in zip(doc.lines, character_tokens(doc, token)):
+        for ch, k in zip(text, squares):
+            if ch in charset and filled[k] < slots:
                 out[k, filled[k]] = charset.index(ch) + 1
                 filled[k] += 1
     return out

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..schema import Message, Objects, Record, write_jsonl
+from ..schema import IMAGE_PLACEHOLDER, Message, Objects, Record, write_jsonl
 from . import document, text, totalseg
 from .common import ModalitySpec, bbox_of, save_png
 from .ct import SPEC as CT
@@ -122,7 +122,7 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
     if src == "document":
         doc = document.render(rng, cfg.size, cfg.rotate_prob)
         q, a, analyte = document.question(doc, rng)
-        meta.update(rotation=doc.rotation, analyte=analyte)
+        meta.update(rotation=doc.rotation, analyte=analyte, copy_points=[document.copy_points(doc, a)])
         return Sample(doc.image, [], q, a, None, "document", "document", meta, {})
     if src.startswith("totalseg_"):
         root = cfg.totalseg_dir or totalseg.default_dir()
@@ -228,6 +228,44 @@ def generate_suite(
         if pool:
             pool.shutdown()
     return paths
+
+
+def document_pages(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 224, start: int = 100_000,
+                   progress: bool = True) -> Path:
+    """``n`` more lab pages of the suite's *train* split, from index ``start`` on (past the suite's own train
+    records, so none is a val or test page), each one conversation asking all of its values in a seeded
+    order, with their ``copy_points``: four answers per page read instead of one. Writes
+    ``out_dir/doc_pages.jsonl`` and ``out_dir/images/doc_pages/``; returns the JSONL path."""
+    from tqdm import tqdm
+
+    cfg = SuiteConfig(seed, size)  # only its schedule is used (which indices are pages): the same on every machine
+    out = Path(out_dir)
+    (out / "images" / "doc_pages").mkdir(parents=True, exist_ok=True)
+    records: list[Record] = []
+    index = start
+    with tqdm(total=n, desc="document pages", unit="page", disable=not progress) as bar:
+        while len(records) < n:
+            if source_of(cfg, "train", index) == "document":
+                seed_i = sample_seed(seed, "train", index)
+                page = document.render(np.random.default_rng(seed_i), size, cfg.rotate_prob)  # make_sample's page
+                names = list(page.values)
+                order = np.random.default_rng(seed_i + 1).permutation(len(names))
+                messages, points = [], []
+                for k in order:
+                    q = document.DOC_Q.format(analyte=names[k])
+                    messages += [Message("user", ("" if messages else IMAGE_PLACEHOLDER) + q),
+                                 Message("assistant", page.values[names[k]])]
+                    points.append(document.copy_points(page, page.values[names[k]]))
+                path = Path("images") / "doc_pages" / f"train-{index:07d}.png"
+                save_png(page.image, out / path)
+                records.append(Record(messages=messages, images=[str(path)], task="document", modality="document",
+                                      meta={"phantom_id": f"train-{index:07d}", "split": "train", "seed": seed,
+                                            "sample_seed": seed_i, "generator": "document", "rotation": page.rotation,
+                                            "copy_points": points}))
+                bar.update(1)
+            index += 1
+    write_jsonl(records, out / "doc_pages.jsonl")
+    return out / "doc_pages.jsonl"
 
 
 def iter_texts(n: int = 2000, seed: int = 0, size: int = 64, modalities: Sequence[str] | None = None,

@@ -1,0 +1,77 @@
+"""The copy-attention target (citrus_v.model.copy_attention): the head's recomputed attention is the
+model's own, the loss is added with its weight, and training on it moves that head's attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from citrus_v.model.build import build_model
+from tests.model.conftest import SEED
+
+
+def _pairs(batch: dict, image_token_id: int) -> torch.Tensor:
+    """Each row's supervised answer tokens paired with image tokens of that row (a fixed, arbitrary choice)."""
+    pairs = []
+    for b in range(batch["input_ids"].shape[0]):
+        pads = (batch["input_ids"][b] == image_token_id).nonzero().flatten()
+        sup = (batch["labels"][b] != -100).nonzero().flatten()
+        for j, q in enumerate(sup[:3].tolist()):
+            pairs.append((b, q - 1, int(pads[(5 * j + b) % len(pads)])))
+    return torch.tensor(pairs)
+
+
+def test_recomputed_head_is_the_models_own_attention(tiny_config, batch):
+    model = build_model(tiny_config, seed=SEED).eval()
+    model.mllm.model.language_model.config._attn_implementation = "eager"  # so that it returns its weights
+    model.set_copy_attention(2, 3)
+    pairs = _pairs(batch, tiny_config.tokens.image_token_id)
+    with torch.no_grad(), model.copy_attention.capture() as copy:
+        inputs = model.mllm_inputs({k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")})
+        out = model.mllm.model(**inputs, use_cache=False, output_attentions=True, return_dict=True)
+        ours = copy.log_probs(pairs, batch["attention_mask"]).exp()
+    theirs = out.attentions[2][pairs[:, 0], 3, pairs[:, 1]]  # (n, L): layer 2, head 3, the pairs' queries
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_is_added_with_its_weight_and_only_when_on(tiny_config, batch):
+    model = build_model(tiny_config, seed=SEED).eval()
+    pairs = _pairs(batch, tiny_config.tokens.image_token_id)
+    plain = model(**batch, copy_pairs=pairs)
+    assert plain.copy_loss is None
+    model.set_copy_attention(1, 0, weight=0.5)
+    on = model(**batch, copy_pairs=pairs)
+    with torch.no_grad(), model.copy_attention.capture() as copy:
+        model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+        logp = copy.log_probs(pairs, batch["attention_mask"])
+    raw = -logp.gather(1, pairs[:, 2:]).mean()
+    assert on.copy_loss.item() == pytest.approx(0.5 * raw.item(), rel=1e-5)
+    assert on.loss.item() == pytest.approx(plain.loss.item() + on.copy_loss.item(), rel=1e-5)
+    assert on.copy_attention_acc.item() == pytest.approx(float((logp.argmax(-1) == pairs[:, 2]).float().mean()))
+    model.set_copy_attention(None)
+    assert model(**batch, copy_pairs=pairs).loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+
+
+def test_training_on_it_moves_the_heads_attention_to_the_keys(tiny_config, batch):
+    model = build_model(tiny_config, seed=SEED)
+    model.set_trainable(["llm"])
+    model.set_copy_attention(2, 1)
+    pairs = _pairs(batch, tiny_config.tokens.image_token_id)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = model(**batch, copy_pairs=pairs, return_logits=False)
+        first = first if first is not None else (out.copy_loss.item(), out.copy_attention_acc.item())
+        opt.zero_grad()
+        out.copy_loss.backward()
+        opt.step()
+    out = model(**batch, copy_pairs=pairs, return_logits=False)
+    assert out.copy_loss.item() < 0.3 * first[0] and out.copy_attention_acc.item() == 1.0 > first[1]
+
+
+@pytest.mark.parametrize("layer, head, weight, message", [(4, 0, 1.0, r"layer must be in \[0, 4\)"),
+                                                        (0, 4, 1.0, r"head must be in \[0, 4\)"),
+                                                        (0, 0, -1.0, "weight must be >= 0")])
+def test_bad_settings_are_refused(tiny_model, layer, head, weight, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model.set_copy_attention(layer, head, weight)
