@@ -6,7 +6,7 @@
 #   2. scripts/probe_doc_finetune.py from the shipped default on the GPU (bf16 autocast, 64 pages a step for the
 #      rest of the call: 3 to 6 minutes, as long as the anchors leave): ViT, merger and LLM
 #      train on lab pages of the suite's train split, four questions a page, with the per-token reading target
-#      (--target slots); validation is the 120 document records of the suite's val split (first 1,500 records),
+#      (--target slots) and the copy-attention target (--attend-layer 2, which moved val exact on the CPU); validation is the 120 document records of the suite's val split (first 1,500 records),
 #      never test. It stops at --max-minutes and still writes its curve.
 #   3. $OUT/gpu_doc_reading.json: the anchors' figures and the curve (the model itself is not kept: the probe
 #      asks whether reading is learnable, a shipped model needs the whole mixture).
@@ -44,7 +44,7 @@ done
 minutes=$("$PY" -c "print(round(max(0.5, ($END_S - $SECONDS - ${MARGIN_S:-150}) / 60), 2))")  # making ~8,000 pages (~45 s), loading, the final eval
 stamp "reading probe, $minutes min of training"
 "$PY" scripts/probe_doc_finetune.py --device "$DEVICE" --workers "$WORKERS" --batch-size "$BATCH" --n-pages "$PAGES" \
-  --steps "$STEPS" --lr 1e-3 --target slots --eval-every "$EVERY" --val-index "$VAL_INDEX" --max-minutes "$minutes" \
+  --steps "$STEPS" --lr 1e-3 --target slots --attend-layer 2 --eval-every "$EVERY" --val-index "$VAL_INDEX" --max-minutes "$minutes" \
   --out "$WORK/probe" >"$OUT/probe.log" 2>&1
 rc=$?; stamp "probe rc=$rc"
 

@@ -59,7 +59,8 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
     a PNG and a conversation asking all of its values to ``out/pages.jsonl`` (after a transcript of the
     whole page with ``transcribe``; with ``text_page`` the page is given as its transcript in text instead of
     the image). Returns the reading targets:
-    (n, T, merge^2, C) for ``patches``, (n, T, SLOTS) for ``slots``."""
+    (n, T, merge^2, C) for ``patches``, (n, T, SLOTS) for ``slots``. Image pages carry their answers'
+    ``copy_points`` (the copy-attention target)."""
     cfg = SuiteConfig(seed=seed, size=size)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records, glyphs = [], []
@@ -81,8 +82,9 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
             messages += [Message("user", ("" if messages else "<image>") + q), Message("assistant", page.values[names[k]])]
         if text_page:
             messages[0] = Message("user", messages[0].content.replace("<image>", transcript(page) + "\n"))
+        points = ([[]] if transcribe else []) + [document.copy_points(page, page.values[names[k]]) for k in order]
         records.append(Record(messages=messages, images=[] if text_page else [str(path.relative_to(out))],
-                              task="document", modality="document"))
+                              task="document", modality="document", meta={} if text_page else {"copy_points": points}))
         glyphs.append(document.patch_characters(document.glyph_labels(page, charset), len(charset), patch, merge) if target == "patches"
                       else document.token_characters(page, charset, token or patch * merge, SLOTS))
     write_jsonl(records, out / "pages.jsonl")
@@ -133,13 +135,20 @@ def doc_exact(model, dataset, collate, device: torch.device, batch_size: int = 1
               slots: torch.Tensor | None = None, only: torch.Tensor | None = None) -> dict[str, float]:
     """Share of answers greedy decoding would write exactly, and of answer tokens argmax-right; with
     ``read`` (merged tokens -> slot logits) and the pages' ``slots``, the share of filled slots read right.
-    ``only`` (token ids): score just the answer tokens that are one of these."""
+    ``only`` (token ids): score just the answer tokens that are one of these. With the copy-attention target
+    on (``model.set_copy_attention``), the share of copied characters whose image token gets its head's most
+    attention."""
     model.eval()
     exact = tok_ok = toks = n = slot_ok = filled = 0
+    hits = looks = 0
     for s in range(0, len(dataset), batch_size):
         rows = list(range(s, min(s + batch_size, len(dataset))))
         batch = batch_to_device(collate([dataset[i] for i in rows]), device)
-        out = model(batch["input_ids"], batch["attention_mask"], None, batch["pixel_values"], batch["image_grid_thw"])
+        out = model(batch["input_ids"], batch["attention_mask"], None, batch["pixel_values"], batch["image_grid_thw"],
+                    copy_pairs=batch["copy_pairs"])
+        if out.copy_attention_acc is not None:
+            hits += float(out.copy_attention_acc) * len(batch["copy_pairs"])
+            looks += len(batch["copy_pairs"])
         if read is not None:
             guess = read().argmax(-1).reshape(len(rows), -1, SLOTS)
             truth = slots[rows]
@@ -159,6 +168,8 @@ def doc_exact(model, dataset, collate, device: torch.device, batch_size: int = 1
     got = {"doc_exact": exact / n, "answer_token_acc": tok_ok / toks, "n": n}
     if filled:
         got["val_slot_acc"] = slot_ok / filled
+    if looks:
+        got["copy_attention_acc"] = hits / looks
     return got
 
 
@@ -187,6 +198,11 @@ def main() -> None:
                    help="control: the page is given as its transcript in text, no image (is the LLM able to look a value up?)")
     p.add_argument("--pixels", type=int, default=None,
                    help="resize pages to this side for the ViT (a multiple of 28; default: the model's own sizing)")
+    p.add_argument("--attend-layer", type=int, default=None,
+                   help="the copy-attention target: this LLM layer's --attend-head is asked to look at the image token "
+                        "holding each number character as the model writes it (citrus_v.model.copy_attention)")
+    p.add_argument("--attend-head", type=int, default=0)
+    p.add_argument("--attend-weight", type=float, default=1.0)
     p.add_argument("--parts", default="vision_encoder,merger,llm,lm_head", help="the model parts that train")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there)")
@@ -216,6 +232,10 @@ def main() -> None:
     glyphs = torch.from_numpy(make_pages(args.out, args.seed, args.start, args.n_pages, 224, vis.patch_size,
                                          vis.spatial_merge_size, charset, args.target, args.transcribe,
                                          args.text_page, token_px))
+    if args.attend_layer is not None:
+        if args.text_page:
+            p.error("--attend-layer needs image pages")
+        model.set_copy_attention(args.attend_layer, args.attend_head, args.attend_weight)
     print(f"{len(glyphs)} pages in {time.time() - t0:.0f} s", flush=True)
     train = JsonlDataset(args.out / "pages.jsonl", template)
     val_all = JsonlDataset(args.val or suite_val_pages(args.out, args.seed, args.val_index, 224), template)
@@ -226,6 +246,10 @@ def main() -> None:
         val = [template.encode_record(Record(messages=[
             Message("user", val_all.records[i].messages[0].content.replace("<image>", transcript(page) + "\n")),
             val_all.records[i].messages[1]])) for i, page in zip(val_idx, val_pages)]
+    if not args.text_page:  # the val records as the suite writes them now: with their answer's copy points
+        val = [template.encode_record(Record(val_all.records[i].messages, val_all.records[i].images, task="document",
+                                             meta={"copy_points": [document.copy_points(page, val_all.records[i].messages[1].content)]}),
+                                      val_all.path.parent) for i, page in zip(val_idx, val_pages)]
     val_slots = torch.from_numpy(np.stack([document.token_characters(page, charset, token_px, SLOTS)
                                            for page in val_pages])) if args.target == "slots" and not args.text_page else None
     collate = make_collate_fn(template.ids.pad, model.config.tokens.seg_token_id)
@@ -278,7 +302,7 @@ def main() -> None:
         collate_fn=lambda items: (torch.tensor([i for i, _ in items]), collate([e for _, e in items])),
         generator=torch.Generator().manual_seed(0), persistent_workers=args.workers > 0)
     batches = iter(loader)
-    lm_hist, gl_hist = [], []
+    lm_hist, gl_hist, at_hist = [], [], []
     t_train = time.time()
     for step in range(1, args.steps + 1):
         try:
@@ -290,7 +314,7 @@ def main() -> None:
         captured.clear()
         with amp():
             out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],
-                        batch["image_grid_thw"], return_logits=False)
+                        batch["image_grid_thw"], return_logits=False, copy_pairs=batch["copy_pairs"])
             logits = head(F.rms_norm(captured[0], (dim,))).float() if captured else None
         if logits is None:  # no image in the batch (--text-page)
             gl = torch.zeros((), device=device)
@@ -299,7 +323,9 @@ def main() -> None:
                                                     pos_weight=pos_weight)
         else:
             gl = F.cross_entropy(logits.reshape(-1, len(charset) + 1), glyphs[idx].reshape(-1))
-        loss = out.loss + args.glyph_weight * gl
+        loss = out.loss + args.glyph_weight * gl  # out.loss has the weighted copy-attention loss when it is on
+        if out.copy_loss is not None:
+            at_hist.append(float(out.copy_loss.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], 1.0)
@@ -308,11 +334,13 @@ def main() -> None:
         lm_hist.append(float(out.lm_loss.detach()))
         gl_hist.append(float(gl.detach()))
         if step % 20 == 0:
-            print(f"step {step} lm {np.mean(lm_hist[-20:]):.4f} glyph {np.mean(gl_hist[-20:]):.4f} {time.time() - t0:.0f} s", flush=True)
+            look = f" attend {np.mean(at_hist[-20:]):.4f}" if at_hist else ""
+            print(f"step {step} lm {np.mean(lm_hist[-20:]):.4f} glyph {np.mean(gl_hist[-20:]):.4f}{look} {time.time() - t0:.0f} s", flush=True)
         stop = args.max_minutes is not None and time.time() - t_train > 60 * args.max_minutes
         if step % args.eval_every == 0 or step == args.steps or stop:
             curve.append({"step": step, "lm_loss_last20": float(np.mean(lm_hist[-20:])),
-                          "glyph_loss_last20": float(np.mean(gl_hist[-20:])), **evaluate(),
+                          "glyph_loss_last20": float(np.mean(gl_hist[-20:])),
+                          **({"attend_loss_last20": float(np.mean(at_hist[-20:]))} if at_hist else {}), **evaluate(),
                           "seconds": round(time.time() - t0)})
             print(curve[-1], flush=True)
             (args.out / "curve.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
