@@ -199,7 +199,13 @@ def train(
     model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
     if hasattr(model, "set_copy_attention"):
         c = stage.copy_attention
-        model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0)) if c else model.set_copy_attention(None)
+        if c and ctx.strategy == "fsdp2":
+            # the head's scores are recomputed outside its layer's forward, where FSDP2 has resharded the weights
+            raise ValueError(f"stage {stage.name}: copy_attention is not supported with --strategy fsdp2 (use ddp)")
+        if c:
+            model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0))
+        else:
+            model.set_copy_attention(None)
     if stage.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)

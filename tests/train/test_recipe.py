@@ -97,6 +97,8 @@ def test_a_stage_with_copy_attention_trains_it_and_logs_its_loss(tmp_path):
     assert model.copy_attention.layer == 1 and model.copy_attention.weight == 2.0
     train(get_stage(3, "tiny").replace(max_steps=1, grad_accum=1), model, data, with_pairs, tmp_path / "b", progress=False)
     assert model.copy_attention is None  # a stage without it turns it off
+    with pytest.raises(ValueError, match="copy_attention is not supported with --strategy fsdp2"):
+        train(stage, model, data, with_pairs, tmp_path / "c", progress=False, dist_ctx=DistContext(strategy="fsdp2"))
 
 
 def test_hook_grad_scale_is_set_per_stage(tmp_path):
