@@ -8,6 +8,9 @@ tokens is asked what each token shows: ``--target patches``, which characters ha
 patches (the local target of scripts/probe_doc_reading.py, with a positive weight: at 1 it learned
 precision before recall); ``--target slots``, its characters in reading order
 (``document.token_characters``). The head is not part of the model folder written at the end.
+``--attend-layer L`` adds the model's copy-attention target (citrus_v.model.copy_attention): head
+``--attend-head`` of LLM layer L is shown, for each number character of each answer, the image token
+its centre is on (the pages' ``copy_points``); val then also reports how often that head looks there.
 
 Validation is the document records of a suite JSONL (val, never test): exact match read off one
 teacher-forced pass (greedy decoding writes the answer exactly iff every answer token, and the closing
