@@ -281,7 +281,10 @@ def copy_pairs(points: Any, ids: list[int], labels: list[int], images: _Images, 
     sup = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
     turns = [[sup[0]]] if sup else []
     for q in sup[1:]:  # each assistant turn is one run of supervised positions (its answer and <|im_end|>)
-        (turns[-1].append(q) if q == turns[-1][-1] + 1 else turns.append([q]))
+        if q == turns[-1][-1] + 1:
+            turns[-1].append(q)
+        else:
+            turns.append([q])
     if not isinstance(points, list) or len(points) != len(turns):
         raise ValueError(f"{where}: must be a list with one entry per assistant turn ({len(turns)}), got {points!r:.80}")
     h_orig, w_orig = images.orig_hw[0]
