@@ -77,15 +77,13 @@ def make_pages(out: Path, seed: int, start: int, n: int, size: int, patch: int, 
         page = suite_page(sample_seed(seed, "train", index), size)  # the suite's own page for this index
         path = out / "images" / f"{index:07d}.png"
         Image.fromarray(page.image).save(path)
-        names = list(page.values)
-        order = np.random.default_rng(index).permutation(len(names))
-        messages = [Message("user", "<image>" + TRANSCRIBE_Q), Message("assistant", transcript(page))] if transcribe else []
-        for k in order:
-            q = document.DOC_Q.format(analyte=names[k])
-            messages += [Message("user", ("" if messages else "<image>") + q), Message("assistant", page.values[names[k]])]
+        order = np.random.default_rng(index).permutation(len(page.values))
+        messages, points = document.value_conversation(page, order, image=not transcribe)
+        if transcribe:  # the transcript turn shows the image and copies nothing
+            messages = [Message("user", "<image>" + TRANSCRIBE_Q), Message("assistant", transcript(page))] + messages
+            points = [[]] + points
         if text_page:
             messages[0] = Message("user", messages[0].content.replace("<image>", transcript(page) + "\n"))
-        points = ([[]] if transcribe else []) + [document.copy_points(page, page.values[names[k]]) for k in order]
         records.append(Record(messages=messages, images=[] if text_page else [str(path.relative_to(out))],
                               task="document", modality="document", meta={} if text_page else {"copy_points": points}))
         glyphs.append(document.patch_characters(document.glyph_labels(page, charset), len(charset), patch, merge) if target == "patches"
@@ -243,13 +241,12 @@ def main() -> None:
     train = JsonlDataset(args.out / "pages.jsonl", template)
     val_all = JsonlDataset(args.val or suite_val_pages(args.out, args.seed, args.val_index, 224), template)
     val_idx = [i for i, r in enumerate(val_all.records) if r.task == "document"]
-    val = [val_all[i] for i in val_idx]
     val_pages = [suite_page(val_all.records[i].meta["sample_seed"]) for i in val_idx]  # the pages, for their text and targets
     if args.text_page:  # the same questions, the page as text
         val = [template.encode_record(Record(messages=[
             Message("user", val_all.records[i].messages[0].content.replace("<image>", transcript(page) + "\n")),
             val_all.records[i].messages[1]])) for i, page in zip(val_idx, val_pages)]
-    if not args.text_page:  # the val records as the suite writes them now: with their answer's copy points
+    else:  # the val records as the suite writes them now: with their answer's copy points
         val = [template.encode_record(Record(val_all.records[i].messages, val_all.records[i].images, task="document",
                                              meta={"copy_points": [document.copy_points(page, val_all.records[i].messages[1].content)]}),
                                       val_all.path.parent) for i, page in zip(val_idx, val_pages)]

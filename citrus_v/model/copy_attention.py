@@ -12,6 +12,9 @@ on whatever kernel the model uses (SDPA here).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -41,8 +44,14 @@ class CopyAttention:
         if self._on:
             self._seen = (kwargs["hidden_states"], kwargs["position_embeddings"])
 
-    def capture(self) -> _Capture:
-        return _Capture(self)
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[CopyAttention]:
+        """Record what the layer's attention is given during the forward passes inside this block."""
+        self._on, self._seen = True, None
+        try:
+            yield self
+        finally:
+            self._on = False
 
     def remove(self) -> None:
         self._hook.remove()
@@ -72,14 +81,3 @@ class CopyAttention:
         keys = pairs[:, 2]
         return -logp.gather(1, keys[:, None]).mean(), (logp.argmax(-1) == keys).float().mean().detach()
 
-
-class _Capture:
-    def __init__(self, copy: CopyAttention) -> None:
-        self.copy = copy
-
-    def __enter__(self) -> CopyAttention:
-        self.copy._on, self.copy._seen = True, None
-        return self.copy
-
-    def __exit__(self, *exc: object) -> None:
-        self.copy._on = False

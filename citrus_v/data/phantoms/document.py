@@ -7,11 +7,14 @@ degrees (as scanned documents are). The answer is the value with its unit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ..schema import IMAGE_PLACEHOLDER, Message
 
 DOC_Q = "What is the {analyte} value?"
 ROTATIONS = (0, 90, 180, 270)
@@ -150,11 +153,30 @@ def copy_points(doc: Document, answer: str) -> list[list[float]]:
     """Where the page shows what ``answer`` (a value line, "13.7 g/dL") copies from it: the centre
     (``character_centres``, rounded to 0.1 px) of each character of its number ("13.7"), in order. Written
     to a record's ``meta["copy_points"]`` for the copy-attention target (docs/training.md)."""
+    return _copy_points(doc, character_centres(doc), answer)
+
+
+def _copy_points(doc: Document, centres: list[list[tuple[float, float]]], answer: str) -> list[list[float]]:
     texts = [text for _, text, _ in doc.lines]
     if answer not in texts[2:]:
         raise ValueError(f"{answer!r} is not a value line of the page")
-    centres = character_centres(doc)[texts.index(answer, 2)]
-    return [[round(float(x), 1), round(float(y), 1)] for x, y in centres[: len(answer.split(" ")[0])]]
+    line = centres[texts.index(answer, 2)]
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in line[: len(answer.split(" ")[0])]]
+
+
+def value_conversation(doc: Document, order: Sequence[int], image: bool = True) -> tuple[list[Message], list[list[list[float]]]]:
+    """One conversation asking the page's values in ``order`` (indices into ``doc.values``), the image
+    placeholder before the first question when ``image``; and each answer's ``copy_points`` (one list per
+    assistant turn, as ``meta["copy_points"]`` holds them)."""
+    names = list(doc.values)
+    centres = character_centres(doc)  # once for the page, not once per answer
+    messages: list[Message] = []
+    points = []
+    for k in order:
+        first = IMAGE_PLACEHOLDER if image and not messages else ""
+        messages += [Message("user", first + DOC_Q.format(analyte=names[k])), Message("assistant", doc.values[names[k]])]
+        points.append(_copy_points(doc, centres, doc.values[names[k]]))
+    return messages, points
 
 
 def token_characters(doc: Document, charset: str, token: int, slots: int = 4) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..schema import IMAGE_PLACEHOLDER, Message, Objects, Record, write_jsonl
+from ..schema import Message, Objects, Record, write_jsonl
 from . import document, text, totalseg
 from .common import ModalitySpec, bbox_of, save_png
 from .ct import SPEC as CT
@@ -248,14 +248,8 @@ def document_pages(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 22
             if source_of(cfg, "train", index) == "document":
                 seed_i = sample_seed(seed, "train", index)
                 page = document.render(np.random.default_rng(seed_i), size, cfg.rotate_prob)  # make_sample's page
-                names = list(page.values)
-                order = np.random.default_rng(seed_i + 1).permutation(len(names))
-                messages, points = [], []
-                for k in order:
-                    q = document.DOC_Q.format(analyte=names[k])
-                    messages += [Message("user", ("" if messages else IMAGE_PLACEHOLDER) + q),
-                                 Message("assistant", page.values[names[k]])]
-                    points.append(document.copy_points(page, page.values[names[k]]))
+                order = np.random.default_rng(seed_i + 1).permutation(len(page.values))
+                messages, points = document.value_conversation(page, order)
                 path = Path("images") / "doc_pages" / f"train-{index:07d}.png"
                 save_png(page.image, out / path)
                 records.append(Record(messages=messages, images=[str(path)], task="document", modality="document",
