@@ -13,11 +13,13 @@ from typing import Callable, Sequence
 import torch
 
 from citrus_v.data.template import IGNORE_INDEX, Example
+from citrus_v.model.token_reading import IGNORE, SLOTS
 
 MASK_SIZE = 256
 
 
-def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int) -> dict[str, torch.Tensor | None]:
+def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int,
+            merge_size: int = 2) -> dict[str, torch.Tensor | None]:
     """Pad and concatenate (see the module docstring). ``seg_image_index[i]`` is the index (into ``sam_images``) of the first
     image of the row holding the i-th ``[SEG]`` (row-major); a ``[SEG]`` in a row without an
     image is a ``ValueError``, and so is a row whose ``[SEG]`` count differs from its masks
@@ -26,12 +28,14 @@ def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int
     if not examples:
         raise ValueError("collate() got an empty list of examples")
     B = len(examples)
+    merge2 = merge_size * merge_size
     L = max(int(e.input_ids.shape[0]) for e in examples)
     input_ids = torch.full((B, L), pad_token_id, dtype=torch.long)
     labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((B, L), dtype=torch.long)
     seg_image_index: list[int] = []
     copy_pairs: list[torch.Tensor] = []
+    reading: list[torch.Tensor] = []  # per image of the batch, its merged tokens' reading labels
     image_offset = 0
     for b, e in enumerate(examples):
         n = int(e.input_ids.shape[0])
@@ -50,6 +54,14 @@ def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int
         image_offset += e.num_images
         if e.copy_pairs.shape[0]:
             copy_pairs.append(torch.cat([torch.full((e.copy_pairs.shape[0], 1), b), e.copy_pairs], 1))
+        for i, (t, h, w) in enumerate(e.image_grid_thw.tolist()):
+            n_tok = t * h * w // merge2
+            if i == 0 and e.reading.shape[0]:
+                if e.reading.shape != (n_tok, SLOTS):
+                    raise ValueError(f"example {b}: reading labels {tuple(e.reading.shape)} for an image of {n_tok} tokens")
+                reading.append(e.reading)
+            else:
+                reading.append(torch.full((n_tok, SLOTS), IGNORE, dtype=torch.long))
 
     with_images = [e for e in examples if e.num_images]
     batch: dict[str, torch.Tensor | None] = {
@@ -63,10 +75,14 @@ def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int
         "seg_image_index": torch.tensor(seg_image_index, dtype=torch.long),  # (n_seg,)
         # (n, 3) long (row, query, key): the copy-attention target, None when no example has one
         "copy_pairs": torch.cat(copy_pairs) if copy_pairs else None,
+        # (N, SLOTS) long: every merged image token's reading labels (IGNORE rows for images without any),
+        # None when no example has them
+        "reading": torch.cat(reading) if any(e.reading.shape[0] for e in examples) else None,
     }
     return batch
 
 
-def make_collate_fn(pad_token_id: int, seg_token_id: int) -> Callable[[Sequence[Example]], dict[str, torch.Tensor | None]]:
+def make_collate_fn(pad_token_id: int, seg_token_id: int,
+                    merge_size: int = 2) -> Callable[[Sequence[Example]], dict[str, torch.Tensor | None]]:
     """A one-argument ``collate_fn`` for ``torch.utils.data.DataLoader``."""
-    return partial(collate, pad_token_id=pad_token_id, seg_token_id=seg_token_id)
+    return partial(collate, pad_token_id=pad_token_id, seg_token_id=seg_token_id, merge_size=merge_size)

@@ -30,7 +30,9 @@ lengths. ``JsonlDataset`` can skip such records and count them.
 
 Copy targets: a record whose ``meta["copy_points"]`` says where its first image shows each leading
 answer character (lab values on a page) gets ``Example.copy_pairs``, the (query, key) positions of the
-copy-attention target (``copy_pairs``; docs/training.md).
+copy-attention target (``copy_pairs``; docs/training.md). A record whose ``meta["reading"]`` places the
+characters written on its first image gets ``Example.reading``, the token-reading labels
+(``reading_labels``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from citrus_v.data.boxes import render_box_list, render_boxes, round_box, to_res
 from citrus_v.data.image_processing import ImageConfig, ImageInput, ImageProcessor, load_mask, to_rgb_array
 from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Objects, Record, resolve
 from citrus_v.data.tokenizer import IM_END, IM_START, TokenIds
+from citrus_v.model.token_reading import SLOTS, character_class
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 BOXES_PLACEHOLDER = "<boxes>"
@@ -74,6 +77,9 @@ class Example:
     truncated: int = 0  # tokens cut from the tail by truncation="right"
     # (n, 2) long: (query, key) positions of the copy-attention target (``copy_pairs``); 0 rows without meta.copy_points
     copy_pairs: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long))
+    # (T, SLOTS) long: the token-reading labels of the first image's T merged tokens (``reading_labels``); 0 rows
+    # without meta.reading
+    reading: torch.Tensor = field(default_factory=lambda: torch.zeros(0, SLOTS, dtype=torch.long))
 
     @property
     def num_images(self) -> int:
@@ -127,9 +133,10 @@ class ChatTemplate:
         pairs = copy_pairs(record.meta.get("copy_points"), ids, labels, images, self.ids.image_pad, self.image_cfg)
         ids, labels, cut = self._fit_length(ids, labels)
         pairs = pairs[pairs[:, 0] + 1 < len(ids)]  # a cut answer keeps the pairs of the characters left
+        reading = reading_labels(record.meta.get("reading"), images, self.image_cfg)
         return Example(
             torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
-            images.pixel_values, images.grid, images.sam, gt, images.orig_hw, images.resized_hw, cut, pairs,
+            images.pixel_values, images.grid, images.sam, gt, images.orig_hw, images.resized_hw, cut, pairs, reading,
         )  # fmt: skip
 
     def encode_prompt(self, images: Sequence[ImageInput], prompt: str, system: str | None = DEFAULT_SYSTEM) -> Example:
@@ -304,6 +311,45 @@ def copy_pairs(points: Any, ids: list[int], labels: list[int], images: _Images, 
             row = min(int(pt[1] * h_res / h_orig // token), rows - 1)
             pairs.append((turn[j] - 1, pads[row * cols + col]))
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def reading_labels(lines: Any, images: _Images, image_cfg: ImageConfig) -> torch.Tensor:
+    """The token-reading labels (citrus_v.model.token_reading) of a record whose first image shows text:
+    ``meta["reading"]`` lists its lines in reading order, each ``{"text": ..., "points": [[x, y], ...]}`` with
+    the centre of each character in the image's own pixels. Returns (T, SLOTS) long, one row per merged
+    token of the first image (row-major, as the merger orders them): the ``character_class`` of the
+    characters whose centre falls in the token, in reading order, 0 for an empty slot; characters past
+    ``SLOTS`` in one token, and spaces, are left out. None -> 0 rows. A malformed entry is a ValueError
+    naming ``meta.reading``."""
+    if lines is None:
+        return torch.zeros(0, SLOTS, dtype=torch.long)
+    where = "meta.reading"
+    if not images.n_tokens:
+        raise ValueError(f"{where}: the record has no image to read")
+    if not isinstance(lines, list):
+        raise ValueError(f"{where}: must be a list of {{text, points}} lines, got {lines!r:.80}")
+    h_orig, w_orig = images.orig_hw[0]
+    h_res, w_res = images.resized_hw[0]
+    token = image_cfg.patch_size * image_cfg.merge_size
+    cols, rows = w_res // token, h_res // token
+    out = torch.zeros(rows * cols, SLOTS, dtype=torch.long)
+    filled = [0] * (rows * cols)
+    for i, line in enumerate(lines):
+        if not (isinstance(line, dict) and isinstance(line.get("text"), str) and isinstance(line.get("points"), list)
+                and len(line["points"]) == len(line["text"])):
+            raise ValueError(f"{where}[{i}]: must be {{\"text\": str, \"points\": one [x, y] per character}}, got {line!r:.80}")
+        for j, (ch, pt) in enumerate(zip(line["text"], line["points"])):
+            if not (isinstance(pt, (list, tuple)) and len(pt) == 2 and all(isinstance(v, (int, float)) for v in pt)
+                    and 0 <= pt[0] < w_orig and 0 <= pt[1] < h_orig):
+                raise ValueError(f"{where}[{i}].points[{j}]: must be [x, y] inside the {w_orig}x{h_orig} image, got {pt!r}")
+            cls = character_class(ch)
+            col = min(int(pt[0] * w_res / w_orig // token), cols - 1)
+            row = min(int(pt[1] * h_res / h_orig // token), rows - 1)
+            k = row * cols + col
+            if cls and filled[k] < SLOTS:
+                out[k, filled[k]] = cls
+                filled[k] += 1
+    return out
 
 
 _SWIFT_BBOX = re.compile(re.escape(SWIFT_BBOX_PLACEHOLDER))

@@ -249,7 +249,8 @@ def save_pretrained(
     config: CitrusVConfig = model.config
     payload = {"model_type": "citrus_v", "format_version": FORMAT_VERSION, **config.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-    tensors = to_published_state_dict(model.state_dict())
+    # training-only heads (the token-reading target) are not part of a model folder
+    tensors = to_published_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("token_reading.")})
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "citrus_v_published"})

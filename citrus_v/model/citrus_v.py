@@ -13,6 +13,7 @@ from torch import nn
 
 from citrus_v.config import CitrusVConfig
 from citrus_v.model.copy_attention import CopyAttention
+from citrus_v.model.token_reading import TokenReading
 from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
@@ -39,6 +40,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "sam2_mask_decoder": ("segmenter.sam2.mask_decoder.", "segmenter.mask_decoder."),
     # video-memory modules: unused on single images, held for checkpoint compatibility
     "sam2_memory": ("segmenter.sam2.",),
+    # the token-reading target's head (set_token_reading): trained by the stages that turn it on, never saved
+    "reading_head": ("token_reading.",),
 }
 PART_NAMES: tuple[str, ...] = tuple(PARTS)
 
@@ -69,6 +72,8 @@ class CitrusVOutput:
     mask_iou_loss: torch.Tensor | None = None  # IoU-head MSE (window-weighted), when LossConfig.iou_weight > 0
     copy_loss: torch.Tensor | None = None  # weight x copy-attention loss, as in `loss` (set_copy_attention on, copy_pairs given)
     copy_attention_acc: torch.Tensor | None = None  # share of copy pairs whose key gets the head's most attention
+    reading_loss: torch.Tensor | None = None  # weight x token-reading loss, as in `loss` (set_token_reading on, reading given)
+    reading_acc: torch.Tensor | None = None  # share of written characters the reading head reads right
 
 
 class CitrusV(nn.Module):
@@ -81,6 +86,7 @@ class CitrusV(nn.Module):
         self.segmenter = build_segmenter(config)
         self.seg_projector = build_seg_projector(config.llm.hidden_size, self.segmenter.prompt_dim)
         self.copy_attention: CopyAttention | None = None  # a training target, set by a stage (set_copy_attention)
+        self.token_reading: TokenReading | None = None  # idem (set_token_reading); a submodule only while on
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -96,6 +102,7 @@ class CitrusV(nn.Module):
         num_masks_in_window: int | None = None,
         return_logits: bool = True,
         copy_pairs: torch.Tensor | None = None,
+        reading: torch.Tensor | None = None,
     ) -> CitrusVOutput:
         """One teacher-forced pass: LM logits, one mask per [SEG] and, given labels, the loss.
 
@@ -104,19 +111,27 @@ class CitrusV(nn.Module):
         (n_seg,). The i-th [SEG] in row-major order pairs with the i-th mask.
         ``return_logits=False`` (training) skips the full (B, L, V) projection: the LM loss is
         then computed on supervised positions only, with the same value. ``copy_pairs`` (n, 3: row,
-        query, key) add the copy-attention loss when ``set_copy_attention`` has turned it on.
+        query, key) add the copy-attention loss when ``set_copy_attention`` has turned it on;
+        ``reading`` (N, SLOTS: one row per merged image token) the token-reading loss when
+        ``set_token_reading`` has.
         """
         seg_positions = input_ids == self.config.tokens.seg_token_id  # (B, L)
         n_seg = int(seg_positions.sum())
         self._check_seg_counts(n_seg, gt_masks, seg_image_index, sam_images)
 
         copy = self.copy_attention if copy_pairs is not None and len(copy_pairs) else None
-        with copy.capture() if copy is not None else contextlib.nullcontext():
+        read = self.token_reading if reading is not None and pixel_values is not None else None
+        with contextlib.ExitStack() as stack:
+            if copy is not None:
+                stack.enter_context(copy.capture())
+            if read is not None:
+                stack.enter_context(read.capture())
             hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (B, L, H)
         copy_loss = copy_acc = None
         if copy is not None:
             copy_loss, copy_acc = copy.loss(copy_pairs, attention_mask)
             copy_loss = copy.weight * copy_loss
+        reading_loss, reading_acc = read.loss(reading) if read is not None else (None, None)
         logits = self.mllm.lm_head(hidden) if return_logits or labels is None else None  # (B, L, V)
 
         loss_cfg = self.config.loss
@@ -149,7 +164,10 @@ class CitrusV(nn.Module):
                     loss = loss + loss_cfg.point_align_weight * factor * align
             if copy_loss is not None:
                 loss = loss + copy_loss
-        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss, copy_loss, copy_acc)
+            if reading_loss is not None:
+                loss = loss + reading_loss
+        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss, copy_loss, copy_acc,
+                             reading_loss, reading_acc)
 
     def hidden_states(
         self,
@@ -305,6 +323,16 @@ class CitrusV(nn.Module):
             self.copy_attention = None
         if layer is not None:
             self.copy_attention = CopyAttention(self.mllm.model.language_model, layer, head, weight)
+
+    def set_token_reading(self, weight: float | None) -> None:
+        """Turn the token-reading target on (a new, trainable head on the merged vision tokens, its loss
+        times ``weight``; see citrus_v.model.token_reading) or off (``None``: the head is dropped)."""
+        if self.token_reading is not None:
+            self.token_reading.remove()
+            self.token_reading = None
+        if weight is not None:
+            p = next(self.mllm.model.visual.parameters())
+            self.token_reading = TokenReading(self.mllm.model.visual, self.config.llm.hidden_size, weight).to(p.device)
 
     def set_trainable(self, parts: Iterable[str]) -> None:
         """Train exactly the named parts (see PART_NAMES); freeze every other parameter."""

@@ -122,6 +122,8 @@ def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: P
         from citrus_v.train.lora import merge_lora_state_dict
 
         state.model = merge_lora_state_dict(state.model, lora_scaling)
+    # a training-only head (the token-reading target) is in the checkpoint, not in the model folder
+    state.model = {k: v for k, v in state.model.items() if not k.startswith("token_reading.")}
     with torch.device("cpu"):
         model = CitrusV(model_config)
     model.load_state_dict(state.model, strict=True)
@@ -158,7 +160,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
     model, tokenizer, template = init_model_and_template(init, preset, stage, data_files)
     dataset = build_mixture(stage, data_files, template)
     ids = template.ids
-    collate = make_collate_fn(ids.pad, model.config.tokens.seg_token_id)
+    collate = make_collate_fn(ids.pad, model.config.tokens.seg_token_id, model.config.vision.spatial_merge_size)
     log.info("%s: %d samples from %d mixture entries", stage.name, len(dataset), len(stage.mixture))
     adjust = None
     settings = None

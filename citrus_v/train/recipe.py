@@ -206,6 +206,9 @@ def train(
             model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0))
         else:
             model.set_copy_attention(None)
+    if hasattr(model, "set_token_reading"):  # after set_trainable: the new head trains
+        r = stage.token_reading
+        model.set_token_reading(r.get("weight", 1.0) if r is not None else None)
     if stage.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
@@ -256,7 +259,7 @@ def train(
         if step >= end:
             break
         micro = [batch_to_device(next(batches), device) for _ in range(stage.grad_accum)]
-        lm_part, mask_part, copy_part = _accumulate(wrapped, micro, ctx, autocast)
+        lm_part, mask_part, copy_part, reading_part = _accumulate(wrapped, micro, ctx, autocast)
         grad_norm = _grad_norm(params, stage.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -271,13 +274,15 @@ def train(
         lm_loss = all_reduce_sum(lm_part, ctx) / ctx.world_size
         mask_loss = all_reduce_sum(mask_part, ctx)
         copy_loss = all_reduce_sum(copy_part, ctx) / ctx.world_size
-        loss = lm_loss + mask_loss + copy_loss
+        reading_loss = all_reduce_sum(reading_part, ctx) / ctx.world_size
+        loss = lm_loss + mask_loss + copy_loss + reading_loss
         losses.append(loss)
         elapsed = time.perf_counter() - t0
         if metrics is not None and (step % stage.log_every == 0 or step == end):
             metrics.write(
                 {"stage": stage.stage, "step": step, "epoch": epoch, "loss": loss, "lm_loss": lm_loss, "mask_loss": mask_loss,
-                 **({"copy_loss": copy_loss} if stage.copy_attention else {}), "lr": lr, "grad_norm": grad_norm, "samples": step * window_size, "elapsed_s": round(elapsed, 3)}
+                 **({"copy_loss": copy_loss} if stage.copy_attention else {}),
+                 **({"reading_loss": reading_loss} if stage.token_reading else {}), "lr": lr, "grad_norm": grad_norm, "samples": step * window_size, "elapsed_s": round(elapsed, 3)}
             )
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
@@ -371,17 +376,17 @@ class _TimeBudget:
         return self.end
 
 
-def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> tuple[float, float, float]:
+def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> tuple[float, float, float, float]:
     """Forward/backward every micro-batch of this rank's share of the window.
 
-    LM loss is averaged over micro-batches (/grad_accum), and so is the (weighted) copy-attention
-    loss. Mask losses arrive from the model already weighted by (masks in micro-batch /
+    LM loss is averaged over micro-batches (/grad_accum), and so are the (weighted) copy-attention
+    and token-reading losses. Mask losses arrive from the model already weighted by (masks in micro-batch /
     num_masks_in_window); the window count is the GLOBAL one, so they sum to the mean over every
     mask of the window; since DDP/FSDP average gradients over ranks, they are multiplied by
-    world_size to undo that. Returns this rank's (LM part, mask part, copy part) of the window loss.
+    world_size to undo that. Returns this rank's (LM, mask, copy, reading) parts of the window loss.
     """
     n_window = int(all_reduce_sum(float(sum(count_masks(b) for b in micro)), ctx))
-    lm_total = mask_total = copy_total = 0.0
+    lm_total = mask_total = copy_total = reading_total = 0.0
     for k, batch in enumerate(micro):
         last = k == len(micro) - 1
         sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else contextlib.nullcontext()
@@ -391,14 +396,17 @@ def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast
                 out = model(**batch, num_masks_in_window=n_window, return_logits=False)
             if out.lm_loss is None:
                 raise ValueError("the model returned no lm_loss: the batch needs 'labels'")
-            copy = getattr(out, "copy_loss", None)  # weighted, as in out.loss; None without copy pairs
-            copy = torch.zeros((), device=out.lm_loss.device) if copy is None else copy
-            mask = out.loss - out.lm_loss - copy  # 2*bce + dice, already window-weighted; 0 without [SEG]
-            ((out.lm_loss + copy) / len(micro) + mask * ctx.world_size).backward()
+            zero = torch.zeros((), device=out.lm_loss.device)
+            # weighted, as in out.loss; None without copy pairs / reading labels
+            copy = zero if getattr(out, "copy_loss", None) is None else out.copy_loss
+            reading = zero if getattr(out, "reading_loss", None) is None else out.reading_loss
+            mask = out.loss - out.lm_loss - copy - reading  # 2*bce + dice, already window-weighted; 0 without [SEG]
+            ((out.lm_loss + copy + reading) / len(micro) + mask * ctx.world_size).backward()
         lm_total += float(out.lm_loss.detach()) / len(micro)
         mask_total += float(mask.detach())
         copy_total += float(copy.detach()) / len(micro)
-    return lm_total, mask_total, copy_total
+        reading_total += float(reading.detach()) / len(micro)
+    return lm_total, mask_total, copy_total, reading_total
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,

@@ -18,8 +18,10 @@ from typing import Any
 MLLM_PARTS = ("vision_encoder", "merger", "llm", "lm_head")
 SEG_PARTS = ("seg_projector", "sam2_image_encoder", "sam2_prompt_encoder", "sam2_mask_decoder")
 # SAM2's video-memory modules get no gradient on single images; the published stages leave
-# them out (training them would only add untouched parameters to the trainable count)
-PART_NAMES = MLLM_PARTS + SEG_PARTS + ("sam2_memory",)
+# them out (training them would only add untouched parameters to the trainable count).
+# reading_head exists only while a stage's token_reading is on (its head always trains then); naming it
+# here lets part_lr_scale set its learning rate
+PART_NAMES = MLLM_PARTS + SEG_PARTS + ("sam2_memory", "reading_head")
 
 TASK_PREFIX = "task:"  # a mixture source "task:caption" selects records by their `task`
 
@@ -94,6 +96,9 @@ class StageConfig:
     # the copy-attention target (citrus_v.model.copy_attention), e.g. {"layer": 2, "head": 0, "weight": 1.0}:
     # on records with meta.copy_points, that head learns to look where the answer copies from; None is off
     copy_attention: dict[str, float] | None = None
+    # the token-reading target (citrus_v.model.token_reading), e.g. {"weight": 1.0}: on records with
+    # meta.reading, a training-only head asks each merged image token which characters it shows; None is off
+    token_reading: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "name", f"must be a non-empty string, got {self.name!r}")
@@ -141,6 +146,12 @@ class StageConfig:
                      f"layer and head must be integers >= 0, got {c!r}")
             _require(isinstance(c.get("weight", 1.0), (int, float)) and c.get("weight", 1.0) >= 0, "copy_attention",
                      f"weight must be >= 0, got {c.get('weight')!r}")
+        if self.token_reading is not None:
+            r = self.token_reading
+            _require(isinstance(r, dict) and set(r) <= {"weight"}, "token_reading",
+                     f"must be null or {{weight}} (1.0 by default), got {r!r}")
+            _require(isinstance(r.get("weight", 1.0), (int, float)) and r.get("weight", 1.0) >= 0, "token_reading",
+                     f"weight must be >= 0, got {r.get('weight')!r}")
 
     def replace(self, **changes: Any) -> StageConfig:
         """A copy with ``changes`` applied (and validated)."""
@@ -221,7 +232,7 @@ STAGES: dict[int, StageConfig] = {
     3: StageConfig(
         name="stage3_instruction_tuning",
         stage=3,
-        trainable_parts=PART_NAMES,
+        trainable_parts=MLLM_PARTS + SEG_PARTS + ("sam2_memory",),
         hook_grad_scale=0.001,
         mixture=tuple(
             MixtureEntry(f"task:{t}")

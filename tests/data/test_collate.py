@@ -112,3 +112,21 @@ def test_copy_pairs_gain_their_row_and_keep_their_positions(template):
     b.copy_pairs = torch.tensor([[7, 3], [8, 4]])
     got = collate([a, b, b], pad_token_id=0, seg_token_id=template.ids.seg)["copy_pairs"]
     assert got.tolist() == [[1, 7, 3], [1, 8, 4], [2, 7, 3], [2, 8, 4]]  # right padding: positions unchanged
+
+
+def test_reading_labels_line_up_with_every_image_token_of_the_batch(template):
+    from citrus_v.model.token_reading import IGNORE, SLOTS
+
+    a = seg_example(template, n_images=2, n_seg=0, seed=0)  # labels on its first image only
+    b = template.encode_prompt([], "What organ is this?")  # no image
+    b.gt_masks = torch.zeros(0, 256, 256)
+    c = seg_example(template, n_images=1, n_seg=0, seed=2)  # an image without labels
+    assert collate([a, b, c], pad_token_id=0, seg_token_id=template.ids.seg)["reading"] is None
+    tokens = [t * h * w // 4 for t, h, w in torch.cat([a.image_grid_thw, c.image_grid_thw]).tolist()]
+    a.reading = torch.arange(tokens[0] * SLOTS).reshape(tokens[0], SLOTS) % 7
+    got = collate([a, b, c], pad_token_id=0, seg_token_id=template.ids.seg)["reading"]
+    assert got.shape == (sum(tokens), SLOTS)
+    assert torch.equal(got[: tokens[0]], a.reading) and bool((got[tokens[0]:] == IGNORE).all())
+    a.reading = a.reading[1:]
+    with pytest.raises(ValueError, match=rf"example 0: reading labels \({tokens[0] - 1}, 4\) for an image of {tokens[0]} tokens"):
+        collate([a, b, c], pad_token_id=0, seg_token_id=template.ids.seg)

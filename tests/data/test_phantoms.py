@@ -256,6 +256,11 @@ def test_document_samples_carry_the_copy_points_of_their_answer():
         assert ("0123456789.".index(ch) + 1) in near, f"{ch!r} has no ink at {(x, y)}"
     with pytest.raises(ValueError, match="not a value line"):
         document.copy_points(page, "LAB REPORT")
+    # and the whole page's text for the token-reading target, each character at its centre
+    assert [line["text"] for line in s.meta["reading"]] == [text for _, text, _ in page.lines]
+    centres = document.character_centres(page)
+    for line, cs in zip(s.meta["reading"], centres):
+        assert line["points"] == [[round(x, 1), round(y, 1)] for x, y in cs]
 
 
 def test_document_pages_ask_every_value_of_train_pages_past_the_suite(tmp_path):
@@ -269,4 +274,5 @@ def test_document_pages_ask_every_value_of_train_pages_past_the_suite(tmp_path):
         answers = [m.content for m in r.messages if m.role == "assistant"]
         assert len(answers) == 4 and len(r.meta["copy_points"]) == 4 and r.messages[0].content.startswith("<image>")
         assert [len(p) for p in r.meta["copy_points"]] == [len(x.split(" ")[0]) for x in answers]
+        assert "".join(line["text"] for line in r.meta["reading"]).count(answers[0].split(" ")[0]) >= 1
         assert (tmp_path / "a" / r.images[0]).is_file()

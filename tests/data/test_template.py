@@ -293,3 +293,48 @@ def test_suite_pages_point_each_answer_character_at_a_token_that_shows_it(templa
         assert written == "".join(numbers)
         for (q, k), ch in zip(ex.copy_pairs.tolist(), written):
             assert chars.index(ch) + 1 in shown[pads.index(k)], f"page {i}: {ch!r} is not on its token"
+
+
+def test_reading_lines_label_each_token_with_its_characters_in_reading_order(template, files):
+    from citrus_v.model.token_reading import CHARSET, SLOTS
+
+    # a.png is 100 x 150 -> 112 x 140 for the ViT: 4 rows x 5 columns of 28-px merged tokens
+    lines = [{"text": "AB C", "points": [[1, 1], [2, 2], [3, 3], [60, 30]]},  # the space is not read
+             {"text": "123456", "points": [[149, 99]] * 5 + [[60, 30]]}]
+    r = Record([Message("user", "<image>Read it."), Message("assistant", "ok")], images=["a.png"], meta={"reading": lines})
+    got = template.encode_record(r, files).reading
+    cls = {c: CHARSET.index(c) + 1 for c in "ABC123456"}
+    assert got.shape == (20, SLOTS) and got.dtype == torch.long
+    assert got[0].tolist() == [cls["A"], cls["B"], 0, 0]
+    # (60, 30) -> (56, 33.6) resized: column 2, row 1 -> token 7: "C", then the second line's "6"
+    assert got[7].tolist() == [cls["C"], cls["6"], 0, 0]
+    assert got[19].tolist() == [cls["1"], cls["2"], cls["3"], cls["4"]]  # "5" is past the token's 4 slots
+    assert int((got > 0).sum()) == 8
+    assert template.encode_record(rec([("user", "<image>Hi"), ("assistant", "12")], images=["a.png"]), files).reading.shape == (0, SLOTS)
+
+
+@pytest.mark.parametrize("lines, message", [
+    ({"text": "A"}, r"meta\.reading: must be a list of \{text, points\} lines"),
+    ([{"text": "AB", "points": [[1, 1]]}], r"meta\.reading\[0\]: must be \{\"text\": str, \"points\": one \[x, y\] per character\}"),
+    ([{"text": "A", "points": [[1, 1]]}, {"text": "B", "points": [[150, 1]]}],
+     r"meta\.reading\[1\]\.points\[0\]: must be \[x, y\] inside the 150x100 image"),
+])
+def test_reading_lines_that_do_not_fit_the_record_name_the_field(template, files, lines, message):
+    r = Record([Message("user", "<image>Q?"), Message("assistant", "12")], images=["a.png"], meta={"reading": lines})
+    with pytest.raises(ValueError, match=message):
+        template.encode_record(r, files)
+    with pytest.raises(ValueError, match="meta.reading: the record has no image to read"):
+        template.encode_record(Record([Message("user", "Q?"), Message("assistant", "12")], meta={"reading": []}), files)
+
+
+def test_suite_pages_reading_labels_are_what_the_glyphs_show(template, tmp_path):
+    from citrus_v.data.phantoms import document
+    from citrus_v.data.phantoms.suite import SuiteConfig, document_pages
+    from citrus_v.model.token_reading import CHARSET
+
+    path = document_pages(tmp_path, 3, seed=3, progress=False)
+    data = JsonlDataset(path, template)
+    for i, r in enumerate(data.records):
+        page = document.render(np.random.default_rng(r.meta["sample_seed"]), 224, SuiteConfig().rotate_prob)
+        shown = document.token_characters(page, CHARSET, 28)  # (64, 4), from the page's own text layout
+        assert data[i].reading.tolist() == shown.tolist() and int((data[i].reading > 0).sum()) > 40

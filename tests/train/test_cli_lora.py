@@ -56,3 +56,25 @@ def test_lora_trains_only_adapters_inside_the_mllm_and_merges(tmp_path):
     model.eval(), plain.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch).logits, model(**batch).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_token_reading_stage_from_files_ends_in_a_model_folder_without_its_head(tmp_path):
+    from safetensors import safe_open
+
+    from citrus_v.data.phantoms import generate_suite
+
+    files = generate_suite(tmp_path / "suite", 4, n_val=0, n_test=0, size=112, tasks=["document"], progress=False)
+    cfg = tmp_path / "stage.json"
+    cfg.write_text(json.dumps({"base": "3:tiny", "name": "reading_smoke", "mixture": [["task:document", 1.0]],
+                               "micro_batch_size": 2, "token_reading": {"weight": 1.0}}))
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "3", "--stage-config", str(cfg), "--data", str(files["train"]), "--steps", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["reading_loss"] > 0 for r in rows)
+    with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:
+        assert not any("reading" in k for k in f.keys())
+    from citrus_v.infer.loading import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer(out / "final")
+    assert model.token_reading is None

@@ -67,7 +67,7 @@ def test_accumulation_equals_one_big_batch():
     for micro in ([collate([data[0]]), collate([data[1]])], [collate(data)]):
         model = tiny_model(0)
         model.set_trainable(["llm", "lm_head", "seg_projector", "sam2_mask_decoder"])
-        lm, mask, _ = _accumulate(model, micro, DistContext(), contextlib.nullcontext())
+        lm, mask, _, _ = _accumulate(model, micro, DistContext(), contextlib.nullcontext())
         grads.append(({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, lm, mask))
     (g1, lm1, m1), (g2, lm2, m2) = grads
     assert lm1 == pytest.approx(lm2, rel=1e-5) and m1 == pytest.approx(m2, rel=1e-5) and m1 > 0
@@ -99,6 +99,32 @@ def test_a_stage_with_copy_attention_trains_it_and_logs_its_loss(tmp_path):
     assert model.copy_attention is None  # a stage without it turns it off
     with pytest.raises(ValueError, match="copy_attention is not supported with --strategy fsdp2"):
         train(stage, model, data, with_pairs, tmp_path / "c", progress=False, dist_ctx=DistContext(strategy="fsdp2"))
+
+
+def test_a_stage_with_token_reading_trains_its_head_and_logs_its_loss(tmp_path):
+    from citrus_v.model.token_reading import SLOTS
+
+    data = make_dataset(2, seed=3)
+    g = torch.Generator().manual_seed(0)
+    for item in data:  # a fixed set of characters on each merged token of the item's image
+        n = int(item["image_grid_thw"].prod(1).sum()) // 4
+        item["reading"] = torch.randint(1, 20, (n, SLOTS), generator=g)
+
+    def with_reading(items):
+        batch = collate(items)
+        batch["reading"] = torch.cat([it["reading"] for it in items])
+        return batch
+
+    model = tiny_model(0)
+    stage = get_stage(1, "tiny").replace(max_steps=20, grad_accum=1, micro_batch_size=2, warmup_steps=1, save_every=100,
+                                         lr=3e-3, token_reading={"weight": 0.5}, part_lr_scale={"reading_head": 2.0})
+    train(stage, model, data, with_reading, tmp_path, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["reading_loss"] < 0.5 * rows[0]["reading_loss"] and rows[0]["reading_loss"] > 0
+    assert all(r["loss"] == pytest.approx(r["lm_loss"] + r["mask_loss"] + r["reading_loss"]) for r in rows)
+    assert model.token_reading.weight == 0.5 and all(p.requires_grad for p in model.token_reading.parameters())
+    train(get_stage(1, "tiny").replace(max_steps=1, grad_accum=1), model, data, with_reading, tmp_path / "b", progress=False)
+    assert model.token_reading is None  # a stage without it turns it off
 
 
 def test_hook_grad_scale_is_set_per_stage(tmp_path):

@@ -37,7 +37,9 @@ def test_part_names_match_the_model():
     [({"trainable_parts": ("llm", "bogus")}, "trainable_parts"), ({"lr": 0.0}, "lr"), ({"grad_accum": 0}, "grad_accum"),
      ({"stage": 5}, "stage"), ({"betas": (0.9, 1.0)}, "betas"), ({"max_steps": None, "epochs": None}, "max_steps"),
      ({"copy_attention": {"head": 0}}, "copy_attention"), ({"copy_attention": {"layer": 2, "heads": 1}}, "copy_attention"),
-     ({"copy_attention": {"layer": -1}}, "copy_attention"), ({"copy_attention": {"layer": 2, "weight": -1}}, "copy_attention")],
+     ({"copy_attention": {"layer": -1}}, "copy_attention"), ({"copy_attention": {"layer": 2, "weight": -1}}, "copy_attention"),
+     ({"token_reading": {"weights": 1.0}}, "token_reading"), ({"token_reading": {"weight": -0.5}}, "token_reading"),
+     ({"token_reading": 1.0}, "token_reading")],
 )
 def test_invalid_stage_names_the_field(change, field):
     with pytest.raises(StageConfigError, match=f"StageConfig.{field}"):
@@ -89,7 +91,8 @@ def test_default_model_stage_files_load_as_their_stage():
 def test_stage_roundtrip_dict():
     s = STAGES[3]
     assert StageConfig.from_dict(json.loads(json.dumps(s.to_dict()))) == s
-    s = s.replace(copy_attention={"layer": 2, "head": 0, "weight": 0.5})
+    s = s.replace(copy_attention={"layer": 2, "head": 0, "weight": 0.5}, token_reading={"weight": 0.25},
+                  part_lr_scale={"reading_head": 2.0})
     assert StageConfig.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 

@@ -164,6 +164,15 @@ def _copy_points(doc: Document, centres: list[list[tuple[float, float]]], answer
     return [[round(float(x), 1), round(float(y), 1)] for x, y in line[: len(answer.split(" ")[0])]]
 
 
+def reading_lines(doc: Document, centres: list[list[tuple[float, float]]] | None = None) -> list[dict]:
+    """The page's text for the token-reading target (``meta["reading"]``, docs/training.md): each line of
+    ``doc.lines`` in reading order with the centre (``character_centres``, rounded to 0.1 px) of each of its
+    characters."""
+    centres = character_centres(doc) if centres is None else centres
+    return [{"text": text, "points": [[round(float(x), 1), round(float(y), 1)] for x, y in line]}
+            for (_, text, _), line in zip(doc.lines, centres)]
+
+
 def value_conversation(doc: Document, order: Sequence[int], image: bool = True) -> tuple[list[Message], list[list[list[float]]]]:
     """One conversation asking the page's values in ``order`` (indices into ``doc.values``), the image
     placeholder before the first question when ``image``; and each answer's ``copy_points`` (one list per

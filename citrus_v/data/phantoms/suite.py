@@ -122,7 +122,8 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
     if src == "document":
         doc = document.render(rng, cfg.size, cfg.rotate_prob)
         q, a, analyte = document.question(doc, rng)
-        meta.update(rotation=doc.rotation, analyte=analyte, copy_points=[document.copy_points(doc, a)])
+        meta.update(rotation=doc.rotation, analyte=analyte, copy_points=[document.copy_points(doc, a)],
+                    reading=document.reading_lines(doc))
         return Sample(doc.image, [], q, a, None, "document", "document", meta, {})
     if src.startswith("totalseg_"):
         root = cfg.totalseg_dir or totalseg.default_dir()
@@ -234,7 +235,7 @@ def document_pages(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 22
                    progress: bool = True) -> Path:
     """``n`` more lab pages of the suite's *train* split, from index ``start`` on (past the suite's own train
     records, so none is a val or test page), each one conversation asking all of its values in a seeded
-    order, with their ``copy_points``: four answers per page read instead of one. Writes
+    order, with their ``copy_points`` and ``reading`` lines: four answers per page read instead of one. Writes
     ``out_dir/doc_pages.jsonl`` and ``out_dir/images/doc_pages/``; returns the JSONL path."""
     from tqdm import tqdm
 
@@ -255,7 +256,7 @@ def document_pages(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 22
                 records.append(Record(messages=messages, images=[str(path)], task="document", modality="document",
                                       meta={"phantom_id": f"train-{index:07d}", "split": "train", "seed": seed,
                                             "sample_seed": seed_i, "generator": "document", "rotation": page.rotation,
-                                            "copy_points": points}))
+                                            "copy_points": points, "reading": document.reading_lines(page)}))
                 bar.update(1)
             index += 1
     write_jsonl(records, out / "doc_pages.jsonl")

@@ -1,0 +1,80 @@
+"""The token-reading target: a training-only head asks each merged image token which characters it shows.
+
+The copy-attention target (citrus_v.model.copy_attention) tells an LLM head where a lab value's digits
+are; it cannot make the image token there hold the digit. Trained on answers alone, the vision tower of
+the tiny model never learned to keep a 4-pixel glyph apart from its neighbours (docs/default_model.md,
+"Documents"). This head is a linear layer on the merger's output (the tokens the LLM sees): for each
+token it predicts up to ``SLOTS`` characters in reading order (``Example.reading``, from a record's
+``meta["reading"]``), one class per printable ASCII character plus "empty". Its cross-entropy trains the
+ViT and merger to keep what is written in the token. The head is not part of the model: checkpoints
+of a stage carry it (so a resumed run continues it), model folders never do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SLOTS = 4  # characters one 28-px token holds at the suite's lab-page type size (docs/training.md)
+CHARSET = "".join(chr(c) for c in range(33, 127))  # printable ASCII but the space; class 0 is "no character"
+IGNORE = -100  # a slot of a token without reading labels
+
+
+def character_class(ch: str) -> int:
+    """1 + the character's index in ``CHARSET``; 0 for a character the head does not read (space, non-ASCII)."""
+    i = CHARSET.find(ch)
+    return i + 1 if len(ch) == 1 and i >= 0 else 0
+
+
+class TokenReading(nn.Module):
+    """Linear head on the merged vision tokens -> (tokens, SLOTS, 1 + len(CHARSET)) logits. ``capture()``
+    around a forward pass records the tokens the vision tower gave (a forward hook on it); ``loss``
+    scores them against the batch's ``reading`` labels."""
+
+    def __init__(self, visual: nn.Module, dim: int, weight: float) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"token_reading weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+        self.dim = dim
+        self.proj = nn.Linear(dim, SLOTS * (len(CHARSET) + 1))
+        self._on = False
+        self._tokens: torch.Tensor | None = None
+        # the hook handle only: keeping ``visual`` as an attribute would make it a submodule of the head
+        self._hook = visual.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args: tuple, output) -> None:
+        if self._on:
+            self._tokens = getattr(output, "pooler_output", output)  # (N, dim): every image's merged tokens
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[TokenReading]:
+        self._on, self._tokens = True, None
+        try:
+            yield self
+        finally:
+            self._on = False
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.rms_norm(tokens, (self.dim,))).reshape(len(tokens), SLOTS, len(CHARSET) + 1)
+
+    def loss(self, reading: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """(weight x mean cross-entropy over labelled slots, share of written characters read right) for the
+        last captured forward; ``reading`` (N, SLOTS) long, one row per merged token of the batch's images in
+        order, ``IGNORE`` where a token has no labels. (None, None) when nothing was captured or labelled."""
+        if self._tokens is None or not bool((reading != IGNORE).any()):
+            return None, None
+        if len(self._tokens) != len(reading):
+            raise ValueError(f"reading labels cover {len(reading)} image tokens, the vision tower gave {len(self._tokens)}")
+        logits = self.logits(self._tokens).float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), reading.reshape(-1), ignore_index=IGNORE)
+        written = reading > 0
+        acc = (logits.argmax(-1)[written] == reading[written]).float().mean() if bool(written.any()) else logits.new_ones(())
+        return self.weight * loss, acc.detach()
