@@ -350,9 +350,11 @@ def _micro_batch_stream(dataset: Sequence[Any], collate_fn: Callable[[list[Any]]
 class _TimeBudget:
     """Fits a run into a wall-clock budget. The first ``skip`` steps carry start-up costs and are not
     timed; after ``measure`` more, the run's end is set to the steps that still fit at the measured
-    rate, and re-set every ``measure`` steps from the latest window's rate (start-up slowness fades:
-    on an H200 the first windows ran at twice the steady step time) until half the run is done;
-    after that the end, and the cosine's length with it, stay put."""
+    rate, and re-set every ``measure`` steps (start-up slowness fades: on an H200 the first windows
+    ran at twice the steady step time) until half the run is done; after that the end, and the
+    cosine's length with it, stay put. The rate is the fastest of the last three windows: one slow
+    window (an evaluation run beside the training) must not cut the run short for good, as it did
+    once at the half-way point, while a lasting slowdown still shows after three windows."""
 
     def __init__(self, seconds: float, start_step: int, cap: int, skip: int = 5, measure: int = 20,
                  clock: Callable[[], float] = time.perf_counter):
@@ -360,6 +362,7 @@ class _TimeBudget:
         self.t_start = clock()
         self.mark: tuple[int, float] | None = None  # (step, time) where the current timing window began
         self.end = cap
+        self.rates: list[float] = []  # seconds per step of the latest timing windows
 
     def fit(self, step: int) -> int | None:
         """The run's new end after ``step`` steps, or None when it is not re-set now."""
@@ -369,7 +372,8 @@ class _TimeBudget:
         if self.mark is None or step - self.mark[0] != self.measure or (done > self.skip + self.measure and 2 * done > self.end - self.start_step):
             return None
         now = self.clock()
-        per_step = max((now - self.mark[1]) / self.measure, 1e-9)
+        self.rates = (self.rates + [max((now - self.mark[1]) / self.measure, 1e-9)])[-3:]
+        per_step = min(self.rates)
         self.mark = (step, now)
         left = self.seconds - (now - self.t_start)
         self.end = max(step, min(self.cap, step + int(left / per_step)))

@@ -175,6 +175,18 @@ def test_time_budget_refits_while_the_step_time_settles():
     assert ends[25] == 100 and ends[45] == 325
     assert set(ends.values()) == {100, 325}
     assert max(ends) <= 325 / 2 + 20
+    # one slow window (something else ran beside the training) does not cut the run short; a lasting
+    # slowdown does, after three windows
+    for slow_steps, expect_short in ((range(106, 126), False), (range(106, 400), True)):
+        now[0] = 0.0
+        budget = _TimeBudget(300.0, start_step=0, cap=5000, skip=5, measure=20, clock=lambda: now[0])
+        ends = []
+        for step in range(1, 1001):
+            now[0] += 1.0 if step in slow_steps else 0.25
+            if (end := budget.fit(step)) is not None:
+                ends.append(end)
+        assert ends[0] == 1200  # step 25: 6.25 s spent, 293.75 s left at 0.25 s a step -> 25 + 1175
+        assert (min(ends) < 700) == expect_short, ends
     # the cap bounds any fit
     capped = _TimeBudget(1e6, start_step=0, cap=50, clock=lambda: now[0])
     assert [capped.fit(s) for s in range(1, 26)][-1] == 50
