@@ -24,7 +24,7 @@ def add_phantoms_command(data_subparsers: argparse._SubParsersAction) -> argpars
     p.add_argument("--totalseg-dir", default=None, help="folder with the TotalSegmentator example volumes")
     p.set_defaults(func=run_phantoms)
     d = data_subparsers.add_parser(
-        "doc-pages", help="lab pages of the suite's train split, each asking all of its values (with copy points)")
+        "doc-pages", help="lab pages of the suite's train split, each asking all of its values (with copy points and reading lines)")
     d.add_argument("--out", required=True, help="output folder (gets doc_pages.jsonl and images/doc_pages/; the suite's own folder is fine)")
     d.add_argument("--n", type=int, required=True, help="number of pages")
     d.add_argument("--seed", type=int, default=0, help="the suite's seed")
