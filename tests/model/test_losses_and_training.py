@@ -78,21 +78,29 @@ def test_seg_grad_scale_scales_projector_and_llm_but_not_sam2(tiny_config, batch
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_every_parameter_has_exactly_one_part(tiny_model):
-    for name, _ in tiny_model.named_parameters():
+@pytest.fixture
+def with_reading_head(tiny_model):
+    """The tiny model with its training-only reading head on (the part exists only then)."""
+    tiny_model.set_token_reading(1.0)
+    yield tiny_model
+    tiny_model.set_token_reading(None)
+
+
+def test_every_parameter_has_exactly_one_part(with_reading_head):
+    for name, _ in with_reading_head.named_parameters():
         assert part_of(name) in PART_NAMES
-    counts = tiny_model.parameter_counts()
+    counts = with_reading_head.parameter_counts()
     assert all(counts[p] > 0 for p in PART_NAMES)
 
 
 @pytest.mark.parametrize("part", PART_NAMES)
-def test_each_freeze_plan_trains_exactly_its_part(tiny_model, part):
-    tiny_model.set_trainable([part])
-    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
-    expected = {n for n, _ in tiny_model.named_parameters() if part_of(n) == part}
+def test_each_freeze_plan_trains_exactly_its_part(with_reading_head, part):
+    with_reading_head.set_trainable([part])
+    trainable = {n for n, p in with_reading_head.named_parameters() if p.requires_grad}
+    expected = {n for n, _ in with_reading_head.named_parameters() if part_of(n) == part}
     assert trainable == expected and trainable
     assert all(n.startswith(PARTS[part]) for n in trainable)
-    assert tiny_model.trainable_parts() == [part]
+    assert with_reading_head.trainable_parts() == [part]
 
 
 def test_published_stage_plans(tiny_model):
