@@ -1,6 +1,6 @@
 """The README picture from the demo's overlays: run `bash scripts/demo.sh` first, then
 `python scripts/readme_picture.py` writes docs/images/demo_overlays.png (four panels side by side,
-each scaled to 300 px high: the real CT's liver, the phantom's liver, lesion mask and report box)."""
+each scaled to 300 px high: the real CT's liver, the phantom's liver, lesion mask and lesion box)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PANELS = ("ct_liver", "phantom_liver", "phantom_segment", "phantom_report")
+PANELS = ("ct_liver", "phantom_liver", "phantom_segment", "phantom_detect")
 HEIGHT, GAP = 300, 8
 
 
