@@ -12,14 +12,13 @@ on whatever kernel the model uses (SDPA here).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
+from citrus_v.model.capture import HookCapture
 
-class CopyAttention:
+
+class CopyAttention(HookCapture):
     """Recomputes one head's attention (``layer``, ``head``) of a Qwen2.5-VL language model for chosen
     queries; ``capture()`` around a forward pass records what the layer's attention was given."""
 
@@ -43,18 +42,6 @@ class CopyAttention:
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._on:
             self._seen = (kwargs["hidden_states"], kwargs["position_embeddings"])
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[CopyAttention]:
-        """Record what the layer's attention is given during the forward passes inside this block."""
-        self._on, self._seen = True, None
-        try:
-            yield self
-        finally:
-            self._on = False
-
-    def remove(self) -> None:
-        self._hook.remove()
 
     def log_probs(self, pairs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(n, L) log attention weights of the head from each pair's query (``pairs`` (n, 3): row, query,

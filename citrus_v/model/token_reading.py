@@ -12,12 +12,11 @@ of a stage carry it (so a resumed run continues it), model folders never do.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from citrus_v.model.capture import HookCapture
 
 SLOTS = 4  # characters one 28-px token holds at the suite's lab-page type size (docs/training.md)
 CHARSET = "".join(chr(c) for c in range(33, 127))  # printable ASCII but the space; class 0 is "no character"
@@ -30,7 +29,7 @@ def character_class(ch: str) -> int:
     return i + 1 if len(ch) == 1 and i >= 0 else 0
 
 
-class TokenReading(nn.Module):
+class TokenReading(HookCapture, nn.Module):
     """Linear head on the merged vision tokens -> (tokens, SLOTS, 1 + len(CHARSET)) logits. ``capture()``
     around a forward pass records the tokens the vision tower gave (a forward hook on it); ``loss``
     scores them against the batch's ``reading`` labels."""
@@ -42,25 +41,13 @@ class TokenReading(nn.Module):
         self.weight = float(weight)
         self.dim = dim
         self.proj = nn.Linear(dim, SLOTS * (len(CHARSET) + 1))
-        self._on = False
-        self._tokens: torch.Tensor | None = None
+        self._on, self._seen = False, None  # _seen: (N, dim) merged tokens of the last captured forward
         # the hook handle only: keeping ``visual`` as an attribute would make it a submodule of the head
         self._hook = visual.register_forward_hook(self._record)
 
     def _record(self, module: nn.Module, args: tuple, output) -> None:
         if self._on:
-            self._tokens = getattr(output, "pooler_output", output)  # (N, dim): every image's merged tokens
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[TokenReading]:
-        self._on, self._tokens = True, None
-        try:
-            yield self
-        finally:
-            self._on = False
-
-    def remove(self) -> None:
-        self._hook.remove()
+            self._seen = getattr(output, "pooler_output", output)  # (N, dim): every image's merged tokens
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.proj(F.rms_norm(tokens, (self.dim,))).reshape(len(tokens), SLOTS, len(CHARSET) + 1)
@@ -69,11 +56,11 @@ class TokenReading(nn.Module):
         """(weight x mean cross-entropy over labelled slots, share of written characters read right) for the
         last captured forward; ``reading`` (N, SLOTS) long, one row per merged token of the batch's images in
         order, ``IGNORE`` where a token has no labels. (None, None) when nothing was captured or labelled."""
-        if self._tokens is None or not bool((reading != IGNORE).any()):
+        if self._seen is None or not bool((reading != IGNORE).any()):
             return None, None
-        if len(self._tokens) != len(reading):
-            raise ValueError(f"reading labels cover {len(reading)} image tokens, the vision tower gave {len(self._tokens)}")
-        logits = self.logits(self._tokens).float()
+        if len(self._seen) != len(reading):
+            raise ValueError(f"reading labels cover {len(reading)} image tokens, the vision tower gave {len(self._seen)}")
+        logits = self.logits(self._seen).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), reading.reshape(-1), ignore_index=IGNORE)
         written = reading > 0
         acc = (logits.argmax(-1)[written] == reading[written]).float().mean() if bool(written.any()) else logits.new_ones(())
