@@ -294,23 +294,27 @@ def copy_pairs(points: Any, ids: list[int], labels: list[int], images: _Images, 
             turns.append([q])
     if not isinstance(points, list) or len(points) != len(turns):
         raise ValueError(f"{where}: must be a list with one entry per assistant turn ({len(turns)}), got {points!r:.80}")
-    h_orig, w_orig = images.orig_hw[0]
-    h_res, w_res = images.resized_hw[0]
-    token = image_cfg.patch_size * image_cfg.merge_size
-    cols, rows = w_res // token, h_res // token
     pads = [i for i, t in enumerate(ids) if t == image_pad][: images.n_tokens[0]]
     pairs = []
     for t, (turn, pts) in enumerate(zip(turns, points)):
         if not isinstance(pts, list) or len(pts) > len(turn) - 1:
             raise ValueError(f"{where}[{t}]: must be a list of at most {len(turn) - 1} points (the answer's tokens)")
         for j, pt in enumerate(pts):
-            if not (isinstance(pt, (list, tuple)) and len(pt) == 2 and all(isinstance(v, (int, float)) for v in pt)
-                    and 0 <= pt[0] < w_orig and 0 <= pt[1] < h_orig):
-                raise ValueError(f"{where}[{t}][{j}]: must be [x, y] inside the {w_orig}x{h_orig} image, got {pt!r}")
-            col = min(int(pt[0] * w_res / w_orig // token), cols - 1)
-            row = min(int(pt[1] * h_res / h_orig // token), rows - 1)
-            pairs.append((turn[j] - 1, pads[row * cols + col]))
+            pairs.append((turn[j] - 1, pads[_point_token(pt, images, image_cfg, f"{where}[{t}][{j}]")]))
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def _point_token(pt: Any, images: _Images, image_cfg: ImageConfig, where: str) -> int:
+    """The row-major index of the first image's merged token holding ``pt`` ([x, y] in the image's own
+    pixels, mapped through its resize); a point that is not [x, y] inside the image is a ValueError naming ``where``."""
+    h_orig, w_orig = images.orig_hw[0]
+    if not (isinstance(pt, (list, tuple)) and len(pt) == 2 and all(isinstance(v, (int, float)) for v in pt)
+            and 0 <= pt[0] < w_orig and 0 <= pt[1] < h_orig):
+        raise ValueError(f"{where}: must be [x, y] inside the {w_orig}x{h_orig} image, got {pt!r}")
+    h_res, w_res = images.resized_hw[0]
+    token = image_cfg.patch_size * image_cfg.merge_size
+    cols, rows = w_res // token, h_res // token
+    return min(int(pt[1] * h_res / h_orig // token), rows - 1) * cols + min(int(pt[0] * w_res / w_orig // token), cols - 1)
 
 
 def reading_labels(lines: Any, images: _Images, image_cfg: ImageConfig) -> torch.Tensor:
@@ -328,24 +332,15 @@ def reading_labels(lines: Any, images: _Images, image_cfg: ImageConfig) -> torch
         raise ValueError(f"{where}: the record has no image to read")
     if not isinstance(lines, list):
         raise ValueError(f"{where}: must be a list of {{text, points}} lines, got {lines!r:.80}")
-    h_orig, w_orig = images.orig_hw[0]
-    h_res, w_res = images.resized_hw[0]
-    token = image_cfg.patch_size * image_cfg.merge_size
-    cols, rows = w_res // token, h_res // token
-    out = torch.zeros(rows * cols, SLOTS, dtype=torch.long)
-    filled = [0] * (rows * cols)
+    out = torch.zeros(images.n_tokens[0], SLOTS, dtype=torch.long)
+    filled = [0] * images.n_tokens[0]
     for i, line in enumerate(lines):
         if not (isinstance(line, dict) and isinstance(line.get("text"), str) and isinstance(line.get("points"), list)
                 and len(line["points"]) == len(line["text"])):
             raise ValueError(f"{where}[{i}]: must be {{\"text\": str, \"points\": one [x, y] per character}}, got {line!r:.80}")
         for j, (ch, pt) in enumerate(zip(line["text"], line["points"])):
-            if not (isinstance(pt, (list, tuple)) and len(pt) == 2 and all(isinstance(v, (int, float)) for v in pt)
-                    and 0 <= pt[0] < w_orig and 0 <= pt[1] < h_orig):
-                raise ValueError(f"{where}[{i}].points[{j}]: must be [x, y] inside the {w_orig}x{h_orig} image, got {pt!r}")
+            k = _point_token(pt, images, image_cfg, f"{where}[{i}].points[{j}]")
             cls = character_class(ch)
-            col = min(int(pt[0] * w_res / w_orig // token), cols - 1)
-            row = min(int(pt[1] * h_res / h_orig // token), rows - 1)
-            k = row * cols + col
             if cls and filled[k] < SLOTS:
                 out[k, filled[k]] = cls
                 filled[k] += 1

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.model import token_reading
 from citrus_v.model.litemedsam import litemedsam_name
 
 OURS_SAM2 = "segmenter.sam2."
@@ -249,8 +250,7 @@ def save_pretrained(
     config: CitrusVConfig = model.config
     payload = {"model_type": "citrus_v", "format_version": FORMAT_VERSION, **config.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-    # training-only heads (the token-reading target) are not part of a model folder
-    tensors = to_published_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("token_reading.")})
+    tensors = to_published_state_dict(token_reading.drop_head(model.state_dict()))  # training-only head left out
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "citrus_v_published"})

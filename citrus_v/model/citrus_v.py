@@ -13,6 +13,7 @@ from torch import nn
 
 from citrus_v.config import CitrusVConfig
 from citrus_v.model.copy_attention import CopyAttention
+from citrus_v.model import token_reading
 from citrus_v.model.token_reading import TokenReading
 from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
@@ -41,7 +42,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     # video-memory modules: unused on single images, held for checkpoint compatibility
     "sam2_memory": ("segmenter.sam2.",),
     # the token-reading target's head (set_token_reading): trained by the stages that turn it on, never saved
-    "reading_head": ("token_reading.",),
+    "reading_head": (token_reading.PREFIX,),
 }
 PART_NAMES: tuple[str, ...] = tuple(PARTS)
 

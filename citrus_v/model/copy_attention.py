@@ -35,12 +35,10 @@ class CopyAttention(HookCapture):
             raise ValueError(f"copy_attention weight must be >= 0, got {weight}")
         self.layer, self.head, self.weight = layer, head, float(weight)
         self._rotate = apply_rotary_pos_emb
-        self._on = False
-        self._seen: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._hook = self.attn.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._on:
+        if self._on:  # _seen: the layer's (hidden states, (cos, sin)) of the last captured forward
             self._seen = (kwargs["hidden_states"], kwargs["position_embeddings"])
 
     def log_probs(self, pairs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

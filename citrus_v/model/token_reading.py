@@ -21,6 +21,12 @@ from citrus_v.model.capture import HookCapture
 SLOTS = 4  # characters one 28-px token holds at the suite's lab-page type size (docs/training.md)
 CHARSET = "".join(chr(c) for c in range(33, 127))  # printable ASCII but the space; class 0 is "no character"
 IGNORE = -100  # a slot of a token without reading labels
+PREFIX = "token_reading."  # the head's tensor names inside CitrusV (its part, "reading_head")
+
+
+def drop_head(state: dict) -> dict:
+    """``state`` without the head's tensors: what a model folder holds of a model trained with it."""
+    return {k: v for k, v in state.items() if not k.startswith(PREFIX)}
 
 
 def character_class(ch: str) -> int:
@@ -41,12 +47,11 @@ class TokenReading(HookCapture, nn.Module):
         self.weight = float(weight)
         self.dim = dim
         self.proj = nn.Linear(dim, SLOTS * (len(CHARSET) + 1))
-        self._on, self._seen = False, None  # _seen: (N, dim) merged tokens of the last captured forward
         # the hook handle only: keeping ``visual`` as an attribute would make it a submodule of the head
         self._hook = visual.register_forward_hook(self._record)
 
     def _record(self, module: nn.Module, args: tuple, output) -> None:
-        if self._on:
+        if self._on:  # _seen: (N, dim) merged tokens of the last captured forward
             self._seen = getattr(output, "pooler_output", output)  # (N, dim): every image's merged tokens
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -122,8 +122,9 @@ def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: P
         from citrus_v.train.lora import merge_lora_state_dict
 
         state.model = merge_lora_state_dict(state.model, lora_scaling)
-    # a training-only head (the token-reading target) is in the checkpoint, not in the model folder
-    state.model = {k: v for k, v in state.model.items() if not k.startswith("token_reading.")}
+    from citrus_v.model.token_reading import drop_head
+
+    state.model = drop_head(state.model)  # a training-only head is in the checkpoint, not in the model folder
     with torch.device("cpu"):
         model = CitrusV(model_config)
     model.load_state_dict(state.model, strict=True)

@@ -149,42 +149,46 @@ def character_tokens(doc: Document, token: int) -> list[list[int]]:
             for line in character_centres(doc)]
 
 
-def copy_points(doc: Document, answer: str) -> list[list[float]]:
+Centres = list[list[tuple[float, float]]]
+
+
+def _rounded(points) -> list[list[float]]:
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in points]
+
+
+def copy_points(doc: Document, answer: str, centres: Centres | None = None) -> list[list[float]]:
     """Where the page shows what ``answer`` (a value line, "13.7 g/dL") copies from it: the centre
     (``character_centres``, rounded to 0.1 px) of each character of its number ("13.7"), in order. Written
-    to a record's ``meta["copy_points"]`` for the copy-attention target (docs/training.md)."""
-    return _copy_points(doc, character_centres(doc), answer)
-
-
-def _copy_points(doc: Document, centres: list[list[tuple[float, float]]], answer: str) -> list[list[float]]:
+    to a record's ``meta["copy_points"]`` for the copy-attention target (docs/training.md). ``centres``:
+    the page's ``character_centres``, when the caller has them already."""
     texts = [text for _, text, _ in doc.lines]
     if answer not in texts[2:]:
         raise ValueError(f"{answer!r} is not a value line of the page")
-    line = centres[texts.index(answer, 2)]
-    return [[round(float(x), 1), round(float(y), 1)] for x, y in line[: len(answer.split(" ")[0])]]
+    line = (character_centres(doc) if centres is None else centres)[texts.index(answer, 2)]
+    return _rounded(line[: len(answer.split(" ")[0])])
 
 
-def reading_lines(doc: Document, centres: list[list[tuple[float, float]]] | None = None) -> list[dict]:
+def reading_lines(doc: Document, centres: Centres | None = None) -> list[dict]:
     """The page's text for the token-reading target (``meta["reading"]``, docs/training.md): each line of
     ``doc.lines`` in reading order with the centre (``character_centres``, rounded to 0.1 px) of each of its
     characters."""
     centres = character_centres(doc) if centres is None else centres
-    return [{"text": text, "points": [[round(float(x), 1), round(float(y), 1)] for x, y in line]}
-            for (_, text, _), line in zip(doc.lines, centres)]
+    return [{"text": text, "points": _rounded(line)} for (_, text, _), line in zip(doc.lines, centres)]
 
 
-def value_conversation(doc: Document, order: Sequence[int], image: bool = True) -> tuple[list[Message], list[list[list[float]]]]:
+def value_conversation(doc: Document, order: Sequence[int], image: bool = True,
+                       centres: Centres | None = None) -> tuple[list[Message], list[list[list[float]]]]:
     """One conversation asking the page's values in ``order`` (indices into ``doc.values``), the image
     placeholder before the first question when ``image``; and each answer's ``copy_points`` (one list per
     assistant turn, as ``meta["copy_points"]`` holds them)."""
     names = list(doc.values)
-    centres = character_centres(doc)  # once for the page, not once per answer
+    centres = character_centres(doc) if centres is None else centres  # once for the page, not once per answer
     messages: list[Message] = []
     points = []
     for k in order:
         first = IMAGE_PLACEHOLDER if image and not messages else ""
         messages += [Message("user", first + DOC_Q.format(analyte=names[k])), Message("assistant", doc.values[names[k]])]
-        points.append(_copy_points(doc, centres, doc.values[names[k]]))
+        points.append(copy_points(doc, doc.values[names[k]], centres))
     return messages, points
 
 

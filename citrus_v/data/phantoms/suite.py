@@ -122,8 +122,9 @@ def make_sample(cfg: SuiteConfig, split: str, index: int) -> Sample:
     if src == "document":
         doc = document.render(rng, cfg.size, cfg.rotate_prob)
         q, a, analyte = document.question(doc, rng)
-        meta.update(rotation=doc.rotation, analyte=analyte, copy_points=[document.copy_points(doc, a)],
-                    reading=document.reading_lines(doc))
+        centres = document.character_centres(doc)  # once for both targets
+        meta.update(rotation=doc.rotation, analyte=analyte, copy_points=[document.copy_points(doc, a, centres)],
+                    reading=document.reading_lines(doc, centres))
         return Sample(doc.image, [], q, a, None, "document", "document", meta, {})
     if src.startswith("totalseg_"):
         root = cfg.totalseg_dir or totalseg.default_dir()
@@ -250,13 +251,14 @@ def document_pages(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 22
                 seed_i = sample_seed(seed, "train", index)
                 page = document.render(np.random.default_rng(seed_i), size, cfg.rotate_prob)  # make_sample's page
                 order = np.random.default_rng(seed_i + 1).permutation(len(page.values))
-                messages, points = document.value_conversation(page, order)
+                centres = document.character_centres(page)  # once for both targets
+                messages, points = document.value_conversation(page, order, centres=centres)
                 path = Path("images") / "doc_pages" / f"train-{index:07d}.png"
                 save_png(page.image, out / path)
                 records.append(Record(messages=messages, images=[str(path)], task="document", modality="document",
                                       meta={"phantom_id": f"train-{index:07d}", "split": "train", "seed": seed,
                                             "sample_seed": seed_i, "generator": "document", "rotation": page.rotation,
-                                            "copy_points": points, "reading": document.reading_lines(page)}))
+                                            "copy_points": points, "reading": document.reading_lines(page, centres)}))
                 bar.update(1)
             index += 1
     write_jsonl(records, out / "doc_pages.jsonl")
