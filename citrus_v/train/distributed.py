@@ -76,24 +76,32 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
     for module in _shard_units(model):
         fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    # a part one rank's micro-batch leaves unused ([SEG]-free, no reading labels) still takes part in
+    # every rank's reduce-scatter, with a zero gradient: otherwise the collectives' sizes differ
+    model.set_reduce_scatter_unused_params(True)
     return model
 
 
-class LossPair(NamedTuple):
+class Losses(NamedTuple):
+    """The loss terms the recipe takes apart (``_accumulate``): the total and each unweighted-by-rank part."""
+
     loss: torch.Tensor
     lm_loss: torch.Tensor
+    copy_loss: torch.Tensor | None
+    reading_loss: torch.Tensor | None
 
 
 class LossOnly(nn.Module):
-    """Forwards to ``model`` and keeps just (loss, lm_loss) of its output."""
+    """Forwards to ``model`` and keeps just its losses (``Losses``). Every term the recipe splits off
+    the total must be here: one missing would be counted as mask loss and scaled by world_size."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, **batch: Any) -> LossPair:
+    def forward(self, **batch: Any) -> Losses:
         out = self.model(**batch)
-        return LossPair(out.loss, out.lm_loss)
+        return Losses(out.loss, out.lm_loss, getattr(out, "copy_loss", None), getattr(out, "reading_loss", None))
 
 
 def _shard_units(model: nn.Module) -> list[nn.Module]:

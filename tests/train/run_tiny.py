@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--strategy", default="none")
+    ap.add_argument("--token-reading", action="store_true", help="token-reading target on; even samples labelled")
     ap.add_argument("--step-delay", type=float, default=0.0, help="sleep per micro-batch, to leave time to kill")
     args = ap.parse_args()
 
@@ -32,14 +33,15 @@ def main() -> None:
 
     ctx = init_distributed(args.strategy)
     stage = get_stage(args.stage, "tiny").replace(
-        max_steps=args.steps, save_every=args.save_every, micro_batch_size=args.micro, grad_accum=args.accum, keep_last=None
+        max_steps=args.steps, save_every=args.save_every, micro_batch_size=args.micro, grad_accum=args.accum, keep_last=None,
+        token_reading={"weight": 1.0} if args.token_reading else None,
     )
 
     def slow_collate(items):  # noqa: ANN001, ANN202
         time.sleep(args.step_delay)
         return collate(items)
 
-    result = train(stage, tiny_model(0), make_dataset(args.samples), slow_collate, args.out, resume=args.resume,
+    result = train(stage, tiny_model(0), make_dataset(args.samples, with_reading=args.token_reading), slow_collate, args.out, resume=args.resume,
                    dist_ctx=ctx, progress=False, device="cpu")
     if ctx.is_main:
         print(json.dumps({"losses": result.losses, "steps": result.steps, "final": str(result.final_dir)}))

@@ -13,6 +13,7 @@ import torch
 
 from citrus_v.config import CitrusVConfig
 from citrus_v.model.citrus_v import CitrusV
+from citrus_v.model.token_reading import CHARSET, IGNORE, SLOTS
 
 GRID = (1, 4, 4)  # (t, h, w) patches; 4 merged image tokens
 PATCH_DIM = 3 * 2 * 14 * 14
@@ -23,7 +24,9 @@ def tiny_model(seed: int = 0) -> CitrusV:
     return CitrusV(CitrusVConfig.preset("tiny"))
 
 
-def make_dataset(n: int, seed: int = 0, *, with_seg: bool = True) -> list[dict[str, torch.Tensor]]:
+def make_dataset(n: int, seed: int = 0, *, with_seg: bool = True, with_reading: bool = False) -> list[dict[str, torch.Tensor]]:
+    """``with_reading``: even samples carry token-reading labels (a character class per slot of each
+    merged token), odd ones IGNORE rows, as images without text do in a real batch."""
     cfg = CitrusVConfig.preset("tiny")
     tok = cfg.tokens
     g = torch.Generator().manual_seed(seed)
@@ -54,6 +57,9 @@ def make_dataset(n: int, seed: int = 0, *, with_seg: bool = True) -> list[dict[s
         }
         if with_seg:
             item["gt_masks"] = mask[None]
+        if with_reading:
+            labelled = torch.randint(0, len(CHARSET) + 1, (n_img_tokens, SLOTS), generator=g)
+            item["reading"] = labelled if i % 2 == 0 else torch.full((n_img_tokens, SLOTS), IGNORE)
         items.append(item)
     return items
 
@@ -68,6 +74,9 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         "sam_images": torch.cat([it["sam_images"] for it in items]),
     }
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    if "reading" in items[0]:
+        reading = torch.cat([it["reading"] for it in items])
+        batch["reading"] = reading if bool((reading != IGNORE).any()) else None
     if "gt_masks" in items[0]:
         batch["gt_masks"] = torch.cat([it["gt_masks"] for it in items])
         batch["seg_image_index"] = torch.arange(len(items))  # one image and one [SEG] per row
