@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -14,7 +16,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Run the predictor over every record of --data, score each by its task and write "
         "OUT/eval.json, OUT/eval.md (a table stating each number's aggregation) and OUT/predictions.jsonl.",
     )
-    p.add_argument("--data", required=True, type=Path, help="records in JSON lines (paths relative to its folder)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="records in JSON lines (paths relative to its folder)")
+    src.add_argument("--from-predictions", type=Path, metavar="FILE",
+                     help="re-score an earlier run's predictions.jsonl with this version's metrics, "
+                          "without loading a model (masks are not re-read: their Dice is kept)")
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
@@ -31,8 +37,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace, predictor=None) -> int:
     """The handler; ``predictor`` lets tests inject one instead of loading ``--model``."""
     from citrus_v.data.schema import read_jsonl
-    from citrus_v.eval.runner import evaluate, to_markdown, write_outputs
+    from citrus_v.eval.runner import evaluate, read_predictions
 
+    if args.from_predictions is not None:
+        given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
+                                          ("--max-new-tokens", args.max_new_tokens), ("--text-boxes", args.text_boxes or None))
+                 if value is not None]
+        if given:
+            raise SystemExit(f"citrus-v eval: --from-predictions re-scores without a model; {', '.join(given)} "
+                             "would not apply")
+        try:
+            result = read_predictions(args.from_predictions)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"citrus-v eval: {err}") from None
+        meta = {"from_predictions": str(args.from_predictions)}
+        beside = args.from_predictions.parent / "eval.json"  # the run that made them, when it is still there
+        if beside.is_file():
+            with contextlib.suppress(ValueError, AttributeError):
+                meta["predicted_by"] = json.loads(beside.read_text(encoding="utf-8")).get("meta")
+        return _write(result, args.out, meta)
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"citrus-v eval: --limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
@@ -59,7 +82,13 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
-    paths = write_outputs(result, args.out, meta=meta)
+    return _write(result, args.out, meta)
+
+
+def _write(result, out: Path, meta: dict) -> int:  # noqa: ANN001 (EvalResult: imported lazily)
+    from citrus_v.eval.runner import to_markdown, write_outputs
+
+    paths = write_outputs(result, out, meta=meta)
     sys.stdout.write(to_markdown(result))
     sys.stdout.write(f"\nwrote {paths['json']}, {paths['md']}, {paths['predictions']}\n")
     return 0

@@ -10,7 +10,7 @@ detection, anything else is left unscored and counted):
 | cot           | ``answer``            | text inside ``<answer>``; scored as vqa_closed when that is a yes/no or option letter, else as vqa_open |
 | detection     | ``boxes`` (orig. px)  | ``objects.bbox`` (orig. px)        | first-box hit (also of the box as written) |
 | segmentation  | ``masks`` (bool HxW)  | ``masks`` PNGs, nonzero = fg       | Dice per mask       |
-| report        | ``answer``            | last assistant message             | ROUGE-L             |
+| report        | ``answer``            | last assistant message             | ROUGE-L; impression verdict (normal or not) |
 | document      | ``answer``            | last assistant message             | ANLS, exact         |
 | caption, text | not scored            |                                    |                     |
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +57,8 @@ METRIC_KEYS: dict[str, str] = {
     "report_bleu4": "corpus BLEU-4 over samples (box markup removed)",
     "report_rougeL": "mean over samples (ROUGE-L F, box markup removed)",
     "report_cider": "mean over samples (CIDEr-D, corpus idf, box markup removed)",
+    "report_verdict_acc": "mean over samples (the impression's normal/abnormal verdict equals the reference's)",
+    "report_abnormal_recall": "mean over samples whose reference is abnormal (the report calls it abnormal too)",
     "doc_anls": "mean over samples (ANLS, threshold 0.5)",
     "doc_exact": "mean over samples (normalised exact match)",
 }
@@ -233,6 +235,14 @@ def summarize(samples: Sequence[SampleResult]) -> dict[str, Aggregate]:
     m["report_bleu4"] = Aggregate(b4, n_b4, METRIC_KEYS["report_bleu4"])
     m["report_rougeL"] = _mean_of(samples, "report", "rougeL", "report_rougeL")
     m["report_cider"] = Aggregate(cd, n_cd, METRIC_KEYS["report_cider"])
+    verdicts = [(report.states_normal(s.answer), report.states_normal(s.reference)) for s in reps]
+    agree, found = ScoreAccumulator(), ScoreAccumulator()
+    for said_normal, is_normal in verdicts:
+        agree.append(float(said_normal == is_normal))
+        if not is_normal:
+            found.append(float(not said_normal))
+    m["report_verdict_acc"] = Aggregate(agree.mean().value, len(agree), METRIC_KEYS["report_verdict_acc"])
+    m["report_abnormal_recall"] = Aggregate(found.mean().value, len(found), METRIC_KEYS["report_abnormal_recall"])
 
     m["doc_anls"] = _mean_of(samples, "document", "anls", "doc_anls")
     m["doc_exact"] = _mean_of(samples, "document", "exact", "doc_exact")
@@ -271,6 +281,32 @@ def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str 
             for k, (rec, pred) in enumerate(zip(chunk, preds)):
                 samples.append(score_record(start + k, rec, pred, base_dir))
             bar.update(len(chunk))
+    return aggregate(samples)
+
+
+def read_predictions(path: str | Path) -> EvalResult:
+    """An earlier run's predictions.jsonl, aggregated again (``citrus-v eval --from-predictions``).
+    Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    names = {f.name for f in fields(SampleResult)}
+    samples = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected an object, got {type(row).__name__}")
+            unknown, missing = set(row) - names, {"index", "task", "modality", "prompt", "reference", "answer"} - set(row)
+            if unknown or missing:
+                raise ValueError(f"{path}:{n}: not a predictions.jsonl row (unknown fields {sorted(unknown)}, "
+                                 f"missing {sorted(missing)})")
+            samples.append(SampleResult(**row))
     return aggregate(samples)
 
 

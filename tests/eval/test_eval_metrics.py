@@ -182,6 +182,23 @@ def test_field_exact_keeps_punctuation():
     assert document.field_exact("Positive", ["negative", "POSITIVE "]) == 1.0
 
 
+@pytest.mark.parametrize("text, normal", [
+    ("Findings: The lungs are clear. No nodule is seen. Impression: No abnormality.", True),
+    ("Findings: Clear lungs. IMPRESSION: normal chest radiograph.", True),
+    ("Impression:  Unremarkable study", True),
+    ("Findings: A large nodule in the left lung. Impression: Large nodule in the left lung.", False),
+    # the verdict is the impression's, not the findings' (which may say "no" about other organs)
+    ("Findings: No effusion. A cyst in the kidney. Impression: Cyst in the kidney.", False),
+    # the last "Impression:" counts; without one the whole text is read from its first word
+    ("Impression: no change. Addendum. Impression: New nodule.", False),
+    ("No acute findings.", True),
+    ("Nodule in the left lung.", False),  # "No" must be a whole word
+    ("", False),
+])
+def test_report_verdict_rule(text, normal):
+    assert report.states_normal(text) is normal
+
+
 # --- docstrings stay true -----------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from citrus_v.cli import build_parser
 from citrus_v.data.schema import Record, read_jsonl
 from citrus_v.eval.commands import run_eval
-from citrus_v.eval.runner import METRIC_KEYS, evaluate, write_outputs
+from citrus_v.eval.runner import METRIC_KEYS, SampleResult, evaluate, summarize, write_outputs
 from citrus_v.infer.types import Box, Mask, Prediction, Report
 
 ROWS2 = np.array([[1] * 4] * 2 + [[0] * 4] * 2, bool)  # (4, 4), top two rows: 8 pixels
@@ -109,6 +109,8 @@ def test_runner_end_to_end_values(tmp_path):
     assert m["report_rougeL"] == (1.0, 2)  # report B rebuilt from the structured Report
     assert m["report_bleu4"] == (approx(1.0, abs=1e-6), 2)
     assert m["report_cider"] == (approx(10.0), 2)
+    # A's impression "no acute disease." is normal, B's "effusion." abnormal; both reports agree
+    assert m["report_verdict_acc"] == (1.0, 2) and m["report_abnormal_recall"] == (1.0, 1)
     assert m["doc_anls"] == (approx((1.0 + 0.75) / 2), 2)
     assert m["doc_exact"] == (0.5, 2)
     assert result.counts == {"records": 15, "unscored": 1, "det_without_gt": 1, "scored_vqa_closed": 3,
@@ -210,3 +212,52 @@ def test_batched_evaluation_matches_one_by_one(tmp_path):
     assert [s.index for s in many.samples] == list(range(15))
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         evaluate(batched, records, data.parent, batch_size=0)
+
+
+def test_report_verdicts_count_missed_and_false_lesions():
+    def rep(answer, reference):
+        return SampleResult(index=0, task="report", modality="CT", prompt="", reference=reference, answer=answer)
+
+    lesion, normal = "Findings: A lesion. Impression: Lesion in the liver.", "Findings: Normal. Impression: No abnormality."
+    samples = [rep(lesion, lesion), rep(normal, lesion), rep(normal, lesion), rep(lesion, normal), rep(normal, normal)]
+    m = summarize(samples)
+    assert (m["report_verdict_acc"].value, m["report_verdict_acc"].n) == (pytest.approx(2 / 5), 5)
+    # three abnormal references, one called abnormal
+    assert (m["report_abnormal_recall"].value, m["report_abnormal_recall"].n) == (pytest.approx(1 / 3), 3)
+
+
+def test_rescoring_predictions_gives_the_same_figures(tmp_path, capsys):
+    data, predictor = _dataset(tmp_path)
+    args = build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path / "first")])
+    assert run_eval(args, predictor=predictor) == 0
+    first = json.loads((tmp_path / "first" / "eval.json").read_text())
+    again = build_parser().parse_args(["eval", "--from-predictions", str(tmp_path / "first" / "predictions.jsonl"),
+                                       "--out", str(tmp_path / "again")])
+    assert run_eval(again) == 0  # no predictor: none is loaded
+    second = json.loads((tmp_path / "again" / "eval.json").read_text())
+    # the first run's eval.json lies beside its predictions: its meta says what made them
+    assert second["meta"] == {"from_predictions": str(tmp_path / "first" / "predictions.jsonl"),
+                              "predicted_by": first["meta"]}
+    for key in METRIC_KEYS:
+        assert second[key] == first[key], key
+    assert second["per_modality"] == first["per_modality"] and second["counts"] == first["counts"]
+    assert (tmp_path / "again" / "predictions.jsonl").read_text() == (tmp_path / "first" / "predictions.jsonl").read_text()
+
+
+def test_rescoring_refuses_bad_files_and_model_flags(tmp_path):
+    good = json.dumps({"index": 0, "task": "report", "modality": "CT", "prompt": "", "reference": "x", "answer": "x"})
+    bad = tmp_path / "p.jsonl"
+    bad.write_text(good + "\n{not json\n")
+    args = build_parser().parse_args(["eval", "--from-predictions", str(bad), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match=r"p.jsonl:2: not JSON"):
+        run_eval(args)
+    bad.write_text(good + "\n" + json.dumps({"index": 1, "task": "report", "answr": "x"}) + "\n")
+    with pytest.raises(SystemExit, match=r"p.jsonl:2: not a predictions.jsonl row \(unknown fields \['answr'\]"):
+        run_eval(args)
+    with pytest.raises(SystemExit, match="does not exist"):
+        run_eval(build_parser().parse_args(["eval", "--from-predictions", str(tmp_path / "none.jsonl"), "--out", "o"]))
+    with_model = build_parser().parse_args(["eval", "--from-predictions", str(bad), "--model", "m", "--out", "o"])
+    with pytest.raises(SystemExit, match="--model would not apply"):
+        run_eval(with_model)
+    with pytest.raises(SystemExit):  # one source only
+        build_parser().parse_args(["eval", "--from-predictions", str(bad), "--data", str(bad), "--out", "o"])

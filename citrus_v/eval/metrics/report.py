@@ -13,6 +13,11 @@ Aggregation (state it with the number):
 - ROUGE-L: F-measure of the longest common subsequence per sample, mean over samples; in [0, 1].
 Empty text (after tokenising) on both sides scores 1.0 for ROUGE-L; the corpus scores skip
 samples whose reference is empty (nothing to match), and say how many they used.
+
+Text overlap rewards a fluent "No lesion is seen." as much as a right one, so the verdict is scored
+too: ``states_normal`` reads a report's impression as normal or abnormal (the rule is in its
+docstring), and the harness counts how often that verdict agrees with the reference's and how many
+abnormal references the reports call abnormal (a missed lesion is the costly error).
 """
 
 from __future__ import annotations
@@ -39,6 +44,30 @@ class _Tokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         return report_tokens(text)
+
+
+_IMPRESSION = re.compile(r"\bimpression\s*:", re.IGNORECASE)
+_NORMAL_OPENING = re.compile(r"^\W*(no|normal|unremarkable)\b", re.IGNORECASE)
+
+
+def impression(text: str) -> str:
+    """The text after the last "Impression:" (any case), or the whole text when there is none."""
+    parts = _IMPRESSION.split(text)
+    return parts[-1].strip()
+
+
+def states_normal(text: str) -> bool:
+    """Whether a report's impression calls the study normal: it opens with "no", "normal" or
+    "unremarkable" ("No abnormality.", "Normal study.", "No acute findings."); anything else
+    ("Large nodule in the left lung.") is an abnormal verdict. Reports without an "Impression:"
+    are read from their first word.
+
+    >>> states_normal("Findings: The lungs are clear. Impression: No abnormality.")
+    True
+    >>> states_normal("Findings: A nodule in the left lung at [10, 12, 40, 44]. Impression: Nodule in the left lung.")
+    False
+    """
+    return bool(_NORMAL_OPENING.match(impression(text)))
 
 
 def rouge_l(pred: str, ref: str) -> float:
