@@ -7,6 +7,10 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the runner imports numpy and the metrics: only when a command runs
+    from citrus_v.eval.runner import EvalResult
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +89,7 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     return _write(result, args.out, meta)
 
 
-def _write(result, out: Path, meta: dict) -> int:  # noqa: ANN001 (EvalResult: imported lazily)
+def _write(result: EvalResult, out: Path, meta: dict) -> int:
     from citrus_v.eval.runner import to_markdown, write_outputs
 
     paths = write_outputs(result, out, meta=meta)

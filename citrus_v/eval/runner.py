@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -291,6 +291,7 @@ def read_predictions(path: str | Path) -> EvalResult:
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
     names = {f.name for f in fields(SampleResult)}
+    required = {f.name for f in fields(SampleResult) if f.default is MISSING and f.default_factory is MISSING}
     samples = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -302,7 +303,7 @@ def read_predictions(path: str | Path) -> EvalResult:
                 raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: expected an object, got {type(row).__name__}")
-            unknown, missing = set(row) - names, {"index", "task", "modality", "prompt", "reference", "answer"} - set(row)
+            unknown, missing = set(row) - names, required - set(row)
             if unknown or missing:
                 raise ValueError(f"{path}:{n}: not a predictions.jsonl row (unknown fields {sorted(unknown)}, "
                                  f"missing {sorted(missing)})")

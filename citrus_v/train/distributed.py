@@ -83,7 +83,8 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
 
 
 class Losses(NamedTuple):
-    """The loss terms the recipe takes apart (``_accumulate``): the total and each unweighted-by-rank part."""
+    """The loss terms ``_accumulate`` takes apart: the total, the LM loss, and the weighted copy-attention
+    and token-reading losses (None when off or unlabelled); the rest of the total is mask loss."""
 
     loss: torch.Tensor
     lm_loss: torch.Tensor
