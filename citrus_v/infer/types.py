@@ -38,9 +38,13 @@ class Mask:
     """One mask per ``[SEG]``: a boolean array at the original image size (H, W)."""
 
     mask: np.ndarray  # (H, W) bool
-    score: float  # the segmenter's predicted IoU for the chosen candidate
+    score: float  # the segmenter's predicted IoU for the chosen candidate, clipped to [0, 1]
     label: str = ""
     image_index: int = 0
+
+    def __post_init__(self) -> None:
+        # SAM's IoU head is a regression: it can say 1.01 or -0.02, which no IoU is
+        self.score = min(max(float(self.score), 0.0), 1.0)
 
 
 @dataclass

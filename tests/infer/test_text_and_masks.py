@@ -7,7 +7,7 @@ import torch
 from citrus_v.infer.generation import GenerationSettings
 from citrus_v.infer.masks import logits_to_masks
 from citrus_v.infer.text import parse_report, split_reasoning, strip_box_markup, strip_control_tokens
-from citrus_v.infer.types import Box
+from citrus_v.infer.types import Box, Mask
 
 
 def test_split_reasoning_think_answer_and_control_tokens():
@@ -75,3 +75,9 @@ def test_greedy_kwargs_neutralise_sampling_knobs():
     assert kw["do_sample"] is False and kw["temperature"] is None and kw["use_cache"] is True
     kw = GenerationSettings(do_sample=True, temperature=0.3, top_k=5).generate_kwargs(2, 0)
     assert kw["temperature"] == 0.3 and kw["top_k"] == 5
+
+
+@pytest.mark.parametrize("raw, shown", [(1.013, 1.0), (-0.02, 0.0), (0.84, 0.84)])
+def test_mask_scores_are_clipped_to_an_iou(raw, shown):
+    # the demo's phantom liver came back with a predicted IoU of 1.01 from SAM's regression head
+    assert Mask(mask=np.zeros((2, 2), bool), score=raw).score == pytest.approx(shown)
