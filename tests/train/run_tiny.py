@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--strategy", default="none")
     ap.add_argument("--token-reading", action="store_true", help="token-reading target on; even samples labelled")
+    ap.add_argument("--seg-every", type=int, default=1, help="only every k-th sample asks for a mask")
     ap.add_argument("--step-delay", type=float, default=0.0, help="sleep per micro-batch, to leave time to kill")
     args = ap.parse_args()
 
@@ -41,7 +42,7 @@ def main() -> None:
         time.sleep(args.step_delay)
         return collate(items)
 
-    result = train(stage, tiny_model(0), make_dataset(args.samples, with_reading=args.token_reading), slow_collate, args.out, resume=args.resume,
+    result = train(stage, tiny_model(0), make_dataset(args.samples, seg_every=args.seg_every, with_reading=args.token_reading), slow_collate, args.out, resume=args.resume,
                    dist_ctx=ctx, progress=False, device="cpu")
     if ctx.is_main:
         print(json.dumps({"losses": result.losses, "steps": result.steps, "final": str(result.final_dir)}))

@@ -24,9 +24,11 @@ def tiny_model(seed: int = 0) -> CitrusV:
     return CitrusV(CitrusVConfig.preset("tiny"))
 
 
-def make_dataset(n: int, seed: int = 0, *, with_seg: bool = True, with_reading: bool = False) -> list[dict[str, torch.Tensor]]:
-    """``with_reading``: even samples carry token-reading labels (a character class per slot of each
-    merged token), odd ones IGNORE rows, as images without text do in a real batch."""
+def make_dataset(n: int, seed: int = 0, *, seg_every: int = 1, with_reading: bool = False) -> list[dict[str, torch.Tensor]]:
+    """``seg_every``: sample i asks for a mask when i % seg_every == 0 (0: none does); the others hold a
+    plain token where the [SEG] would be, so every sample has the same length. ``with_reading``: even
+    samples carry token-reading labels (a character class per slot of each merged token), odd ones
+    IGNORE rows, as images without text do in a real batch."""
     cfg = CitrusVConfig.preset("tiny")
     tok = cfg.tokens
     g = torch.Generator().manual_seed(seed)
@@ -36,7 +38,8 @@ def make_dataset(n: int, seed: int = 0, *, with_seg: bool = True, with_reading: 
         n_img_tokens = GRID[0] * GRID[1] * GRID[2] // 4
         prompt = torch.randint(20, 200, (6,), generator=g)
         answer = torch.randint(20, 200, (5,), generator=g)
-        tail = [tok.seg_token_id] if with_seg else []
+        with_seg = seg_every > 0 and i % seg_every == 0
+        tail = [tok.seg_token_id if with_seg else 21]
         ids = torch.cat([
             torch.tensor([tok.vision_start_token_id]),
             torch.full((n_img_tokens,), tok.image_token_id),
@@ -77,7 +80,8 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     if "reading" in items[0]:
         reading = torch.cat([it["reading"] for it in items])
         batch["reading"] = reading if bool((reading != IGNORE).any()) else None
-    if "gt_masks" in items[0]:
-        batch["gt_masks"] = torch.cat([it["gt_masks"] for it in items])
-        batch["seg_image_index"] = torch.arange(len(items))  # one image and one [SEG] per row
+    with_seg = [i for i, it in enumerate(items) if "gt_masks" in it]
+    if with_seg:
+        batch["gt_masks"] = torch.cat([items[i]["gt_masks"] for i in with_seg])
+        batch["seg_image_index"] = torch.tensor(with_seg)  # one image per row; its [SEG], if any
     return batch
