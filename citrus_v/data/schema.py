@@ -205,6 +205,20 @@ def iter_jsonl(path: str | Path, *, skip_invalid: bool = False, report: SkipRepo
                     report.skipped.append((lineno, str(err)))
 
 
+def read_json_lines(path: str | Path, what: str) -> list[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSON-lines file; a line that is not JSON
+    is a ValueError naming the file, the line and ``what`` the file is ("metrics log")."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not JSON in {what} ({e.msg})") from None
+    return rows
+
+
 def read_jsonl(path: str | Path, *, skip_invalid: bool = False, report: SkipReport | None = None) -> list[Record]:
     return list(iter_jsonl(path, skip_invalid=skip_invalid, report=report))
 

@@ -45,8 +45,8 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
 
     if args.from_predictions is not None:
         given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
-                                          ("--max-new-tokens", args.max_new_tokens), ("--text-boxes", args.text_boxes or None))
-                 if value is not None]
+                                          ("--max-new-tokens", args.max_new_tokens)) if value is not None]
+        given += ["--text-boxes"] if args.text_boxes else []
         if given:
             raise SystemExit(f"citrus-v eval: --from-predictions re-scores without a model; {', '.join(given)} "
                              "would not apply")

@@ -37,7 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
-from citrus_v.data.schema import Record, resolve
+from citrus_v.data.schema import Record, read_json_lines, resolve
 from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
 from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
 from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer, strip_box_markup
@@ -293,21 +293,14 @@ def read_predictions(path: str | Path) -> EvalResult:
     names = {f.name for f in fields(SampleResult)}
     required = {f.name for f in fields(SampleResult) if f.default is MISSING and f.default_factory is MISSING}
     samples = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected an object, got {type(row).__name__}")
-            unknown, missing = set(row) - names, required - set(row)
-            if unknown or missing:
-                raise ValueError(f"{path}:{n}: not a predictions.jsonl row (unknown fields {sorted(unknown)}, "
-                                 f"missing {sorted(missing)})")
-            samples.append(SampleResult(**row))
+    for n, row in read_json_lines(path, "predictions"):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected an object, got {type(row).__name__}")
+        unknown, missing = set(row) - names, required - set(row)
+        if unknown or missing:
+            raise ValueError(f"{path}:{n}: not a predictions.jsonl row (unknown fields {sorted(unknown)}, "
+                             f"missing {sorted(missing)})")
+        samples.append(SampleResult(**row))
     return aggregate(samples)
 
 

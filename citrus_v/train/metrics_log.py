@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from citrus_v.data.schema import read_json_lines
+
 
 class MetricsLog:
     """Appends one JSON object per optimizer step to ``path``.
@@ -29,15 +31,7 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: invalid JSON in metrics log: {e.msg}") from None
-    return rows
+    return [row for _, row in read_json_lines(path, "metrics log")]
 
 
 def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, *, title: str = "") -> Path:
