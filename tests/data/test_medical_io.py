@@ -38,8 +38,8 @@ def sample(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def ct_series(totalseg_dir: Path) -> Volume:
-    return read_dicom_series(totalseg_dir / "ct_dicom")
+def ct_series(ct_series_dir: Path) -> Volume:
+    return read_dicom_series(ct_series_dir / "ct_dicom")
 
 
 # --- windows -------------------------------------------------------------------------------
@@ -234,13 +234,13 @@ def test_nifti_4d_and_load_image():
 # --- the totalseg DICOM series -------------------------------------------------------------
 
 
-def test_series_geometry_matches_the_label_nifti(ct_series: Volume, totalseg_dir: Path):
-    seg = nib.load(totalseg_dir / "example_seg_dicom.nii.gz")
+def test_series_geometry_matches_the_label_nifti(ct_series: Volume, ct_series_dir: Path):
+    seg = nib.load(ct_series_dir / "example_seg_dicom.nii.gz")
     assert ct_series.shape == seg.shape == (512, 512, 20)
     np.testing.assert_allclose(ct_series.affine, seg.affine, atol=1e-3)
     assert ct_series.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
     assert ct_series.modality == "CT" and ct_series.axcodes == ("L", "A", "S")
-    labels = json_labels(totalseg_dir)
+    labels = json_labels(ct_series_dir)
     lab = np.asarray(seg.dataobj)
     # the labels land on the right tissue: liver is soft tissue, lungs are air
     liver = ct_series.data[lab == labels["liver"]]
@@ -251,26 +251,26 @@ def test_series_geometry_matches_the_label_nifti(ct_series: Volume, totalseg_dir
         assert np.median(lung) < -500
 
 
-def json_labels(totalseg_dir: Path) -> dict[str, int]:
+def json_labels(ct_series_dir: Path) -> dict[str, int]:
     import json
 
-    raw = json.loads((totalseg_dir / "labels.json").read_text())
+    raw = json.loads((ct_series_dir / "labels.json").read_text())
     table = next(v for k, v in raw.items() if k.startswith("ct"))  # {"ct (example_seg*.nii.gz)": {"1": "spleen", ...}}
     return {str(name): int(k) for k, name in table.items()}
 
 
-def test_series_display_slice_is_the_original_dicom_image(ct_series: Volume, totalseg_dir: Path):
+def test_series_display_slice_is_the_original_dicom_image(ct_series: Volume, ct_series_dir: Path):
     # the slice at k=0 is the most inferior one; its file is the first in sorted position order
     name = ct_series.meta["files"][0]
-    ds = pydicom.dcmread(totalseg_dir / "ct_dicom" / name)
+    ds = pydicom.dcmread(ct_series_dir / "ct_dicom" / name)
     assert float(ds.ImagePositionPatient[2]) == pytest.approx(ct_series.affine[2, 3])
     hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_array_equal(ct_series.display_slice("axial", 0, window="ct_bone"), apply_window(hu, *WINDOW_PRESETS["ct_bone"]))
     assert ct_series.display_slice("coronal").shape == (20, 512)
 
 
-def test_series_errors(tmp_path: Path, totalseg_dir: Path):
-    files = sorted((totalseg_dir / "ct_dicom").iterdir())
+def test_series_errors(tmp_path: Path, ct_series_dir: Path):
+    files = sorted((ct_series_dir / "ct_dicom").iterdir())
     folder = tmp_path / "s"
     folder.mkdir()
     for f in (files[0], files[1], files[3]):  # slice 2 missing: the spacing is uneven

@@ -22,9 +22,9 @@ SIZE = 112
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory, totalseg_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("suite")
-    generate_suite(out, 240, 60, 60, seed=7, size=SIZE, totalseg_dir=totalseg_dir, progress=False)
+def suite(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("suite")  # the real volumes come from the package (citrus_v/assets/totalseg_example)
+    generate_suite(out, 240, 60, 60, seed=7, size=SIZE, progress=False)
     return out
 
 
@@ -42,18 +42,18 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, totalseg_dir):
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for d, seed in ((a, 3), (b, 3), (c, 4)):
-        generate_suite(d, 30, 6, 6, seed=seed, size=64, totalseg_dir=totalseg_dir, progress=False)
+        generate_suite(d, 30, 6, 6, seed=seed, size=64, progress=False)
     assert _digest(a) == _digest(b)
     assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
     assert (a / "images/train/0000000.png").read_bytes() != (c / "images/train/0000000.png").read_bytes()
 
 
-def test_workers_do_not_change_output(tmp_path, totalseg_dir):
-    generate_suite(tmp_path / "one", 70, 2, 2, seed=1, size=48, totalseg_dir=totalseg_dir, progress=False)
-    generate_suite(tmp_path / "two", 70, 2, 2, seed=1, size=48, totalseg_dir=totalseg_dir, progress=False, workers=2)
+def test_workers_do_not_change_output(tmp_path):
+    generate_suite(tmp_path / "one", 70, 2, 2, seed=1, size=48, progress=False)
+    generate_suite(tmp_path / "two", 70, 2, 2, seed=1, size=48, progress=False, workers=2)
     assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
 
 

@@ -17,9 +17,6 @@ from citrus_v.infer.generation import GenerationSettings
 from citrus_v.infer.loading import checkpoint_layout, published_config, published_config_dict
 from citrus_v.infer.predictor import Predictor
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "citrus_v_8b_config.json"
-
-
 def _published_spelling(key: str) -> str:
     # the other on-disk MLLM spelling the published folder may use
     if key.startswith("mllm.model.visual."):
@@ -49,8 +46,8 @@ def published_dir(tiny_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_reference_8b_config_reads_as_our_8b_preset():
-    loaded = published_config(json.loads(REFERENCE.read_text()))
+def test_reference_8b_config_reads_as_our_8b_preset(reference_dir):
+    loaded = published_config(json.loads((reference_dir / "citrus_v_8b_config.json").read_text()))
     preset = citrus_v_8b_config()
     assert (loaded.llm, loaded.vision, loaded.tokens, loaded.segmenter) == (
         preset.llm, preset.vision, preset.tokens, preset.segmenter,

@@ -18,8 +18,8 @@ from citrus_v.model.checkpoint import (
 from citrus_v.model.citrus_v import CitrusV
 
 
-def test_8b_on_meta_has_exactly_the_published_names_and_shapes(shared_dir):
-    reference = json.loads((shared_dir / "reference" / "citrus_v_8b_state_dict_shapes.json").read_text())
+def test_8b_on_meta_has_exactly_the_published_names_and_shapes(reference_dir):
+    reference = json.loads((reference_dir / "citrus_v_8b_state_dict_shapes.json").read_text())
     reference = {k: tuple(v) for k, v in reference.items()}
     model = build_model("8b", device="meta")
     ours = published_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()})

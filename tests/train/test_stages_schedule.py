@@ -66,7 +66,7 @@ def test_stage_file_json_and_yaml(tmp_path):
         load_stage_config(broken)
 
 
-def test_shipped_stage_files_load(shared_dir):
+def test_shipped_stage_files_load():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "configs" / "train"

@@ -88,7 +88,7 @@ def force_answer(tiny_predictor):
 
 
 @pytest.fixture(scope="session")
-def dicom_series(totalseg_dir):
+def dicom_series(ct_series_dir):
     from citrus_v.data.medical_io import read_volume
 
-    return read_volume(totalseg_dir / "ct_dicom")
+    return read_volume(ct_series_dir / "ct_dicom")

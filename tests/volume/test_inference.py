@@ -63,11 +63,11 @@ def test_dicom_series_stack_is_voxel_exact_on_every_axis(dicom_series, axis):
     np.testing.assert_array_equal(labels, (windowed > 127).astype(np.uint8))
 
 
-def test_reference_labels_through_the_pipeline_match_numpy(dicom_series, totalseg_dir, tmp_path):
+def test_reference_labels_through_the_pipeline_match_numpy(dicom_series, ct_series_dir, tmp_path):
     """Feed the reference liver/spleen masks as the 'model' output: the stacked label map must be the
     reference, and volumes / mean HU must equal an independent numpy computation exactly."""
-    ref = np.asarray(nib.load(totalseg_dir / "example_seg_dicom.nii.gz").dataobj)
-    names = json.loads((totalseg_dir / "labels.json").read_text())
+    ref = np.asarray(nib.load(ct_series_dir / "example_seg_dicom.nii.gz").dataobj)
+    names = json.loads((ct_series_dir / "labels.json").read_text())
     ct_names = next(v for k, v in names.items() if k.startswith("ct"))
     present = [int(v) for v in np.unique(ref) if v]
     wanted = [v for v in present if ct_names[str(v)] in ("liver", "spleen")] or present[:2]
@@ -90,7 +90,7 @@ def test_reference_labels_through_the_pipeline_match_numpy(dicom_series, totalse
         assert s["slice_range"] == [int(z[0]), int(z[-1])]
     written = nib.load(result["nifti"])
     np.testing.assert_array_equal(written.affine, dicom_series.affine)
-    np.testing.assert_allclose(written.affine, nib.load(totalseg_dir / "example_seg_dicom.nii.gz").affine, atol=1e-4)
+    np.testing.assert_allclose(written.affine, nib.load(ct_series_dir / "example_seg_dicom.nii.gz").affine, atol=1e-4)
     assert f"{result['structures'][ct_names[str(wanted[0])]]['volume_ml']:.1f} mL" in result["report"]
 
 

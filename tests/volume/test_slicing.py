@@ -61,11 +61,11 @@ def test_pictures_are_radiological_for_every_orientation(axis):
         assert step_right[right_world] < 0 and step_down[down_world] < 0, (affine, axis)
 
 
-def test_dicom_axial_picture_is_each_files_pixel_array(dicom_series, totalseg_dir):
+def test_dicom_axial_picture_is_each_files_pixel_array(dicom_series, ct_series_dir):
     view = slice_view(dicom_series.affine, 2)
     pictures = slice_images(dicom_series, 2, [0, 7, 19])
     for k, picture in zip([0, 7, 19], pictures):
-        ds = pydicom.dcmread(totalseg_dir / "ct_dicom" / dicom_series.meta["files"][k])
+        ds = pydicom.dcmread(ct_series_dir / "ct_dicom" / dicom_series.meta["files"][k])
         hu = apply_modality_lut(ds.pixel_array, ds)
         np.testing.assert_array_equal(view.to_image(dicom_series.data[:, :, k]), hu)
         np.testing.assert_array_equal(picture[..., 0], apply_window(hu, 40, 400))  # CT: soft tissue

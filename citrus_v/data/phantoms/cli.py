@@ -21,7 +21,8 @@ def add_phantoms_command(data_subparsers: argparse._SubParsersAction) -> argpars
     p.add_argument("--modalities", nargs="+", default=None, metavar="SRC",
                    help=f"subset of {list(DEFAULT_SOURCES)} (or 'totalseg' for both volumes)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"subset of {list(ALL_TASKS)}")
-    p.add_argument("--totalseg-dir", default=None, help="folder with the TotalSegmentator example volumes")
+    p.add_argument("--totalseg-dir", default=None,
+                   help="folder with the TotalSegmentator example volumes (default: those shipped in citrus_v/assets/totalseg_example)")
     p.set_defaults(func=run_phantoms)
     d = data_subparsers.add_parser(
         "doc-pages", help="lab pages of the suite's train split, each asking all of its values (with copy points and reading lines)")

@@ -9,7 +9,6 @@ a fixed order, so every pair appears and closed answers stay balanced (see text.
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,16 +164,6 @@ def _write_chunk(args: tuple[SuiteConfig, Path, str, int, int]) -> list[dict]:
     return [_write_sample(cfg, out_dir, split, i).to_dict() for i in range(start, stop)]
 
 
-def _resolve_sources(cfg: SuiteConfig) -> SuiteConfig:
-    """Drop the totalseg sources, with a warning, when the default volumes are not beside the repo."""
-    if cfg.totalseg_dir is not None or totalseg.default_dir().is_dir():
-        return cfg
-    kept = tuple(s for s in cfg.sources if not s.startswith("totalseg_"))
-    if kept != cfg.sources:
-        warnings.warn(f"{totalseg.default_dir()} not found: generating without the totalseg samples", stacklevel=3)
-    return SuiteConfig(cfg.seed, cfg.size, kept, cfg.tasks, None, cfg.rotate_prob)
-
-
 def generate_suite(
     out_dir: str | Path,
     n_train: int,
@@ -202,7 +191,6 @@ def generate_suite(
             ("totalseg_ct", "totalseg_mr") if m == "totalseg" else (m,))))
     cfg = SuiteConfig(seed, size, srcs, tuple(tasks) if tasks is not None else ALL_TASKS,
                       Path(totalseg_dir) if totalseg_dir is not None else None)
-    cfg = _resolve_sources(cfg)
     counts = {"train": n_train, "val": n_val if n_val is not None else max(1, n_train // 5),
               "test": n_test if n_test is not None else max(1, n_train // 5)}
     for split, n in counts.items():
@@ -272,7 +260,7 @@ def iter_texts(n: int = 2000, seed: int = 0, size: int = 64, modalities: Sequenc
     Detection answers are the ``<boxes>`` placeholder; the chat template's box JSON is not here.
     """
     srcs = DEFAULT_SOURCES if modalities is None else tuple(modalities)
-    cfg = _resolve_sources(SuiteConfig(seed, size, srcs, tuple(tasks) if tasks is not None else ALL_TASKS))
+    cfg = SuiteConfig(seed, size, srcs, tuple(tasks) if tasks is not None else ALL_TASKS)
     for split in SPLITS:
         for i in range(n):
             s = make_sample(cfg, split, i)

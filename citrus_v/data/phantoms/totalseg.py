@@ -26,8 +26,8 @@ GAP = 2
 
 
 def default_dir() -> Path:
-    """../shared/data/totalseg_example beside the repository checkout."""
-    return Path(__file__).resolve().parents[4] / "shared" / "data" / "totalseg_example"
+    """``citrus_v/assets/totalseg_example``: the two small volumes shipped inside the package (see its README)."""
+    return Path(__file__).resolve().parents[2] / "assets" / "totalseg_example"
 
 
 def organ_text(name: str) -> str:
