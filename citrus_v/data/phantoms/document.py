@@ -93,7 +93,7 @@ def render(rng: np.random.Generator, size: int, rotate_prob: float = 0.25) -> Do
 def glyph_labels(doc: Document, charset: str) -> np.ndarray:
     """(S, S) int16 map of the page as rendered: 1 + the index in ``charset`` of the character whose
     glyph covers the pixel, 0 elsewhere (characters outside ``charset`` are left out). For dense
-    reading targets (scripts/probe_doc_reading.py); character positions follow the font's advance
+    reading targets (the reading probes of docs/default_model.md, Documents); character positions follow the font's advance
     widths, so they match ``render`` to within kerning."""
     size = doc.image.shape[0]
     labels = np.zeros((size, size), dtype=np.int16)
@@ -113,7 +113,7 @@ def glyph_labels(doc: Document, charset: str) -> np.ndarray:
 def patch_characters(labels: np.ndarray, n_chars: int, patch: int, merge: int, min_pixels: int = 3) -> np.ndarray:
     """A ``glyph_labels`` map (S, S) -> (T, merge * merge, n_chars) float32: which characters have at least
     ``min_pixels`` pixels of ink in each ViT patch of each merged token, tokens and their patches in the
-    merger's row-major order (scripts/probe_doc_reading.py, scripts/probe_doc_finetune.py)."""
+    merger's row-major order (the reading probes of docs/default_model.md, Documents)."""
     g = labels.shape[0] // patch
     onehot = np.stack([labels == k + 1 for k in range(n_chars)], axis=-1)  # (S, S, C)
     counts = onehot[: g * patch, : g * patch].reshape(g, patch, g, patch, n_chars).sum(axis=(1, 3))  # (g, g, C)
@@ -197,7 +197,7 @@ def token_characters(doc: Document, charset: str, token: int, slots: int = 4) ->
     merger orders its tokens): 1 + the ``charset`` index of each character whose centre
     (``character_tokens``) falls in the square, in the text's reading order (line, then place in the line),
     0 for an empty slot; characters past ``slots`` in one square are dropped. Centres follow the page's
-    quarter turn, so the order is the text's, not the image's (scripts/probe_doc_finetune.py)."""
+    quarter turn, so the order is the text's, not the image's."""
     t = doc.image.shape[0] // token
     out = np.zeros((t * t, slots), np.int64)
     filled = np.zeros(t * t, np.int64)

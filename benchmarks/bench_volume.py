@@ -1,6 +1,6 @@
 """Benchmark volume inference: slices per second of the tiny model, and the 20-slice DICOM series end to end.
 
-    python scripts/bench_volume.py [--model DIR] [--threads 1] [--batch-size 8] [--out bench_volume.json]
+    python benchmarks/bench_volume.py [--series DIR] [--model DIR] [--threads 1] [--batch-size 8] [--out bench_volume.json]
 
 Model: --model, else the embedded default (citrus_v/assets/default) if present, else a tiny random
 CitrusV built here (the table says which). A random model usually answers with no [SEG] at all,
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SERIES = Path("/work/shared/data/totalseg_example/ct_dicom")
+# the real 20-slice CT series the tests use (TotalSegmentator, Apache-2.0; see its README)
+SERIES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "totalseg_example" / "ct_dicom"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,13 +66,13 @@ def load_predictor(model: str | None, work: Path):
     return Predictor.from_pretrained(work, settings=settings), "tiny random CitrusV (no embedded default found)"
 
 
-def time_volume(predictor, batch_size: int, out_dir: Path) -> dict:
+def time_volume(predictor, series: Path, batch_size: int, out_dir: Path) -> dict:
     from citrus_v.data.medical_io import read_volume
     from citrus_v.volume.inference import segment_volume
     from citrus_v.volume.report import write_outputs
 
     t0 = time.perf_counter()
-    volume = read_volume(SERIES)
+    volume = read_volume(series)
     t1 = time.perf_counter()
     seg = segment_volume(predictor, volume, "Segment the liver", axis=2, batch_size=batch_size)
     t2 = time.perf_counter()
@@ -92,6 +93,7 @@ def time_volume(predictor, batch_size: int, out_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", type=Path, default=SERIES, help="DICOM series folder or NIfTI (default: the tests' CT series)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -106,13 +108,13 @@ def main() -> None:
         from citrus_v.data.medical_io import read_volume
         from citrus_v.volume.slicing import slice_images
 
-        predictor.predict_batch([(img, "Segment the liver") for img in slice_images(read_volume(SERIES), 2, [0, 1])])
-        runs["as is"] = time_volume(predictor, args.batch_size, work / "out_as_is")
+        predictor.predict_batch([(img, "Segment the liver") for img in slice_images(read_volume(args.series), 2, [0, 1])])
+        runs["as is"] = time_volume(predictor, args.series, args.batch_size, work / "out_as_is")
         head = predictor.model.mllm.lm_head
         script = predictor.tokenizer.encode("Sure, it is [SEG].", add_special_tokens=False) + [predictor.eos_token_id]
         predictor.model.mllm.lm_head = _Forced(head, script)
         try:
-            runs["forced [SEG]"] = time_volume(predictor, args.batch_size, work / "out_forced")
+            runs["forced [SEG]"] = time_volume(predictor, args.series, args.batch_size, work / "out_forced")
         finally:
             predictor.model.mllm.lm_head = head
     env = {"model": which, "device": str(predictor.device), "threads": args.threads, "batch_size": args.batch_size,
@@ -123,7 +125,7 @@ def main() -> None:
         print(f"{name:<14} {r['slices_per_s']:>9.2f} {r['predict_s']:>10.2f} {r['read_s']:>7.2f} "
               f"{r['write_and_quantify_s']:>8.2f} {r['end_to_end_s']:>13.2f} {r['voxels_segmented']:>9}")  # fmt: skip
     if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "series": str(SERIES), "runs": runs}, indent=2))
+        Path(args.out).write_text(json.dumps({"env": env, "series": str(args.series), "runs": runs}, indent=2))
         print(f"wrote {args.out}")
 
 

@@ -1,7 +1,7 @@
 """What box tightening costs: one detection request on the bundled phantom with the embedded default,
 with and without it, 2 torch threads, best of 5 (two alternating rounds each, best kept).
 
-    python scripts/time_box_tightening.py
+    python benchmarks/time_box_tightening.py
 """
 
 from __future__ import annotations
