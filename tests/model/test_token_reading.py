@@ -62,6 +62,9 @@ def test_training_on_it_makes_the_tokens_readable(tiny_config, batch):
         out.reading_loss.backward()
         opt.step()
     out = model(**batch, reading=labels, return_logits=False)
+    # Measured (AMD EPYC, fp32): from 4.65-4.74 the loss ends at 0.97e-3 to 1.05e-3, accuracy 1.0, for
+    # model seeds 1234, 1, 2, 3, 4 at 1 thread and 1234, 1 at 2 threads (the same numbers), and it
+    # falls smoothly (the last 10 steps all below 1.6e-3): the bounds leave >1000x and a 0.1 margin.
     assert out.reading_loss.item() < 0.3 * first[0] and out.reading_acc.item() > 0.9 > first[1]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mllm.model.visual.parameters())
 

@@ -203,6 +203,8 @@ def test_box_align_moves_only_the_projector_towards_the_box_tokens():
                      [], gt, torch.zeros(6, dtype=torch.long))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     losses = box_align(model, data, 200, lr=3e-3, seed=1)
+    # Measured (AMD EPYC, fp32): last/first 0.001 here (1 and 2 threads alike); over box seeds 1-3 and
+    # data seeds 0-3 at most 0.018, so the bound leaves a 10x margin.
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}

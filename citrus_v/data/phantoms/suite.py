@@ -49,7 +49,7 @@ class SuiteConfig:
     size: int = 224
     sources: tuple[str, ...] = DEFAULT_SOURCES
     tasks: tuple[str, ...] = ALL_TASKS
-    totalseg_dir: Path | None = None
+    totalseg_dir: Path | None = None  # None: the volumes shipped in citrus_v/assets/totalseg_example
     rotate_prob: float = 0.25  # share of document pages turned by 90/180/270
 
     def __post_init__(self) -> None:
