@@ -283,14 +283,3 @@ def load_state_into(model: torch.nn.Module, directory: str | Path) -> None:
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     ours = from_published_state_dict(read_safetensors(directory), shapes, source=str(directory))
     model.load_state_dict(ours, strict=True)
-
-
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", config: CitrusVConfig | None = None):
-    """Build from config.json (or ``config``) and load the weights."""
-    from citrus_v.model.citrus_v import CitrusV
-
-    config = config or read_config(directory)
-    with torch.device(device):
-        model = CitrusV(config)
-    load_state_into(model, directory)
-    return model.eval()

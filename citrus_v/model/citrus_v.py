@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.model.checkpoint import load_state_into, read_config, save_pretrained
 from citrus_v.model.copy_attention import CopyAttention
 from citrus_v.model import token_reading
 from citrus_v.model.token_reading import TokenReading
@@ -364,12 +365,14 @@ class CitrusV(nn.Module):
     ) -> Path:
         """``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision; loading
         casts them back to the model's own dtype."""
-        from citrus_v.model.checkpoint import save_pretrained
-
         return save_pretrained(self, directory, tokenizer_file=tokenizer_file, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CitrusV:
-        from citrus_v.model.checkpoint import load_pretrained
-
-        return load_pretrained(directory, device=device)
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", config: CitrusVConfig | None = None
+    ) -> CitrusV:
+        """Build from config.json (or ``config``) and load the weights (strict); eval mode."""
+        with torch.device(device):
+            model = cls(config or read_config(directory))
+        load_state_into(model, directory)
+        return model.eval()

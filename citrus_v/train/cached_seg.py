@@ -373,7 +373,7 @@ def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Pat
     from citrus_v.data.dataset import JsonlDataset
     from citrus_v.data.image_processing import ImageConfig
     from citrus_v.data.template import ChatTemplate
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
     from citrus_v.train.checkpointing import latest_checkpoint
     from citrus_v.train.pipeline import write_model_folder
 

@@ -78,7 +78,7 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
     from citrus_v.data.template import ChatTemplate
 
     if init is not None:
-        from citrus_v.infer.loading import load_model_and_tokenizer
+        from citrus_v.model.loading import load_model_and_tokenizer
 
         model, tokenizer, template = load_model_and_tokenizer(init)
         model.train()
@@ -142,7 +142,7 @@ def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = N
     if image_cfg is not None:
         import json
 
-        from citrus_v.infer.loading import PREPROCESSOR_FILE
+        from citrus_v.model.loading import PREPROCESSOR_FILE
 
         pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
                "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from citrus_v import cli
 from citrus_v.config import citrus_v_8b_config, tiny_config
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.infer.loading import checkpoint_layout, published_config, published_config_dict
+from citrus_v.model.loading import checkpoint_layout, published_config, published_config_dict
 from citrus_v.infer.predictor import Predictor
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "citrus_v_8b_config.json"

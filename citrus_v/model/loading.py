@@ -1,4 +1,4 @@
-"""Loading a model folder for inference: ours or the published Citrus-V checkpoint.
+"""Loading a model folder (for inference, training and evaluation): ours or the published Citrus-V checkpoint.
 
 Two layouts are accepted:
 
@@ -161,7 +161,8 @@ def load_model_and_tokenizer(
     from citrus_v.data.template import ChatTemplate
     from citrus_v.data.tokenizer import TokenIds as TokenizerIds
     from citrus_v.data.tokenizer import load_tokenizer
-    from citrus_v.model.checkpoint import load_pretrained, read_config
+    from citrus_v.model.checkpoint import read_config
+    from citrus_v.model.citrus_v import CitrusV
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -173,7 +174,7 @@ def load_model_and_tokenizer(
         loaded = read_config(directory)
     if config is not None:
         _check_same(loaded, config, directory)
-    model = load_pretrained(directory, device=device, config=loaded)
+    model = CitrusV.from_pretrained(directory, device=device, config=loaded)
     if dtype is not None:
         model = model.to(dtype)
     tokenizer = load_tokenizer(directory)
