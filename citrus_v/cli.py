@@ -15,7 +15,7 @@ COMMAND_MODULES = (
     "citrus_v.model.commands",  # describe
     "citrus_v.data.commands",  # data phantoms|validate|convert|show
     "citrus_v.train.commands",  # train
-    "citrus_v.infer.commands",  # predict
+    "citrus_v.volume.commands",  # predict (images via infer/commands.py, volumes via volume/cli.py)
     "citrus_v.eval.commands",  # eval
     "citrus_v.serve.commands",  # serve
     "citrus_v.bench.commands",  # bench

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from citrus_v.data.template import IGNORE_INDEX, Example
-from citrus_v.model.token_reading import IGNORE, SLOTS
+from citrus_v.data.reading import IGNORE, SLOTS
 
 MASK_SIZE = 256
 

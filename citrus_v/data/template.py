@@ -49,7 +49,7 @@ from citrus_v.data.boxes import render_box_list, render_boxes, round_box, to_res
 from citrus_v.data.image_processing import ImageConfig, ImageInput, ImageProcessor, load_mask, to_rgb_array
 from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Objects, Record, resolve
 from citrus_v.data.tokenizer import IM_END, IM_START, TokenIds
-from citrus_v.model.token_reading import SLOTS, character_class
+from citrus_v.data.reading import SLOTS, character_class
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 BOXES_PLACEHOLDER = "<boxes>"
