@@ -40,7 +40,8 @@ import numpy as np
 from citrus_v.data.schema import Record, read_json_lines, resolve
 from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
 from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
-from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer, strip_box_markup
+from citrus_v.data.answers import split_think_answer, strip_box_markup
+from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference
 from citrus_v.infer.types import Prediction
 
 # the keys eval.json always has, in table order, with how each is aggregated
