@@ -267,7 +267,7 @@ class CitrusV(nn.Module):
         """Mean squared distance between each projected [SEG] embedding (n_seg, C) and the
         segmenter's embedding of a positive point at its ground-truth mask's centroid (a fixed
         target: no gradient into the prompt encoder). Empty ground truths are skipped."""
-        if not hasattr(self.segmenter, "point_prompt_embedding"):
+        if not self.segmenter.supports_point_embedding:
             raise ValueError(f"LossConfig.point_align_weight needs a SAM2 segmenter, not {self.config.segmenter.kind!r}")
         area = gt.sum(dim=(1, 2))  # (n_seg,)
         keep = area > 0

@@ -272,7 +272,7 @@ def box_align(model: CitrusV, data: CachedSet, steps: int, *, lr: float = 1e-3, 
     """Warm-start the [SEG] projector (nothing else moves): MSE between each projected [SEG] and
     ``segmenter.box_prompt_token`` of its mask's box. Cheap (no decoder in the loop); the mask
     loss then teaches the decoder to read the token. Returns the loss per step."""
-    if not hasattr(model.segmenter, "box_prompt_token"):
+    if not model.segmenter.supports_box_token:
         raise ValueError(f"box_align_steps needs a LiteMedSAM segmenter, not {model.config.segmenter.kind!r}")
     boxes, rows = mask_boxes(data.gt_masks)
     scale = model.config.segmenter.image_size / data.gt_masks.shape[-1]  # mask pixels -> SAM input pixels
