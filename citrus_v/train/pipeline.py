@@ -84,6 +84,7 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
         model.train()
         return model, tokenizer, ChatTemplate(tokenizer, template.image_cfg, max_length=stage.max_length)
 
+    from citrus_v.config import get_preset
     from citrus_v.data.schema import read_jsonl
     from citrus_v.data.tokenizer import build_qwen25_tokenizer, train_tiny_tokenizer
     from citrus_v.model.build import build_model
@@ -94,7 +95,7 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
         from citrus_v.model.litemedsam import load_litemedsam_weights
 
         log.info("segmenter initialised from %s", load_litemedsam_weights(model.segmenter))
-    if preset in ("tiny", "tiny_litemedsam"):
+    if get_preset(preset).cpu_sized:
         texts = [m.content for f in data_files for r in read_jsonl(f) for m in r.messages]
         tokenizer = train_tiny_tokenizer(texts, vocab_size=cfg.llm.vocab_size)
         base = ImageConfig()

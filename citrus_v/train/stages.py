@@ -269,11 +269,13 @@ def get_stage(stage: int, preset: str = "8b") -> StageConfig:
     """Stage ``stage`` (1-4) with the schedule of ``preset`` ("8b" published, "tiny" CPU)."""
     if stage not in STAGES:
         raise StageConfigError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
-    if preset == "8b":
-        return STAGES[stage]
-    if preset in ("tiny", "tiny_litemedsam"):  # same model sizes but the segmenter: same CPU schedule
-        return tiny_variant(STAGES[stage])
-    raise StageConfigError(f"unknown schedule preset {preset!r}; choose '8b', 'tiny' or 'tiny_litemedsam'")
+    from citrus_v.config import get_preset
+
+    try:
+        cpu_sized = get_preset(preset).cpu_sized
+    except ValueError as err:
+        raise StageConfigError(f"unknown schedule preset {preset!r}: {err}") from None
+    return tiny_variant(STAGES[stage]) if cpu_sized else STAGES[stage]
 
 
 def load_stage_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> StageConfig:
