@@ -13,6 +13,8 @@ import shlex
 import time
 from pathlib import Path
 
+from citrus_v.errors import UserError
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time our fast path beside transformers' generate", description=__doc__)
@@ -76,7 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - {"train", "sam2", "request", "b8"}
     if unknown:
-        raise SystemExit(f"citrus-v bench: --skip has unknown part(s) {sorted(unknown)}")
+        raise UserError(f"--skip has unknown part(s) {sorted(unknown)}")
     sizes = measure.BenchSizes.for_size(cpu_sized=get_preset(args.config).cpu_sized and not args.model)
     if args.reps:
         sizes.reps = args.reps

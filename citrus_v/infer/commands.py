@@ -111,17 +111,23 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from citrus_v.infer.predictor import Predictor
 
+    from citrus_v.data.medical_io import load_image
+    from citrus_v.errors import UserError
+
     if not args.image:
-        raise SystemExit("citrus-v predict: give at least one --image FILE")
+        raise UserError("give at least one --image FILE")
     for path in args.image:
         if not Path(path).exists():
-            raise SystemExit(f"citrus-v predict: --image {path}: no such file")
+            raise UserError(f"--image {path}: no such file")
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty (an empty prompt goes with --point/--box only)")
+    # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
+    images = [load_image(path, window=args.window) for path in args.image]
     settings = settings_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_pretrained(
         args.model, device=device, settings=settings, window=args.window, tighten_boxes=not args.text_boxes
     )
-    images = predictor.load_images(args.image)
     pred = predictor.predict(images, args.prompt)
 
     mask_paths: list[str] = []

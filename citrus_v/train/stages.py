@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from citrus_v.errors import UserError
+
 # The freeze-by-named-part vocabulary of CitrusV (docs/ARCHITECTURE.md).
 MLLM_PARTS = ("vision_encoder", "merger", "llm", "lm_head")
 SEG_PARTS = ("seg_projector", "sam2_image_encoder", "sam2_prompt_encoder", "sam2_mask_decoder")
@@ -26,7 +28,7 @@ PART_NAMES = MLLM_PARTS + SEG_PARTS + ("sam2_memory", "reading_head")
 TASK_PREFIX = "task:"  # a mixture source "task:caption" selects records by their `task`
 
 
-class StageConfigError(ValueError):
+class StageConfigError(UserError, ValueError):
     """A stage config is invalid; the message names the field (and the file, when read from one)."""
 
 

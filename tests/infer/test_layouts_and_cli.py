@@ -110,5 +110,5 @@ def test_cli_text_output_on_a_real_model_folder(tmp_path, tiny_dir, image, capsy
 
 
 def test_cli_missing_image_file(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no such file"):
-        cli.main(["predict", "--image", str(tmp_path / "nope.png"), "--prompt", "x"])
+    assert cli.main(["predict", "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err == f"citrus-v predict: --image {tmp_path / 'nope.png'}: no such file\n"
