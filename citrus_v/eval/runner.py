@@ -69,6 +69,8 @@ SCORED_TASKS = ("vqa_closed", "vqa_open", "detection", "segmentation", "report",
 class PredictorLike(Protocol):
     def predict(self, images: list[str], prompt: str) -> Prediction: ...
 
+    def predict_batch(self, requests: list[tuple[list[str], str]]) -> list[Prediction]: ...
+
 
 @dataclass
 class SampleResult:
@@ -269,7 +271,7 @@ def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)[:limit] if limit is not None else list(records)
-    batched = batch_size > 1 and hasattr(predictor, "predict_batch")
+    batched = batch_size > 1
     step = batch_size if batched else 1
     samples = []
     with tqdm(total=len(records), desc="citrus-v eval", unit="record", disable=not progress) as bar:

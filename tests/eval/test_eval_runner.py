@@ -32,6 +32,9 @@ class FakePredictor:
         self.calls.append((images, prompt))
         return self.answers[prompt]
 
+    def predict_batch(self, requests):
+        return [self.predict(images, prompt) for images, prompt in requests]
+
 
 def _p(answer: str = "", boxes=(), masks=(), report=None) -> Prediction:
     return Prediction(answer=answer, raw_text=answer, boxes=[Box(list(b)) for b in boxes],
