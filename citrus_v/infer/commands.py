@@ -109,10 +109,9 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
 def run_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from citrus_v.infer.predictor import Predictor
-
     from citrus_v.data.medical_io import load_image
     from citrus_v.errors import UserError
+    from citrus_v.infer.predictor import Predictor
 
     if not args.image:
         raise UserError("give at least one --image FILE")

@@ -24,8 +24,8 @@ from torch import nn
 from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from citrus_v.config import SegmenterConfig
+from citrus_v.data.image_processing import MASK_SIZE  # every [SEG] yields one MASK_SIZE x MASK_SIZE logit map (the published loss size)
 
-MASK_SIZE = 256  # every [SEG] yields one MASK_SIZE x MASK_SIZE logit map (the published loss size)
 NO_OBJECT_SCORE = -1024.0  # SAM2's logit for "no object here" when the object-score gate is on
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from citrus_v.config import get_preset
 from citrus_v.errors import UserError
 
 # The freeze-by-named-part vocabulary of CitrusV (docs/ARCHITECTURE.md).
@@ -271,8 +272,6 @@ def get_stage(stage: int, preset: str = "8b") -> StageConfig:
     """Stage ``stage`` (1-4) with the schedule of ``preset`` ("8b" published, "tiny" CPU)."""
     if stage not in STAGES:
         raise StageConfigError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
-    from citrus_v.config import get_preset
-
     try:
         cpu_sized = get_preset(preset).cpu_sized
     except ValueError as err:
