@@ -47,11 +47,15 @@ def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "serve": (["serve", "--model", str(f["empty_model"])],
                   f"citrus-v serve: {f['empty_model'] / 'config.json'}: missing (a model folder needs config.json)"),
         "bench": (["bench", "--model", str(f["missing"]), "--out", out], f"citrus-v bench: {f['missing']}: no such model folder"),
+        "warmup-vision": (["warmup-vision", "--data", str(f["missing"]), "--out", out],
+                          f"citrus-v warmup-vision: {f['missing']}: no such data file"),
+        "train-seg-cached": (["train-seg-cached", "--data", str(f["missing"]), "--init", str(f["empty_model"]), "--out", out],
+                             f"citrus-v train-seg-cached: {f['empty_model']}: --init must be a model folder"),
     }  # fmt: skip
 
 
 CASE_NAMES = ["predict missing image", "predict unsupported file", "predict flag combination", "eval", "train",
-              "data validate", "data convert", "data show", "serve", "bench"]  # fmt: skip
+              "data validate", "data convert", "data show", "serve", "bench", "warmup-vision", "train-seg-cached"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
