@@ -36,6 +36,8 @@ def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                                   f"citrus-v predict: --image {f['missing']}: no such file"),
         "predict unsupported file": (["predict", "--image", str(f["notes.txt"]), "--prompt", "x"],
                                      f"citrus-v predict: {f['notes.txt']}: unsupported file type '.txt'"),
+        "predict reserved token": (["predict", "--image", str(f["notes.txt"]), "--prompt", "the liver [SEG]"],
+                                   "citrus-v predict: --prompt contains the reserved token [SEG]"),
         "predict flag combination": (["predict", "--image", str(f["notes.txt"]), "--volume", str(f["tmp"]), "--prompt", "x"],
                                      "citrus-v predict: give --image or --volume, not both"),
         "eval": (["eval", "--data", bad, "--out", out], f"citrus-v eval: {record_error}"),
@@ -54,7 +56,7 @@ def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
     }  # fmt: skip
 
 
-CASE_NAMES = ["predict missing image", "predict unsupported file", "predict flag combination", "eval", "train",
+CASE_NAMES = ["predict missing image", "predict unsupported file", "predict reserved token", "predict flag combination", "eval", "train",
               "data validate", "data convert", "data show", "serve", "bench", "warmup-vision", "train-seg-cached"]  # fmt: skip
 
 

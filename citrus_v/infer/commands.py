@@ -110,6 +110,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import torch
 
     from citrus_v.data.medical_io import load_image
+    from citrus_v.data.schema import SEG_TOKEN
     from citrus_v.errors import UserError
     from citrus_v.infer.predictor import Predictor
 
@@ -120,6 +121,8 @@ def run_predict(args: argparse.Namespace) -> int:
             raise UserError(f"--image {path}: no such file")
     if not args.prompt.strip():
         raise UserError("--prompt is empty (an empty prompt goes with --point/--box only)")
+    if SEG_TOKEN in args.prompt:  # the predictor refuses it too; here it is the user's flag
+        raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
     # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
     images = [load_image(path, window=args.window) for path in args.image]
     settings = settings_from_args(args)
