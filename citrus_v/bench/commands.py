@@ -13,10 +13,14 @@ import shlex
 import time
 from pathlib import Path
 
+from citrus_v.errors import UserError
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time our fast path beside transformers' generate", description=__doc__)
-    p.add_argument("--config", default="tiny", help="preset (tiny, 8b) for a random model; ignored with --model")
+    from citrus_v.config import PRESETS
+
+    p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="preset for a random model; ignored with --model")
     p.add_argument("--model", default=None, help="a saved model folder to bench instead of a random preset")
     p.add_argument("--out", required=True, help="folder for bench.json")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -34,6 +38,7 @@ def _load(args: argparse.Namespace, device, dtype):
     """(model, predictor, what): a saved folder, the embedded default, or a random preset."""
     import torch
 
+    from citrus_v.config import get_preset
     from citrus_v.data.image_processing import ImageConfig
     from citrus_v.data.template import ChatTemplate
     from citrus_v.infer.predictor import Predictor
@@ -42,8 +47,9 @@ def _load(args: argparse.Namespace, device, dtype):
     if args.model:
         predictor = Predictor.from_pretrained(args.model, device=device, dtype=dtype)
         return predictor.model, predictor, f"saved model {args.model}"
-    model = build_model(args.config, seed=0).to(device=device, dtype=dtype).eval()
-    if args.config == "tiny":
+    preset = get_preset(args.config)
+    model = build_model(preset.config(), seed=0).to(device=device, dtype=dtype).eval()
+    if preset.cpu_sized:
         from citrus_v.data.tokenizer import train_tiny_tokenizer
 
         tokenizer = train_tiny_tokenizer(["Please segment the liver.", "Sure, it is [SEG]."] * 20, vocab_size=400)
@@ -51,7 +57,7 @@ def _load(args: argparse.Namespace, device, dtype):
         from citrus_v.data.tokenizer import build_qwen25_tokenizer
 
         tokenizer = build_qwen25_tokenizer()
-    side = 256 if args.config == "tiny" else 448
+    side = 256 if preset.cpu_sized else 448
     image_cfg = ImageConfig.for_model(model.config, min_pixels=112 * 112, max_pixels=side * side)
     predictor = Predictor(model, tokenizer, ChatTemplate(tokenizer, image_cfg))
     torch.manual_seed(0)
@@ -62,6 +68,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     from citrus_v.bench import measure
+    from citrus_v.config import get_preset
 
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -71,8 +78,8 @@ def run_bench(args: argparse.Namespace) -> int:
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - {"train", "sam2", "request", "b8"}
     if unknown:
-        raise SystemExit(f"citrus-v bench: --skip has unknown part(s) {sorted(unknown)}")
-    sizes = measure.BenchSizes.for_config("tiny" if args.config == "tiny" and not args.model else "8b")
+        raise UserError(f"--skip has unknown part(s) {sorted(unknown)}")
+    sizes = measure.BenchSizes.for_size(cpu_sized=get_preset(args.config).cpu_sized and not args.model)
     if args.reps:
         sizes.reps = args.reps
     if args.new_tokens:

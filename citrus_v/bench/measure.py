@@ -32,8 +32,9 @@ class BenchSizes:
     reps: int
 
     @classmethod
-    def for_config(cls, name: str) -> BenchSizes:
-        if name == "tiny":
+    def for_size(cls, cpu_sized: bool) -> BenchSizes:
+        """Sizes for a CPU-sized model (``Preset.cpu_sized``) or for the 8b shapes."""
+        if cpu_sized:
             return cls(112, 64, 48, 16, 512, 256, 256, 5)
         return cls(448, 64, 128, 16, 4096, 2048, 448, 3)
 

@@ -12,10 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from citrus_v.data.image_processing import MASK_SIZE
+from citrus_v.data.reading import IGNORE, SLOTS
 from citrus_v.data.template import IGNORE_INDEX, Example
-from citrus_v.model.token_reading import IGNORE, SLOTS
-
-MASK_SIZE = 256
 
 
 def collate(examples: Sequence[Example], *, pad_token_id: int, seg_token_id: int,

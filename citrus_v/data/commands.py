@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from citrus_v.errors import UserError
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="validate, convert and show training data")
@@ -48,23 +50,18 @@ def _add_phantoms(sub: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from citrus_v.data.schema import RecordError, SkipReport, iter_jsonl, resolve
+    from citrus_v.data.schema import SkipReport, iter_jsonl, resolve
 
     if not args.file.is_file():
-        print(f"error: {args.file}: no such file", file=sys.stderr)
-        return 2
+        raise UserError(f"{args.file}: no such file")
     report = SkipReport()
     counts: Counter[str] = Counter()
     missing: list[str] = []
-    try:
-        for n, rec in enumerate(iter_jsonl(args.file, skip_invalid=args.skip_invalid, report=report)):
-            counts[rec.task or "unlabelled"] += 1
-            if args.check_files:
-                for key, paths in (("images", rec.images), ("masks", rec.masks)):
-                    missing += [f"record {n} {key}: {p}" for p in paths if not resolve(p, args.file.parent).is_file()]
-    except RecordError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    for n, rec in enumerate(iter_jsonl(args.file, skip_invalid=args.skip_invalid, report=report)):  # RecordError: one line, exit 2
+        counts[rec.task or "unlabelled"] += 1
+        if args.check_files:
+            for key, paths in (("images", rec.images), ("masks", rec.masks)):
+                missing += [f"record {n} {key}: {p}" for p in paths if not resolve(p, args.file.parent).is_file()]
     total = sum(counts.values())
     print(f"{args.file}: {total} valid records")
     for task, c in sorted(counts.items()):
@@ -82,51 +79,38 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from citrus_v.data.sources import FORMATS, SourceError, convert
+    from citrus_v.data.sources import FORMATS, convert
 
     if args.fmt not in FORMATS:
-        print(f"error: unknown format {args.fmt!r}; known: {', '.join(sorted(FORMATS))}", file=sys.stderr)
-        return 2
+        raise UserError(f"--format: unknown format {args.fmt!r}; known: {', '.join(sorted(FORMATS))}")
     kwargs = {}
     if args.images_root is not None:
         import inspect
 
         if "images_root" not in inspect.signature(FORMATS[args.fmt][0]).parameters:
-            print(f"error: --images-root does not apply to {args.fmt} (images are embedded)", file=sys.stderr)
-            return 2
+            raise UserError(f"--images-root does not apply to {args.fmt} (images are embedded)")
         kwargs["images_root"] = args.images_root
-    try:
-        jsonl, records = convert(args.fmt, args.src, args.out, **kwargs)
-    except SourceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    jsonl, records = convert(args.fmt, args.src, args.out, **kwargs)  # SourceError names the file and row
     counts = Counter(r.task for r in records)
     print(f"wrote {len(records)} records to {jsonl} ({', '.join(f'{t}: {c}' for t, c in sorted(counts.items()))})")
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from citrus_v.data.medical_io import MedicalIOError, load_image
-    from citrus_v.data.schema import RecordError, iter_jsonl, resolve
+    from citrus_v.data.medical_io import load_image
+    from citrus_v.data.schema import iter_jsonl, resolve
     from citrus_v.data.visualize import load_mask, overlay, save_png
 
-    try:
-        rec = next((r for n, r in enumerate(iter_jsonl(args.file)) if n == args.index), None)
-    except (RecordError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    rec = next((r for n, r in enumerate(iter_jsonl(args.file)) if n == args.index), None)
     if rec is None:
-        print(f"error: {args.file} has no record at index {args.index}", file=sys.stderr)
-        return 1
+        raise UserError(f"{args.file}: --index {args.index}: no record at index {args.index}")
     if not rec.images:
-        print(f"error: {args.file} record {args.index} has no image (task {rec.task})", file=sys.stderr)
-        return 1
+        raise UserError(f"{args.file}: record {args.index} has no image (task {rec.task})")
     try:
         image = load_image(resolve(rec.images[0], args.file.parent), window=args.window)
         masks = [load_mask(resolve(m, args.file.parent), image.shape[:2]) for m in rec.masks]
-    except (MedicalIOError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except ValueError as err:  # MedicalIOError, or a mask whose size does not match its image
+        raise UserError(f"{args.file}: record {args.index}: {err}") from err
     boxes = rec.objects.bbox if rec.objects else []
     labels = rec.objects.ref if rec.objects and rec.objects.ref else []
     out = args.out or args.file.with_name(f"{args.file.stem}.{args.index}.png")

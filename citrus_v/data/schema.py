@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from citrus_v.errors import UserError
+
 TASKS = (
     "vqa_closed",  # yes/no or multiple choice; scored by normalised exact match
     "vqa_open",  # free text; scored by token recall / F1
@@ -35,7 +37,7 @@ IMAGE_PLACEHOLDER = "<image>"
 SEG_TOKEN = "[SEG]"
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record is malformed. The message names the file, the line and the field."""
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None, field: str | None = None):

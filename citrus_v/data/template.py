@@ -46,10 +46,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from citrus_v.data.boxes import render_box_list, render_boxes, round_box, to_resized
-from citrus_v.data.image_processing import ImageConfig, ImageInput, ImageProcessor, load_mask, to_rgb_array
+from citrus_v.data.image_processing import MASK_SIZE, ImageConfig, ImageInput, ImageProcessor, load_mask, to_rgb_array
+from citrus_v.data.reading import SLOTS, character_class
 from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Objects, Record, resolve
 from citrus_v.data.tokenizer import IM_END, IM_START, TokenIds
-from citrus_v.model.token_reading import SLOTS, character_class
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 BOXES_PLACEHOLDER = "<boxes>"
@@ -128,7 +128,7 @@ class ChatTemplate:
         messages = fill_box_placeholders(record.messages, record.objects, images.orig_hw, images.resized_hw)
         ids, labels = self._encode_messages(messages, images.n_tokens, add_generation_prompt=False)
         masks = [load_mask(resolve(p, base_dir)) for p in record.masks]
-        gt = torch.stack(masks) if masks else torch.zeros(0, 256, 256)  # (n_seg, 256, 256)
+        gt = torch.stack(masks) if masks else torch.zeros(0, MASK_SIZE, MASK_SIZE)  # (n_seg, 256, 256)
         self._check_counts(ids, images.n_tokens, gt.shape[0])
         pairs = copy_pairs(record.meta.get("copy_points"), ids, labels, images, self.ids.image_pad, self.image_cfg)
         ids, labels, cut = self._fit_length(ids, labels)
@@ -157,7 +157,7 @@ class ChatTemplate:
             raise TooLongError(f"prompt is {len(ids)} tokens, max_length is {self.max_length}")
         return Example(
             torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
-            imgs.pixel_values, imgs.grid, imgs.sam, torch.zeros(0, 256, 256), imgs.orig_hw, imgs.resized_hw,
+            imgs.pixel_values, imgs.grid, imgs.sam, torch.zeros(0, MASK_SIZE, MASK_SIZE), imgs.orig_hw, imgs.resized_hw,
         )  # fmt: skip
 
     def render(self, messages: Sequence[Message], image_tokens: Sequence[int] = (), add_generation_prompt: bool = False) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Qwen2's pre-tokenizer: contractions, letters, ONE digit, punctuation runs, newlines, spaces.
 QWEN_PATTERN = (
@@ -279,6 +280,19 @@ def build_qwen25_tokenizer(cache_dir: str | os.PathLike | None = None, *, citrus
     return fast
 
 
+def tokenizer_class(path: Path) -> type[PreTrainedTokenizerFast]:
+    """The class tokenizer_config.json names (the published folder's Qwen2Tokenizer), else the plain
+    fast tokenizer. Not ``AutoTokenizer``: it reads the folder's config.json to guess the class, and
+    a ``citrus_v`` model type is one transformers does not know, so every load printed its
+    "model of type `citrus_v`" warning."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config_file = path / "tokenizer_config.json"
+    name = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    found = tokenizer_class_from_name(name) if name else None
+    return found if found is not None else PreTrainedTokenizerFast
+
+
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """A checkpoint's own tokenizer files, with ``[SEG]``, ``<bbox>``, ``</bbox>`` added if missing.
 
@@ -288,7 +302,7 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{path}: no tokenizer.json (a checkpoint folder needs its tokenizer files)")
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = tokenizer_class(path).from_pretrained(str(path))
     if not isinstance(tok, PreTrainedTokenizerFast):
         raise TypeError(f"{path}: expected a fast tokenizer, got {type(tok).__name__}")
     vocab = tok.get_vocab()

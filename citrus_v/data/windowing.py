@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from citrus_v.errors import UserError
 
-class MedicalIOError(ValueError):
+
+class MedicalIOError(UserError, ValueError):
     """A medical file cannot be read or is not what it claims. The message names the file."""
 
     def __init__(self, path: str | Path | None, problem: str):

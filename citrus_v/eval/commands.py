@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from citrus_v.errors import UserError
+
 if TYPE_CHECKING:  # the runner imports numpy and the metrics: only when a command runs
     from citrus_v.eval.runner import EvalResult
 
@@ -48,12 +50,12 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
                                           ("--max-new-tokens", args.max_new_tokens)) if value is not None]
         given += ["--text-boxes"] if args.text_boxes else []
         if given:
-            raise SystemExit(f"citrus-v eval: --from-predictions re-scores without a model; {', '.join(given)} "
-                             "would not apply")
+            raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} "
+                            "would not apply")
         try:
             result = read_predictions(args.from_predictions)
         except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"citrus-v eval: {err}") from None
+            raise UserError(str(err)) from None
         meta = {"from_predictions": str(args.from_predictions)}
         beside = args.from_predictions.parent / "eval.json"  # the run that made them, when it is still there
         if beside.is_file():
@@ -61,11 +63,11 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
                 meta["predicted_by"] = json.loads(beside.read_text(encoding="utf-8")).get("meta")
         return _write(result, args.out, meta)
     if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"citrus-v eval: --limit must be >= 1, got {args.limit}")
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
-        raise SystemExit(f"citrus-v eval: --batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.data.is_file():
-        raise SystemExit(f"citrus-v eval: --data {args.data} is not a file")
+        raise UserError(f"--data {args.data} is not a file")
     records = read_jsonl(args.data)
     if predictor is None:
         # heavy import (torch, transformers) only when a model is really needed
@@ -74,7 +76,7 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
         except ModuleNotFoundError as err:
             if err.name != "citrus_v.infer.predictor":
                 raise
-            raise SystemExit("citrus-v eval: no predictor in this install (citrus_v/infer/predictor.py)") from None
+            raise UserError("no predictor in this install (citrus_v/infer/predictor.py)") from None
         settings = None
         if args.max_new_tokens is not None:
             from citrus_v.infer.generation import GenerationSettings

@@ -40,7 +40,8 @@ import numpy as np
 from citrus_v.data.schema import Record, read_json_lines, resolve
 from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
 from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
-from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference, split_think_answer, strip_box_markup
+from citrus_v.data.answers import split_think_answer, strip_box_markup
+from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference
 from citrus_v.infer.types import Prediction
 
 # the keys eval.json always has, in table order, with how each is aggregated
@@ -67,6 +68,8 @@ SCORED_TASKS = ("vqa_closed", "vqa_open", "detection", "segmentation", "report",
 
 class PredictorLike(Protocol):
     def predict(self, images: list[str], prompt: str) -> Prediction: ...
+
+    def predict_batch(self, requests: list[tuple[list[str], str]]) -> list[Prediction]: ...
 
 
 @dataclass
@@ -268,7 +271,7 @@ def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)[:limit] if limit is not None else list(records)
-    batched = batch_size > 1 and hasattr(predictor, "predict_batch")
+    batched = batch_size > 1
     step = batch_size if batched else 1
     samples = []
     with tqdm(total=len(records), desc="citrus-v eval", unit="record", disable=not progress) as bar:

@@ -1,7 +1,7 @@
 """``citrus-v predict``: answer a prompt about an image; write an overlay and one PNG per mask.
 
-Inputs are an argument group so another input kind (``--volume``, issue 7) is one more
-argument in :func:`add_input_arguments` plus one branch in :func:`run_predict`.
+The subcommand is registered by ``citrus_v/volume/commands.py``, which adds ``--volume`` and the
+click/box options and sends those calls to ``volume/cli.py``; plain image calls come here.
 Heavy imports happen inside the handler so ``citrus-v --help`` stays fast.
 """
 
@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``predict`` parser for images. ``citrus_v.volume.commands`` registers it, adds the
+    volume/click options and dispatches, so this layer never imports ``volume``."""
     p = subparsers.add_parser(
         "predict",
         help="answer a prompt about an image (boxes, masks, reports)",
@@ -33,10 +35,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     add_generation_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    from citrus_v.volume.cli import add_volume_arguments  # issue 7: --volume, --point/--box/--slice
-
-    add_volume_arguments(p)
     p.set_defaults(func=run_predict)
+    return p
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,25 +107,29 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from citrus_v.volume.cli import run_volume, wants_volume_path
-
-    if wants_volume_path(args):  # volumes and click/box refinement live in citrus_v/volume/
-        return run_volume(args)
     import torch
 
+    from citrus_v.data.medical_io import load_image
+    from citrus_v.data.schema import SEG_TOKEN
+    from citrus_v.errors import UserError
     from citrus_v.infer.predictor import Predictor
 
     if not args.image:
-        raise SystemExit("citrus-v predict: give at least one --image FILE")
+        raise UserError("give at least one --image FILE")
     for path in args.image:
         if not Path(path).exists():
-            raise SystemExit(f"citrus-v predict: --image {path}: no such file")
+            raise UserError(f"--image {path}: no such file")
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty (an empty prompt goes with --point/--box only)")
+    if SEG_TOKEN in args.prompt:  # the predictor refuses it too; here it is the user's flag
+        raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
+    # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
+    images = [load_image(path, window=args.window) for path in args.image]
     settings = settings_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_pretrained(
         args.model, device=device, settings=settings, window=args.window, tighten_boxes=not args.text_boxes
     )
-    images = predictor.load_images(args.image)
     pred = predictor.predict(images, args.prompt)
 
     mask_paths: list[str] = []

@@ -106,7 +106,7 @@ class Predictor:
         must agree with the folder's (for a published folder it supplies the SAM2 shapes).
         ``tighten_boxes=False`` returns boxes exactly as the model wrote them.
         """
-        from citrus_v.infer.loading import load_model_and_tokenizer
+        from citrus_v.model.loading import load_model_and_tokenizer
 
         model_dir = default_model_dir() if path is None else Path(path)
         if path is None and not (model_dir / "config.json").is_file():

@@ -1,13 +1,13 @@
 """Turning generated text into the parts a user sees: reasoning, answer, structured report.
 
+The reading rules are ``citrus_v.data.answers``'s (evaluation scores with the same ones).
+
 Pure string functions (no model, no tokenizer), so they are tested on hand-written text.
 """
 
 from __future__ import annotations
 
-import re
-
-from citrus_v.eval.parsing import split_report, split_think_answer
+from citrus_v.data.answers import has_report_headings, split_report, split_think_answer, strip_box_markup
 from citrus_v.infer.types import Box, Report
 
 # ChatML / vision control tokens: never part of what the user reads. "[SEG]" and box markup
@@ -23,17 +23,6 @@ CONTROL_TOKENS = (
     "<|video_pad|>",
 )
 
-# a report is recognised by its headings; splitting is eval.parsing's (one rule for the package)
-_REPORT_HEADING = re.compile(r"\b(?:findings|impressions?)\s*:", re.IGNORECASE)
-# box markup, removed from report prose (the boxes themselves are parsed separately)
-_BOX_MARKUP = re.compile(
-    r"```(?:json)?\s*\[.*?\]\s*```"  # fenced JSON list
-    r"|<\|box_start\|>.*?<\|box_end\|>"  # legacy Qwen form
-    r"|<\|object_ref_start\|>|<\|object_ref_end\|>"
-    r"|<bbox>.*?</bbox>",
-    re.DOTALL,
-)
-
 
 def strip_control_tokens(text: str) -> str:
     """Remove ChatML/vision control tokens (keeps ``[SEG]`` and box markup)."""
@@ -45,7 +34,7 @@ def strip_control_tokens(text: str) -> str:
 def split_reasoning(text: str) -> tuple[str | None, str]:
     """``(reasoning, answer)`` from generated text, control tokens removed.
 
-    The rules are ``eval.parsing.split_think_answer``'s (the evaluator scores with the same
+    The rules are ``data.answers.split_think_answer``'s (the evaluator scores with the same
     split): the ``<answer>`` part, else the text after ``</think>``, else the whole text.
 
     >>> split_reasoning("<think>round, dense</think><answer>a nodule</answer><|im_end|>")
@@ -55,11 +44,6 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     """
     parts = split_think_answer(strip_control_tokens(text))
     return parts.reasoning, parts.answer
-
-
-def strip_box_markup(text: str) -> str:
-    """Prose without box markup, whitespace collapsed."""
-    return re.sub(r"[ \t]+", " ", _BOX_MARKUP.sub("", text)).strip()
 
 
 def parse_report(answer: str, boxes: list[Box]) -> Report | None:
@@ -72,7 +56,8 @@ def parse_report(answer: str, boxes: list[Box]) -> Report | None:
     >>> (r.findings, r.impression)
     ('clear lungs.', 'normal.')
     """
-    if not _REPORT_HEADING.search(answer):
+    if not has_report_headings(answer):
         return None
     findings, impression = split_report(answer)
-    return Report(findings=strip_box_markup(findings), impression=strip_box_markup(impression), boxes=list(boxes))
+    prose = [strip_box_markup(part, keep_newlines=True) for part in (findings, impression)]
+    return Report(findings=prose[0], impression=prose[1], boxes=list(boxes))

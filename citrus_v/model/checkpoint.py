@@ -19,8 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.errors import UserError
 from citrus_v.model import token_reading
 from citrus_v.model.litemedsam import litemedsam_name
+
+
+class ModelFolderError(UserError, ValueError):
+    """A model folder (ours or the published layout) is not what a model folder must be; names the file."""
 
 OURS_SAM2 = "segmenter.sam2."
 PUBLISHED_SAM2 = "grounding_encoder.sam2_model."
@@ -226,7 +231,7 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(directory / name), framework="pt") as f:
             for key in f.keys():
                 if key in tensors:
-                    raise ValueError(f"{directory / name}: tensor {key} appears in more than one shard")
+                    raise ModelFolderError(f"{directory / name}: tensor {key} appears in more than one shard")
                 tensors[key] = f.get_tensor(key)
     return tensors
 
@@ -264,16 +269,16 @@ def read_config(directory: str | Path) -> CitrusVConfig:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read config ({err})") from None
+        raise ModelFolderError(f"{path}: cannot read config ({err})") from None
     if data.pop("model_type", None) != "citrus_v":
-        raise ValueError(f"{path}: model_type must be 'citrus_v'")
+        raise ModelFolderError(f"{path}: model_type must be 'citrus_v'")
     version = data.pop("format_version", None)
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+        raise ModelFolderError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
     try:
         return CitrusVConfig.from_dict(data)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ModelFolderError(f"{path}: {err}") from None
 
 
 def load_state_into(model: torch.nn.Module, directory: str | Path) -> None:
@@ -283,14 +288,3 @@ def load_state_into(model: torch.nn.Module, directory: str | Path) -> None:
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     ours = from_published_state_dict(read_safetensors(directory), shapes, source=str(directory))
     model.load_state_dict(ours, strict=True)
-
-
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", config: CitrusVConfig | None = None):
-    """Build from config.json (or ``config``) and load the weights."""
-    from citrus_v.model.citrus_v import CitrusV
-
-    config = config or read_config(directory)
-    with torch.device(device):
-        model = CitrusV(config)
-    load_state_into(model, directory)
-    return model.eval()

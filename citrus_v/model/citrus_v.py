@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.model.checkpoint import load_state_into, read_config, save_pretrained
 from citrus_v.model.copy_attention import CopyAttention
 from citrus_v.model import token_reading
 from citrus_v.model.token_reading import TokenReading
@@ -266,7 +267,7 @@ class CitrusV(nn.Module):
         """Mean squared distance between each projected [SEG] embedding (n_seg, C) and the
         segmenter's embedding of a positive point at its ground-truth mask's centroid (a fixed
         target: no gradient into the prompt encoder). Empty ground truths are skipped."""
-        if not hasattr(self.segmenter, "point_prompt_embedding"):
+        if not self.segmenter.supports_point_embedding:
             raise ValueError(f"LossConfig.point_align_weight needs a SAM2 segmenter, not {self.config.segmenter.kind!r}")
         area = gt.sum(dim=(1, 2))  # (n_seg,)
         keep = area > 0
@@ -364,12 +365,14 @@ class CitrusV(nn.Module):
     ) -> Path:
         """``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision; loading
         casts them back to the model's own dtype."""
-        from citrus_v.model.checkpoint import save_pretrained
-
         return save_pretrained(self, directory, tokenizer_file=tokenizer_file, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CitrusV:
-        from citrus_v.model.checkpoint import load_pretrained
-
-        return load_pretrained(directory, device=device)
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", config: CitrusVConfig | None = None
+    ) -> CitrusV:
+        """Build from config.json (or ``config``) and load the weights (strict); eval mode."""
+        with torch.device(device):
+            model = cls(config or read_config(directory))
+        load_state_into(model, directory)
+        return model.eval()

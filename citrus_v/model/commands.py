@@ -7,16 +7,15 @@ import argparse
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("describe", help="parameter counts per model part")
-    p.add_argument("--config", default="tiny", help="preset name: tiny | 8b (default tiny)")
+    from citrus_v.config import PRESETS
+
+    p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="preset name (default tiny)")
     p.set_defaults(func=describe)
 
 
 def describe(args: argparse.Namespace) -> int:
-    from citrus_v.config import PRESETS
     from citrus_v.model.build import count_parameters
 
-    if args.config not in PRESETS:
-        raise SystemExit(f"citrus-v describe: unknown --config {args.config!r}; choose one of {sorted(PRESETS)}")
     counts = count_parameters(args.config)
     width = max(len(k) for k in counts)
     print(f"config {args.config}")

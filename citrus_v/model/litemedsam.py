@@ -68,6 +68,9 @@ def sam1_hf_config(config: SegmenterConfig) -> SamConfig:
 class LiteMedSAMSegmenter(nn.Module):
     """LiteMedSAM prompted by language embeddings: multimask output, best predicted IoU kept."""
 
+    supports_point_embedding = False
+    supports_box_token = True
+
     def __init__(self, config: SegmenterConfig) -> None:
         super().__init__()
         if config.kind != "litemedsam":
@@ -132,6 +135,9 @@ class LiteMedSAMSegmenter(nn.Module):
         )
         masks, iou = masks[:, 0], iou[:, 0]  # (n, M, 4h, 4w), (n, M) with M = 3 or 1
         return pick_masks(masks, iou, candidates)
+
+    def point_prompt_embedding(self, xy: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("LiteMedSAMSegmenter has no point prompt embedding (supports_point_embedding is False)")
 
     def box_prompt_token(self, boxes: torch.Tensor) -> torch.Tensor:
         """(n, 4) boxes (x1, y1, x2, y2) in input pixels -> (n, C): the prompt encoder's two corner

@@ -24,8 +24,8 @@ from torch import nn
 from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from citrus_v.config import SegmenterConfig
+from citrus_v.data.image_processing import MASK_SIZE  # every [SEG] yields one MASK_SIZE x MASK_SIZE logit map (the published loss size)
 
-MASK_SIZE = 256  # every [SEG] yields one MASK_SIZE x MASK_SIZE logit map (the published loss size)
 NO_OBJECT_SCORE = -1024.0  # SAM2's logit for "no object here" when the object-score gate is on
 
 
@@ -43,11 +43,22 @@ class SegmenterFeatures:
 
 
 class Segmenter(Protocol):
-    prompt_dim: int
+    """What the rest of the package may ask of a segmenter (SAM2 or LiteMedSAM). Optional abilities
+    are declared by the ``supports_*`` flags; callers check the flag, never ``hasattr``."""
+
+    prompt_dim: int  # C of a sparse prompt embedding (what the [SEG] projector must produce)
+    # point_prompt_embedding works (the point-alignment auxiliary loss needs it)
+    supports_point_embedding: bool
+    # box_prompt_token works (cached stage 4's box-alignment warm start needs it)
+    supports_box_token: bool
     prompt_encoder: nn.Module  # SAM's: (points, labels, boxes, mask logits) -> sparse, dense embeddings
     mask_input_size: tuple[int, int]  # the dense (mask-logit) prompt's side: 4x the embedding side
 
     def encode(self, sam_images: torch.Tensor) -> SegmenterFeatures: ...
+
+    def point_prompt_embedding(self, xy: torch.Tensor) -> torch.Tensor: ...
+
+    def box_prompt_token(self, boxes: torch.Tensor) -> torch.Tensor: ...
 
     def decode_sparse(
         self,
@@ -186,6 +197,9 @@ def sam2_hf_config(config: SegmenterConfig) -> Sam2VideoConfig:
 class Sam2Segmenter(nn.Module):
     """SAM2 prompted by language embeddings, as published (no memory, multimask, best IoU)."""
 
+    supports_point_embedding = True
+    supports_box_token = False
+
     def __init__(self, config: SegmenterConfig) -> None:
         super().__init__()
         self.config = config
@@ -223,6 +237,9 @@ class Sam2Segmenter(nn.Module):
         points = (xy * encoder.input_image_size - 0.5)[:, None, None, :]  # pixel coords; the encoder adds 0.5
         labels = torch.ones(xy.shape[0], 1, 1, dtype=torch.long, device=xy.device)
         return encoder._embed_points(points, labels, pad=False)[:, 0, 0]
+
+    def box_prompt_token(self, boxes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("Sam2Segmenter has no box prompt token (supports_box_token is False)")
 
     def decode(
         self,

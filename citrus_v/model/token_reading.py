@@ -16,23 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from citrus_v.data.reading import CHARSET, IGNORE, SLOTS, character_class  # noqa: F401 (the head's label vocabulary)
 from citrus_v.model.capture import HookCapture
 
-SLOTS = 4  # characters one 28-px token holds at the suite's lab-page type size (docs/training.md)
-CHARSET = "".join(chr(c) for c in range(33, 127))  # printable ASCII but the space; class 0 is "no character"
-IGNORE = -100  # a slot of a token without reading labels
 PREFIX = "token_reading."  # the head's tensor names inside CitrusV (its part, "reading_head")
 
 
 def drop_head(state: dict) -> dict:
     """``state`` without the head's tensors: what a model folder holds of a model trained with it."""
     return {k: v for k, v in state.items() if not k.startswith(PREFIX)}
-
-
-def character_class(ch: str) -> int:
-    """1 + the character's index in ``CHARSET``; 0 for a character the head does not read (space, non-ASCII)."""
-    i = CHARSET.find(ch)
-    return i + 1 if len(ch) == 1 and i >= 0 else 0
 
 
 class TokenReading(HookCapture, nn.Module):

@@ -30,10 +30,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from citrus_v.model.loading import checkpoint_layout
     from citrus_v.serve.app import create_app
     from citrus_v.serve.predictor_adapter import load_predictor
     from citrus_v.serve.settings import ServeConfig
 
+    if args.model is not None:  # a wrong folder is the user's error now, not a server that never gets ready
+        if not args.model.is_dir():
+            raise FileNotFoundError(f"--model {args.model}: no such model folder")
+        checkpoint_layout(args.model)  # reads config.json: names the file when it is missing or not a model's
     config = ServeConfig(
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,

@@ -272,7 +272,7 @@ def box_align(model: CitrusV, data: CachedSet, steps: int, *, lr: float = 1e-3, 
     """Warm-start the [SEG] projector (nothing else moves): MSE between each projected [SEG] and
     ``segmenter.box_prompt_token`` of its mask's box. Cheap (no decoder in the loop); the mask
     loss then teaches the decoder to read the token. Returns the loss per step."""
-    if not hasattr(model.segmenter, "box_prompt_token"):
+    if not model.segmenter.supports_box_token:
         raise ValueError(f"box_align_steps needs a LiteMedSAM segmenter, not {model.config.segmenter.kind!r}")
     boxes, rows = mask_boxes(data.gt_masks)
     scale = model.config.segmenter.image_size / data.gt_masks.shape[-1]  # mask pixels -> SAM input pixels
@@ -373,7 +373,7 @@ def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Pat
     from citrus_v.data.dataset import JsonlDataset
     from citrus_v.data.image_processing import ImageConfig
     from citrus_v.data.template import ChatTemplate
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
     from citrus_v.train.checkpointing import latest_checkpoint
     from citrus_v.train.pipeline import write_model_folder
 

@@ -36,6 +36,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from citrus_v.errors import UserError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -43,7 +45,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _SEP = "::"  # between a parameter's name and its optimizer-state name
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, partial or corrupt. ``path`` is the offending file or folder;
     ``previous`` is the newest older checkpoint that could be used instead, if any."""
 

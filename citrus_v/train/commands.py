@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from citrus_v.config import PRESETS
+
     p = subparsers.add_parser("train", help="train one stage (1-4) or all four in sequence",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", required=True, choices=["1", "2", "3", "4", "all"])
@@ -20,7 +22,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="training JSONL (ms-swift format); repeat for several files")
     p.add_argument("--val", type=Path, default=None, help="validation JSONL (checked for format; evaluate with citrus-v eval)")
     p.add_argument("--init", type=Path, default=None, help="model folder to start from (default: a fresh --config model)")
-    p.add_argument("--config", choices=["tiny", "tiny_litemedsam", "8b"], default="tiny",
+    p.add_argument("--config", choices=sorted(PRESETS), default="tiny",
                    help="model preset and schedule (8b = published; tiny_litemedsam = tiny with the pretrained LiteMedSAM segmenter)")
     p.add_argument("--stage-config", type=Path, default=None, help="a stage JSON/YAML file (configs/train/) instead of the built-in stage")
     p.add_argument("--out", required=True, type=Path)

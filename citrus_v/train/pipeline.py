@@ -78,12 +78,13 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
     from citrus_v.data.template import ChatTemplate
 
     if init is not None:
-        from citrus_v.infer.loading import load_model_and_tokenizer
+        from citrus_v.model.loading import load_model_and_tokenizer
 
         model, tokenizer, template = load_model_and_tokenizer(init)
         model.train()
         return model, tokenizer, ChatTemplate(tokenizer, template.image_cfg, max_length=stage.max_length)
 
+    from citrus_v.config import get_preset
     from citrus_v.data.schema import read_jsonl
     from citrus_v.data.tokenizer import build_qwen25_tokenizer, train_tiny_tokenizer
     from citrus_v.model.build import build_model
@@ -94,7 +95,7 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
         from citrus_v.model.litemedsam import load_litemedsam_weights
 
         log.info("segmenter initialised from %s", load_litemedsam_weights(model.segmenter))
-    if preset in ("tiny", "tiny_litemedsam"):
+    if get_preset(preset).cpu_sized:
         texts = [m.content for f in data_files for r in read_jsonl(f) for m in r.messages]
         tokenizer = train_tiny_tokenizer(texts, vocab_size=cfg.llm.vocab_size)
         base = ImageConfig()
@@ -142,7 +143,7 @@ def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = N
     if image_cfg is not None:
         import json
 
-        from citrus_v.infer.loading import PREPROCESSOR_FILE
+        from citrus_v.model.loading import PREPROCESSOR_FILE
 
         pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
                "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from citrus_v.config import get_preset
+from citrus_v.errors import UserError
+
 # The freeze-by-named-part vocabulary of CitrusV (docs/ARCHITECTURE.md).
 MLLM_PARTS = ("vision_encoder", "merger", "llm", "lm_head")
 SEG_PARTS = ("seg_projector", "sam2_image_encoder", "sam2_prompt_encoder", "sam2_mask_decoder")
@@ -26,7 +29,7 @@ PART_NAMES = MLLM_PARTS + SEG_PARTS + ("sam2_memory", "reading_head")
 TASK_PREFIX = "task:"  # a mixture source "task:caption" selects records by their `task`
 
 
-class StageConfigError(ValueError):
+class StageConfigError(UserError, ValueError):
     """A stage config is invalid; the message names the field (and the file, when read from one)."""
 
 
@@ -269,11 +272,11 @@ def get_stage(stage: int, preset: str = "8b") -> StageConfig:
     """Stage ``stage`` (1-4) with the schedule of ``preset`` ("8b" published, "tiny" CPU)."""
     if stage not in STAGES:
         raise StageConfigError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
-    if preset == "8b":
-        return STAGES[stage]
-    if preset in ("tiny", "tiny_litemedsam"):  # same model sizes but the segmenter: same CPU schedule
-        return tiny_variant(STAGES[stage])
-    raise StageConfigError(f"unknown schedule preset {preset!r}; choose '8b', 'tiny' or 'tiny_litemedsam'")
+    try:
+        cpu_sized = get_preset(preset).cpu_sized
+    except ValueError as err:
+        raise StageConfigError(f"unknown schedule preset {preset!r}: {err}") from None
+    return tiny_variant(STAGES[stage]) if cpu_sized else STAGES[stage]
 
 
 def load_stage_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> StageConfig:

@@ -392,12 +392,14 @@ def format_report(report: dict) -> str:
 
 
 def add_arguments(p) -> None:  # noqa: ANN001
+    from citrus_v.config import PRESETS
+
     d = WarmupConfig()
     p.add_argument("--data", required=True, type=Path, action="append",
                    help="the suite's training JSONL: the tiny tokenizer is trained on its text (as stage 1 would)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--init", type=Path, default=None, help="model folder to start from (default: a fresh --config model)")
-    p.add_argument("--config", default="tiny", choices=["tiny", "tiny_litemedsam"])
+    p.add_argument("--config", default="tiny", choices=sorted(name for name, preset in PRESETS.items() if preset.cpu_sized))
     p.add_argument("--seed", type=int, default=d.seed, help="the suite seed (samples are its train split)")
     p.add_argument("--n", type=int, default=d.n)
     p.add_argument("--steps", type=int, default=d.steps)

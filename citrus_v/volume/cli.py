@@ -1,6 +1,6 @@
 """``citrus-v predict --volume`` and the click/box options of ``citrus-v predict``.
 
-``add_volume_arguments(parser)`` adds the options to the predict parser (infer/commands.py calls
+``add_volume_arguments(parser)`` adds the options to the predict parser (volume/commands.py calls
 it); ``wants_volume_path(args)`` says whether this module handles the call; ``run_volume(args)``
 does it:
 

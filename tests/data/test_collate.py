@@ -115,7 +115,7 @@ def test_copy_pairs_gain_their_row_and_keep_their_positions(template):
 
 
 def test_reading_labels_line_up_with_every_image_token_of_the_batch(template):
-    from citrus_v.model.token_reading import IGNORE, SLOTS
+    from citrus_v.data.reading import IGNORE, SLOTS
 
     a = seg_example(template, n_images=2, n_seg=0, seed=0)  # labels on its first image only
     b = template.encode_prompt([], "What organ is this?")  # no image

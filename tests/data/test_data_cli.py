@@ -38,7 +38,7 @@ def test_validate_stops_on_a_bad_record_naming_file_line_field(tmp_path: Path, c
     bad = seg()
     bad["masks"] = []
     f = write_lines(tmp_path / "d.jsonl", [vqa(), bad, "{not json"])
-    assert main(["data", "validate", str(f)]) == 1
+    assert main(["data", "validate", str(f)]) == 2  # a user error: one line, status 2
     err = capsys.readouterr().err
     assert f"{f}:2: field 'masks': 1 [SEG] tokens in assistant messages but 0 masks" in err
     assert main(["data", "validate", str(f), "--skip-invalid"]) == 0
@@ -71,7 +71,7 @@ def test_show_draws_boxes_and_masks(tmp_path: Path, capsys):
     img = np.asarray(Image.open(out))
     assert img[25, 38].sum() > 0 and img[30, 38].sum() == 0  # box outline drawn, inside left clear
     assert "1 boxes, 0 masks" in capsys.readouterr().out
-    assert main(["data", "show", str(f), "--index", "5"]) == 1
+    assert main(["data", "show", str(f), "--index", "5"]) == 2
     assert "no record at index 5" in capsys.readouterr().err
 
 
@@ -97,7 +97,7 @@ def test_convert_command(tmp_path: Path, capsys):
     assert main(["data", "convert", "--format", "nope", str(src), "--out", str(out)]) == 2
     assert "unknown format 'nope'" in capsys.readouterr().err
     src.write_text("[1, 2]")
-    assert main(["data", "convert", "--format", "vqa-rad", str(src), "--out", str(out)]) == 1
+    assert main(["data", "convert", "--format", "vqa-rad", str(src), "--out", str(out)]) == 2
     assert "vqa.json:0: item is int" in capsys.readouterr().err
 
 

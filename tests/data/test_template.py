@@ -296,7 +296,7 @@ def test_suite_pages_point_each_answer_character_at_a_token_that_shows_it(templa
 
 
 def test_reading_lines_label_each_token_with_its_characters_in_reading_order(template, files):
-    from citrus_v.model.token_reading import CHARSET, SLOTS
+    from citrus_v.data.reading import CHARSET, SLOTS
 
     # a.png is 100 x 150 -> 112 x 140 for the ViT: 4 rows x 5 columns of 28-px merged tokens
     lines = [{"text": "AB C", "points": [[1, 1], [2, 2], [3, 3], [60, 30]]},  # the space is not read
@@ -330,7 +330,7 @@ def test_reading_lines_that_do_not_fit_the_record_name_the_field(template, files
 def test_suite_pages_reading_labels_are_what_the_glyphs_show(template, tmp_path):
     from citrus_v.data.phantoms import document
     from citrus_v.data.phantoms.suite import SuiteConfig, document_pages
-    from citrus_v.model.token_reading import CHARSET
+    from citrus_v.data.reading import CHARSET
 
     path = document_pages(tmp_path, 3, seed=3, progress=False)
     data = JsonlDataset(path, template)

@@ -6,8 +6,9 @@ import doctest
 
 import pytest
 
+from citrus_v.data import answers
+from citrus_v.data.answers import SplitText
 from citrus_v.eval import parsing
-from citrus_v.eval.parsing import SplitText
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ from citrus_v.eval.parsing import SplitText
     ],
 )
 def test_split_think_answer(text, want):
-    assert parsing.split_think_answer(text) == want
+    assert answers.split_think_answer(text) == want
 
 
 @pytest.mark.parametrize(
@@ -55,20 +56,21 @@ def test_choice_kind_and_bad_kind():
 
 
 def test_count_seg_and_split_report():
-    assert parsing.count_seg_tokens("no segmentation") == 0
-    assert parsing.count_seg_tokens("[SEG][SEG] and [SEG]") == 3
-    assert parsing.split_report("FINDINGS: a.\nIMPRESSIONS: b.") == ("a.", "b.")
-    assert parsing.split_report("Impression: only this.") == ("", "only this.")
-    assert parsing.split_report("Findings: only findings.") == ("only findings.", "")
+    assert answers.count_seg_tokens("no segmentation") == 0
+    assert answers.count_seg_tokens("[SEG][SEG] and [SEG]") == 3
+    assert answers.split_report("FINDINGS: a.\nIMPRESSIONS: b.") == ("a.", "b.")
+    assert answers.split_report("Impression: only this.") == ("", "only this.")
+    assert answers.split_report("Findings: only findings.") == ("only findings.", "")
 
 
-def test_parsing_doctests():
-    failed, attempted = doctest.testmod(parsing)
+@pytest.mark.parametrize("module", [parsing, answers])
+def test_parsing_doctests(module):
+    failed, attempted = doctest.testmod(module)
     assert failed == 0 and attempted > 0
 
 
 def test_strip_box_markup_leaves_the_prose():
-    from citrus_v.eval.parsing import strip_box_markup
+    from citrus_v.data.answers import strip_box_markup
 
     ref = "Findings: There is a small lesion in the liver at <boxes>. Impression: Small lesion."
     ans = ('Findings: There is a small lesion in the liver at ```json\n[{"bbox_2d": [149, 80, 169, 104], '

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from citrus_v.errors import UserError
 from citrus_v.cli import build_parser
 from citrus_v.data.schema import Record, read_jsonl
 from citrus_v.eval.commands import run_eval
@@ -30,6 +31,9 @@ class FakePredictor:
     def predict(self, images: list[str], prompt: str) -> Prediction:
         self.calls.append((images, prompt))
         return self.answers[prompt]
+
+    def predict_batch(self, requests):
+        return [self.predict(images, prompt) for images, prompt in requests]
 
 
 def _p(answer: str = "", boxes=(), masks=(), report=None) -> Prediction:
@@ -187,7 +191,7 @@ def test_cli_eval_with_limit_and_progress_bar(tmp_path, capsys):
     assert "| vqa_closed_acc | 0.5000 | 2 | mean over samples |" in out
     assert "citrus-v eval" in err and "2/2" in err  # tqdm's bar on stderr
     bad = build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path), "--limit", "0"])
-    with pytest.raises(SystemExit, match="--limit must be >= 1, got 0"):
+    with pytest.raises(UserError, match="--limit must be >= 1, got 0"):
         run_eval(bad, predictor=predictor)
 
 
@@ -249,15 +253,15 @@ def test_rescoring_refuses_bad_files_and_model_flags(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text(good + "\n{not json\n")
     args = build_parser().parse_args(["eval", "--from-predictions", str(bad), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match=r"p.jsonl:2: not JSON"):
+    with pytest.raises(UserError, match=r"p.jsonl:2: not JSON"):
         run_eval(args)
     bad.write_text(good + "\n" + json.dumps({"index": 1, "task": "report", "answr": "x"}) + "\n")
-    with pytest.raises(SystemExit, match=r"p.jsonl:2: not a predictions.jsonl row \(unknown fields \['answr'\]"):
+    with pytest.raises(UserError, match=r"p.jsonl:2: not a predictions.jsonl row \(unknown fields \['answr'\]"):
         run_eval(args)
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         run_eval(build_parser().parse_args(["eval", "--from-predictions", str(tmp_path / "none.jsonl"), "--out", "o"]))
     with_model = build_parser().parse_args(["eval", "--from-predictions", str(bad), "--model", "m", "--out", "o"])
-    with pytest.raises(SystemExit, match="--model would not apply"):
+    with pytest.raises(UserError, match="--model would not apply"):
         run_eval(with_model)
     with pytest.raises(SystemExit):  # one source only
         build_parser().parse_args(["eval", "--from-predictions", str(bad), "--data", str(bad), "--out", "o"])

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from citrus_v import cli
 from citrus_v.config import citrus_v_8b_config, tiny_config
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.infer.loading import checkpoint_layout, published_config, published_config_dict
+from citrus_v.model.loading import checkpoint_layout, published_config, published_config_dict
 from citrus_v.infer.predictor import Predictor
 
 def _published_spelling(key: str) -> str:
@@ -107,5 +107,5 @@ def test_cli_text_output_on_a_real_model_folder(tmp_path, tiny_dir, image, capsy
 
 
 def test_cli_missing_image_file(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no such file"):
-        cli.main(["predict", "--image", str(tmp_path / "nope.png"), "--prompt", "x"])
+    assert cli.main(["predict", "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err == f"citrus-v predict: --image {tmp_path / 'nope.png'}: no such file\n"

@@ -38,3 +38,14 @@ def test_bad_fields_are_named():
     data["llm"]["hidden"] = 3
     with pytest.raises(ValueError, match=r"CitrusVConfig.llm: unknown field\(s\) \['hidden'\]"):
         CitrusVConfig.from_dict(data)
+
+
+def test_presets_are_objects_that_say_what_they_are():
+    from citrus_v.config import PRESETS, Preset, get_preset
+
+    assert all(isinstance(p, Preset) and p.name == name for name, p in PRESETS.items())
+    assert {name for name, p in PRESETS.items() if p.cpu_sized} == {"tiny", "tiny_litemedsam"}
+    assert get_preset("8b").config().llm.hidden_size == 3584
+    assert get_preset("tiny").config() is not get_preset("tiny").config()  # a fresh config each call
+    with pytest.raises(ValueError, match=r"unknown config preset 'big'; choose one of \['8b', 'tiny', 'tiny_litemedsam'\]"):
+        get_preset("big")

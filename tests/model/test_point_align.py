@@ -65,3 +65,26 @@ def test_the_loss_trains_the_projector_not_the_prompt_encoder():
 def test_negative_weight_is_refused():
     with pytest.raises(ValueError, match="point_align_weight"):
         LossConfig(point_align_weight=-1.0)
+
+
+def test_segmenters_declare_which_prompt_embeddings_they_offer():
+    """The capability flags on the Segmenter protocol, not ``hasattr``, decide what a caller may ask."""
+    sam2 = _model(0.0).segmenter
+    torch.manual_seed(0)
+    lite = CitrusV(CitrusVConfig.preset("tiny_litemedsam")).segmenter
+    assert (sam2.supports_point_embedding, sam2.supports_box_token) == (True, False)
+    assert (lite.supports_point_embedding, lite.supports_box_token) == (False, True)
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 90.0]])
+    assert lite.box_prompt_token(boxes).shape == (1, lite.prompt_dim)
+    with pytest.raises(NotImplementedError, match="supports_box_token"):
+        sam2.box_prompt_token(boxes)
+    with pytest.raises(NotImplementedError, match="supports_point_embedding"):
+        lite.point_prompt_embedding(torch.tensor([[0.5, 0.5]]))
+
+
+def test_point_alignment_with_a_segmenter_without_point_embeddings_names_the_field():
+    torch.manual_seed(0)
+    cfg = CitrusVConfig.preset("tiny_litemedsam")
+    model = CitrusV(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, point_align_weight=1.0)))
+    with pytest.raises(ValueError, match="point_align_weight needs a SAM2 segmenter, not 'litemedsam'"):
+        model._point_align_loss(torch.randn(1, cfg.llm.hidden_size), torch.ones(1, 256, 256))

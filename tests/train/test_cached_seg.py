@@ -78,7 +78,7 @@ def suite_and_model(tmp_path_factory):
 
 
 def test_a_short_cached_stage4_learns_and_writes_a_model_folder(tmp_path, suite_and_model):
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
 
     torch.set_num_threads(1)
     files, init = suite_and_model
@@ -122,7 +122,7 @@ def test_an_interrupted_cached_stage4_resumes_to_the_same_weights(tmp_path, suit
 
 def test_an_image_cache_made_for_other_inputs_is_refused(tmp_path, suite_and_model):
     from citrus_v.data.dataset import JsonlDataset
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
 
     files, init = suite_and_model
     model, _, template = load_model_and_tokenizer(init)
@@ -143,7 +143,7 @@ def test_an_image_cache_made_for_other_inputs_is_refused(tmp_path, suite_and_mod
 
 def test_a_longer_record_list_extends_an_image_cache(tmp_path, suite_and_model):
     from citrus_v.data.dataset import JsonlDataset
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
 
     files, init = suite_and_model
     model, _, template = load_model_and_tokenizer(init)

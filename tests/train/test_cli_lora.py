@@ -16,7 +16,7 @@ from tests.train.synthetic import collate, make_dataset, tiny_model
 
 def test_finetune_command_from_init(tmp_path):
     from citrus_v.data.phantoms import generate_suite
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
 
     files = generate_suite(tmp_path / "suite", 4, n_val=0, n_test=0, size=112, tasks=["segmentation"], progress=False)
     assert main(["train", "--stage", "4", "--data", str(files["train"]), "--steps", "2", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
@@ -74,7 +74,7 @@ def test_a_token_reading_stage_from_files_ends_in_a_model_folder_without_its_hea
     assert [r["step"] for r in rows] == [1, 2] and all(r["reading_loss"] > 0 for r in rows)
     with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:
         assert not any("reading" in k for k in f.keys())
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
 
     model, _, _ = load_model_and_tokenizer(out / "final")
     assert model.token_reading is None

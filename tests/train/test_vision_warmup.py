@@ -138,7 +138,7 @@ def test_token_positions_are_centres():
 
 def test_a_short_warmup_learns_and_writes_a_complete_model_folder(tmp_path):
     from citrus_v.data.phantoms.suite import generate_suite
-    from citrus_v.infer.loading import load_model_and_tokenizer
+    from citrus_v.model.loading import load_model_and_tokenizer
     from citrus_v.model.build import build_model
     from citrus_v.train.stages import get_stage
 

@@ -93,5 +93,5 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--image", "x.png", "--prompt", "p", "--point", "1,2,7"])
     assert "--point '1,2,7': expected X,Y or X,Y,LABEL with LABEL 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="need --slice"):
-        main(["predict", "--volume", str(tmp_path), "--prompt", "p", "--point", "1,2"])
+    assert main(["predict", "--volume", str(tmp_path), "--prompt", "p", "--point", "1,2"]) == 2
+    assert capsys.readouterr().err == "citrus-v predict: --point/--box on a volume need --slice N (the slice they are on)\n"

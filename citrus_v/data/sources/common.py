@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Record, RecordError
+from citrus_v.errors import UserError
 
 CLOSED_ANSWERS = {"yes", "no"}
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A public-format file does not look like that format. Names the file, row and field."""
 
     def __init__(self, path: str | Path, problem: str, *, row: int | None = None, field: str | None = None):

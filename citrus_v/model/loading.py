@@ -1,4 +1,4 @@
-"""Loading a model folder for inference: ours or the published Citrus-V checkpoint.
+"""Loading a model folder (for inference, training and evaluation): ours or the published Citrus-V checkpoint.
 
 Two layouts are accepted:
 
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from citrus_v.config import CitrusVConfig, LLMConfig, SegmenterConfig, TokenIds, VisionConfig, citrus_v_8b_config
+from citrus_v.model.checkpoint import ModelFolderError
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -35,9 +36,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (a model folder needs {path.name})") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise ModelFolderError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ModelFolderError(f"{path}: expected a JSON object")
     return data
 
 
@@ -48,7 +49,7 @@ def checkpoint_layout(directory: Path) -> str:
         return "citrus_v"
     if "vision_config" in data and "hidden_size" in data:
         return "published"
-    raise ValueError(f"{directory / CONFIG_FILE}: neither our layout (format_version) nor the published one (vision_config)")
+    raise ModelFolderError(f"{directory / CONFIG_FILE}: neither our layout (format_version) nor the published one (vision_config)")
 
 
 def published_config(data: dict[str, Any], segmenter: SegmenterConfig | None = None, where: str = CONFIG_FILE) -> CitrusVConfig:
@@ -57,7 +58,7 @@ def published_config(data: dict[str, Any], segmenter: SegmenterConfig | None = N
 
     def get(mapping: dict[str, Any], key: str, ctx: str) -> Any:
         if key not in mapping:
-            raise ValueError(f"{where}: field {ctx}{key} is missing")
+            raise ModelFolderError(f"{where}: field {ctx}{key} is missing")
         return mapping[key]
 
     vis = get(data, "vision_config", "")
@@ -95,7 +96,7 @@ def published_config(data: dict[str, Any], segmenter: SegmenterConfig | None = N
     if segmenter is None:
         yaml = Path(str(get(get(data, "grounding_encoder_config", ""), "cfg_path", "grounding_encoder_config."))).name
         if yaml not in SAM2_CONFIGS:
-            raise ValueError(f"{where}: grounding_encoder_config.cfg_path names {yaml!r}; known SAM2 configs: {sorted(SAM2_CONFIGS)}")
+            raise ModelFolderError(f"{where}: grounding_encoder_config.cfg_path names {yaml!r}; known SAM2 configs: {sorted(SAM2_CONFIGS)}")
         segmenter = SAM2_CONFIGS[yaml]()
     return CitrusVConfig(llm=llm, vision=vision, segmenter=segmenter, tokens=tokens, name="published")
 
@@ -128,7 +129,7 @@ def _check_same(loaded: CitrusVConfig, given: CitrusVConfig, where: Path) -> Non
         if getattr(getattr(given, part), k) != v
     ]
     if diffs:
-        raise ValueError(f"{where}: the given config disagrees with the checkpoint's: " + "; ".join(diffs))
+        raise ModelFolderError(f"{where}: the given config disagrees with the checkpoint's: " + "; ".join(diffs))
 
 
 def image_config_for(directory: Path, config: CitrusVConfig, layout: str):
@@ -161,7 +162,8 @@ def load_model_and_tokenizer(
     from citrus_v.data.template import ChatTemplate
     from citrus_v.data.tokenizer import TokenIds as TokenizerIds
     from citrus_v.data.tokenizer import load_tokenizer
-    from citrus_v.model.checkpoint import load_pretrained, read_config
+    from citrus_v.model.checkpoint import read_config
+    from citrus_v.model.citrus_v import CitrusV
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -173,7 +175,7 @@ def load_model_and_tokenizer(
         loaded = read_config(directory)
     if config is not None:
         _check_same(loaded, config, directory)
-    model = load_pretrained(directory, device=device, config=loaded)
+    model = CitrusV.from_pretrained(directory, device=device, config=loaded)
     if dtype is not None:
         model = model.to(dtype)
     tokenizer = load_tokenizer(directory)
@@ -181,6 +183,6 @@ def load_model_and_tokenizer(
     pairs = {"seg_token_id": ids.seg, "image_token_id": ids.image_pad, "eos_token_id": ids.im_end}
     wrong = [f"{k}={getattr(loaded.tokens, k)} but the tokenizer says {v}" for k, v in pairs.items() if getattr(loaded.tokens, k) != v]
     if wrong:
-        raise ValueError(f"{directory}: config and tokenizer disagree: " + "; ".join(wrong))
+        raise ModelFolderError(f"{directory}: config and tokenizer disagree: " + "; ".join(wrong))
     template = ChatTemplate(tokenizer, image_config_for(directory, loaded, layout), ids)
     return model, tokenizer, template
