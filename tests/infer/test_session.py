@@ -113,3 +113,104 @@ def test_click_with_text_equals_direct_segmenter_calls(predictor, image, scripte
     logits, iou = seg.decode_sparse(feats, sparse, dense, multimask=True)
     np.testing.assert_array_equal(pred.masks[0].mask, _upsampled(logits, (H, W))[0])
     assert pred.masks[0].score == pytest.approx(float(iou.clamp(0, 1)[0]))
+
+
+# ---------------------------------------------------------------------- the image session
+
+
+@pytest.fixture()
+def encodes(predictor, monkeypatch):
+    """The batch shapes the segmenter's image encoder is called with."""
+    calls: list[tuple[int, ...]] = []
+    real = predictor.model.segmenter.encode
+    monkeypatch.setattr(predictor.model.segmenter, "encode", lambda x: calls.append(tuple(x.shape)) or real(x))
+    return calls
+
+
+def test_one_image_encode_serves_two_segs_a_box_and_two_clicks(predictor, image, scripted, encodes):
+    prompt = "Please segment the liver and locate it."
+    session = predictor.image_session(image)
+    assert encodes == [] and not session.encoded  # nothing is computed until a mask is asked for
+    scripted(SEG_AND_BOX)
+    pred = predictor.predict([session], prompt, settings=SETTINGS)
+    assert len(pred.masks) == 2 and pred.boxes[0].text_bbox is not None  # two [SEG] masks, a tightened box
+    first = predictor.refine(session, points=[(20, 30, 1)])
+    second = predictor.refine(session, points=[(20, 30, 1), (100, 60, 0)], mask_input=first.masks[0].mask)
+    assert encodes == [(1, 3, 256, 256)]  # ONE image-encoder pass for all five masks
+
+    # the same answers as without a session (each of these encodes the image again)
+    scripted(SEG_AND_BOX)
+    fresh = predictor.predict([image], prompt, settings=SETTINGS)
+    fresh_first = predictor.refine(image, points=[(20, 30, 1)])
+    fresh_second = predictor.refine(image, points=[(20, 30, 1), (100, 60, 0)], mask_input=fresh_first.masks[0].mask)
+    assert len(encodes) == 4
+    for a, b in zip(pred.masks + first.masks + second.masks, fresh.masks + fresh_first.masks + fresh_second.masks):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.score == b.score
+    assert pred.boxes[0].to_dict() == fresh.boxes[0].to_dict()
+
+
+def test_a_batch_encodes_each_image_once_in_one_call(predictor, image, scripted, encodes):
+    other = np.random.default_rng(5).integers(0, 256, size=(60, 200, 3), dtype=np.uint8)
+    scripted(SEG_AND_BOX)  # every row answers with two [SEG] and a box
+    preds = predictor.predict_batch([([image], "Segment it."), ([other], "Segment that.")], settings=SETTINGS)
+    assert [len(p.masks) for p in preds] == [2, 2] and all(p.boxes[0].text_bbox is not None for p in preds)
+    assert encodes == [(2, 3, 256, 256)]  # the [SEG]s and the boxes of both rows: one call
+    assert preds[1].masks[0].mask.shape == (60, 200)
+
+
+@torch.no_grad()
+def test_session_masks_equal_direct_segmenter_calls(predictor, image):
+    """ImageSession's own methods, logits against logits: [SEG] states, a box, clicks with a [SEG]
+    embedding and a previous mask, as the segmenter computes them directly."""
+    model, seg = predictor.model, predictor.model.segmenter
+    session = predictor.image_session(image)
+    feats = _features(predictor, image)
+    states = _seg_states(predictor, image, "Please segment the liver.", "Sure, it is [SEG] and [SEG].")
+    logits, iou = session.masks_from_seg_states(states)
+    ref_logits, ref_iou = seg.decode(feats, torch.zeros(2, dtype=torch.long), model.seg_projector(states)[:, None])
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(iou, ref_iou)
+
+    logits, iou = session.masks_from_prompts(box=[5, 5, 120, 80], multimask=False)
+    ref_logits, ref_iou = _prompted(predictor, feats, box=[5, 5, 120, 80], multimask=False)
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(iou, ref_iou)
+
+    text = model.seg_projector(states)[1]  # (256,)
+    previous = torch.randn(256, 256)
+    logits, iou = session.masks_from_prompts(points=[(20, 30, 1)], seg_embedding=text, mask_input=previous)
+    pts = torch.tensor([[20 * 256 / W, 30 * 256 / H]]).view(1, 1, 1, 2)
+    dense_in = torch.nn.functional.interpolate(previous[None, None], size=seg.mask_input_size, mode="bilinear", align_corners=False)
+    sparse, dense = seg.prompt_encoder(pts, torch.ones(1, 1, 1, dtype=torch.long), None, dense_in)
+    sparse = torch.cat([sparse, text.view(1, 1, 1, -1)], dim=2)
+    ref_logits, ref_iou = seg.decode_sparse(feats, sparse, dense, multimask=True)
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(iou, ref_iou)
+
+
+def test_a_session_belongs_to_its_model(predictor, image):
+    from citrus_v.config import tiny_config
+    from citrus_v.infer.session import ImageSession
+    from citrus_v.model.citrus_v import CitrusV
+
+    stranger = ImageSession(CitrusV(tiny_config()).eval(), image)
+    with pytest.raises(ValueError, match="image session was made for another model"):
+        predictor.refine(stranger, points=[(20, 30, 1)])
+    with pytest.raises(ValueError, match="request 0, image 0: the image session was made for another model"):
+        predictor.predict([stranger], "Segment it.", settings=GenerationSettings(max_new_tokens=2))
+
+
+def test_session_cache_finds_an_image_by_its_pixels(predictor, image):
+    from citrus_v.infer.session import SessionCache
+
+    cache = SessionCache(predictor.image_session, size=2)
+    first = cache.get(image)
+    assert cache.get(image.copy()) is first  # equal pixels, another array: the same session
+    changed = image.copy()
+    changed[0, 0, 0] ^= 1
+    second = cache.get(changed)
+    assert second is not first
+    assert cache.get(image) is first  # ``image`` is now the most recently used
+    cache.get(image[:50])  # a third image: the least recently used one (``changed``) leaves
+    assert len(cache) == 2 and cache.get(image) is first and cache.get(changed) is not second

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.infer.masks import logits_to_masks
+from citrus_v.infer.transforms import logits_to_masks
 from citrus_v.infer.text import parse_report, split_reasoning, strip_box_markup, strip_control_tokens
 from citrus_v.infer.types import Box, Mask
 
