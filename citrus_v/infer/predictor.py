@@ -61,6 +61,13 @@ class _Encoded:
     session: ImageSession | None  # None when the request has no image
 
 
+def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
+    """One image (a path, an array, a PIL image or a session) or several -> a list of them."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image, ImageSession)):
+        return [images]
+    return list(images)
+
+
 class Predictor:
     """Inference with a loaded :class:`~citrus_v.model.citrus_v.CitrusV`.
 
@@ -188,8 +195,7 @@ class Predictor:
         from citrus_v.data.image_processing import to_rgb_array
         from citrus_v.data.medical_io import load_image
 
-        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image, ImageSession)):
-            images = [images]
+        images = _as_list(images)
         arrays = []
         for j, image in enumerate(images):
             try:
@@ -209,11 +215,12 @@ class Predictor:
         if SEG_TOKEN in prompt:
             # every [SEG] in the ids becomes a mask query; one in the prompt would steal a mask
             raise ValueError(f"{where}: the prompt contains the reserved token {SEG_TOKEN}")
+        images = _as_list(images)
         arrays = self.load_images(images, where)
         example = self.template.encode_prompt(arrays, prompt)
         if not arrays:
             return _Encoded(example.input_ids.tolist(), None, None, None)
-        first = images[0] if isinstance(images, Sequence) and not isinstance(images, str) else images
+        first = images[0]
         resized = (int(example.resized_hw[0][0]), int(example.resized_hw[0][1]))
         if isinstance(first, ImageSession):
             session = first
