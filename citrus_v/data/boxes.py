@@ -26,6 +26,8 @@ import json
 import re
 from typing import Any, Sequence
 
+import numpy as np
+
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 HW = tuple[int, int]  # height, width
 
@@ -64,6 +66,16 @@ def clip_box(box: Sequence[float], hw: Sequence[float]) -> Box:
     x1, y1, x2, y2 = _check_box(box)
     h, w = float(hw[0]), float(hw[1])
     return min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)
+
+
+def bbox_of(mask: np.ndarray) -> list[int]:
+    """[x1, y1, x2, y2] of a non-empty mask; x2/y2 are one past the last pixel (COCO-style
+    continuous box: width = x2 - x1 equals the pixel count across)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("bbox_of: the mask is empty")
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 def round_box(box: Sequence[float], hw: HW | None = None) -> tuple[int, int, int, int]:

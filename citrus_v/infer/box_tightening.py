@@ -22,12 +22,9 @@ from collections.abc import Sequence
 
 import torch
 
-from citrus_v.data.boxes import clip_box as clip_to_image
-from citrus_v.data.phantoms.common import bbox_of
-from citrus_v.infer.masks import logits_to_masks
+from citrus_v.data.boxes import bbox_of, clip_box as clip_to_image
+from citrus_v.infer.session import ImageSession
 from citrus_v.infer.types import Box
-from citrus_v.model.prompting import decode_with_prompts, to_sam_coords
-from citrus_v.model.segmenter import Segmenter, SegmenterFeatures
 
 
 def clip_box(bbox: Sequence[float], orig_hw: tuple[int, int]) -> list[float] | None:
@@ -37,18 +34,17 @@ def clip_box(bbox: Sequence[float], orig_hw: tuple[int, int]) -> list[float] | N
 
 
 @torch.no_grad()
-def tighten_boxes(
-    segmenter: Segmenter, features: SegmenterFeatures, boxes: Sequence[Box], orig_hw: tuple[int, int], sam_size: int
-) -> None:
-    """Replace each box's ``bbox`` (original pixels of ONE image whose features are given) by the
-    bounding box of the segmenter's mask for it, in place; ``text_bbox`` keeps the written one."""
+def tighten_boxes(session: ImageSession, boxes: Sequence[Box]) -> None:
+    """Replace each box's ``bbox`` (original pixels of the session's image) by the bounding box of
+    the segmenter's mask for it, in place; ``text_bbox`` keeps the written one. The session's
+    features are reused (encoded here only if nothing encoded them before)."""
+    orig_hw = session.transforms.orig_hw
     for box in boxes:
         clipped = clip_box(box.bbox, orig_hw)
         if clipped is None:
             continue
-        box_sam = torch.from_numpy(to_sam_coords([clipped[:2], clipped[2:]], orig_hw, sam_size)).float().reshape(4)
-        logits, iou = decode_with_prompts(segmenter, features, box_sam=box_sam, multimask=False)  # (1, 256, 256), (1,)
-        outline = logits_to_masks(logits, orig_hw)[0]  # (H, W) bool
+        logits, iou = session.masks_from_prompts(box=clipped, multimask=False)  # (1, 256, 256), (1,)
+        outline = session.transforms.masks_to_original(logits)[0]  # (H, W) bool
         if not outline.any():
             continue
         tight = [float(v) for v in bbox_of(outline)]  # one past the last pixel, as the suite's boxes

@@ -10,6 +10,7 @@ and this path does not:
   is produced anyway when ``[SEG]`` is fed back as the next input, so we keep it then and
   skip the extra forward over prompt + answer (the DESIGN's "one teacher-forced pass",
   obtained for free; ``tests/infer/test_fast.py`` proves the masks equal ``model.segment``'s).
+  The states become masks through the same image sessions as the plain path's.
 
 The prefill is transformers' own multimodal forward with the position ids from the HF
 model's own helper (``_prepare_position_ids_for_generation``, which also sets
@@ -293,32 +294,13 @@ def _split_rows(new_ids: torch.Tensor, probs: torch.Tensor, eos_token_id: int | 
 
 
 @torch.no_grad()
-def masks_from_seg_states(
-    model: nn.Module, seg_hidden: torch.Tensor, sam_images: torch.Tensor, seg_image_index: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """seg_hidden (n_seg, H) -> mask logits (n_seg, 256, 256), IoU (n_seg,): projector, each
-    referenced SAM image encoded once (all in one batch), every [SEG] decoded in one batch.
-    The same steps, in the same order, as ``CitrusV._segment_from_hidden``."""
-    if seg_hidden.shape[0] != seg_image_index.shape[0]:
-        raise ValueError(f"{seg_hidden.shape[0]} [SEG] states but {seg_image_index.shape[0]} image indices")
-    sam_param = next(model.segmenter.parameters())  # the segmenter's device and dtype (SAM2 or LiteMedSAM)
-    prompts = model.seg_projector(seg_hidden)  # (n_seg, 256)
-    used, per_seg = torch.unique(seg_image_index, return_inverse=True)
-    features = model.segmenter.encode(sam_images[used].to(sam_param.dtype))
-    return model.segmenter.decode(features, per_seg, prompts.unsqueeze(1).to(sam_param.dtype))
+def generate_rows_fast(predictor, rows: list, settings) -> tuple[list[GeneratedSequence], list[torch.Tensor]]:
+    """The predictor's step 2 on the fast path, with step 3's teacher-forced pass for free:
+    greedy tokens and, per row, the final-norm states (n_seg_row, H) of its [SEG]s, in order.
 
-
-@torch.no_grad()
-def predict_rows_fast(predictor, rows: list, settings) -> tuple[list[GeneratedSequence], list[list]]:
-    """The predictor's steps 2 + 3 on the fast path: greedy tokens and one Mask per [SEG].
-
-    ``rows`` are the predictor's encoded requests (``Predictor._encode``). The i-th [SEG]
-    of a row pairs with its i-th mask; a row's [SEG]s segment its first image, as in
-    ``Predictor._segment``. Every SAM image is encoded once, all [SEG]s decoded in one batch.
+    ``rows`` are the predictor's encoded requests (``Predictor._encode``); the predictor turns
+    the states into masks exactly as it does those of the plain path (``Predictor._masks``).
     """
-    from citrus_v.infer.masks import logits_to_masks
-    from citrus_v.infer.types import Mask
-
     if settings.do_sample:
         raise ValueError("the fast path is greedy only: GenerationSettings(fast=True) needs do_sample=False")
     decoder = FastDecoder(predictor.model.mllm)
@@ -329,31 +311,8 @@ def predict_rows_fast(predictor, rows: list, settings) -> tuple[list[GeneratedSe
         pad_token_id=predictor.pad_token_id,
         seg_token_id=predictor.seg_token_id,
     )
-    masks: list[list] = [[] for _ in rows]
-    seg_rows = [i for i, s in enumerate(out.seg_hidden) if s.shape[0] > 0]
-    if not seg_rows:
-        return out.sequences, masks
-    for i in seg_rows:
-        if rows[i].sam_images is None:
-            raise ValueError(f"request {i}: the model emitted [SEG] but the request has no image to segment")
-        n_ids = out.sequences[i].ids.count(predictor.seg_token_id)
-        if n_ids != out.seg_hidden[i].shape[0]:  # bookkeeping fails loudly
-            raise ValueError(f"request {i}: {n_ids} [SEG] tokens but {out.seg_hidden[i].shape[0]} [SEG] states")
-    dtype = next(predictor.model.parameters()).dtype
-    sam_images = torch.cat([rows[i].sam_images for i in seg_rows]).to(predictor.device, dtype)  # (n_img, 3, S, S)
-    image_index, owners, first = [], [], 0
-    for i in seg_rows:
-        n = out.seg_hidden[i].shape[0]
-        image_index += [first] * n
-        owners += [i] * n
-        first += rows[i].sam_images.shape[0]
-    logits, iou = masks_from_seg_states(
-        predictor.model,
-        torch.cat([out.seg_hidden[i] for i in seg_rows]),  # (n_seg, H), row-major like model.segment
-        sam_images,
-        torch.tensor(image_index, dtype=torch.long, device=predictor.device),
-    )
-    for n, owner in enumerate(owners):
-        mask_np = logits_to_masks(logits[n : n + 1], rows[owner].original_sizes[0])[0]  # (H, W) bool
-        masks[owner].append(Mask(mask=mask_np, score=float(iou[n]), image_index=0))
-    return out.sequences, masks
+    for i, (seq, states) in enumerate(zip(out.sequences, out.seg_hidden)):
+        n_ids = seq.ids.count(predictor.seg_token_id)
+        if n_ids != states.shape[0]:  # bookkeeping fails loudly
+            raise ValueError(f"request {i}: {n_ids} [SEG] tokens but {states.shape[0]} [SEG] states")
+    return out.sequences, out.seg_hidden

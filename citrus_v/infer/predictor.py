@@ -3,26 +3,30 @@
 One request goes through five steps:
 
 1. encode: images are read (PNG/JPEG/DICOM/NIfTI slice -> HxWx3 uint8) and the prompt becomes
-   ChatML with expanded image pads (``ChatTemplate.encode_prompt``);
+   ChatML with expanded image pads (``ChatTemplate.encode_prompt``); the first image gets an
+   ``ImageSession`` (``infer/session.py``), which encodes it for the segmenter once, on first need;
 2. generate: the MLLM's own ``generate`` (KV cache, greedy or sampling, stop on ``<|im_end|>``)
    on a LEFT-padded batch, keeping each emitted token's probability;
 3. segment: if any row emitted ``[SEG]``, ONE teacher-forced pass over prompt + generated ids
-   (``CitrusV.segment``) gives one 256x256 logit map and one predicted IoU per ``[SEG]``;
+   (``CitrusV.hidden_states``) gives the ``[SEG]`` states, and the sessions turn them into one
+   256x256 logit map and one predicted IoU per ``[SEG]``;
 4. read out: answer / reasoning / boxes (mapped to original pixels) / masks (upsampled to the
    original size) / report;
-5. tighten boxes (``tighten_boxes=True``, the default): each written box prompts the segmenter,
-   and its outline's bounding box replaces it (``infer/box_tightening.py``; the written box stays
-   in ``Box.text_bbox``).
+5. tighten boxes (``tighten_boxes=True``, the default): each written box prompts the segmenter
+   on the same session's features, and its outline's bounding box replaces it
+   (``infer/box_tightening.py``; the written box stays in ``Box.text_bbox``).
 
 The published code regenerates text to get the ``[SEG]`` hidden states; we do not: step 3
-reads them from a single forward over the ids step 2 produced.
+reads them from a single forward over the ids step 2 produced (the fast path keeps them while
+decoding). Pass ``predictor.image_session(image)`` in place of an image to keep its features
+for later requests and clicks on it (as sam2's ``set_image``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +35,11 @@ from PIL import Image
 
 from citrus_v.config import CitrusVConfig
 from citrus_v.infer.generation import GeneratedSequence, GenerationSettings, generate_sequences
-from citrus_v.infer.masks import logits_to_masks
+from citrus_v.infer.session import ImageSession, decode_seg_states, encode_sessions
 from citrus_v.infer.text import parse_report, split_reasoning
 from citrus_v.infer.types import Box, Mask, Prediction
 
-ImageInput = str | os.PathLike | np.ndarray | Image.Image
+ImageInput = str | os.PathLike | np.ndarray | Image.Image | ImageSession
 Request = tuple[Sequence[ImageInput] | ImageInput, str]
 
 SEG_TOKEN = "[SEG]"
@@ -48,14 +52,20 @@ def default_model_dir() -> Path:
 
 @dataclass
 class _Encoded:
-    """One request after encoding: its prompt ids and image tensors, plus what read-out needs."""
+    """One request after encoding: its prompt ids and image tensors, and its first image's session
+    (the image its [SEG]s segment and its boxes are on)."""
 
     input_ids: list[int]
     pixel_values: torch.Tensor | None  # (P, C) patches of all images of the request
     image_grid_thw: torch.Tensor | None  # (n_img, 3)
-    sam_images: torch.Tensor | None  # (n_img, 3, S, S)
-    original_sizes: list[tuple[int, int]]  # (H, W) per image
-    resized_sizes: list[tuple[int, int]]  # (H, W) per image after the processor's smart resize
+    session: ImageSession | None  # None when the request has no image
+
+
+def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
+    """One image (a path, an array, a PIL image or a session) or several -> a list of them."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image, ImageSession)):
+        return [images]
+    return list(images)
 
 
 class Predictor:
@@ -133,21 +143,23 @@ class Predictor:
         """Predict several requests in one generation call (left padding).
 
         Greedy decoding gives the same tokens as one-by-one calls (tested). Every row keeps
-        its own images; the rows that emit ``[SEG]`` share ONE teacher-forced segment pass.
+        its own images; the rows that emit ``[SEG]`` share ONE teacher-forced pass, their images
+        one image-encoder call and their [SEG]s one mask-decoder call.
         """
         if not requests:
             return []
         settings = settings or self.settings
         encoded = [self._encode(images, prompt, where=f"request {i}") for i, (images, prompt) in enumerate(requests)]
-        if settings.fast:  # hook for the fast greedy path (citrus_v/infer/fast.py, issue 8)
-            from citrus_v.infer.fast import predict_rows_fast
+        if settings.fast:  # the fast greedy path keeps the [SEG] states while decoding (citrus_v/infer/fast.py)
+            from citrus_v.infer.fast import generate_rows_fast
 
-            generated, masks = predict_rows_fast(self, encoded, settings)
+            generated, seg_states = generate_rows_fast(self, encoded, settings)
         else:
             generated = generate_sequences(
                 self.model, self._left_padded(encoded), settings, self.eos_token_id, self.pad_token_id
             )
-            masks = self._segment(encoded, generated)
+            seg_states = self._seg_states(encoded, generated)
+        masks = self._masks(encoded, seg_states)
         predictions = [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
         if self.tighten_boxes:
             self._tighten(encoded, predictions)
@@ -158,11 +170,24 @@ class Predictor:
 
         ``points=[(x, y, label)]`` (1 add, 0 remove), ``box=[x1, y1, x2, y2]`` in original pixels,
         ``prompt=`` text whose [SEG] joins the clicks, ``mask_input=`` the previous mask.
-        Implemented in :func:`citrus_v.volume.interactive.refine`.
+        Implemented in :func:`citrus_v.infer.refine.refine`.
         """
-        from citrus_v.volume.interactive import refine
+        from citrus_v.infer.refine import refine
 
         return refine(self, image, **prompts)
+
+    def image_session(self, image: ImageInput, where: str = "image") -> ImageSession:
+        """An image the segmenter encodes once (on first need) however many requests and clicks
+        follow: pass it to ``predict``/``predict_batch`` in place of the image, and to ``refine``."""
+        if isinstance(image, ImageSession):
+            return self._own(image, where)
+        (rgb,) = self.load_images([image], where)
+        return ImageSession(self.model, rgb, resized_hw=self.template.processor.resized_hw(*rgb.shape[:2]))
+
+    def _own(self, session: ImageSession, where: str) -> ImageSession:
+        if session.model is not self.model:
+            raise ValueError(f"{where}: the image session was made for another model")
+        return session
 
     # ------------------------------------------------------------------ step 1: encode
     def load_images(self, images: Sequence[ImageInput] | ImageInput, where: str = "images") -> list[np.ndarray]:
@@ -170,12 +195,13 @@ class Predictor:
         from citrus_v.data.image_processing import to_rgb_array
         from citrus_v.data.medical_io import load_image
 
-        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
-            images = [images]
+        images = _as_list(images)
         arrays = []
         for j, image in enumerate(images):
             try:
-                if isinstance(image, (str, os.PathLike)):
+                if isinstance(image, ImageSession):
+                    arrays.append(self._own(image, f"{where}, image {j}").rgb)
+                elif isinstance(image, (str, os.PathLike)):
                     arrays.append(load_image(image, window=self.window))
                 else:
                     arrays.append(to_rgb_array(image))
@@ -189,17 +215,20 @@ class Predictor:
         if SEG_TOKEN in prompt:
             # every [SEG] in the ids becomes a mask query; one in the prompt would steal a mask
             raise ValueError(f"{where}: the prompt contains the reserved token {SEG_TOKEN}")
+        images = _as_list(images)
         arrays = self.load_images(images, where)
         example = self.template.encode_prompt(arrays, prompt)
-        has_images = bool(arrays)
-        return _Encoded(
-            input_ids=example.input_ids.tolist(),
-            pixel_values=example.pixel_values if has_images else None,
-            image_grid_thw=example.image_grid_thw if has_images else None,
-            sam_images=example.sam_images if has_images else None,
-            original_sizes=[(int(h), int(w)) for h, w in example.orig_hw],
-            resized_sizes=[(int(h), int(w)) for h, w in example.resized_hw],
-        )
+        if not arrays:
+            return _Encoded(example.input_ids.tolist(), None, None, None)
+        first = images[0]
+        resized = (int(example.resized_hw[0][0]), int(example.resized_hw[0][1]))
+        if isinstance(first, ImageSession):
+            session = first
+            if session.transforms.resized_hw is None:  # made without the ViT's size: now it is known
+                session.transforms = replace(session.transforms, resized_hw=resized)
+        else:
+            session = ImageSession(self.model, arrays[0], sam_image=example.sam_images[0], resized_hw=resized)
+        return _Encoded(example.input_ids.tolist(), example.pixel_values, example.image_grid_thw, session)
 
     def _images_of(self, rows: Sequence[_Encoded]) -> dict[str, torch.Tensor]:
         with_images = [r for r in rows if r.pixel_values is not None]
@@ -221,49 +250,57 @@ class Predictor:
         return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), **self._images_of(rows)}
 
     # ------------------------------------------------------------------ step 3: segment
-    def _segment(self, rows: Sequence[_Encoded], generated: Sequence[GeneratedSequence]) -> list[list[Mask]]:
-        """ONE teacher-forced pass over prompt + generated ids of every row that emitted [SEG].
+    def _seg_states(self, rows: Sequence[_Encoded], generated: Sequence[GeneratedSequence]) -> list[torch.Tensor]:
+        """Final-norm states (n_seg_row, H) at each row's [SEG] tokens, from ONE teacher-forced pass
+        over prompt + generated ids of every row that emitted [SEG] ((0, H) for the others).
 
         The batch is RIGHT-padded, as in training: causal attention keeps the pads out of the
-        [SEG] hidden states. The i-th [SEG] (row-major) pairs with the i-th mask.
+        [SEG] hidden states.
         """
-        out: list[list[Mask]] = [[] for _ in rows]
+        hidden_size = self.model.config.llm.hidden_size
+        out = [torch.zeros(0, hidden_size, device=self.device) for _ in rows]
         seg_rows = [i for i, g in enumerate(generated) if self.seg_token_id in g.ids]
         if not seg_rows:
             return out
-        for i in seg_rows:
-            if rows[i].sam_images is None:
-                raise ValueError(f"request {i}: the model emitted {SEG_TOKEN} but the request has no image to segment")
         sequences = [rows[i].input_ids + generated[i].ids for i in seg_rows]
         length = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        seg_image_index, seg_owner, first_image = [], [], 0
-        for k, (i, seq) in enumerate(zip(seg_rows, sequences)):
+        for k, seq in enumerate(sequences):
             ids[k, : len(seq)] = torch.tensor(seq)
             mask[k, : len(seq)] = 1
-            n_seg = seq.count(self.seg_token_id)
-            seg_image_index += [first_image] * n_seg  # a row's [SEG]s segment its first image
-            seg_owner += [i] * n_seg
-            first_image += rows[i].sam_images.shape[0]
-        chosen = [rows[i] for i in seg_rows]
-        dtype = next(self.model.parameters()).dtype
-        mask_logits, iou_scores = self.model.segment(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            **self._images_of(chosen),
-            sam_images=torch.cat([r.sam_images for r in chosen]).to(self.device, dtype),  # (n_img, 3, S, S)
-            seg_image_index=torch.tensor(seg_image_index, dtype=torch.long, device=self.device),
-        )
-        if mask_logits.shape[0] != len(seg_owner) or iou_scores.shape[0] != len(seg_owner):
+        ids = ids.to(self.device)
+        images = self._images_of([rows[i] for i in seg_rows])
+        hidden = self.model.hidden_states(ids, mask.to(self.device), images.get("pixel_values"), images.get("image_grid_thw"))
+        for k, i in enumerate(seg_rows):
+            out[i] = hidden[k][ids[k] == self.seg_token_id]  # (B, L, H) -> (n_seg_row, H)
+        return out
+
+    def _masks(self, rows: Sequence[_Encoded], seg_states: Sequence[torch.Tensor]) -> list[list[Mask]]:
+        """One Mask per [SEG] state, on its row's first image (original size). Every image is
+        encoded once, every [SEG] of the batch decoded in one call; the i-th [SEG] of a row pairs
+        with its i-th mask."""
+        out: list[list[Mask]] = [[] for _ in rows]
+        seg_rows = [i for i, s in enumerate(seg_states) if s.shape[0] > 0]
+        if not seg_rows:
+            return out
+        for i in seg_rows:
+            if rows[i].session is None:
+                raise ValueError(f"request {i}: the model emitted {SEG_TOKEN} but the request has no image to segment")
+        counts = [seg_states[i].shape[0] for i in seg_rows]
+        owner = [k for k, n in enumerate(counts) for _ in range(n)]
+        logits, iou = decode_seg_states(
+            [rows[i].session for i in seg_rows], torch.cat([seg_states[i] for i in seg_rows]), owner
+        )  # (n_seg, 256, 256), (n_seg,), row-major
+        if logits.shape[0] != len(owner) or iou.shape[0] != len(owner):
             raise ValueError(
-                f"segment returned {mask_logits.shape[0]} masks and {iou_scores.shape[0]} scores "
-                f"for {len(seg_owner)} [SEG] tokens"
+                f"segment returned {logits.shape[0]} masks and {iou.shape[0]} scores for {len(owner)} [SEG] tokens"
             )
-        for n, owner in enumerate(seg_owner):
-            size = rows[owner].original_sizes[0]
-            mask_np = logits_to_masks(mask_logits[n : n + 1], size)[0]  # (H, W) bool
-            out[owner].append(Mask(mask=mask_np, score=float(iou_scores[n]), image_index=0))
+        start = 0
+        for i, n in zip(seg_rows, counts):
+            binary = rows[i].session.transforms.masks_to_original(logits[start : start + n])  # (n, H, W) bool
+            out[i] = [Mask(mask=m, score=float(s), image_index=0) for m, s in zip(binary, iou[start : start + n])]
+            start += n
         return out
 
     # ------------------------------------------------------------------ step 4: read out
@@ -286,32 +323,24 @@ class Predictor:
     def _tighten(self, rows: Sequence[_Encoded], predictions: Sequence[Prediction]) -> None:
         """The segmenter outlines what each written box frames; the outline's box replaces it.
 
-        One image-encoder pass over the first image of every row that has boxes, then one
-        box-prompted decode per box. The report's boxes are the same objects, so they follow.
+        Each row's first image is encoded at most once: a row that segmented already has its
+        features, the others are encoded in one call; then one box-prompted decode per box. The
+        report's boxes are the same objects, so they follow.
         """
         from citrus_v.infer.box_tightening import tighten_boxes
 
-        todo = [i for i, p in enumerate(predictions) if p.boxes and rows[i].sam_images is not None]
-        if not todo:
-            return
-        segmenter = self.model.segmenter
-        param = next(segmenter.parameters())  # the segmenter's device and dtype
-        sam_images = torch.cat([rows[i].sam_images[:1] for i in todo]).to(param.device, param.dtype)  # (n, 3, S, S)
-        features = segmenter.encode(sam_images)
-        sam_size = self.model.config.segmenter.image_size
-        for k, i in enumerate(todo):
-            one = features.select(torch.tensor([k], device=param.device))
-            tighten_boxes(segmenter, one, predictions[i].boxes, rows[i].original_sizes[0], sam_size)
+        todo = [i for i, p in enumerate(predictions) if p.boxes and rows[i].session is not None]
+        encode_sessions([rows[i].session for i in todo])
+        for i in todo:
+            tighten_boxes(rows[i].session, predictions[i].boxes)
 
     def _boxes(self, answer: str, enc: _Encoded) -> list[Box]:
         """Boxes in the answer (resized-image pixels) mapped to the FIRST image's original pixels."""
-        from citrus_v.data.boxes import parse_boxes, to_original
+        from citrus_v.data.boxes import parse_boxes
 
-        if not enc.original_sizes:
+        if enc.session is None:
             return []
-        resized, original = enc.resized_sizes[0], enc.original_sizes[0]
-        boxes = []
-        for bbox, label in parse_boxes(answer):
-            x1, y1, x2, y2 = to_original(bbox, orig_hw=original, resized_hw=resized)
-            boxes.append(Box(bbox=[x1, y1, x2, y2], label=label, image_index=0))
-        return boxes
+        return [
+            Box(bbox=enc.session.transforms.box_to_original(bbox), label=label, image_index=0)
+            for bbox, label in parse_boxes(answer)
+        ]

@@ -7,9 +7,9 @@ projected [SEG] embedding (what the language model asked for) may be appended af
 as ``decode`` appends it after its padding point, so a click refines a text-prompted
 mask instead of replacing it. A previous mask's logits can also be fed back as the dense prompt.
 
-Coordinates: users give pixels of the ORIGINAL image (x right, y down). The segmenter sees the
-image stretched to S x S, so x -> x * S / W and y -> y * S / H (``to_sam_coords``); the prompt
-encoder adds the half-pixel shift itself.
+Coordinates here are pixels of the segmenter's S x S input; the prompt encoder adds the
+half-pixel shift itself. Users give ORIGINAL image pixels: ``citrus_v.infer.transforms`` maps
+them, ``citrus_v.infer.session.ImageSession`` calls these functions with its cached features.
 
 Only the ``Segmenter`` interface is used (``prompt_encoder``, ``mask_input_size``, ``decode_sparse``),
 so either segmenter works unchanged.
@@ -17,55 +17,10 @@ so either segmenter works unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from citrus_v.model.segmenter import Segmenter, SegmenterFeatures, padding_point
-
-POINT_LABELS = {0: "negative", 1: "positive"}
-
-
-def to_sam_coords(xy: np.ndarray, orig_hw: tuple[int, int], sam_size: int) -> np.ndarray:
-    """(N, 2) original-pixel (x, y) -> (N, 2) segmenter-input (x, y), float64."""
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    h, w = orig_hw
-    return xy * np.array([sam_size / w, sam_size / h])
-
-
-def from_sam_coords(xy: np.ndarray, orig_hw: tuple[int, int], sam_size: int) -> np.ndarray:
-    """Inverse of :func:`to_sam_coords`."""
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    h, w = orig_hw
-    return xy * np.array([w / sam_size, h / sam_size])
-
-
-def check_prompts(
-    points: Sequence[tuple[float, float, int]] | None,
-    box: Sequence[float] | None,
-    orig_hw: tuple[int, int],
-    where: str = "prompt",
-) -> None:
-    """Points (x, y, label in {0, 1}) and box [x1, y1, x2, y2] must lie on the image; clear errors otherwise."""
-    h, w = orig_hw
-    for i, p in enumerate(points or ()):
-        if len(p) != 3:
-            raise ValueError(f"{where}: point {i} must be (x, y, label), got {tuple(p)}")
-        x, y, label = p
-        if int(label) not in POINT_LABELS or label != int(label):
-            raise ValueError(f"{where}: point {i} label must be 1 (positive) or 0 (negative), got {label}")
-        if not (0 <= x < w and 0 <= y < h):
-            raise ValueError(f"{where}: point {i} ({x}, {y}) lies outside the {w}x{h} image (x in 0..{w - 1}, y in 0..{h - 1})")
-    if box is not None:
-        if len(box) != 4:
-            raise ValueError(f"{where}: box must be [x1, y1, x2, y2], got {list(box)}")
-        x1, y1, x2, y2 = (float(v) for v in box)
-        if not (x1 < x2 and y1 < y2):
-            raise ValueError(f"{where}: box {list(box)} must have x1 < x2 and y1 < y2")
-        if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
-            raise ValueError(f"{where}: box {list(box)} reaches outside the {w}x{h} image")
 
 
 def prompt_embeddings(
@@ -127,17 +82,3 @@ def decode_with_prompts(
         n_points = 0 if points_sam is None else int(points_sam.reshape(-1, 2).shape[0])
         multimask = box_sam is None and n_points <= 1
     return segmenter.decode_sparse(features, sparse, dense, multimask)
-
-
-@torch.no_grad()
-def seg_embeddings(
-    model,  # CitrusV
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    pixel_values: torch.Tensor | None,
-    image_grid_thw: torch.Tensor | None,
-) -> torch.Tensor:
-    """Projected [SEG] states (n_seg, C) of ONE teacher-forced pass over ``input_ids`` (1, L)."""
-    hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (1, L, H), as in forward
-    seg_hidden = hidden[input_ids == model.config.tokens.seg_token_id]  # (n_seg, H)
-    return model.seg_projector(seg_hidden)  # (n_seg, C)

@@ -41,6 +41,12 @@ class SegmenterFeatures:
             self.image_embeddings[image_index], [f[image_index] for f in self.high_resolution_features]
         )
 
+    @staticmethod
+    def cat(parts: list[SegmenterFeatures]) -> SegmenterFeatures:
+        """The features of several image batches as one, in order."""
+        levels = zip(*(p.high_resolution_features for p in parts))
+        return SegmenterFeatures(torch.cat([p.image_embeddings for p in parts]), [torch.cat(list(f)) for f in levels])
+
 
 class Segmenter(Protocol):
     """What the rest of the package may ask of a segmenter (SAM2 or LiteMedSAM). Optional abilities

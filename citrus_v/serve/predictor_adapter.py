@@ -26,15 +26,28 @@ def to_generation_settings(sampling: SamplingParams):
     )
 
 
+SESSIONS_KEPT = 4  # images whose segmenter features the server keeps (SAM2-L: ~16 MB each in fp32)
+
+
 class PredictorAdapter:
-    """Holds the ONE model instance; the batch worker calls it from one thread at a time."""
+    """Holds the ONE model instance; the batch worker calls it from one thread at a time.
+
+    The viewer sends the image again with every click: the sessions of the last few images
+    (``citrus_v.infer.session.SessionCache``) let an answer and the clicks after it share one
+    image-encoder pass.
+    """
 
     def __init__(self, predictor, model_name: str):
+        from citrus_v.infer.session import SessionCache
+
         self.predictor = predictor
         self.model_name = model_name
+        self.sessions = SessionCache(predictor.image_session, SESSIONS_KEPT)
 
     def predict_batch(self, items: Sequence[tuple[list[np.ndarray], str]], settings: SamplingParams) -> list[Prediction]:
-        return self.predictor.predict_batch(list(items), settings=to_generation_settings(settings))
+        # a request's first image is the one its [SEG]s segment and its boxes are on
+        requests = [([self.sessions.get(images[0]), *images[1:]] if images else images, text) for images, text in items]
+        return self.predictor.predict_batch(requests, settings=to_generation_settings(settings))
 
     def refine(self, image: np.ndarray, text: str, prompts: PromptSpec, settings: SamplingParams) -> Prediction:
         """Point/box prompts (and the text, if any) on one image -> ``Predictor.refine``'s one mask."""
@@ -42,7 +55,7 @@ class PredictorAdapter:
         previous = self.predictor.settings
         self.predictor.settings = to_generation_settings(settings)
         try:
-            return self.predictor.refine(image, prompt=text if text.strip() else None, **prompts.refine_kwargs())
+            return self.predictor.refine(self.sessions.get(image), prompt=text if text.strip() else None, **prompts.refine_kwargs())
         finally:
             self.predictor.settings = previous
 

@@ -90,11 +90,10 @@ def _run_image_refine(args: argparse.Namespace, predictor) -> int:
     from PIL import Image
 
     from citrus_v.infer.overlay import draw_overlay, save_mask_png
-    from citrus_v.volume.interactive import refine
 
     image = predictor.load_images(args.image[:1])[0]
     try:
-        pred = refine(predictor, image, points=args.point, box=args.box, prompt=args.prompt or None)
+        pred = predictor.refine(image, points=args.point, box=args.box, prompt=args.prompt or None)
     except ValueError as err:
         raise SystemExit(f"citrus-v predict: {err}") from None
     result = {"answer": pred.answer, "masks": [], "mask_scores": [round(m.score, 4) for m in pred.masks],

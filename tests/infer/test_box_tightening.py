@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from citrus_v.infer import box_tightening
+from citrus_v.infer import session as image_session
 from citrus_v.infer.box_tightening import clip_box
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.model.prompting import to_sam_coords
+from citrus_v.infer.transforms import ImageTransforms
 
 BOX_ANSWER = '```json\n[{"bbox_2d": [28, 14, 56, 42], "label": "liver"}, {"bbox_2d": [0, 0, 84, 56], "label": "body"}]\n```'
 SETTINGS = GenerationSettings(max_new_tokens=80)
@@ -30,13 +30,14 @@ def _square_logits(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
 def test_predictor_replaces_each_written_box_by_the_outline_box(predictor, image, scripted, monkeypatch):
     calls = []
 
-    def fake_decode(segmenter, features, *, box_sam, multimask):
+    def fake_decode(segmenter, features, *, box_sam, multimask, points_sam, point_labels, text_embedding, mask_input):
+        assert points_sam is point_labels is text_embedding is mask_input is None  # the box alone prompts
         calls.append((box_sam.clone(), multimask, features.image_embeddings.shape[0]))
         if len(calls) == 2:
             return torch.full((1, 256, 256), -10.0), torch.tensor([0.1])  # the second box: an empty outline
         return _square_logits(64, 128, 128, 192), torch.tensor([0.75])  # rows 1/4..1/2, columns 1/2..3/4
 
-    monkeypatch.setattr(box_tightening, "decode_with_prompts", fake_decode)
+    monkeypatch.setattr(image_session, "decode_with_prompts", fake_decode)
     scripted(BOX_ANSWER)
     pred = predictor.predict([image], "Locate the liver.", settings=SETTINGS)
     liver, body = pred.boxes
@@ -49,7 +50,7 @@ def test_predictor_replaces_each_written_box_by_the_outline_box(predictor, image
     assert body.text_bbox is None and body.score is None  # empty outline: the box stays as written
     # each decode got ONE image's features, the written box in segmenter pixels, and one mask asked for
     sam_size = predictor.model.config.segmenter.image_size
-    expected = to_sam_coords([written[:2], written[2:]], (90, 130), sam_size).reshape(4)
+    expected = ImageTransforms((90, 130), sam_size).to_segmenter([written[:2], written[2:]]).reshape(4)
     assert calls[0][0].numpy() == pytest.approx(expected, rel=1e-5)
     assert [c[1:] for c in calls] == [(False, 1), (False, 1)]
     assert liver.to_dict()["text_bbox"] == pytest.approx(written, abs=0.01) and "text_bbox" not in body.to_dict()
@@ -57,7 +58,7 @@ def test_predictor_replaces_each_written_box_by_the_outline_box(predictor, image
 
 def test_tightening_off_returns_boxes_as_written(predictor, image, scripted, monkeypatch):
     monkeypatch.setattr(predictor, "tighten_boxes", False)
-    monkeypatch.setattr(box_tightening, "decode_with_prompts", lambda *a, **k: pytest.fail("tightening is off"))
+    monkeypatch.setattr(image_session, "decode_with_prompts", lambda *a, **k: pytest.fail("tightening is off"))
     scripted(BOX_ANSWER)
     pred = predictor.predict([image], "Locate the liver.", settings=SETTINGS)
     rh, rw = predictor.template.processor.resized_hw(90, 130)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from citrus_v.infer.fast import FastDecoder, masks_from_seg_states
+from citrus_v.infer.fast import FastDecoder
 from citrus_v.infer.generation import GenerationSettings, generate_sequences
+from citrus_v.infer.session import decode_seg_states
 
 
 class RowScriptedHead(nn.Module):
@@ -98,7 +99,7 @@ def test_seg_states_from_decoding_give_the_teacher_forced_masks(predictor, image
     assert [s.ids for s in fast.sequences] == [s.ids for s in plain] == scripts
     assert [h.shape[0] for h in fast.seg_hidden] == [2, 1]  # the trailing [SEG] got its state too
 
-    # the plain path: ONE right-padded teacher-forced pass (what Predictor._segment does)
+    # the plain path: ONE right-padded teacher-forced pass (what Predictor._seg_states does)
     model = predictor.model
     seqs = [r.input_ids + s.ids for r, s in zip(rows, plain)]
     length = max(map(len, seqs))
@@ -106,11 +107,12 @@ def test_seg_states_from_decoding_give_the_teacher_forced_masks(predictor, image
     mask = torch.zeros(2, length, dtype=torch.long)
     for k, s in enumerate(seqs):
         ids[k, : len(s)], mask[k, : len(s)] = torch.tensor(s), 1
-    sam_images = torch.cat([r.sam_images for r in rows])  # (2, 3, S, S)
+    sam_images = torch.stack([r.session.sam_image for r in rows])  # (2, 3, S, S)
     index = torch.tensor([0, 0, 1])
     ref_logits, ref_iou = model.segment(ids, mask, **predictor._images_of(rows), sam_images=sam_images, seg_image_index=index)
 
-    logits, iou = masks_from_seg_states(model, torch.cat(fast.seg_hidden), sam_images, index)
+    # the fast path's states through the predictor's image sessions
+    logits, iou = decode_seg_states([r.session for r in rows], torch.cat(fast.seg_hidden), index.tolist())
     assert logits.shape == (3, 256, 256)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=0)

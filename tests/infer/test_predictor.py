@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.infer.masks import logits_to_masks
+from citrus_v.infer.transforms import logits_to_masks
 from citrus_v.infer.types import Mask, Prediction
 
 FEW = GenerationSettings(max_new_tokens=4)
@@ -25,13 +25,14 @@ def test_predict_returns_typed_prediction(predictor, image):
 def test_seg_gives_one_mask_per_seg_from_one_teacher_forced_pass(predictor, image, scripted, monkeypatch):
     scripted("Sure, it is [SEG] and [SEG].")
     calls = []
-    real_segment = predictor.model.segment
+    real_hidden_states = predictor.model.hidden_states
 
-    def counting_segment(**kwargs):
-        calls.append(kwargs)
-        return real_segment(**kwargs)
+    def counting_hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw):
+        calls.append({"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+                      "image_grid_thw": image_grid_thw})  # fmt: skip
+        return real_hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)
 
-    monkeypatch.setattr(predictor.model, "segment", counting_segment)
+    monkeypatch.setattr(predictor.model, "hidden_states", counting_hidden_states)
     pred = predictor.predict([image], "Please segment the liver.", settings=GenerationSettings(max_new_tokens=20))
     assert pred.answer == "Sure, it is [SEG] and [SEG]."
     assert len(calls) == 1  # ONE teacher-forced pass, no second generation
@@ -40,17 +41,19 @@ def test_seg_gives_one_mask_per_seg_from_one_teacher_forced_pass(predictor, imag
         assert isinstance(m, Mask) and m.mask.shape == (90, 130) and m.mask.dtype == bool
         assert np.isfinite(m.score)
     assert pred.mean_token_prob > 0.99  # the script forces every token
-    # the masks are exactly the segmenter's logits for prompt + generated ids, upsampled
+    # the masks are exactly the segmenter's logits for prompt + generated ids (CitrusV.segment), upsampled
     ids = calls[0]["input_ids"]
     assert int((ids == predictor.seg_token_id).sum()) == 2
-    logits, iou = real_segment(**calls[0])
+    monkeypatch.setattr(predictor.model, "hidden_states", real_hidden_states)
+    sam_images = predictor.template.encode_prompt([image], "x").sam_images  # (1, 3, S, S)
+    logits, iou = predictor.model.segment(**calls[0], sam_images=sam_images, seg_image_index=torch.tensor([0, 0]))
     np.testing.assert_array_equal(np.stack([m.mask for m in pred.masks]), logits_to_masks(logits, (90, 130)))
     assert [m.score for m in pred.masks] == pytest.approx(iou.tolist())
 
 
 def test_count_mismatch_is_an_error(predictor, image, scripted, monkeypatch):
     scripted("[SEG] [SEG]")
-    monkeypatch.setattr(predictor.model, "segment", lambda **kw: (torch.zeros(1, 256, 256), torch.zeros(1)))
+    monkeypatch.setattr(predictor.model, "decode_seg_states", lambda *a, **k: (torch.zeros(1, 256, 256), torch.zeros(1)))
     with pytest.raises(ValueError, match=r"1 masks and 1 scores for 2 \[SEG\]"):
         predictor.predict([image], "Segment both kidneys.", settings=GenerationSettings(max_new_tokens=10))
 

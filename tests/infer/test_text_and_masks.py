@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.infer.masks import logits_to_masks
+from citrus_v.infer.transforms import logits_to_masks
 from citrus_v.infer.text import parse_report, split_reasoning, strip_box_markup, strip_control_tokens
 from citrus_v.infer.types import Box, Mask
 
@@ -81,3 +81,31 @@ def test_greedy_kwargs_neutralise_sampling_knobs():
 def test_mask_scores_are_clipped_to_an_iou(raw, shown):
     # the demo's phantom liver came back with a predicted IoU of 1.01 from SAM's regression head
     assert Mask(mask=np.zeros((2, 2), bool), score=raw).score == pytest.approx(shown)
+
+
+def test_transforms_docstring_examples_hold():
+    import doctest
+
+    from citrus_v.infer import transforms
+
+    result = doctest.testmod(transforms)
+    assert result.attempted >= 2 and result.failed == 0
+
+
+def test_transforms_map_every_frame_of_one_image():
+    from citrus_v.infer.transforms import ImageTransforms, mask_to_logits
+
+    t = ImageTransforms(orig_hw=(90, 130), sam_size=256, resized_hw=(84, 112))
+    points, labels = t.points_to_segmenter([(65, 45, 1), (0, 90, 0)])
+    torch.testing.assert_close(points, torch.tensor([[128.0, 128.0], [0.0, 256.0]]))
+    assert labels.tolist() == [1, 0] and labels.dtype == torch.long
+    torch.testing.assert_close(t.box_to_segmenter([13, 9, 130, 90]), torch.tensor([25.6, 25.6, 256.0, 256.0]))
+    np.testing.assert_allclose(t.from_segmenter(t.to_segmenter([[12.5, 7.25]])), [[12.5, 7.25]])
+    with pytest.raises(ValueError, match="no resized size"):
+        ImageTransforms((90, 130), 256).box_to_original([0, 0, 1, 1])
+    # a mask fed back as a dense prompt: +10 inside, -10 outside, at the 256 x 256 mask size
+    mask = np.zeros((90, 130), bool)
+    mask[:45, 65:] = True  # the top-right quarter
+    logits = mask_to_logits(mask)
+    assert logits.shape == (256, 256) and logits[0, 255] == 10.0 and logits[255, 0] == -10.0
+    np.testing.assert_array_equal(t.masks_to_original(logits[None])[0], mask)

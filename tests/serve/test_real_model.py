@@ -180,3 +180,26 @@ def test_served_point_prompt_with_text_uses_the_answers_seg(adapter, image_png):
     text_only = adapter.predictor.refine(pixels, points=[(60, 45, 1)])
     # the [SEG] embedding joined the click: a different prompt set, so a different mask than the click alone
     assert not np.array_equal(direct.masks[0].mask, text_only.masks[0].mask)
+
+
+def test_an_answer_and_the_clicks_after_it_encode_the_image_once(adapter, image_png, monkeypatch):
+    from citrus_v.infer.session import SessionCache
+
+    pixels, url = image_png
+    monkeypatch.setattr(adapter, "sessions", SessionCache(adapter.predictor.image_session))  # none kept from other tests
+    calls = []
+    real = adapter.predictor.model.segmenter.encode
+    monkeypatch.setattr(adapter.predictor.model.segmenter, "encode", lambda x: calls.append(x.shape[0]) or real(x))
+    with TestClient(create_app(adapter, ServeConfig())) as client:
+        try:
+            script(adapter, "Sure, it is [SEG].")
+            answer = client.post("/v1/chat/completions", json=chat_body(url, "Please segment the liver.", max_tokens=20))
+        finally:
+            unscript(adapter)
+        click = client.post("/v1/chat/completions", json=chat_body(url, "", prompts={"points": [[40, 30, 1]]}))
+        again = client.post("/v1/chat/completions", json=chat_body(url, "", prompts={"points": [[40, 30, 1], [100, 70, 0]]}))
+    assert [r.status_code for r in (answer, click, again)] == [200, 200, 200]
+    assert len(answer.json()["seg_masks_rle"]) == 1
+    assert calls == [1]  # the viewer sent the image three times; the segmenter encoded it once
+    direct = adapter.predictor.refine(pixels, points=[(40, 30, 1), (100, 70, 0)])
+    np.testing.assert_array_equal(decode_mask(again.json()["seg_masks_rle"][0]), direct.masks[0].mask)

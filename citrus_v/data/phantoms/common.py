@@ -13,6 +13,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from citrus_v.data.boxes import bbox_of  # noqa: F401 - its old home; train/cached_seg.py still reads it here
+
 
 @dataclass
 class Phantom:
@@ -152,16 +154,6 @@ class Canvas:
                     m &= ~mask
             self.masks[name] = self.masks.get(name, np.zeros_like(mask)) | mask
         return mask
-
-
-def bbox_of(mask: np.ndarray) -> list[int]:
-    """[x1, y1, x2, y2] of a non-empty mask; x2/y2 are one past the last pixel (COCO-style
-    continuous box: width = x2 - x1 equals the pixel count across)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise ValueError("bbox_of: the mask is empty")
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 def save_png(array: np.ndarray, path, compress_level: int = 1) -> None:

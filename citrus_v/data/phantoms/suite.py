@@ -16,9 +16,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..boxes import bbox_of
 from ..schema import Message, Objects, Record, write_jsonl
 from . import document, text, totalseg
-from .common import ModalitySpec, bbox_of, save_png
+from .common import ModalitySpec, save_png
 from .ct import SPEC as CT
 from .endoscopy import DERM, ENDOSCOPY
 from .mr import SPEC as MR
