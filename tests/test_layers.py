@@ -10,13 +10,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "citrus_v"
 
-# Edges the image-session work (issue 19, point 2) removes on its own branch; the coordinator
-# empties this set when that branch is merged. Nothing may be added to it.
-PENDING_UNTIL_IMAGE_SESSION_MERGE = {
-    ("citrus_v.infer.predictor", "citrus_v.volume.interactive"),
-    ("citrus_v.infer.box_tightening", "citrus_v.data.phantoms.common"),
-}
-
 # layer -> the packages it must never import
 FORBIDDEN = {
     "citrus_v.data": ("citrus_v.model", "citrus_v.infer", "citrus_v.train", "citrus_v.eval", "citrus_v.serve", "citrus_v.volume"),
@@ -133,12 +126,7 @@ def test_layers_point_one_way(layer):
         for src, deps in graph.items()
         if inside(src, layer)
         for dst in deps
-        if any(inside(dst, banned) for banned in FORBIDDEN[layer]) and (src, dst) not in PENDING_UNTIL_IMAGE_SESSION_MERGE
+        if any(inside(dst, banned) for banned in FORBIDDEN[layer])
     )
     assert wrong == []
 
-
-def test_pending_edges_still_exist():
-    """An entry that no longer holds must leave the allowlist (it can only shrink)."""
-    graph = import_graph()
-    assert all(dst in graph[src] for src, dst in PENDING_UNTIL_IMAGE_SESSION_MERGE)
