@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from citrus_v.train.distributed import DistContext, barrier
-from citrus_v.train.recipe import TrainResult, train
+from citrus_v.train.recipe import TrainingRefused, TrainResult, train
 from citrus_v.train.stages import SEG_PARTS, StageConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def check_stage_has_work(stage: StageConfig, dataset: MixtureDataset, lora: bool
     )
 
 
-class NothingToTrainError(ValueError):
+class NothingToTrainError(TrainingRefused):
     """The stage's data holds no record that any of its loss terms trains on."""
 
 

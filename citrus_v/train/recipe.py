@@ -151,6 +151,26 @@ def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.
     return state.trainer
 
 
+class TrainingRefused(ValueError):
+    """A run the recipe will not start as asked (the message says why and what to change)."""
+
+
+def _resumed_length(trainer: dict[str, Any], asked: int, step: int, stage: StageConfig, ctx: DistContext) -> int:
+    """The schedule's length for a resumed run: the checkpointed run's (which a time budget may have
+    shortened) when this run asks for the same length; otherwise the asked length, the cosine re-laid
+    over it from the checkpoint's step on (said in one log line). Fewer steps than already done: refused."""
+    saved = trainer.get("total_steps", asked)
+    if asked == trainer.get("planned_steps", saved):
+        return saved
+    if asked < step:
+        raise TrainingRefused(f"{stage.name}: the checkpoint is at step {step}, past the {asked} steps asked for; "
+                              f"ask for {step} steps or more (its run had {saved})")
+    if ctx.is_main:
+        log.info("%s: schedule re-laid over %d steps (the checkpoint's run had %d); resuming at step %d",
+                 stage.name, asked, saved, step)
+    return asked
+
+
 def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
     if clip is None:
         norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
@@ -225,6 +245,7 @@ def train(
     # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `model`.
     optimizer = build_optimizer(model, stage)
     total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
+    planned = total_steps  # the length asked for; a time budget may settle on fewer
     horizon = [total_steps]  # the schedule's length; a time budget may shorten it once the step time is known
     scheduler = build_scheduler(optimizer, stage, lambda: horizon[0])
 
@@ -238,7 +259,9 @@ def train(
             if state.rng is not None:
                 ckpt.restore_rng(state.rng)
             step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
-            total_steps = horizon[0] = state.trainer.get("total_steps", total_steps)
+            total_steps = horizon[0] = _resumed_length(state.trainer, total_steps, step, stage, ctx)
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)  # the next step's lr on the (re-laid) cosine
             time_budget_s = None  # a resumed run keeps the length the interrupted one had settled on
             if ctx.is_main:
                 log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
@@ -270,7 +293,7 @@ def train(
         if window.trained:  # a window with nothing to train on any rank leaves the weights (and AdamW) as they are
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step used (the scheduler's last one, or a re-laid cosine's)
         step += 1
         if budget is not None and (fit := budget.fit(step)) is not None and fit != end:
             end = horizon[0] = fit  # the cosine now ends where the time runs out (from the next step's lr on)
@@ -289,7 +312,8 @@ def train(
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
         if step % stage.save_every == 0 or step == end:
-            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx, end)
+            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx,
+                             horizon[0], planned)
     bar.close()
     if skipped and ctx.is_main:
         log.info("%s: skipped %d micro-batches that had no term to train in this stage (e.g. no [SEG] while only the "
@@ -456,12 +480,12 @@ def _accumulate(objective: nn.Module, micro: list[Batch], ctx: DistContext, auto
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
-          position: int, stage: StageConfig, ctx: DistContext, total_steps: int) -> Path:
+          position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int) -> Path:
     model_sd, optim_sd = _model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
         trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict(),
-                   "total_steps": total_steps}
+                   "total_steps": total_steps, "planned_steps": planned_steps}
         config = getattr(model, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
         if config is not None and hasattr(config, "to_dict"):
             trainer["model_config"] = config.to_dict()
