@@ -66,6 +66,7 @@ class CitrusVOutput:
     hidden: torch.Tensor  # (B, L, H) last-layer states after the final norm
     logits: torch.Tensor | None  # (B, L, V); None when forward(..., logits=False)
     seg_states: torch.Tensor  # (n_seg, H) the [SEG] tokens' states, row-major order
+    seg_prompts: torch.Tensor  # (n_seg, 256) their projection, the segmenter's prompts
     pred_masks: torch.Tensor  # (n_seg, 256, 256) logits of the candidate with the best predicted IoU
     iou_scores: torch.Tensor  # (n_seg,) its predicted IoU
     mask_candidates: torch.Tensor | None = None  # (n_seg, M, 256, 256) every candidate (mask_candidates=True)
@@ -127,11 +128,14 @@ class CitrusV(nn.Module):
         copy_log_probs = copy.read_out(copy_pairs, attention_mask) if copy is not None else None
         reading_logits = read.read_out() if read is not None else None
         seg_states = hidden[seg_positions]  # (n_seg, H)
-        masks, ious = self._segment(seg_states, sam_images, seg_image_index, mask_candidates)
+        # projected even when there is no [SEG]: an empty (0, 256) output that still holds the projector, so
+        # that every rank's backward under FSDP2 starts from the same module (objectives.Objective)
+        prompts = self.seg_prompts(seg_states)  # (n_seg, 256)
+        masks, ious = self._segment(prompts, sam_images, seg_image_index, mask_candidates)
         # the published pick (best predicted IoU), what inference returns: (n_seg, 256, 256), (n_seg,)
         pred_masks, iou_scores = pick_masks(masks, ious, candidates=False) if mask_candidates else (masks, ious)
         return CitrusVOutput(
-            hidden=hidden, logits=self.mllm.lm_head(hidden) if logits else None, seg_states=seg_states,
+            hidden=hidden, logits=self.mllm.lm_head(hidden) if logits else None, seg_states=seg_states, seg_prompts=prompts,
             pred_masks=pred_masks, iou_scores=iou_scores, mask_candidates=masks if mask_candidates else None,
             candidate_iou=ious if mask_candidates else None, copy_log_probs=copy_log_probs, reading_logits=reading_logits,
         )  # fmt: skip
@@ -171,18 +175,18 @@ class CitrusV(nn.Module):
             raise ValueError(f"seg_image_index {seg_image_index.tolist()} points outside the {n_img} sam_images")
 
     def _segment(
-        self, seg_states: torch.Tensor, sam_images: torch.Tensor | None, seg_image_index: torch.Tensor | None,
+        self, prompts: torch.Tensor, sam_images: torch.Tensor | None, seg_image_index: torch.Tensor | None,
         candidates: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if seg_states.shape[0] == 0:
+        if prompts.shape[0] == 0:
             lead = (0, 1) if candidates else (0,)  # one (absent) candidate per [SEG]
-            return seg_states.new_zeros(*lead, MASK_SIZE, MASK_SIZE), seg_states.new_zeros(*lead)
+            return prompts.new_zeros(*lead, MASK_SIZE, MASK_SIZE), prompts.new_zeros(*lead)
         assert sam_images is not None and seg_image_index is not None  # checked by _check_seg_counts
         # encode each referenced image once, however many [SEG] point at it
         used, per_seg = torch.unique(seg_image_index, return_inverse=True)
         sam_param = next(self.segmenter.parameters())  # the segmenter's device and dtype
         features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
-        return self.decode_seg_states(seg_states, features, per_seg, candidates=candidates)
+        return self.decode_prompts(prompts, features, per_seg, candidates=candidates)
 
     def decode_seg_states(
         self, seg_hidden: torch.Tensor, features: SegmenterFeatures, image_index: torch.Tensor, candidates: bool = False
@@ -190,8 +194,16 @@ class CitrusV(nn.Module):
         """[SEG] states (n_seg, H) + encoded images -> masks and predicted IoU, as ``segmenter.decode``
         returns them: the projector and the mask decoder, all that stage 4 trains (so its cached
         variant, ``citrus_v.train.cached_seg``, calls exactly this)."""
-        prompts = self.seg_projector(seg_hidden)  # (n_seg, 256)
-        prompts = scale_grad(prompts, self.config.seg_grad_scale)
+        return self.decode_prompts(self.seg_prompts(seg_hidden), features, image_index, candidates=candidates)
+
+    def seg_prompts(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (n_seg, H) -> the segmenter's prompt embeddings (n_seg, 256), HookGrad-scaled."""
+        return scale_grad(self.seg_projector(seg_hidden), self.config.seg_grad_scale)
+
+    def decode_prompts(
+        self, prompts: torch.Tensor, features: SegmenterFeatures, image_index: torch.Tensor, candidates: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (n_seg, 256) + encoded images -> masks and predicted IoU (``segmenter.decode``)."""
         dtype = features.image_embeddings.dtype
         return self.segmenter.decode(features, image_index, prompts.unsqueeze(1).to(dtype), candidates=candidates)
 

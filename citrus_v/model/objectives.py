@@ -184,8 +184,10 @@ class Objective(nn.Module):
     returns outputs outside any loss, e.g. the predicted IoU).
 
     ``keep_in_step`` (DDP/FSDP): a micro-batch with no term to train still has to join the ranks'
-    gradient collectives, so its terms gain ``step_anchor``, zero times one trainable parameter that
-    the forward holds unsharded; it adds 0 to the loss and a zero gradient."""
+    gradient collectives, so its terms gain ``step_anchor``: zero times a forward output that holds
+    trainable parameters (the [SEG] prompts, projected even when there are none, so that under FSDP2
+    every rank's backward starts from the root module's output and prefetches alike), or else zero
+    times one trainable parameter. It adds 0 to the loss and a zero gradient."""
 
     def __init__(self, model: CitrusV, keep_in_step: bool = False) -> None:
         super().__init__()
@@ -193,9 +195,10 @@ class Objective(nn.Module):
         self.keep_in_step = keep_in_step
 
     def forward(self, batch: dict[str, Any], masks_in_window: int | None = None) -> LossTerms:
-        _, terms = forward_and_score(self.model, batch, masks_in_window)
+        out, terms = forward_and_score(self.model, batch, masks_in_window)
         if self.keep_in_step and not terms.trains:
-            terms.terms["step_anchor"] = 0.0 * _first_trainable(self.model).reshape(-1)[0]
+            held = out.seg_prompts if out.seg_prompts.requires_grad else _first_trainable(self.model)
+            terms.terms["step_anchor"] = 0.0 * held.sum()
         return terms
 
 

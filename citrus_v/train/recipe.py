@@ -151,6 +151,46 @@ def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.
     return state.trainer
 
 
+def _configure(model: nn.Module, stage: StageConfig, ctx: DistContext,
+               adjust_trainable: Callable[[nn.Module], None] | None) -> None:
+    """Set the stage's trainable parts, HookGrad scale, training-target heads and checkpointing."""
+    model.set_trainable(stage.trainable_parts)
+    if adjust_trainable is not None:  # e.g. LoRA: only adapters train inside the MLLM
+        adjust_trainable(model)
+    model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
+    c = stage.copy_attention
+    if c and ctx.strategy == "fsdp2":
+        # the head's scores are recomputed outside its layer's forward, where FSDP2 has resharded the weights
+        raise ValueError(f"stage {stage.name}: copy_attention is not supported with --strategy fsdp2 (use ddp)")
+    if c:
+        model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0))
+    else:
+        model.set_copy_attention(None)
+    r = stage.token_reading  # after set_trainable: the new head trains
+    model.set_token_reading(r.get("weight", 1.0) if r is not None else None)
+    if stage.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, horizon: list[int],
+            stage: StageConfig, ctx: DistContext) -> tuple[int, int, int]:
+    """Load the checkpoint at ``path`` into these objects and the RNGs, set ``horizon[0]`` (the
+    schedule's length, asked for on entry) by ``_resumed_length``; returns its (step, epoch, position)."""
+    state = ckpt.load_checkpoint(path)
+    _load_state(model, optimizer, state)
+    scheduler.load_state_dict(state.scheduler)
+    if state.rng is not None:
+        ckpt.restore_rng(state.rng)
+    step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
+    horizon[0] = _resumed_length(state.trainer, horizon[0], step, stage, ctx)
+    # the next step's lr on the (possibly re-laid) cosine; LambdaLR reads horizon[0] when it steps
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    if ctx.is_main:
+        log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
+    return step, epoch, position
+
+
 class TrainingRefused(ValueError):
     """A run the recipe will not start as asked (the message says why and what to change)."""
 
@@ -219,22 +259,7 @@ def train(
         ckpt.remove_partial(ckpt_root)
 
     torch.manual_seed(stage.seed)
-    model.set_trainable(stage.trainable_parts)
-    if adjust_trainable is not None:  # e.g. LoRA: only adapters train inside the MLLM
-        adjust_trainable(model)
-    model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
-    c = stage.copy_attention
-    if c and ctx.strategy == "fsdp2":
-        # the head's scores are recomputed outside its layer's forward, where FSDP2 has resharded the weights
-        raise ValueError(f"stage {stage.name}: copy_attention is not supported with --strategy fsdp2 (use ddp)")
-    if c:
-        model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0))
-    else:
-        model.set_copy_attention(None)
-    r = stage.token_reading  # after set_trainable: the new head trains
-    model.set_token_reading(r.get("weight", 1.0) if r is not None else None)
-    if stage.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+    _configure(model, stage, ctx, adjust_trainable)
     trainable, total = count_parameters(model)
     if ctx.is_main:
         log.info("%s: trainable %d / total %d parameters (%.2f%%)", stage.name, trainable, total, 100 * trainable / total)
@@ -253,18 +278,9 @@ def train(
     if resume or resume_from is not None:
         path = Path(resume_from) if resume_from is not None else ckpt.latest_checkpoint(ckpt_root)
         if path is not None:
-            state = ckpt.load_checkpoint(path)
-            _load_state(model, optimizer, state)
-            scheduler.load_state_dict(state.scheduler)
-            if state.rng is not None:
-                ckpt.restore_rng(state.rng)
-            step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
-            total_steps = horizon[0] = _resumed_length(state.trainer, total_steps, step, stage, ctx)
-            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * factor(scheduler.last_epoch)  # the next step's lr on the (re-laid) cosine
+            step, epoch, position = _resume(path, model, optimizer, scheduler, horizon, stage, ctx)
+            total_steps = horizon[0]
             time_budget_s = None  # a resumed run keeps the length the interrupted one had settled on
-            if ctx.is_main:
-                log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
         elif ctx.is_main:
             log.info("no checkpoint under %s: starting from scratch", ckpt_root)
 
