@@ -38,6 +38,7 @@ from citrus_v.data.phantoms import document
 from citrus_v.data.phantoms.suite import SuiteConfig, make_sample, sample_seed, source_of
 from citrus_v.data.schema import Message, Record, write_jsonl
 from citrus_v.infer.predictor import default_model_dir
+from citrus_v.model.objectives import forward_and_score
 from citrus_v.train.recipe import batch_to_device
 from citrus_v.train.pipeline import init_model_and_template, write_model_folder
 from citrus_v.train.stages import get_stage
@@ -145,10 +146,9 @@ def doc_exact(model, dataset, collate, device: torch.device, batch_size: int = 1
     for s in range(0, len(dataset), batch_size):
         rows = list(range(s, min(s + batch_size, len(dataset))))
         batch = batch_to_device(collate([dataset[i] for i in rows]), device)
-        out = model(batch["input_ids"], batch["attention_mask"], None, batch["pixel_values"], batch["image_grid_thw"],
-                    copy_pairs=batch["copy_pairs"])
-        if out.copy_attention_acc is not None:
-            hits += float(out.copy_attention_acc) * len(batch["copy_pairs"])
+        acc = forward_and_score(model, batch)[1].metrics.get("copy_attention_acc")
+        if acc is not None:
+            hits += float(acc) * len(batch["copy_pairs"])
             looks += len(batch["copy_pairs"])
         if read is not None:
             guess = read().argmax(-1).reshape(len(rows), -1, SLOTS)
@@ -313,8 +313,7 @@ def main() -> None:
         idx, batch = idx.to(device), batch_to_device(batch, device)
         captured.clear()
         with amp():
-            out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],
-                        batch["image_grid_thw"], return_logits=False, copy_pairs=batch["copy_pairs"])
+            _, out = forward_and_score(model, batch)
             logits = head(F.rms_norm(captured[0], (dim,))).float() if captured else None
         if logits is None:  # no image in the batch (--text-page)
             gl = torch.zeros((), device=device)
@@ -323,15 +322,15 @@ def main() -> None:
                                                     pos_weight=pos_weight)
         else:
             gl = F.cross_entropy(logits.reshape(-1, len(charset) + 1), glyphs[idx].reshape(-1))
-        loss = out.loss + args.glyph_weight * gl  # out.loss has the weighted copy-attention loss when it is on
-        if out.copy_loss is not None:
-            at_hist.append(float(out.copy_loss.detach()))
+        loss = out.total + args.glyph_weight * gl  # the total has the weighted copy-attention term when it is on
+        if "copy_attention" in out.terms:
+            at_hist.append(float(out.terms["copy_attention"].detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], 1.0)
         opt.step()
         sched.step()
-        lm_hist.append(float(out.lm_loss.detach()))
+        lm_hist.append(float(out.terms["lm"].detach()))
         gl_hist.append(float(gl.detach()))
         if step % 20 == 0:
             look = f" attend {np.mean(at_hist[-20:]):.4f}" if at_hist else ""
