@@ -74,10 +74,6 @@ class CitrusVOutput:
     copy_log_probs: torch.Tensor | None = None  # (n_pairs, L) the copy-attention head's log attention per pair's query
     reading_logits: torch.Tensor | None = None  # (N, SLOTS, classes) the token-reading head on every merged image token
 
-    @property
-    def masks(self) -> torch.Tensor:
-        return self.pred_masks
-
 
 class CitrusV(nn.Module):
     """The whole model. Parts are built here from one config; see ``forward`` for the batch."""

@@ -94,7 +94,7 @@ def score(model: CitrusV, out: CitrusVOutput, batch: dict[str, Any], masks_in_wi
     n_seg = out.seg_states.shape[0]
     _check_mask_count(n_seg, gt)
     if n_seg and gt is not None:
-        terms.update(_mask_terms(model, out, gt.to(out.masks.dtype), mask_window_factor(n_seg, masks_in_window)))
+        terms.update(_mask_terms(model, out, gt.to(out.pred_masks.dtype), mask_window_factor(n_seg, masks_in_window)))
     if out.copy_log_probs is not None:
         keys = batch["copy_pairs"][:, 2]
         terms["copy_attention"] = model.copy_attention.weight * -out.copy_log_probs.gather(1, keys[:, None]).mean()
