@@ -306,7 +306,7 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
     from citrus_v.model.objectives import mask_terms
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.recipe import resume_loop_checkpoint, save_loop_checkpoint
+    from citrus_v.train.checkpointing import resume_loop_checkpoint, save_loop_checkpoint
 
     model.set_trainable(cfg.trainable)
     for name, p in model.named_parameters():

@@ -106,51 +106,6 @@ def batch_to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _model_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Full (unsharded, CPU) model and optimizer state keyed by parameter name; works for
-    plain, DDP and FSDP2 models alike."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def _load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: ckpt.TrainingState) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    set_model_state_dict(model, state.model, options=StateDictOptions(full_state_dict=True))
-    # non-strict: trainable parameters that never received a gradient (e.g. SAM2's unused
-    # mask-prompt convs) legitimately have no optimizer state, and must stay without one
-    set_optimizer_state_dict(model, optimizer, state.optimizer, options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def save_loop_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                         rng: Any, extra: dict[str, Any]) -> Path:
-    """Checkpoint of a single-process loop that draws its batches from the numpy generator
-    ``rng`` (stage 0, cached stage 4): model, optimizer, scheduler, torch RNGs, ``rng`` and the
-    json-able ``extra``; only the newest is kept."""
-    model_sd, optim_sd = _model_state(model, optimizer)
-    trainer = {"batch_rng": rng.bit_generator.state, **extra}
-    state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())
-    return ckpt.save_checkpoint(root, step, state, keep_last=1)
-
-
-def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                           rng: Any) -> dict[str, Any] | None:
-    """Restore the newest ``save_loop_checkpoint`` under ``root`` into these objects and return its
-    ``extra`` (with ``step``); None when there is none."""
-    latest = ckpt.latest_checkpoint(root)
-    if latest is None:
-        return None
-    state = ckpt.load_checkpoint(latest)
-    _load_state(model, optimizer, state)
-    scheduler.load_state_dict(state.scheduler)
-    ckpt.restore_rng(state.rng)
-    rng.bit_generator.state = state.trainer["batch_rng"]
-    log.info("resumed from %s at step %d", latest, state.trainer["step"])
-    return state.trainer
-
-
 def _configure(model: nn.Module, stage: StageConfig, ctx: DistContext,
                adjust_trainable: Callable[[nn.Module], None] | None) -> None:
     """Set the stage's trainable parts, HookGrad scale, training-target heads and checkpointing."""
@@ -177,7 +132,7 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     """Load the checkpoint at ``path`` into these objects and the RNGs, set ``horizon[0]`` (the
     schedule's length, asked for on entry) by ``_resumed_length``; returns its (step, epoch, position)."""
     state = ckpt.load_checkpoint(path)
-    _load_state(model, optimizer, state)
+    ckpt.load_state(model, optimizer, state)
     scheduler.load_state_dict(state.scheduler)
     if state.rng is not None:
         ckpt.restore_rng(state.rng)
@@ -497,7 +452,7 @@ def _accumulate(objective: nn.Module, micro: list[Batch], ctx: DistContext, auto
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
           position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int) -> Path:
-    model_sd, optim_sd = _model_state(model, optimizer)  # collective under FSDP2: every rank calls it
+    model_sd, optim_sd = ckpt.model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
         trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict(),
