@@ -172,11 +172,14 @@ def train_steps(model: nn.Module, sizes: BenchSizes, device: torch.device, dtype
     mm = synthetic_inputs(model, 1, sizes.image_side, sizes.mm_text_tokens, device, dtype)
     grid = sizes.image_side // cfg.vision.patch_size
 
+    from citrus_v.model.objectives import forward_and_score
+
     def text_step() -> None:
-        model(input_ids=text_ids, attention_mask=torch.ones_like(text_ids), labels=text_ids, return_logits=False).loss.backward()
+        batch = {"input_ids": text_ids, "attention_mask": torch.ones_like(text_ids), "labels": text_ids}
+        forward_and_score(model, batch)[1].total.backward()
 
     def mm_step() -> None:
-        model(**mm, labels=mm["input_ids"], return_logits=False).loss.backward()
+        forward_and_score(model, {**mm, "labels": mm["input_ids"]})[1].total.backward()
 
     t = best_times({"text": text_step, "mm": mm_step}, max(2, sizes.reps // 2), device)
     model.zero_grad(set_to_none=True)

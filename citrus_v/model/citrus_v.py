@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from citrus_v.config import CitrusVConfig
@@ -16,7 +15,6 @@ from citrus_v.model.checkpoint import load_state_into, read_config, save_pretrai
 from citrus_v.model.copy_attention import CopyAttention
 from citrus_v.model import token_reading
 from citrus_v.model.token_reading import TokenReading
-from citrus_v.model.losses import candidate_mask_losses, lm_cross_entropy, lm_cross_entropy_supervised, mask_bce, mask_dice, mask_window_factor
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
 from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter, SegmenterFeatures, pick_masks
@@ -64,18 +62,18 @@ def build_segmenter(config: CitrusVConfig) -> Sam2Segmenter | LiteMedSAMSegmente
 
 @dataclass
 class CitrusVOutput:
-    loss: torch.Tensor | None  # lm_loss + bce_weight * mask_bce_loss + dice_weight * mask_dice_loss
-    lm_loss: torch.Tensor | None
-    mask_bce_loss: torch.Tensor | None  # already multiplied by the accumulation-window factor
-    mask_dice_loss: torch.Tensor | None  # idem
-    logits: torch.Tensor | None  # (B, L, V); None when forward(..., return_logits=False)
-    pred_masks: torch.Tensor  # (n_seg, 256, 256) logits
-    iou_scores: torch.Tensor  # (n_seg,)
-    mask_iou_loss: torch.Tensor | None = None  # IoU-head MSE (window-weighted), when LossConfig.iou_weight > 0
-    copy_loss: torch.Tensor | None = None  # weight x copy-attention loss, as in `loss` (set_copy_attention on, copy_pairs given)
-    copy_attention_acc: torch.Tensor | None = None  # share of copy pairs whose key gets the head's most attention
-    reading_loss: torch.Tensor | None = None  # weight x token-reading loss, as in `loss` (set_token_reading on, reading given)
-    reading_acc: torch.Tensor | None = None  # share of written characters the reading head reads right
+    """What one teacher-forced pass computes; citrus_v.model.objectives scores it."""
+
+    hidden: torch.Tensor  # (B, L, H) last-layer states after the final norm
+    logits: torch.Tensor | None  # (B, L, V); None when forward(..., logits=False)
+    seg_states: torch.Tensor  # (n_seg, H) the [SEG] tokens' states, row-major order
+    seg_prompts: torch.Tensor  # (n_seg, 256) their projection, the segmenter's prompts
+    pred_masks: torch.Tensor  # (n_seg, 256, 256) logits of the candidate with the best predicted IoU
+    iou_scores: torch.Tensor  # (n_seg,) its predicted IoU
+    mask_candidates: torch.Tensor | None = None  # (n_seg, M, 256, 256) every candidate (mask_candidates=True)
+    candidate_iou: torch.Tensor | None = None  # (n_seg, M)
+    copy_log_probs: torch.Tensor | None = None  # (n_pairs, L) the copy-attention head's log attention per pair's query
+    reading_logits: torch.Tensor | None = None  # (N, SLOTS, classes) the token-reading head on every merged image token
 
 
 class CitrusV(nn.Module):
@@ -95,81 +93,49 @@ class CitrusV(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         sam_images: torch.Tensor | None = None,
-        gt_masks: torch.Tensor | None = None,
         seg_image_index: torch.Tensor | None = None,
-        num_masks_in_window: int | None = None,
-        return_logits: bool = True,
+        *,
+        logits: bool = True,
+        mask_candidates: bool = False,
         copy_pairs: torch.Tensor | None = None,
-        reading: torch.Tensor | None = None,
+        read_tokens: bool = False,
     ) -> CitrusVOutput:
-        """One teacher-forced pass: LM logits, one mask per [SEG] and, given labels, the loss.
+        """One teacher-forced pass: hidden states, LM logits, and one mask per [SEG].
 
-        input_ids/attention_mask/labels (B, L); pixel_values (P, 3*2*14*14); image_grid_thw
-        (n_img, 3); sam_images (n_img, 3, S, S); gt_masks (n_seg, 256, 256); seg_image_index
-        (n_seg,). The i-th [SEG] in row-major order pairs with the i-th mask.
-        ``return_logits=False`` (training) skips the full (B, L, V) projection: the LM loss is
-        then computed on supervised positions only, with the same value. ``copy_pairs`` (n, 3: row,
-        query, key) add the copy-attention loss when ``set_copy_attention`` has turned it on;
-        ``reading`` (N, SLOTS: one row per merged image token) the token-reading loss when
-        ``set_token_reading`` has.
+        input_ids/attention_mask (B, L); pixel_values (P, 3*2*14*14); image_grid_thw (n_img, 3);
+        sam_images (n_img, 3, S, S); seg_image_index (n_seg,): the i-th [SEG] in row-major order
+        segments image seg_image_index[i]. ``logits=False`` (training) skips the (B, L, V)
+        projection; ``mask_candidates`` also returns every multimask candidate. The training
+        targets' heads run only when on (``set_copy_attention``, ``set_token_reading``) and asked
+        for: ``copy_pairs`` (n, 3: row, query, key) -> the head's log attention from each query;
+        ``read_tokens`` -> the reading head's logits. Losses: citrus_v.model.objectives.
         """
         seg_positions = input_ids == self.config.tokens.seg_token_id  # (B, L)
-        n_seg = int(seg_positions.sum())
-        self._check_seg_counts(n_seg, gt_masks, seg_image_index, sam_images)
-
+        self._check_seg_counts(int(seg_positions.sum()), seg_image_index, sam_images)
         copy = self.copy_attention if copy_pairs is not None and len(copy_pairs) else None
-        read = self.token_reading if reading is not None and pixel_values is not None else None
+        read = self.token_reading if read_tokens and pixel_values is not None else None
         with contextlib.ExitStack() as stack:
-            if copy is not None:
-                stack.enter_context(copy.capture())
-            if read is not None:
-                stack.enter_context(read.capture())
+            for head in (copy, read):
+                if head is not None:
+                    stack.enter_context(head.capture())
             hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw)  # (B, L, H)
-        copy_loss = copy_acc = None
-        if copy is not None:
-            copy_loss, copy_acc = copy.loss(copy_pairs, attention_mask)
-            copy_loss = copy.weight * copy_loss
-        reading_loss, reading_acc = read.loss(reading) if read is not None else (None, None)
-        logits = self.mllm.lm_head(hidden) if return_logits or labels is None else None  # (B, L, V)
-
-        loss_cfg = self.config.loss
-        # training losses over SAM's multimask candidates (IoU-head loss, min-loss rule) need them all
-        over_candidates = (
-            labels is not None and gt_masks is not None and n_seg > 0
-            and loss_cfg.over_candidates
-        )  # fmt: skip
-        masks, ious = self._segment_from_hidden(hidden, seg_positions, sam_images, seg_image_index, over_candidates)
+        copy_log_probs = copy.read_out(copy_pairs, attention_mask) if copy is not None else None
+        reading_logits = read.read_out() if read is not None else None
+        seg_states = hidden[seg_positions]  # (n_seg, H)
+        # projected even when there is no [SEG]: an empty (0, 256) output that still holds the projector, so
+        # that every rank's backward under FSDP2 starts from the same module (objectives.Objective)
+        prompts = self.seg_prompts(seg_states)  # (n_seg, 256)
+        masks, ious = self._segment(prompts, sam_images, seg_image_index, mask_candidates)
         # the published pick (best predicted IoU), what inference returns: (n_seg, 256, 256), (n_seg,)
-        pred_masks, iou_scores = pick_masks(masks, ious, candidates=False) if over_candidates else (masks, ious)
-
-        loss = lm_loss = bce = dice = iou_loss = None
-        if labels is not None:
-            if logits is not None:
-                lm_loss = lm_cross_entropy(logits, labels)
-            else:
-                lm_loss = lm_cross_entropy_supervised(hidden, self.mllm.lm_head, labels)
-            loss = lm_loss
-            if gt_masks is not None and n_seg > 0:
-                factor = mask_window_factor(n_seg, num_masks_in_window)
-                bce, dice, iou_loss = self.mask_losses(masks, ious, gt_masks, candidates=over_candidates)
-                bce, dice = bce * factor, dice * factor
-                if iou_loss is not None:
-                    iou_loss = iou_loss * factor
-                    loss = loss + loss_cfg.iou_weight * iou_loss
-                loss = loss + loss_cfg.bce_weight * bce + loss_cfg.dice_weight * dice
-                if loss_cfg.point_align_weight > 0:
-                    align = self._point_align_loss(hidden[seg_positions], gt_masks.to(pred_masks.dtype))
-                    loss = loss + loss_cfg.point_align_weight * factor * align
-            if copy_loss is not None:
-                loss = loss + copy_loss
-            if reading_loss is not None:
-                loss = loss + reading_loss
-        return CitrusVOutput(loss, lm_loss, bce, dice, logits, pred_masks, iou_scores, iou_loss, copy_loss, copy_acc,
-                             reading_loss, reading_acc)
+        pred_masks, iou_scores = pick_masks(masks, ious, candidates=False) if mask_candidates else (masks, ious)
+        return CitrusVOutput(
+            hidden=hidden, logits=self.mllm.lm_head(hidden) if logits else None, seg_states=seg_states, seg_prompts=prompts,
+            pred_masks=pred_masks, iou_scores=iou_scores, mask_candidates=masks if mask_candidates else None,
+            candidate_iou=ious if mask_candidates else None, copy_log_probs=copy_log_probs, reading_logits=reading_logits,
+        )  # fmt: skip
 
     def hidden_states(
         self,
@@ -190,21 +156,8 @@ class CitrusV(nn.Module):
         tok = self.config.tokens
         return with_mm_token_types(inputs, tok.image_token_id, tok.video_token_id)
 
-    def _check_seg_counts(
-        self,
-        n_seg: int,
-        gt_masks: torch.Tensor | None,
-        seg_image_index: torch.Tensor | None,
-        sam_images: torch.Tensor | None,
-    ) -> None:
-        # bookkeeping fails loudly: a mismatch is never truncated
-        if gt_masks is not None:
-            if gt_masks.ndim != 3 or tuple(gt_masks.shape[1:]) != (MASK_SIZE, MASK_SIZE):
-                raise ValueError(f"gt_masks must be (n_seg, {MASK_SIZE}, {MASK_SIZE}), got {tuple(gt_masks.shape)}")
-            if gt_masks.shape[0] != n_seg:
-                raise ValueError(
-                    f"[SEG] count mismatch: input_ids hold {n_seg} [SEG] tokens but gt_masks has {gt_masks.shape[0]} masks"
-                )
+    def _check_seg_counts(self, n_seg: int, seg_image_index: torch.Tensor | None, sam_images: torch.Tensor | None) -> None:
+        # bookkeeping fails loudly: a mismatch is never truncated (gt_masks: objectives.score)
         if n_seg == 0:
             return
         if sam_images is None or seg_image_index is None:
@@ -218,24 +171,19 @@ class CitrusV(nn.Module):
         if int(seg_image_index.min()) < 0 or int(seg_image_index.max()) >= n_img:
             raise ValueError(f"seg_image_index {seg_image_index.tolist()} points outside the {n_img} sam_images")
 
-    def _segment_from_hidden(
-        self,
-        hidden: torch.Tensor,
-        seg_positions: torch.Tensor,
-        sam_images: torch.Tensor | None,
-        seg_image_index: torch.Tensor | None,
-        candidates: bool = False,
+    def _segment(
+        self, prompts: torch.Tensor, sam_images: torch.Tensor | None, seg_image_index: torch.Tensor | None,
+        candidates: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        seg_hidden = hidden[seg_positions]  # (n_seg, H), row-major order of the [SEG] tokens
-        if seg_hidden.shape[0] == 0:
-            empty = hidden.new_zeros(0, MASK_SIZE, MASK_SIZE)
-            return empty, hidden.new_zeros(0)
+        if prompts.shape[0] == 0:
+            lead = (0, 1) if candidates else (0,)  # one (absent) candidate per [SEG]
+            return prompts.new_zeros(*lead, MASK_SIZE, MASK_SIZE), prompts.new_zeros(*lead)
         assert sam_images is not None and seg_image_index is not None  # checked by _check_seg_counts
         # encode each referenced image once, however many [SEG] point at it
         used, per_seg = torch.unique(seg_image_index, return_inverse=True)
         sam_param = next(self.segmenter.parameters())  # the segmenter's device and dtype
         features = self.segmenter.encode(sam_images[used].to(sam_param.dtype))
-        return self.decode_seg_states(seg_hidden, features, per_seg, candidates=candidates)
+        return self.decode_prompts(prompts, features, per_seg, candidates=candidates)
 
     def decode_seg_states(
         self, seg_hidden: torch.Tensor, features: SegmenterFeatures, image_index: torch.Tensor, candidates: bool = False
@@ -243,44 +191,18 @@ class CitrusV(nn.Module):
         """[SEG] states (n_seg, H) + encoded images -> masks and predicted IoU, as ``segmenter.decode``
         returns them: the projector and the mask decoder, all that stage 4 trains (so its cached
         variant, ``citrus_v.train.cached_seg``, calls exactly this)."""
-        prompts = self.seg_projector(seg_hidden)  # (n_seg, 256)
-        prompts = scale_grad(prompts, self.config.seg_grad_scale)
+        return self.decode_prompts(self.seg_prompts(seg_hidden), features, image_index, candidates=candidates)
+
+    def seg_prompts(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (n_seg, H) -> the segmenter's prompt embeddings (n_seg, 256), HookGrad-scaled."""
+        return scale_grad(self.seg_projector(seg_hidden), self.config.seg_grad_scale)
+
+    def decode_prompts(
+        self, prompts: torch.Tensor, features: SegmenterFeatures, image_index: torch.Tensor, candidates: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (n_seg, 256) + encoded images -> masks and predicted IoU (``segmenter.decode``)."""
         dtype = features.image_embeddings.dtype
         return self.segmenter.decode(features, image_index, prompts.unsqueeze(1).to(dtype), candidates=candidates)
-
-    def mask_losses(
-        self, masks: torch.Tensor, ious: torch.Tensor, gt_masks: torch.Tensor, candidates: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(BCE, Dice, IoU-head MSE or None) of the decoder output against (n_seg, 256, 256) ground
-        truth, unweighted: over every candidate (``candidates``, LossConfig.mask_selection) or on the
-        picked mask (the published loss)."""
-        cfg = self.config.loss
-        gt = gt_masks.to(masks.dtype)
-        if candidates:
-            return candidate_mask_losses(
-                masks, ious, gt, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, dice_eps=cfg.dice_eps,
-                selection=cfg.mask_selection,
-            )  # fmt: skip
-        return mask_bce(masks, gt), mask_dice(masks, gt, cfg.dice_eps), None
-
-    def _point_align_loss(self, seg_hidden: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance between each projected [SEG] embedding (n_seg, C) and the
-        segmenter's embedding of a positive point at its ground-truth mask's centroid (a fixed
-        target: no gradient into the prompt encoder). Empty ground truths are skipped."""
-        if not self.segmenter.supports_point_embedding:
-            raise ValueError(f"LossConfig.point_align_weight needs a SAM2 segmenter, not {self.config.segmenter.kind!r}")
-        area = gt.sum(dim=(1, 2))  # (n_seg,)
-        keep = area > 0
-        if not bool(keep.any()):
-            return gt.new_zeros(())
-        side = gt.shape[-1]
-        coords = (torch.arange(side, device=gt.device, dtype=gt.dtype) + 0.5) / side  # pixel centres in 0..1
-        x = (gt.sum(dim=1) * coords).sum(-1) / area.clamp_min(1)  # (n_seg,)
-        y = (gt.sum(dim=2) * coords).sum(-1) / area.clamp_min(1)
-        with torch.no_grad():
-            target = self.segmenter.point_prompt_embedding(torch.stack([x, y], dim=-1)[keep])
-        prompts = scale_grad(self.seg_projector(seg_hidden[keep]), self.config.seg_grad_scale)
-        return F.mse_loss(prompts, target.to(prompts.dtype))
 
     @torch.no_grad()
     def segment(
@@ -303,6 +225,7 @@ class CitrusV(nn.Module):
             image_grid_thw=image_grid_thw,
             sam_images=sam_images,
             seg_image_index=seg_image_index,
+            logits=False,
         )
         return out.pred_masks, out.iou_scores
 

@@ -6,7 +6,7 @@ page's image tokens and write its digits one by one. Trained on the answers alon
 place: for each answer token whose character the image shows (``Example.copy_pairs``: the position that
 predicts it, and the image token holding the character), one head of one LLM layer is trained to put its
 attention there (negative log of the attention weight on that key). The model and its forward pass are
-unchanged; the head's scores are recomputed from what its layer was given, so the attention itself runs
+unchanged; the head's scores are recomputed from what its layer was given (objectives.score makes them the loss), so the attention itself runs
 on whatever kernel the model uses (SDPA here).
 """
 
@@ -59,10 +59,9 @@ class CopyAttention(HookCapture):
             visible = visible & attention_mask[rows].bool()
         return scores.masked_fill(~visible, float("-inf")).log_softmax(-1)
 
-    def loss(self, pairs: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean -log attention on each pair's key, share of pairs whose key gets the most attention)."""
-        logp = self.log_probs(pairs, attention_mask)
-        self._seen = None  # the captured states are not kept past their loss
-        keys = pairs[:, 2]
-        return -logp.gather(1, keys[:, None]).mean(), (logp.argmax(-1) == keys).float().mean().detach()
-
+    def read_out(self, pairs: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``log_probs`` of the last captured forward, which is then let go (its states are not kept)."""
+        try:
+            return self.log_probs(pairs, attention_mask)
+        finally:
+            self._seen = None

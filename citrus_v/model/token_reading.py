@@ -29,8 +29,8 @@ def drop_head(state: dict) -> dict:
 
 class TokenReading(HookCapture, nn.Module):
     """Linear head on the merged vision tokens -> (tokens, SLOTS, 1 + len(CHARSET)) logits. ``capture()``
-    around a forward pass records the tokens the vision tower gave (a forward hook on it); ``loss``
-    scores them against the batch's ``reading`` labels."""
+    around a forward pass records the tokens the vision tower gave (a forward hook on it); ``read_out``
+    gives the head's logits on them."""
 
     def __init__(self, visual: nn.Module, dim: int, weight: float) -> None:
         super().__init__()
@@ -49,16 +49,8 @@ class TokenReading(HookCapture, nn.Module):
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.proj(F.rms_norm(tokens, (self.dim,))).reshape(len(tokens), SLOTS, len(CHARSET) + 1)
 
-    def loss(self, reading: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """(weight x mean cross-entropy over labelled slots, share of written characters read right) for the
-        last captured forward; ``reading`` (N, SLOTS) long, one row per merged token of the batch's images in
-        order, ``IGNORE`` where a token has no labels. (None, None) when nothing was captured or labelled."""
-        if self._seen is None or not bool((reading != IGNORE).any()):
-            return None, None
-        if len(self._seen) != len(reading):
-            raise ValueError(f"reading labels cover {len(reading)} image tokens, the vision tower gave {len(self._seen)}")
-        logits = self.logits(self._seen).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), reading.reshape(-1), ignore_index=IGNORE)
-        written = reading > 0
-        acc = (logits.argmax(-1)[written] == reading[written]).float().mean() if bool(written.any()) else logits.new_ones(())
-        return self.weight * loss, acc.detach()
+    def read_out(self) -> torch.Tensor | None:
+        """(N, SLOTS, classes) logits on the tokens of the last captured forward (None if nothing was
+        captured: no image); objectives.score turns them into the loss."""
+        seen, self._seen = self._seen, None
+        return None if seen is None else self.logits(seen)

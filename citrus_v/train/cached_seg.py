@@ -6,7 +6,7 @@ segmenter's image encoder is frozen as well (the LiteMedSAM default: its pretrai
 are the point of using it, and its stride-1 TinyViT costs ~2 s per image on one CPU thread),
 every image embedding is fixed too. This module computes both once per record and trains the
 rest, ``CitrusV.decode_seg_states`` (projector + prompt / mask decoder) with the model's own
-``CitrusV.mask_losses``, on the stored tensors: the same loss and gradients as
+``objectives.mask_terms``, on the stored tensors: the same loss and gradients as
 ``citrus-v train --stage 4`` with the image encoder frozen, at a fraction of the cost per step.
 
     citrus-v train-seg-cached --init runs/default/stage3/final --segmenter litemedsam \\
@@ -303,9 +303,10 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
     trained parts are loaded into ``model`` at the end (the last step's without ``val``)."""
     from tqdm import tqdm
 
+    from citrus_v.model.objectives import mask_terms
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.recipe import resume_loop_checkpoint, save_loop_checkpoint
+    from citrus_v.train.checkpointing import resume_loop_checkpoint, save_loop_checkpoint
 
     model.set_trainable(cfg.trainable)
     for name, p in model.named_parameters():
@@ -331,17 +332,15 @@ def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: C
         rows = torch.from_numpy(rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False))
         feats, per_seg = train.features(rows)
         masks, ious = model.decode_seg_states(train.seg_hidden[rows], feats, per_seg, candidates=candidates)
-        bce, dice_loss, iou_loss = model.mask_losses(masks, ious, train.gt_masks[rows], candidates=candidates)
-        loss = loss_cfg.bce_weight * bce + loss_cfg.dice_weight * dice_loss
-        if iou_loss is not None:
-            loss = loss + loss_cfg.iou_weight * iou_loss
+        terms = mask_terms(loss_cfg, masks, ious, train.gt_masks[rows].to(masks.dtype), candidates=candidates)
+        loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
         opt.step()
         sched.step()
-        row = {"step": step, "loss": float(loss.detach()), "mask_loss": float(loss.detach()), "bce": float(bce.detach()),
-               "dice_loss": float(dice_loss.detach()), "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}
+        row = {"step": step, "loss": float(loss.detach()), "mask_loss": float(loss.detach()), **{name: float(t.detach()) for name, t in terms.items()},
+               "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"cached stage 4: loss is {row['loss']} at step {step}")
         if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):

@@ -17,12 +17,17 @@ the new one, never a half-written ``step_*``; stray ``*.tmp`` folders are ignore
 removed. ``latest`` (a one-line text file naming the newest folder) is replaced atomically
 the same way. Loading re-hashes every file and refuses a checkpoint whose manifest is
 missing or whose files are missing or changed, naming the file.
+
+``model_state``/``load_state`` gather and restore the full model and optimizer state of a plain,
+DDP or FSDP2 model (the recipe's ``_save`` and resume); ``save_loop_checkpoint``/
+``resume_loop_checkpoint`` add a numpy batch generator for the stage-0 and cached stage-4 loops.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from citrus_v.errors import UserError
 
@@ -43,6 +49,8 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _SEP = "::"  # between a parameter's name and its optimizer-state name
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -337,3 +345,49 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     so a corrupt newest checkpoint is refused rather than silently skipped)."""
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+# ---------------------------------------------------------------- model + optimizer state
+def model_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Full (unsharded, CPU) model and optimizer state keyed by parameter name; works for
+    plain, DDP and FSDP2 models alike."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(model, state.model, options=StateDictOptions(full_state_dict=True))
+    # non-strict: trainable parameters that never received a gradient (e.g. SAM2's unused
+    # mask-prompt convs) legitimately have no optimizer state, and must stay without one
+    set_optimizer_state_dict(model, optimizer, state.optimizer, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def save_loop_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                         rng: Any, extra: dict[str, Any]) -> Path:
+    """Checkpoint of a single-process loop that draws its batches from the numpy generator
+    ``rng`` (stage 0, cached stage 4): model, optimizer, scheduler, torch RNGs, ``rng`` and the
+    json-able ``extra``; only the newest is kept."""
+    model_sd, optim_sd = model_state(model, optimizer)
+    trainer = {"batch_rng": rng.bit_generator.state, **extra}
+    state = TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, capture_rng())
+    return save_checkpoint(root, step, state, keep_last=1)
+
+
+def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                           rng: Any) -> dict[str, Any] | None:
+    """Restore the newest ``save_loop_checkpoint`` under ``root`` into these objects and return its
+    ``extra`` (with ``step``); None when there is none."""
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return None
+    state = load_checkpoint(latest)
+    load_state(model, optimizer, state)
+    scheduler.load_state_dict(state.scheduler)
+    restore_rng(state.rng)
+    rng.bit_generator.state = state.trainer["batch_rng"]
+    log.info("resumed from %s at step %d", latest, state.trainer["step"])
+    return state.trainer

@@ -87,6 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from citrus_v.train.distributed import init_distributed, shutdown
     from citrus_v.train.pipeline import run_all_stages, run_stage
+    from citrus_v.train.recipe import TrainingRefused
 
     if args.workers < 0:
         raise SystemExit(f"--workers {args.workers}: must be 0 or more")
@@ -107,6 +108,8 @@ def run_train(args: argparse.Namespace) -> int:
             run_all_stages(stages, out_dir=args.out, **common)
             if ctx.is_main:
                 print(f"trained stages 1-4; final model: {args.out / 'stage4' / 'final'}")
+    except TrainingRefused as err:  # a stage with no record to train on, a resume past the steps asked for
+        raise SystemExit(f"citrus-v train: {err}") from None
     finally:
         shutdown(ctx)
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -60,15 +59,19 @@ def shutdown(ctx: DistContext) -> None:
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """DDP, or FSDP2 ``fully_shard`` per transformer block / top-level part then the root."""
+    """The model's training objective (``Objective``: batch -> named loss terms), under DDP, or over
+    the model FSDP2-sharded (``fully_shard`` per transformer block / top-level part then the root)."""
+    from citrus_v.model.objectives import Objective
+
     if not ctx.active or ctx.strategy == "none":
-        return model
+        return Objective(model)
     if ctx.strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         # [SEG]-free or text-only micro-batches leave parameters without gradients. DDP marks
         # "used" whatever any forward output depends on, and CitrusV also returns outputs
-        # outside the loss (iou_scores), so DDP sees the losses only.
-        return nn.parallel.DistributedDataParallel(LossOnly(model), device_ids=ids, find_unused_parameters=True)
+        # outside the loss (iou_scores), so DDP wraps the objective: it sees the loss terms only.
+        return nn.parallel.DistributedDataParallel(Objective(model, keep_in_step=True), device_ids=ids,
+                                                   find_unused_parameters=True)
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -79,30 +82,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
     # a part one rank's micro-batch leaves unused ([SEG]-free, no reading labels) still takes part in
     # every rank's reduce-scatter, with a zero gradient: otherwise the collectives' sizes differ
     model.set_reduce_scatter_unused_params(True)
-    return model
-
-
-class Losses(NamedTuple):
-    """The loss terms ``_accumulate`` takes apart: the total, the LM loss, and the weighted copy-attention
-    and token-reading losses (None when off or unlabelled); the rest of the total is mask loss."""
-
-    loss: torch.Tensor
-    lm_loss: torch.Tensor
-    copy_loss: torch.Tensor | None
-    reading_loss: torch.Tensor | None
-
-
-class LossOnly(nn.Module):
-    """Forwards to ``model`` and keeps just its losses (``Losses``). Every term the recipe splits off
-    the total must be here: one missing would be counted as mask loss and scaled by world_size."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **batch: Any) -> Losses:
-        out = self.model(**batch)
-        return Losses(out.loss, out.lm_loss, getattr(out, "copy_loss", None), getattr(out, "reading_loss", None))
+    return Objective(model, keep_in_step=True)
 
 
 def _shard_units(model: nn.Module) -> list[nn.Module]:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from citrus_v.train.distributed import DistContext, barrier
-from citrus_v.train.recipe import TrainResult, train
-from citrus_v.train.stages import StageConfig
+from citrus_v.train.recipe import TrainingRefused, TrainResult, train
+from citrus_v.train.stages import SEG_PARTS, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,26 @@ def build_mixture(stage: StageConfig, data_files: Sequence[str | Path], template
             raise ValueError(f"stage {stage.name}: mixture entry {entry.source!r} matched no records {where}".rstrip())
         items += picked
     return MixtureDataset(sources, items)
+
+
+def check_stage_has_work(stage: StageConfig, dataset: MixtureDataset, lora: bool = False) -> None:
+    """Refuse, before any step, a stage whose data has nothing it trains on: a stage that trains only
+    the segmenter side (seg projector, SAM2) learns from mask terms alone, so it needs records with
+    [SEG] + masks. (Any other stage trains its LM term on every record.)"""
+    segmenter_only = set(stage.trainable_parts) <= {*SEG_PARTS, "sam2_memory"} and not lora
+    if not segmenter_only or stage.token_reading or stage.copy_attention:
+        return
+    used = {(s, j) for s, j in dataset.items}
+    if any(dataset.sources[s].records[j].masks for s, j in used):
+        return
+    raise NothingToTrainError(
+        f"stage {stage.stage} trains the segmenter only ({', '.join(stage.trainable_parts)}): none of the {len(used)} "
+        f"records has a mask ([SEG] in the answer + \"masks\"); add segmentation records"
+    )
+
+
+class NothingToTrainError(TrainingRefused):
+    """The stage's data holds no record that any of its loss terms trains on."""
 
 
 def init_model_and_template(init: str | Path | None, preset: str, stage: StageConfig, data_files: Sequence[str | Path]):
@@ -164,6 +184,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
     ids = template.ids
     collate = make_collate_fn(ids.pad, model.config.tokens.seg_token_id, model.config.vision.spatial_merge_size)
     log.info("%s: %d samples from %d mixture entries", stage.name, len(dataset), len(stage.mixture))
+    check_stage_has_work(stage, dataset, lora)
     adjust = None
     settings = None
     if lora:

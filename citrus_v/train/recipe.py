@@ -25,6 +25,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+import torch.distributed as dist
+
+from citrus_v.model.objectives import MASK_TERMS
 from citrus_v.train import checkpointing as ckpt
 from citrus_v.train.distributed import DistContext, all_reduce_sum, barrier, rank_micro_batches, wrap_model
 from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
@@ -37,11 +40,13 @@ Batch = dict[str, Any]
 
 
 class TrainableModel(Protocol):
-    """What the recipe needs from a model (CitrusV provides it)."""
+    """What the recipe needs from a model (CitrusV provides it); objectives.score reads its output."""
 
     def set_trainable(self, parts: Sequence[str]) -> None: ...
     def set_seg_grad_scale(self, scale: float) -> None: ...
-    def __call__(self, **batch: Any) -> Any: ...  # returns .loss and .lm_loss
+    def set_copy_attention(self, layer: int | None, head: int = 0, weight: float = 1.0) -> None: ...
+    def set_token_reading(self, weight: float | None) -> None: ...
+    def __call__(self, **inputs: Any) -> Any: ...  # a CitrusVOutput
 
 
 @dataclass
@@ -54,6 +59,7 @@ class TrainResult:
     total_params: int = 0
     metrics_path: Path | None = None
     plot_path: Path | None = None
+    skipped_micro_batches: int = 0  # this process's run, all ranks: micro-batches with no term to train
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -100,49 +106,64 @@ def batch_to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _model_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Full (unsharded, CPU) model and optimizer state keyed by parameter name; works for
-    plain, DDP and FSDP2 models alike."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def _load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: ckpt.TrainingState) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    set_model_state_dict(model, state.model, options=StateDictOptions(full_state_dict=True))
-    # non-strict: trainable parameters that never received a gradient (e.g. SAM2's unused
-    # mask-prompt convs) legitimately have no optimizer state, and must stay without one
-    set_optimizer_state_dict(model, optimizer, state.optimizer, options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def save_loop_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                         rng: Any, extra: dict[str, Any]) -> Path:
-    """Checkpoint of a single-process loop that draws its batches from the numpy generator
-    ``rng`` (stage 0, cached stage 4): model, optimizer, scheduler, torch RNGs, ``rng`` and the
-    json-able ``extra``; only the newest is kept."""
-    model_sd, optim_sd = _model_state(model, optimizer)
-    trainer = {"batch_rng": rng.bit_generator.state, **extra}
-    state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())
-    return ckpt.save_checkpoint(root, step, state, keep_last=1)
+def _configure(model: nn.Module, stage: StageConfig, ctx: DistContext,
+               adjust_trainable: Callable[[nn.Module], None] | None) -> None:
+    """Set the stage's trainable parts, HookGrad scale, training-target heads and checkpointing."""
+    model.set_trainable(stage.trainable_parts)
+    if adjust_trainable is not None:  # e.g. LoRA: only adapters train inside the MLLM
+        adjust_trainable(model)
+    model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
+    c = stage.copy_attention
+    if c and ctx.strategy == "fsdp2":
+        # the head's scores are recomputed outside its layer's forward, where FSDP2 has resharded the weights
+        raise ValueError(f"stage {stage.name}: copy_attention is not supported with --strategy fsdp2 (use ddp)")
+    if c:
+        model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0))
+    else:
+        model.set_copy_attention(None)
+    r = stage.token_reading  # after set_trainable: the new head trains
+    model.set_token_reading(r.get("weight", 1.0) if r is not None else None)
+    if stage.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
 
 
-def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                           rng: Any) -> dict[str, Any] | None:
-    """Restore the newest ``save_loop_checkpoint`` under ``root`` into these objects and return its
-    ``extra`` (with ``step``); None when there is none."""
-    latest = ckpt.latest_checkpoint(root)
-    if latest is None:
-        return None
-    state = ckpt.load_checkpoint(latest)
-    _load_state(model, optimizer, state)
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, horizon: list[int],
+            stage: StageConfig, ctx: DistContext) -> tuple[int, int, int]:
+    """Load the checkpoint at ``path`` into these objects and the RNGs, set ``horizon[0]`` (the
+    schedule's length, asked for on entry) by ``_resumed_length``; returns its (step, epoch, position)."""
+    state = ckpt.load_checkpoint(path)
+    ckpt.load_state(model, optimizer, state)
     scheduler.load_state_dict(state.scheduler)
-    ckpt.restore_rng(state.rng)
-    rng.bit_generator.state = state.trainer["batch_rng"]
-    log.info("resumed from %s at step %d", latest, state.trainer["step"])
-    return state.trainer
+    if state.rng is not None:
+        ckpt.restore_rng(state.rng)
+    step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
+    horizon[0] = _resumed_length(state.trainer, horizon[0], step, stage, ctx)
+    # the next step's lr on the (possibly re-laid) cosine; LambdaLR reads horizon[0] when it steps
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    if ctx.is_main:
+        log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
+    return step, epoch, position
+
+
+class TrainingRefused(ValueError):
+    """A run the recipe will not start as asked (the message says why and what to change)."""
+
+
+def _resumed_length(trainer: dict[str, Any], asked: int, step: int, stage: StageConfig, ctx: DistContext) -> int:
+    """The schedule's length for a resumed run: the checkpointed run's (which a time budget may have
+    shortened) when this run asks for the same length; otherwise the asked length, the cosine re-laid
+    over it from the checkpoint's step on (said in one log line). Fewer steps than already done: refused."""
+    saved = trainer.get("total_steps", asked)
+    if asked == trainer.get("planned_steps", saved):
+        return saved
+    if asked < step:
+        raise TrainingRefused(f"{stage.name}: the checkpoint is at step {step}, past the {asked} steps asked for; "
+                              f"ask for {step} steps or more (its run had {saved})")
+    if ctx.is_main:
+        log.info("%s: schedule re-laid over %d steps (the checkpoint's run had %d); resuming at step %d",
+                 stage.name, asked, saved, step)
+    return asked
 
 
 def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
@@ -174,8 +195,8 @@ def train(
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
-    ``model`` is unwrapped (CitrusV or anything with ``set_trainable``/``set_seg_grad_scale``
-    and a forward returning ``.loss``/``.lm_loss``); it is wrapped here for DDP/FSDP2.
+    ``model`` is unwrapped (a ``TrainableModel``: CitrusV); it is wrapped here in its ``Objective``
+    (batch -> named loss terms) and for DDP/FSDP2.
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (or
     ``resume_from``); a corrupt one raises CheckpointError. ``stop_after`` ends the run
     early after that many steps (a test hook; the schedule still spans the full run).
@@ -193,24 +214,7 @@ def train(
         ckpt.remove_partial(ckpt_root)
 
     torch.manual_seed(stage.seed)
-    model.set_trainable(stage.trainable_parts)
-    if adjust_trainable is not None:  # e.g. LoRA: only adapters train inside the MLLM
-        adjust_trainable(model)
-    model.set_seg_grad_scale(stage.hook_grad_scale if stage.hook_grad_scale is not None else 1.0)
-    if hasattr(model, "set_copy_attention"):
-        c = stage.copy_attention
-        if c and ctx.strategy == "fsdp2":
-            # the head's scores are recomputed outside its layer's forward, where FSDP2 has resharded the weights
-            raise ValueError(f"stage {stage.name}: copy_attention is not supported with --strategy fsdp2 (use ddp)")
-        if c:
-            model.set_copy_attention(c["layer"], c.get("head", 0), c.get("weight", 1.0))
-        else:
-            model.set_copy_attention(None)
-    if hasattr(model, "set_token_reading"):  # after set_trainable: the new head trains
-        r = stage.token_reading
-        model.set_token_reading(r.get("weight", 1.0) if r is not None else None)
-    if stage.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+    _configure(model, stage, ctx, adjust_trainable)
     trainable, total = count_parameters(model)
     if ctx.is_main:
         log.info("%s: trainable %d / total %d parameters (%.2f%%)", stage.name, trainable, total, 100 * trainable / total)
@@ -221,6 +225,7 @@ def train(
     # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `model`.
     optimizer = build_optimizer(model, stage)
     total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
+    planned = total_steps  # the length asked for; a time budget may settle on fewer
     horizon = [total_steps]  # the schedule's length; a time budget may shorten it once the step time is known
     scheduler = build_scheduler(optimizer, stage, lambda: horizon[0])
 
@@ -228,16 +233,9 @@ def train(
     if resume or resume_from is not None:
         path = Path(resume_from) if resume_from is not None else ckpt.latest_checkpoint(ckpt_root)
         if path is not None:
-            state = ckpt.load_checkpoint(path)
-            _load_state(model, optimizer, state)
-            scheduler.load_state_dict(state.scheduler)
-            if state.rng is not None:
-                ckpt.restore_rng(state.rng)
-            step, epoch, position = state.trainer["step"], state.trainer["epoch"], state.trainer["position"]
-            total_steps = horizon[0] = state.trainer.get("total_steps", total_steps)
+            step, epoch, position = _resume(path, model, optimizer, scheduler, horizon, stage, ctx)
+            total_steps = horizon[0]
             time_budget_s = None  # a resumed run keeps the length the interrupted one had settled on
-            if ctx.is_main:
-                log.info("resumed from %s at step %d (epoch %d, position %d)", path, step, epoch, position)
         elif ctx.is_main:
             log.info("no checkpoint under %s: starting from scratch", ckpt_root)
 
@@ -254,16 +252,19 @@ def train(
     batches = _micro_batch_stream(dataset, collate_fn, plan, window_size, ctx, stage, loader_workers, pin=device.type == "cuda")
     bar = _progress_bar(step, total_steps, enabled=progress and ctx.is_main, desc=stage.name)
     t0 = time.perf_counter()
+    skipped = 0  # micro-batches (all ranks) with no term to train
     budget = _TimeBudget(time_budget_s, start_step=step, cap=end) if time_budget_s is not None else None
     for epoch, position in plan:
         if step >= end:
             break
         micro = [batch_to_device(next(batches), device) for _ in range(stage.grad_accum)]
-        lm_part, mask_part, copy_part, reading_part = _accumulate(wrapped, micro, ctx, autocast)
+        window = _accumulate(wrapped, micro, ctx, autocast).reduced(ctx)
+        skipped += window.skipped
         grad_norm = _grad_norm(params, stage.grad_clip)
-        optimizer.step()
+        if window.trained:  # a window with nothing to train on any rank leaves the weights (and AdamW) as they are
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step used (the scheduler's last one, or a re-laid cosine's)
         step += 1
         if budget is not None and (fit := budget.fit(step)) is not None and fit != end:
             end = horizon[0] = fit  # the cosine now ends where the time runs out (from the next step's lr on)
@@ -271,25 +272,23 @@ def train(
             log.info("%s: time budget of %.0f s fits %d steps in all (at step %d)", stage.name, time_budget_s, end, step)
         scheduler.step()
 
-        lm_loss = all_reduce_sum(lm_part, ctx) / ctx.world_size
-        mask_loss = all_reduce_sum(mask_part, ctx)
-        copy_loss = all_reduce_sum(copy_part, ctx) / ctx.world_size
-        reading_loss = all_reduce_sum(reading_part, ctx) / ctx.world_size
-        loss = lm_loss + mask_loss + copy_loss + reading_loss
+        loss = sum(window.terms.values())
         losses.append(loss)
         elapsed = time.perf_counter() - t0
         if metrics is not None and (step % stage.log_every == 0 or step == end):
-            metrics.write(
-                {"stage": stage.stage, "step": step, "epoch": epoch, "loss": loss, "lm_loss": lm_loss, "mask_loss": mask_loss,
-                 **({"copy_loss": copy_loss} if stage.copy_attention else {}),
-                 **({"reading_loss": reading_loss} if stage.token_reading else {}), "lr": lr, "grad_norm": grad_norm, "samples": step * window_size, "elapsed_s": round(elapsed, 3)}
-            )
+            metrics.write({"stage": stage.stage, "step": step, "epoch": epoch, "loss": loss,
+                           **_logged_terms(window.terms, stage), "lr": lr, "grad_norm": grad_norm,
+                           "skipped_micro_batches": skipped, "samples": step * window_size, "elapsed_s": round(elapsed, 3)})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
         if step % stage.save_every == 0 or step == end:
-            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx, end)
+            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx,
+                             horizon[0], planned)
     bar.close()
+    if skipped and ctx.is_main:
+        log.info("%s: skipped %d micro-batches that had no term to train in this stage (e.g. no [SEG] while only the "
+                 "segmenter trains)", stage.name, skipped)
 
     plot_path = metrics_path = None
     if metrics is not None:
@@ -298,7 +297,18 @@ def train(
             plot_path = plot_loss_curve(metrics_path, out_dir / "loss_curve.png", title=stage.name)
     barrier(ctx)
     assert last_dir is not None or end == 0
-    return TrainResult(out_dir, last_dir or ckpt_root, step, losses, trainable, total, metrics_path, plot_path)
+    return TrainResult(out_dir, last_dir or ckpt_root, step, losses, trainable, total, metrics_path, plot_path, skipped)
+
+
+def _logged_terms(terms: dict[str, float], stage: StageConfig) -> dict[str, float]:
+    """The metrics row's loss entries: each term by name (the mask terms and the auxiliaries only where
+    the run has them), and the sums the loss curve plots (lm_loss, mask_loss, copy_loss, reading_loss)."""
+    row = {"lm_loss": terms["lm"], "mask_loss": sum(terms[n] for n in MASK_TERMS)}
+    if stage.copy_attention:
+        row["copy_loss"] = terms["copy_attention"]
+    if stage.token_reading:
+        row["reading_loss"] = terms["token_reading"]
+    return row | {n: v for n, v in terms.items() if n in ("mask_bce", "mask_dice", "mask_iou") or (n != "lm" and v)}
 
 
 def _window_plan(n: int, epoch: int, position: int, window_size: int, steps: int) -> list[tuple[int, int]]:
@@ -380,46 +390,73 @@ class _TimeBudget:
         return self.end
 
 
-def _accumulate(model: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> tuple[float, float, float, float]:
+# every term objectives.score can name, in a fixed order: ranks reduce them as one vector
+TERM_NAMES = ("lm", "mask_bce", "mask_dice", "mask_iou", "point_align", "copy_attention", "token_reading")
+
+
+@dataclass
+class WindowLosses:
+    """One optimizer step's loss terms (this rank's share, or all ranks' after ``reduced``) and the
+    micro-batches that had no term to train."""
+
+    terms: dict[str, float]
+    skipped: int
+    trained: int
+
+    def reduced(self, ctx: DistContext) -> WindowLosses:
+        """Over all ranks: mask terms summed (each is already a share of the window's masks), the others
+        averaged (each rank's is a mean over its micro-batches); micro-batch counts summed."""
+        values = [self.terms.get(n, 0.0) for n in TERM_NAMES] + [float(self.skipped), float(self.trained)]
+        if ctx.active:
+            t = torch.tensor(values, dtype=torch.float64)
+            dist.all_reduce(t)
+            values = t.tolist()
+        terms = {n: v if n in MASK_TERMS else v / ctx.world_size for n, v in zip(TERM_NAMES, values)}
+        return WindowLosses(terms, int(values[-2]), int(values[-1]))
+
+
+def _accumulate(objective: nn.Module, micro: list[Batch], ctx: DistContext, autocast: Any) -> WindowLosses:
     """Forward/backward every micro-batch of this rank's share of the window.
 
-    LM loss is averaged over micro-batches (/grad_accum), and so are the (weighted) copy-attention
-    and token-reading losses. Mask losses arrive from the model already weighted by (masks in micro-batch /
-    num_masks_in_window); the window count is the GLOBAL one, so they sum to the mean over every
-    mask of the window; since DDP/FSDP average gradients over ranks, they are multiplied by
-    world_size to undo that. Returns this rank's (LM, mask, copy, reading) parts of the window loss.
+    The LM term is averaged over micro-batches (/grad_accum), and so are the (weighted) copy-attention
+    and token-reading terms. Mask terms (objectives.MASK_TERMS) arrive already weighted by (masks in
+    micro-batch / num_masks_in_window); the window count is the GLOBAL one, so they sum to the mean
+    over every mask of the window; since DDP/FSDP average gradients over ranks, they are multiplied by
+    world_size to undo that. A micro-batch with no term to train (stage 4 without [SEG]) is skipped:
+    no backward in one process; under DDP/FSDP it backwards the objective's zero ``step_anchor``, so
+    that every rank joins the same gradient collectives.
     """
     n_window = int(all_reduce_sum(float(sum(count_masks(b) for b in micro)), ctx))
-    lm_total = mask_total = copy_total = reading_total = 0.0
+    totals = dict.fromkeys(TERM_NAMES, 0.0)
+    skipped = 0
     for k, batch in enumerate(micro):
         last = k == len(micro) - 1
-        sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else contextlib.nullcontext()
+        sync = objective.no_sync() if isinstance(objective, nn.parallel.DistributedDataParallel) and not last else contextlib.nullcontext()
         with sync:
             with autocast:
-                # training needs no (B, L, V) logits: the LM loss is taken on supervised positions only
-                out = model(**batch, num_masks_in_window=n_window, return_logits=False)
-            if out.lm_loss is None:
-                raise ValueError("the model returned no lm_loss: the batch needs 'labels'")
-            zero = torch.zeros((), device=out.lm_loss.device)
-            # weighted, as in out.loss; None without copy pairs / reading labels
-            copy = zero if getattr(out, "copy_loss", None) is None else out.copy_loss
-            reading = zero if getattr(out, "reading_loss", None) is None else out.reading_loss
-            mask = out.loss - out.lm_loss - copy - reading  # 2*bce + dice, already window-weighted; 0 without [SEG]
-            ((out.lm_loss + copy + reading) / len(micro) + mask * ctx.world_size).backward()
-        lm_total += float(out.lm_loss.detach()) / len(micro)
-        mask_total += float(mask.detach())
-        copy_total += float(copy.detach()) / len(micro)
-        reading_total += float(reading.detach()) / len(micro)
-    return lm_total, mask_total, copy_total, reading_total
+                out = objective(batch, n_window)
+            unknown = set(out.terms) - set(TERM_NAMES) - {"step_anchor"}
+            if unknown:
+                raise ValueError(f"loss terms {sorted(unknown)} have no place in recipe.TERM_NAMES")
+            if "step_anchor" in out.terms or not out.trains:
+                skipped += 1
+            if out.trains:
+                mask = sum(t for n, t in out.terms.items() if n in MASK_TERMS)
+                rest = sum(t for n, t in out.terms.items() if n not in MASK_TERMS)
+                (rest / len(micro) + mask * ctx.world_size).backward()
+        for name, t in out.terms.items():
+            if name != "step_anchor":
+                totals[name] += float(t.detach()) / (1 if name in MASK_TERMS else len(micro))
+    return WindowLosses(totals, skipped, len(micro) - skipped)
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
-          position: int, stage: StageConfig, ctx: DistContext, total_steps: int) -> Path:
-    model_sd, optim_sd = _model_state(model, optimizer)  # collective under FSDP2: every rank calls it
+          position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int) -> Path:
+    model_sd, optim_sd = ckpt.model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
         trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict(),
-                   "total_steps": total_steps}
+                   "total_steps": total_steps, "planned_steps": planned_steps}
         config = getattr(model, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
         if config is not None and hasattr(config, "to_dict"):
             trainer["model_config"] = config.to_dict()

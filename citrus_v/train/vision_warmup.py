@@ -311,7 +311,7 @@ def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[s
 
     from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
     from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.recipe import resume_loop_checkpoint, save_loop_checkpoint
+    from citrus_v.train.checkpointing import resume_loop_checkpoint, save_loop_checkpoint
     from citrus_v.train.pipeline import init_model_and_template, write_model_folder
     from citrus_v.train.stages import get_stage
 

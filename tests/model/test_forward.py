@@ -4,23 +4,29 @@ import pytest
 import torch
 
 from citrus_v.model.build import build_model
+from citrus_v.model.objectives import forward_and_score, forward_inputs
 from citrus_v.model.segmenter import MASK_SIZE
+
+
+def _run(model, batch):
+    return model(**forward_inputs(model, batch, logits=True))
 
 
 
 def test_forward_shapes_and_loss_terms(tiny_model, batch, tiny_config):
-    out = tiny_model(**batch)
+    out, t = forward_and_score(tiny_model, batch, logits=True)
+    terms = t.terms
     B, L = batch["input_ids"].shape
     assert out.logits.shape == (B, L, tiny_config.llm.vocab_size)
     assert out.pred_masks.shape == (3, MASK_SIZE, MASK_SIZE)
     assert out.iou_scores.shape == (3,)
     # untrained: the LM loss is near ln(vocab), BCE near ln 2 on random logits
-    assert abs(out.lm_loss.item() - torch.log(torch.tensor(4096.0)).item()) < 1.0
-    assert 0.5 < out.mask_bce_loss.item() < 1.0
+    assert abs(terms["lm"].item() - torch.log(torch.tensor(4096.0)).item()) < 1.0
+    assert 0.5 < terms["mask_bce"].item() / 2.0 < 1.0  # weighted: bce_weight 2 x BCE
     # the tiny preset also teaches SAM's IoU head (LossConfig.iou_weight = 1)
-    assert tiny_config.loss.iou_weight == 1.0 and out.mask_iou_loss is not None
-    expected = out.lm_loss + 2.0 * out.mask_bce_loss + 1.0 * out.mask_dice_loss + 1.0 * out.mask_iou_loss
-    torch.testing.assert_close(out.loss, expected)
+    assert tiny_config.loss.iou_weight == 1.0 and set(terms) == {"lm", "mask_bce", "mask_dice", "mask_iou"}
+    expected = terms["lm"] + terms["mask_bce"] + terms["mask_dice"] + terms["mask_iou"]
+    torch.testing.assert_close(t.total, expected)
 
 
 def test_published_loss_has_no_iou_term(batch, tiny_config, seed):
@@ -29,14 +35,19 @@ def test_published_loss_has_no_iou_term(batch, tiny_config, seed):
     from citrus_v.config import LossConfig
 
     cfg = dataclasses.replace(tiny_config, loss=LossConfig())  # the 8b's: predicted-IoU pick, no IoU loss
-    out = build_model(cfg, seed=seed).eval()(**batch)
-    assert out.mask_iou_loss is None
-    torch.testing.assert_close(out.loss, out.lm_loss + 2.0 * out.mask_bce_loss + 1.0 * out.mask_dice_loss)
+    model = build_model(cfg, seed=seed).eval()
+    out, t = forward_and_score(model, batch, logits=True)
+    assert set(t.terms) == {"lm", "mask_bce", "mask_dice"} and out.mask_candidates is None
+    from citrus_v.model.losses import mask_bce, mask_dice
+
+    torch.testing.assert_close(t.terms["mask_bce"], 2.0 * mask_bce(out.pred_masks, batch["gt_masks"]))  # on the picked mask
+    torch.testing.assert_close(t.terms["mask_dice"], 1.0 * mask_dice(out.pred_masks, batch["gt_masks"]))
+    torch.testing.assert_close(t.total, t.terms["lm"] + t.terms["mask_bce"] + t.terms["mask_dice"])
 
 
 def test_same_seed_same_outputs(batch, tiny_config, seed):
-    a = build_model(tiny_config, seed=seed).eval()(**batch)
-    b = build_model(tiny_config, seed=seed).eval()(**batch)
+    a = _run(build_model(tiny_config, seed=seed).eval(), batch)
+    b = _run(build_model(tiny_config, seed=seed).eval(), batch)
     torch.testing.assert_close(a.pred_masks, b.pred_masks, rtol=0, atol=0)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
 
@@ -44,21 +55,21 @@ def test_same_seed_same_outputs(batch, tiny_config, seed):
 def test_seg_count_mismatch_raises_with_both_counts(tiny_model, batch):
     bad = dict(batch, gt_masks=batch["gt_masks"][:2])
     with pytest.raises(ValueError, match=r"3 \[SEG\] tokens but gt_masks has 2 masks"):
-        tiny_model(**bad)
+        forward_and_score(tiny_model, bad)
     bad = dict(batch, seg_image_index=batch["seg_image_index"][:2])
     with pytest.raises(ValueError, match=r"3 \[SEG\] tokens but seg_image_index has shape \(2,\)"):
-        tiny_model(**bad)
+        _run(tiny_model, bad)
 
 
 def test_masks_come_from_the_seg_hidden_state_of_each_token(tiny_model, batch):
     """Each mask depends only on its own [SEG]'s causal prefix and its own image."""
     with torch.no_grad():
-        full = tiny_model(**batch)
+        full = _run(tiny_model, batch)
         # change tokens after row 1's first [SEG]: its mask is unchanged, the second one moves
         seg_cols = (batch["input_ids"][1] == tiny_model.config.tokens.seg_token_id).nonzero().flatten()
         edited = batch["input_ids"].clone()
         edited[1, seg_cols[0] + 1] = 99
-        moved = tiny_model(**dict(batch, input_ids=edited))
+        moved = _run(tiny_model, dict(batch, input_ids=edited))
     torch.testing.assert_close(moved.pred_masks[:2], full.pred_masks[:2], rtol=1e-5, atol=1e-5)
     assert (moved.pred_masks[2] - full.pred_masks[2]).abs().max() > 1e-4
 
@@ -71,7 +82,7 @@ def test_image_encoded_once_and_segment_matches_forward(tiny_model, batch, monke
     masks, iou = tiny_model.segment(**{k: batch[k] for k in keys})
     assert calls == [2]  # 3 [SEG] over 2 images: one encoder call with 2 images
     with torch.no_grad():
-        out = tiny_model(**batch)
+        out = _run(tiny_model, batch)
     torch.testing.assert_close(masks, out.pred_masks)
     torch.testing.assert_close(iou, out.iou_scores)
 
@@ -109,18 +120,18 @@ def test_best_iou_candidate_is_chosen(tiny_model, batch):
 
 def test_no_seg_tokens_gives_empty_masks_and_lm_loss_only(tiny_model, tiny_config, batch_factory):
     batch = batch_factory(tiny_config, seg_per_row=(0, 0))
-    out = tiny_model(**batch)
-    assert out.pred_masks.shape == (0, 256, 256)
-    assert out.mask_bce_loss is None and out.mask_dice_loss is None
-    torch.testing.assert_close(out.loss, out.lm_loss)
+    out, t = forward_and_score(tiny_model, batch)
+    assert out.pred_masks.shape == (0, 256, 256) and out.seg_states.shape == (0, tiny_config.llm.hidden_size)
+    assert set(t.terms) == {"lm"}
+    torch.testing.assert_close(t.total, t.terms["lm"])
 
 
 def test_tiny_train_step_is_fast(tiny_config, batch, seed):
     model = build_model(tiny_config, seed=seed).train()
-    model(**batch).loss.backward()  # warm-up
+    forward_and_score(model, batch)[1].total.backward()  # warm-up
     model.zero_grad()
     start = time.perf_counter()
-    model(**batch).loss.backward()
+    forward_and_score(model, batch)[1].total.backward()
     elapsed = time.perf_counter() - start
     # ~0.25 s measured on one thread; generous bound for a shared 2-core machine
     assert elapsed < 2.0, f"tiny forward+backward took {elapsed:.2f} s"

@@ -122,10 +122,12 @@ def test_citrus_v_forward_backward_with_seg(config, batch_factory):
     model = build_model(config, seed=0).train()
     assert isinstance(model.segmenter, LiteMedSAMSegmenter)
     batch = batch_factory(config, seg_per_row=(1, 1))
-    out = model(**batch, return_logits=False)
+    from citrus_v.model.objectives import forward_and_score
+
+    out, t = forward_and_score(model, batch)
     assert out.pred_masks.shape == (2, MASK_SIZE, MASK_SIZE) and out.iou_scores.shape == (2,)
-    assert torch.isfinite(out.loss) and out.mask_bce_loss.item() > 0 and out.mask_dice_loss.item() > 0
-    out.loss.backward()
+    assert torch.isfinite(t.total) and t.terms["mask_bce"].item() > 0 and t.terms["mask_dice"].item() > 0
+    t.total.backward()
     for name in ("seg_projector.0.weight", "segmenter.mask_decoder.iou_token.weight",
                  "segmenter.image_encoder.patch_embed.seq.0.c.weight", "segmenter.image_encoder.neck.0.weight"):
         grad = model.get_parameter(name).grad

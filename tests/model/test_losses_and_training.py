@@ -6,6 +6,7 @@ import torch
 from citrus_v.model.build import build_model
 from citrus_v.model.citrus_v import PART_NAMES, PARTS, part_of
 from citrus_v.model.losses import lm_cross_entropy, mask_bce, mask_dice, mask_window_factor
+from citrus_v.model.objectives import forward_and_score, forward_inputs
 
 
 def test_mask_losses_match_a_hand_computation():
@@ -39,21 +40,20 @@ def test_window_factor_and_model_loss_scaling(tiny_model, batch):
     with pytest.raises(ValueError, match="num_masks_in_window=2.*3 masks"):
         mask_window_factor(3, 2)
     with torch.no_grad():
-        plain = tiny_model(**batch)
-        window = tiny_model(**batch, num_masks_in_window=12)
-    torch.testing.assert_close(window.mask_bce_loss, plain.mask_bce_loss * 0.25)
-    torch.testing.assert_close(window.mask_dice_loss, plain.mask_dice_loss * 0.25)
-    torch.testing.assert_close(window.lm_loss, plain.lm_loss)
-    torch.testing.assert_close(window.mask_iou_loss, plain.mask_iou_loss * 0.25)
-    torch.testing.assert_close(
-        window.loss, plain.lm_loss + 2 * window.mask_bce_loss + window.mask_dice_loss + window.mask_iou_loss
-    )
+        plain = forward_and_score(tiny_model, batch)[1].terms
+        window = forward_and_score(tiny_model, batch, masks_in_window=12)[1]
+    torch.testing.assert_close(window.terms["mask_bce"], plain["mask_bce"] * 0.25)
+    torch.testing.assert_close(window.terms["mask_dice"], plain["mask_dice"] * 0.25)
+    torch.testing.assert_close(window.terms["lm"], plain["lm"])
+    torch.testing.assert_close(window.terms["mask_iou"], plain["mask_iou"] * 0.25)
+    w = window.terms
+    torch.testing.assert_close(window.total, plain["lm"] + w["mask_bce"] + w["mask_dice"] + w["mask_iou"])
 
 
 def _mask_grads(model, batch):
     model.zero_grad()
-    out = model(**batch)
-    (2 * out.mask_bce_loss + out.mask_dice_loss).backward()
+    terms = forward_and_score(model, batch)[1].terms
+    (terms["mask_bce"] + terms["mask_dice"]).backward()  # weighted: 2 x BCE + Dice
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -72,9 +72,9 @@ def test_seg_grad_scale_scales_projector_and_llm_but_not_sam2(tiny_config, batch
         torch.testing.assert_close(scaled[n], full[n], rtol=0, atol=0)
     with torch.no_grad():  # the forward value does not change
         model.set_seg_grad_scale(1.0)
-        a = model(**batch).pred_masks
+        a = model(**forward_inputs(model, batch)).pred_masks
         model.set_seg_grad_scale(0.001)
-        b = model(**batch).pred_masks
+        b = model(**forward_inputs(model, batch)).pred_masks
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -120,14 +120,14 @@ def test_published_stage_plans(tiny_model):
 
 
 def test_supervised_only_lm_loss_equals_full_logits_loss(tiny_model, batch):
-    # return_logits=False projects only supervised positions: same loss, same gradients
-    full = tiny_model(**batch)
-    lean = tiny_model(**batch, return_logits=False)
-    assert lean.logits is None
-    torch.testing.assert_close(lean.lm_loss, full.lm_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(lean.loss, full.loss, rtol=1e-5, atol=1e-6)
-    g_full = torch.autograd.grad(full.loss, tiny_model.mllm.lm_head.weight)[0]
-    g_lean = torch.autograd.grad(lean.loss, tiny_model.mllm.lm_head.weight)[0]
+    # logits=False projects only supervised positions: same loss, same gradients
+    out_full, full = forward_and_score(tiny_model, batch, logits=True)
+    out_lean, lean = forward_and_score(tiny_model, batch, logits=False)
+    assert out_lean.logits is None and out_full.logits is not None
+    torch.testing.assert_close(lean.terms["lm"], full.terms["lm"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lean.total, full.total, rtol=1e-5, atol=1e-6)
+    g_full = torch.autograd.grad(full.total, tiny_model.mllm.lm_head.weight)[0]
+    g_lean = torch.autograd.grad(lean.total, tiny_model.mllm.lm_head.weight)[0]
     torch.testing.assert_close(g_lean, g_full, rtol=1e-4, atol=1e-6)
 
 

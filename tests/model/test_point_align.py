@@ -9,6 +9,7 @@ import torch
 
 from citrus_v.config import CitrusVConfig, LossConfig
 from citrus_v.model.citrus_v import CitrusV
+from citrus_v.model.objectives import forward_and_score, point_align
 from tests.train.synthetic import collate, make_dataset
 
 
@@ -41,22 +42,23 @@ def test_the_target_is_the_click_at_the_mask_centroid_and_empty_masks_are_skippe
     gt[0, 64:128, 0:32] = 1  # centroid x = 16/256, y = 96/256
     gt[2, 200:202, 250:256] = 1
     hidden = torch.randn(3, model.config.llm.hidden_size, requires_grad=True)
-    loss = model._point_align_loss(hidden, gt)
+    loss = point_align(model, hidden, gt)
     assert seen["xy"].shape == (2, 2)  # the empty second mask is skipped
     assert torch.allclose(seen["xy"][0], torch.tensor([16 / 256, 96 / 256]))
     assert torch.allclose(seen["xy"][1], torch.tensor([253 / 256, 201 / 256]))
     kept = model.seg_projector(hidden[[0, 2]]).detach()
     assert loss.item() == pytest.approx(float((kept**2).mean()), rel=1e-5)  # MSE to the (zero) targets
-    assert model._point_align_loss(hidden, torch.zeros(2, 256, 256)).item() == 0.0
+    assert point_align(model, hidden, torch.zeros(2, 256, 256)).item() == 0.0
 
 
 def test_the_loss_trains_the_projector_not_the_prompt_encoder():
     batch = collate(make_dataset(2, seed=1))
     plain, aligned = _model(0.0), _model(1.0)
-    out0, out1 = plain(**batch), aligned(**batch)
-    assert out1.loss.item() > out0.loss.item()  # same weights, same data: only the new term differs
-    out1.loss.backward()
-    out0.loss.backward()
+    out0, out1 = forward_and_score(plain, batch)[1], forward_and_score(aligned, batch)[1]
+    assert set(out1.terms) - set(out0.terms) == {"point_align"}  # same weights, same data: only the new term differs
+    assert out1.total.item() > out0.total.item()
+    out1.total.backward()
+    out0.total.backward()
     assert not torch.allclose(aligned.seg_projector[0].weight.grad, plain.seg_projector[0].weight.grad)
     enc = aligned.segmenter.sam2.prompt_encoder.point_embed.weight
     assert enc.grad is None or float(enc.grad.abs().sum()) == 0.0
@@ -87,4 +89,4 @@ def test_point_alignment_with_a_segmenter_without_point_embeddings_names_the_fie
     cfg = CitrusVConfig.preset("tiny_litemedsam")
     model = CitrusV(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, point_align_weight=1.0)))
     with pytest.raises(ValueError, match="point_align_weight needs a SAM2 segmenter, not 'litemedsam'"):
-        model._point_align_loss(torch.randn(1, cfg.llm.hidden_size), torch.ones(1, 256, 256))
+        point_align(model, torch.randn(1, cfg.llm.hidden_size), torch.ones(1, 256, 256))

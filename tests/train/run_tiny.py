@@ -45,7 +45,8 @@ def main() -> None:
     result = train(stage, tiny_model(0), make_dataset(args.samples, seg_every=args.seg_every, with_reading=args.token_reading), slow_collate, args.out, resume=args.resume,
                    dist_ctx=ctx, progress=False, device="cpu")
     if ctx.is_main:
-        print(json.dumps({"losses": result.losses, "steps": result.steps, "final": str(result.final_dir)}))
+        print(json.dumps({"losses": result.losses, "steps": result.steps, "final": str(result.final_dir),
+                          "skipped": result.skipped_micro_batches}))
     shutdown(ctx)
 
 

@@ -17,6 +17,7 @@ from citrus_v.train.cached_seg import (
     encoder_fingerprint,
     run_cached_stage4,
 )
+from citrus_v.model.objectives import forward_and_score, mask_terms
 from tests.train.synthetic import collate, make_dataset, tiny_model
 
 
@@ -29,8 +30,8 @@ def test_cached_features_give_the_full_pass_loss_and_gradients():
     batch = collate(make_dataset(3, seed=4))
     cfg = model.config.loss
 
-    out = model(**batch, return_logits=False)
-    full = out.loss - out.lm_loss  # the LM part has no gradient into the trained parts
+    terms = forward_and_score(model, batch)[1].terms
+    full = sum(t for name, t in terms.items() if name != "lm")  # the LM part has no gradient into the trained parts
     full.backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
     assert want and any(n.startswith("seg_projector.") for n in want)
@@ -41,8 +42,7 @@ def test_cached_features_give_the_full_pass_loss_and_gradients():
         feats = model.segmenter.encode(batch["sam_images"])
     seg_hidden = hidden[batch["input_ids"] == model.config.tokens.seg_token_id]
     masks, ious = model.decode_seg_states(seg_hidden, feats, batch["seg_image_index"], candidates=True)
-    bce, dice, iou = model.mask_losses(masks, ious, batch["gt_masks"], candidates=True)
-    cached = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.iou_weight * iou
+    cached = sum(mask_terms(cfg, masks, ious, batch["gt_masks"], candidates=True).values())
     assert torch.allclose(cached, full, atol=1e-6), (float(cached), float(full))
     cached.backward()
     for name, g in want.items():

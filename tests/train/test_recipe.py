@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from citrus_v.model.citrus_v import part_of
+from citrus_v.model.objectives import MASK_TERMS, Objective
 from citrus_v.train.distributed import DistContext
 from citrus_v.train.recipe import _accumulate, train
 from citrus_v.train.stages import get_stage
@@ -67,7 +68,8 @@ def test_accumulation_equals_one_big_batch():
     for micro in ([collate([data[0]]), collate([data[1]])], [collate(data)]):
         model = tiny_model(0)
         model.set_trainable(["llm", "lm_head", "seg_projector", "sam2_mask_decoder"])
-        lm, mask, _, _ = _accumulate(model, micro, DistContext(), contextlib.nullcontext())
+        window = _accumulate(Objective(model), micro, DistContext(), contextlib.nullcontext())
+        lm, mask = window.terms["lm"], sum(window.terms[n] for n in MASK_TERMS)
         grads.append(({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, lm, mask))
     (g1, lm1, m1), (g2, lm2, m2) = grads
     assert lm1 == pytest.approx(lm2, rel=1e-5) and m1 == pytest.approx(m2, rel=1e-5) and m1 > 0
