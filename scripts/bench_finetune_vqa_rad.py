@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--work", required=True, type=Path, help="scratch folder for the converted data, runs and evals")
     ap.add_argument("--train-records", type=int, default=None, help="fine-tune on a seeded subset of this many train records")
     ap.add_argument("--batch-size", type=int, default=8, help="citrus-v eval --batch-size")
+    ap.add_argument("--max-new-tokens", type=int, default=64,
+                    help="citrus-v eval --max-new-tokens (VQA-RAD answers are at most 84 characters, 8 on average)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
 
@@ -64,7 +66,8 @@ def main() -> None:
         train.write_text("\n".join(lines[: args.train_records]) + "\n", encoding="utf-8")
     test = work / "test" / "data.jsonl"
 
-    eval_args = ["--data", str(test), "--batch-size", str(args.batch_size), "--no-progress"]
+    eval_args = ["--data", str(test), "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
+                 "--no-progress"]
     _, t_before = cli("eval", "--model", str(DEFAULT_MODEL), "--out", str(work / "eval_before"), *eval_args)
     train_cmd, t_train = cli("train", "--stage", "3", "--data", str(train), "--init", str(DEFAULT_MODEL),
                              "--out", str(work / "ft"), "--no-progress")
@@ -74,7 +77,7 @@ def main() -> None:
     result = {
         "task": "VQA-RAD test split (451 QA; the default model was trained on synthetic phantoms and TotalSegmentator slices only)",
         "train_records": ft["validation"].get("train_records"), "val_records": ft["validation"].get("val_records"),
-        "train_subset": args.train_records,
+        "train_subset": args.train_records, "eval_max_new_tokens": args.max_new_tokens,
         "command": " ".join(["citrus-v", *train_cmd[3:]]).replace(str(ROOT) + "/", ""),
         "schedule": {k: ft["stage"][k] for k in ("lr", "epochs", "max_steps", "warmup_steps", "micro_batch_size", "grad_accum")}
         | {"steps": ft["steps"]},
