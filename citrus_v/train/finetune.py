@@ -7,10 +7,10 @@ short warm-up (:func:`finetune_stage`), not the from-scratch "smoke" schedule th
 (:func:`split_records`) unless ``--val`` names a file, and its loss is measured before and after
 (:func:`validation_loss`).
 
-Why lr 1e-4 for the tiny default: on VQA-RAD's train set (a task it never saw), one epoch over 400 of
-its records took the LM loss on a 5% slice held out by image from 13.84 to 7.08, where the smoke lr
-(1e-3) made things worse; 3e-4 was started but not finished on this CPU (docs/training.md,
-"Fine-tuning on your own data").
+The tiny presets' lr (1e-4) was set before its sweep finished; the sweep (docs/training.md,
+"Fine-tuning on your own data": VQA-RAD train, one epoch over 400 records, LM loss on a 5% slice held
+out by image, 13.84 before) ended 1e-4 -> 7.08, 3e-4 -> 5.46, 1e-3 -> 4.22, so the value should move up
+once the VQA-RAD benchmark is rerun at it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class FinetuneSchedule:
             raise ValueError(f"FinetuneSchedule.warmup_fraction: must be in [0, 1), got {self.warmup_fraction!r}")
 
 
-# tiny: lr from the sweep in the module docstring, 8 records a step; 8b: the published stage lr
+# tiny: lr 1e-4 (set before the sweep in the module docstring ended), 8 records a step; 8b: the published stage lr
 # (1e-5, itself a fine-tune of a pretrained Qwen2.5-VL) and its batch; not measured here
 FINETUNE = {
     "tiny": FinetuneSchedule(lr=1e-4, epochs=1.0, micro_batch_size=4, grad_accum=2),
