@@ -28,6 +28,7 @@ from torch import nn
 import torch.distributed as dist
 
 from citrus_v.model.objectives import MASK_TERMS
+from citrus_v.errors import UserError
 from citrus_v.train import checkpointing as ckpt
 from citrus_v.train.distributed import DistContext, all_reduce_sum, barrier, rank_micro_batches, wrap_model
 from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
@@ -146,7 +147,7 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     return step, epoch, position
 
 
-class TrainingRefused(ValueError):
+class TrainingRefused(UserError, ValueError):
     """A run the recipe will not start as asked (the message says why and what to change)."""
 
 
