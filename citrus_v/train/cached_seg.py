@@ -261,7 +261,7 @@ def dice_of_picked(model: CitrusV, data: CachedSet, batch_size: int = 32) -> lis
 
 def mask_boxes(gt_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, H, W) bool -> boxes (m, 4) as pixel edges x1, y1, x2, y2 of the non-empty masks, and their rows (m,)."""
-    from citrus_v.data.phantoms.common import bbox_of  # the convention of the suite's ground-truth boxes
+    from citrus_v.data.boxes import bbox_of  # the convention of the suite's ground-truth boxes
 
     rows = torch.nonzero(gt_masks.flatten(1).any(dim=1)).flatten()
     boxes = [bbox_of(gt_masks[r].cpu().numpy()) for r in rows.tolist()]

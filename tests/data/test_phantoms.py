@@ -13,7 +13,7 @@ from PIL import Image
 
 from citrus_v.data.phantoms import generate_suite, iter_texts, make_sample
 from citrus_v.data.phantoms.cli import add_phantoms_command
-from citrus_v.data.phantoms.common import bbox_of
+from citrus_v.data.boxes import bbox_of
 from citrus_v.data.phantoms.suite import SPECS, SPLITS, SuiteConfig
 from citrus_v.data.phantoms.totalseg import slice_blocks
 from citrus_v.data.schema import TASKS, read_jsonl, resolve

@@ -13,7 +13,6 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from citrus_v.data.boxes import bbox_of  # noqa: F401 - its old home; train/cached_seg.py still reads it here
 
 
 @dataclass
