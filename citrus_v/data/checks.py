@@ -43,13 +43,13 @@ def record_problems(record: Record, source: str | Path, line: int | None, base_d
     def fail(field: str, message: str) -> None:
         problems.append(RecordError(message, source=str(source), line=line, field=field))
 
-    root = Path(base_dir).resolve()
+    outside = {} if rules.allow_outside else {e.field: e for e in path_problems(record, source, line, base_dir)}
     sizes: list[tuple[int, int] | None] = []  # (H, W) per image, None when unreadable
     for key, paths in (("images", record.images), ("masks", record.masks)):
         for i, rel in enumerate(paths):
             path = resolve(rel, base_dir)
-            if not rules.allow_outside and not _inside(path, root):
-                fail(f"{key}[{i}]", f"{rel}: outside the data root {root} (pass --allow-outside to permit)")
+            if f"{key}[{i}]" in outside:  # never opened
+                problems.append(outside[f"{key}[{i}]"])
                 if key == "images":
                     sizes.append(None)
                 continue
@@ -69,6 +69,25 @@ def record_problems(record: Record, source: str | Path, line: int | None, base_d
             if message:
                 fail(f"objects.bbox[{j}]", message)
     return problems
+
+
+def path_problems(record: Record, source: str | Path, line: int | None, base_dir: str | Path) -> list[RecordError]:
+    """The record's image and mask paths that leave ``base_dir`` (symlinks followed); no file is opened."""
+    root = Path(base_dir).resolve()
+    return [
+        RecordError(f"{rel}: outside the data root {root} (pass --allow-outside to permit)", source=str(source), line=line,
+                    field=f"{key}[{i}]")
+        for key, paths in (("images", record.images), ("masks", record.masks))
+        for i, rel in enumerate(paths)
+        if not _inside(resolve(rel, base_dir), root)
+    ]
+
+
+def check_paths(record: Record, source: str | Path, line: int | None, base_dir: str | Path) -> None:
+    """Raise the first of ``path_problems`` (a ``RecordError``)."""
+    problems = path_problems(record, source, line, base_dir)
+    if problems:
+        raise problems[0]
 
 
 def check_record(record: Record, source: str | Path, line: int | None, base_dir: str | Path,

@@ -162,3 +162,36 @@ def test_training_refuses_what_validation_refuses(folder: Path):
     allowed = JsonlDataset(f, data.template, rules=FileRules(allow_outside=True))
     with pytest.raises(RecordError, match=r"/etc/shadow: not a DICOM file"):  # no suffix: read as DICOM, and it is none
         allowed[3]
+
+
+def test_the_training_mixture_holds_paths_to_the_data_root_unless_allowed(folder: Path):
+    """build_mixture (every `citrus-v train` stage) reads through JsonlDataset with the root rule;
+    `citrus-v train --allow-outside` lifts it, as `data validate --allow-outside` does."""
+    from citrus_v.data.image_processing import ImageConfig
+    from citrus_v.data.template import ChatTemplate
+    from citrus_v.data.tokenizer import train_tiny_tokenizer
+    from citrus_v.train.pipeline import build_mixture
+    from citrus_v.train.stages import get_stage, with_data_file
+
+    inner = folder / "set"
+    inner.mkdir()
+    f = write(inner / "d.jsonl", [seg(image=str(folder / "a.png"), mask=str(folder / "m.png"))])
+    template = ChatTemplate(train_tiny_tokenizer(["Segment it.", "[SEG]"] * 20, vocab_size=400), ImageConfig.tiny())
+    stage = with_data_file(get_stage(3, "tiny"), f)
+    with pytest.raises(RecordError, match=rf"{f}:1: field 'images\[0\]': .*outside the data root"):
+        build_mixture(stage, [f], template)[0]
+    assert build_mixture(stage, [f], template, allow_outside=True)[0].gt_masks.shape[0] == 1
+
+
+def test_the_fine_tune_split_checks_paths_before_making_them_absolute(folder: Path, tmp_path: Path):
+    from citrus_v.train.finetune import write_split
+
+    inner = folder / "set"
+    inner.mkdir()
+    for k in range(4):
+        Image.fromarray(np.full((40, 50, 3), k, np.uint8)).save(folder / f"a{k}.png")
+    f = write(inner / "d.jsonl", [det(image=f"../a{k}.png") for k in range(4)])
+    with pytest.raises(RecordError, match=rf"{f}:1: field 'images\[0\]': \.\./a0\.png: outside the data root"):
+        write_split([f], tmp_path / "out", fraction=0.25, seed=0)
+    train, _, _ = write_split([f], tmp_path / "out", fraction=0.25, seed=0, allow_outside=True)
+    assert all(Path(r.images[0]).is_absolute() for r in read_jsonl(train))
