@@ -231,6 +231,7 @@ def _stack_series(folder: Path, slices: list[tuple[Path, Any]], skipped: list[st
         raw = decode_pixels(ds, f)
         planes.append(np.asarray(apply_modality_lut(raw, ds), dtype=np.float32))  # slope/intercept per slice
     stack = np.stack(planes)  # (K, rows, cols)
+    check_finite(folder, stack, "voxels")  # float pixel data may hold NaN
     data = np.ascontiguousarray(stack.transpose(2, 1, 0)[:, ::-1, :])  # (cols, rows bottom-up, K)
     if np.all(np.mod(data, 1) == 0) and data.min() >= -32768 and data.max() <= 32767:
         data = data.astype(np.int16)  # HU are integers for nearly every CT: halve the memory
