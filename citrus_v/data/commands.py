@@ -15,10 +15,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="validate, convert and show training data")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
-    p = sub.add_parser("validate", help="check a JSONL file; print the count per task")
+    p = sub.add_parser(
+        "validate", help="check a JSONL file and open what its records point to; print the count per task",
+        description="Check every record, and open its images and masks (headers where the format allows): images "
+        "decode within --max-pixels, masks match their image's size, boxes lie inside the image, paths stay under the "
+        "file's folder. Training applies the same checks to each record it reads.",
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--skip-invalid", action="store_true", help="report bad lines (count and line numbers) instead of stopping")
-    p.add_argument("--check-files", action="store_true", help="also check that every image and mask file exists")
+    p.add_argument("--records-only", action="store_true", help="check the records' form only; do not open their files")
+    p.add_argument("--check-files", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument("--allow-outside", action="store_true",
+                   help="allow image/mask paths outside the JSONL file's folder (absolute paths elsewhere, ../)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest image, width x height (x frames), default 40000000")
     p.set_defaults(func=run_validate)
 
     p = sub.add_parser("convert", help="convert a public dataset file to DIR/data.jsonl + images")
@@ -50,18 +59,25 @@ def _add_phantoms(sub: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from citrus_v.data.schema import SkipReport, iter_jsonl, resolve
+    from citrus_v.data.checks import FileRules, record_problems
+    from citrus_v.data.schema import SkipReport, iter_jsonl_lines
 
     if not args.file.is_file():
         raise UserError(f"{args.file}: no such file")
+    if args.records_only and args.check_files:
+        raise UserError("--records-only and --check-files contradict each other")
+    try:
+        rules = FileRules(allow_outside=args.allow_outside, **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}))
+    except ValueError as err:
+        raise UserError(f"--max-pixels {args.max_pixels}: must be a positive integer") from err
     report = SkipReport()
     counts: Counter[str] = Counter()
-    missing: list[str] = []
-    for n, rec in enumerate(iter_jsonl(args.file, skip_invalid=args.skip_invalid, report=report)):  # RecordError: one line, exit 2
+    problems: list[str] = []
+    lines = iter_jsonl_lines(args.file, skip_invalid=args.skip_invalid, report=report)  # RecordError: one line, exit 2
+    for lineno, rec in lines:
         counts[rec.task or "unlabelled"] += 1
-        if args.check_files:
-            for key, paths in (("images", rec.images), ("masks", rec.masks)):
-                missing += [f"record {n} {key}: {p}" for p in paths if not resolve(p, args.file.parent).is_file()]
+        if not args.records_only:
+            problems += [str(p) for p in record_problems(rec, args.file, lineno, args.file.parent, rules)]
     total = sum(counts.values())
     print(f"{args.file}: {total} valid records")
     for task, c in sorted(counts.items()):
@@ -70,10 +86,12 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"skipped {report.count} invalid line(s): {', '.join(str(ln) for ln, _ in report.skipped)}")
         for _, msg in report.skipped:
             print(f"  {msg}")
-    if missing:
-        print(f"error: {len(missing)} missing file(s):", file=sys.stderr)
-        for m in missing[:20]:
+    if problems:
+        print(f"error: {len(problems)} problem(s) with the files and boxes the records point to:", file=sys.stderr)
+        for m in problems[:50]:
             print(f"  {m}", file=sys.stderr)
+        if len(problems) > 50:
+            print(f"  ... and {len(problems) - 50} more", file=sys.stderr)
         return 1
     return 0
 

@@ -24,6 +24,7 @@ from citrus_v.data.windowing import (
     MedicalIOError,
     Window,
     apply_window,
+    check_finite,
     gray_to_rgb,
     percentile_scale,
     resolve_window,
@@ -169,6 +170,7 @@ def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
     """The raw stored pixel array (colour converted to RGB), or MedicalIOError."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise UnsupportedDicomError(path, f"has no pixel data (SOP class {ds.get('SOPClassUID', '?')}, modality {ds.get('Modality', '?')})")
+    check_pixel_length(ds, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -182,6 +184,44 @@ def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
         raise MedicalIOError(path, f"corrupt or truncated pixel data ({ts_name}): {msg}") from None
 
 
+def check_pixel_length(ds: Any, path: str | Path) -> None:
+    """Uncompressed pixel data must be as long as Rows x Columns x frames x samples x bits says.
+
+    pydicom reshapes whatever bytes it finds by the header: a header claiming 10x10 over 128x128
+    pixels would decode as a 10x10 crop (plus "extra frames"). Compressed data is checked by the
+    frame count after decoding (``read_dicom``).
+    """
+    from pydicom.pixels.utils import get_expected_length
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or ts is None or ts.is_compressed:
+        return
+    try:
+        expected = int(get_expected_length(ds, unit="bytes"))
+    except Exception as err:  # noqa: BLE001 - missing or non-numeric Rows/Columns/BitsAllocated
+        raise MedicalIOError(path, f"image header is incomplete ({type(err).__name__}: {err})") from None
+    stored = len(ds.PixelData)
+    if stored not in (expected, expected + 1):  # one pad byte makes an odd length even
+        size = f"{ds.get('Rows')}x{ds.get('Columns')}, {ds.get('NumberOfFrames', 1) or 1} frame(s), {ds.get('BitsAllocated')} bits"
+        what = "corrupt or truncated pixel data" if stored < expected else "header and pixel data disagree"
+        raise MedicalIOError(path, f"{what}: the header says {size} = {expected} bytes, the pixel data holds {stored}")
+
+
+def check_image_size(ds: Any, path: str | Path, max_pixels: int | None) -> tuple[int, int, int]:
+    """(frames, rows, columns) from the header; refused above ``max_pixels`` (rows x columns x frames)
+    before any pixel is decoded."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as err:
+        raise MedicalIOError(path, f"Rows/Columns/NumberOfFrames are not integers ({err})") from None
+    if rows < 1 or cols < 1 or frames < 1:
+        raise UnsupportedDicomError(path, f"has no image (Rows={rows}, Columns={cols}, NumberOfFrames={frames})")
+    if max_pixels is not None and rows * cols * frames > max_pixels:
+        raise MedicalIOError(path, f"image is {frames} x {rows}x{cols} pixels, above the limit of {max_pixels}")
+    return frames, rows, cols
+
+
 def _spacing(ds: Any) -> tuple[float, float] | None:
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         if tag in ds and ds.get(tag) is not None and len(ds.get(tag)) == 2:
@@ -189,13 +229,19 @@ def _spacing(ds: Any) -> tuple[float, float] | None:
     return None
 
 
-def read_dicom(source: DicomSource, *, name: str | None = None) -> DicomImage:
-    """Read and decode one DICOM file (a path or its bytes) into modality units. See ``DicomImage``."""
+def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int | None = None) -> DicomImage:
+    """Read and decode one DICOM file (a path or its bytes) into modality units. See ``DicomImage``.
+
+    ``max_pixels``: refuse, from the header and before decoding, a file of more rows x columns x frames.
+    A header that disagrees with its pixel data, or pixels that are NaN/infinite, are refused.
+    """
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     ds = dcmread(source, name=name)
     # what errors and DicomImage.path name: the file, or the given name for bytes
     path = (name or BYTES_NAME) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    if "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        check_image_size(ds, path, max_pixels)
     raw = decode_pixels(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -221,8 +267,9 @@ def read_dicom(source: DicomSource, *, name: str | None = None) -> DicomImage:
     per_frame_ndim = 3 if samples == 3 else 2
     if pixels.ndim == per_frame_ndim:
         pixels = pixels[None]
-    if pixels.shape[0] != n_frames and n_frames > 1:
-        raise MedicalIOError(path, f"NumberOfFrames={n_frames} but decoded {pixels.shape[0]} frames")
+    if pixels.shape[0] != n_frames:
+        raise MedicalIOError(path, f"header and pixel data disagree: NumberOfFrames={n_frames} but decoded {pixels.shape[0]} frames")
+    check_finite(path, pixels)
     voi_item = None
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0 and samples == 1:
         voi_item = ds.VOILUTSequence[0]

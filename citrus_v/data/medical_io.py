@@ -21,6 +21,7 @@ from citrus_v.data.windowing import (
     MedicalIOError,
     Window,
     apply_window,
+    check_finite,
     gray_to_rgb,
     percentile_scale,
     resolve_window,
@@ -29,6 +30,7 @@ from citrus_v.data.windowing import (
 __all__ = [
     "PLANES",
     "WINDOW_PRESETS",
+    "MAX_IMAGE_PIXELS",
     "DicomImage",
     "MedicalIOError",
     "Volume",
@@ -68,57 +70,113 @@ def file_kind(path: str | Path) -> str:
     raise MedicalIOError(p, f"unsupported file type '{p.suffix}' (expected DICOM, NIfTI, PNG, JPEG or TIFF)")
 
 
-def load_image(path: str | Path | bytes, *, window: Window = None, frame: int = 0, name: str | None = None) -> np.ndarray:
+MAX_IMAGE_PIXELS = 40_000_000  # width x height (x frames for DICOM) read from a header before decoding
+
+Frame = int | tuple[int, int] | None
+
+
+def load_image(
+    path: str | Path | bytes,
+    *,
+    window: Window = None,
+    frame: Frame = None,
+    name: str | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
     """Any supported image file (a path, or the bytes of a DICOM/raster file) -> ``(H, W, 3)`` uint8 RGB.
 
     ``window``: a ``WINDOW_PRESETS`` name, ``(center, width)`` or ``"percentile"`` (None = the
-    file's own rule: DICOM VOI/window, CT soft tissue, else percentile). ``frame``: DICOM frame,
-    TIFF/GIF page, or NIfTI axial slice (counted from inferior; radiological view). Bytes are DICOM
-    when they carry the part-10 ``DICM`` marker, else a raster image; errors name ``name`` or
-    "<request bytes>".
+    file's own rule: DICOM VOI/window, CT soft tissue, else percentile). ``frame``: which picture of
+    a file holding several: DICOM frame, TIFF/GIF page, NIfTI axial slice (counted from inferior;
+    radiological view), or ``(time point, axial slice)`` of a 4D NIfTI. None = the file must hold
+    one picture: a file with several is refused rather than silently read at its first.
+    ``max_pixels``: refused above it, from the header, before decoding. Non-finite pixels are refused.
+    Bytes are DICOM when they carry the part-10 ``DICM`` marker, else a raster image; errors name
+    ``name`` or "<request bytes>".
     """
     if window is not None:
         resolve_window(window)  # a bad preset is the caller's error, reported before any I/O
     if isinstance(path, (bytes, bytearray, memoryview)):
         data, label = bytes(path), name or BYTES_NAME
         if data[128:132] == b"DICM":  # part 10: 128-byte preamble, then the marker
-            return read_dicom(data, name=label).display(frame=frame, window=window)
-        return _load_raster(io.BytesIO(data), window=window, frame=frame, label=label)
+            return _dicom_frame(read_dicom(data, name=label, max_pixels=max_pixels), frame, window)
+        return _load_raster(io.BytesIO(data), window=window, frame=frame, label=label, max_pixels=max_pixels)
     kind = file_kind(path)
     if kind == "dicom":
-        return read_dicom(path).display(frame=frame, window=window)
-    if kind == "nifti":
-        return gray_to_rgb(read_nifti(path).display_slice("axial", frame, window=window))
-    if kind == "dicom_series":
-        vol = read_dicom_series(path)
-        return gray_to_rgb(vol.display_slice("axial", frame, window=window))
-    return _load_raster(Path(path), window=window, frame=frame)
+        return _dicom_frame(read_dicom(path, max_pixels=max_pixels), frame, window)
+    if kind in ("nifti", "dicom_series"):
+        vol = read_nifti(path) if kind == "nifti" else read_dicom_series(path)
+        t, k = _volume_frame(vol, frame, path)
+        return gray_to_rgb(vol.display_slice("axial", k, window=window, t=t))
+    return _load_raster(Path(path), window=window, frame=frame, max_pixels=max_pixels)
 
 
-def _load_raster(path: Path | BinaryIO, *, window: Window, frame: int, label: str | None = None) -> np.ndarray:
+def _int_frame(frame: Frame, label: str | Path, n: int) -> int:
+    """The frame index of a file with ``n`` pictures in one sequence (DICOM frames, TIFF pages)."""
+    if isinstance(frame, tuple):
+        raise MedicalIOError(label, f"frame {frame}: a (time point, slice) pair applies to a 4D NIfTI only")
+    if frame is None:
+        if n > 1:
+            raise MedicalIOError(label, f"holds {n} frames; choose one (--frame N, 0..{n - 1})")
+        return 0
+    if not 0 <= frame < n:
+        raise MedicalIOError(label, f"frame {frame} out of range: the file has {n} frame(s)")
+    return frame
+
+
+def _dicom_frame(image: DicomImage, frame: Frame, window: Window) -> np.ndarray:
+    return image.display(frame=_int_frame(frame, image.path, image.num_frames), window=window)
+
+
+def _volume_frame(vol: Volume, frame: Frame, path: str | Path) -> tuple[int, int]:
+    """(time point, axial slice) of a volume read as one image; several of either need ``frame``."""
+    n_t = vol.shape[3] if vol.data.ndim == 4 else 1
+    n_k = vol.num_slices("axial")
+    if isinstance(frame, tuple):
+        t, k = frame
+        if not 0 <= t < n_t:
+            raise MedicalIOError(path, f"time point {t} out of range: the file has {n_t}")
+    elif n_t > 1:
+        raise MedicalIOError(path, f"is 4D ({n_t} time points x {n_k} axial slices); choose one (--frame T,N)")
+    else:
+        t, k = 0, _int_frame(frame, path, n_k)
+    if not 0 <= k < n_k:
+        raise MedicalIOError(path, f"axial slice {k} out of range: the file has {n_k}")
+    return t, k
+
+
+def _load_raster(
+    path: Path | BinaryIO, *, window: Window, frame: Frame, label: str | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     label = label or str(path)  # what errors name: the file, or the bytes' name
     try:
-        with Image.open(path) as im:
-            n = getattr(im, "n_frames", 1)
-            if not 0 <= frame < n:
-                raise MedicalIOError(label, f"frame {frame} out of range: the file has {n} frame(s)")
-            im.seek(frame)
-            im.load()
-            mode = im.mode
-            if mode in ("RGB", "L") and window is None:
-                return np.asarray(im.convert("RGB"))
-            if mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
-                # colour or palette images: alpha is dropped, palettes are expanded
-                return np.asarray(im.convert("RGB"))
-            arr = np.asarray(im)
+        with warnings.catch_warnings():
+            # PIL warns (and past 2x its own limit raises) on decompression bombs; ``max_pixels`` is the rule
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # lazy: the header only
+                check_raster_size(im.size, label, max_pixels)
+                im.seek(_int_frame(frame, label, getattr(im, "n_frames", 1)))
+                im.load()
+                mode = im.mode
+                if mode in ("RGB", "L") and window is None:
+                    return np.asarray(im.convert("RGB"))
+                if mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
+                    # colour or palette images: alpha is dropped, palettes are expanded
+                    return np.asarray(im.convert("RGB"))
+                arr = np.asarray(im)
     except MedicalIOError:
         raise
+    except Image.DecompressionBombError as err:
+        raise MedicalIOError(label, f"rejected as a decompression bomb ({err})") from None
     except UnidentifiedImageError:
         raise MedicalIOError(label, "not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise MedicalIOError(label, f"corrupt or truncated image ({err})") from None
+    check_finite(label, arr)
     # 16-bit / float grayscale (common for CT/MR exports): window if asked, else percentile
     if arr.ndim == 3:
         arr = arr[..., 0] if arr.shape[-1] == 1 else arr
@@ -127,6 +185,15 @@ def _load_raster(path: Path | BinaryIO, *, window: Window, frame: int, label: st
     cw = resolve_window(window)
     gray = percentile_scale(arr) if cw is None else apply_window(arr, *cw)
     return gray_to_rgb(gray)
+
+
+def check_raster_size(size: tuple[int, int], label: str | Path, max_pixels: int | None) -> None:
+    """(width, height) from a raster header: refused when empty or above ``max_pixels``."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise MedicalIOError(label, f"image has an empty size {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise MedicalIOError(label, f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
 
 
 def read_volume(path: str | Path, *, modality: str | None = None) -> Volume:

@@ -15,6 +15,7 @@ JSONL file's folder unless absolute.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -165,8 +166,10 @@ def validate(rec: Record) -> None:
                 f"{len(rec.objects.ref)} refs but {len(rec.objects.bbox)} boxes", field="objects"
             )
         for j, b in enumerate(rec.objects.bbox):
-            if not isinstance(b, list) or len(b) != 4 or not all(isinstance(x, (int, float)) for x in b):
+            if not isinstance(b, list) or len(b) != 4 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b):
                 raise RecordError(f"box must be 4 numbers [x1, y1, x2, y2], got {b!r}", field=f"objects.bbox[{j}]")
+            if not all(math.isfinite(x) for x in b):
+                raise RecordError(f"box has a NaN or infinite coordinate: {b!r}", field=f"objects.bbox[{j}]")
             if b[2] < b[0] or b[3] < b[1]:
                 raise RecordError(f"box has x2<x1 or y2<y1: {b!r}", field=f"objects.bbox[{j}]")
 
@@ -185,20 +188,32 @@ class SkipReport:
 def iter_jsonl(path: str | Path, *, skip_invalid: bool = False, report: SkipReport | None = None) -> Iterator[Record]:
     """Yield records from a JSON-lines file; blank lines are ignored.
 
-    A bad line raises ``RecordError`` naming file, line and field, unless
-    ``skip_invalid`` is set; then it is recorded in ``report`` (count and lines).
+    A bad line (not UTF-8, not JSON, not a valid record) raises ``RecordError`` naming file, line
+    and field, unless ``skip_invalid`` is set; then it is recorded in ``report`` (count and lines).
     """
+    for _, rec in iter_jsonl_lines(path, skip_invalid=skip_invalid, report=report):
+        yield rec
+
+
+def iter_jsonl_lines(path: str | Path, *, skip_invalid: bool = False, report: SkipReport | None = None) -> Iterator[tuple[int, Record]]:
+    """``iter_jsonl`` with each record's 1-based line number, for messages that name ``file:line``."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RecordError(f"not UTF-8 text (byte {e.start + 1} of the line is {raw[e.start:e.start + 1]!r})") from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+                if not line.strip():
+                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise RecordError(f"invalid JSON: {e.msg} (column {e.colno})") from None
-                yield Record.from_dict(obj)
+                yield lineno, Record.from_dict(obj)
             except RecordError as e:
                 err = RecordError(e.problem, source=str(path), line=lineno, field=e.field) if e.source is None else e
                 if not skip_invalid:

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from citrus_v.data.dicom_io import dcmread, decode_pixels
-from citrus_v.data.windowing import DEFAULT_CT_WINDOW, WINDOW_PRESETS, MedicalIOError, Window, resolve_window, to_display
+from citrus_v.data.windowing import (
+    DEFAULT_CT_WINDOW,
+    WINDOW_PRESETS,
+    MedicalIOError,
+    Window,
+    check_finite,
+    resolve_window,
+    to_display,
+)
 
 PLANES = ("axial", "coronal", "sagittal")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -115,7 +123,7 @@ def _check_plane(plane: str) -> str:
 
 
 def read_nifti(path: str | Path, *, modality: str | None = None) -> Volume:
-    """Read a .nii / .nii.gz as stored (orientation, spacing and scaling kept)."""
+    """Read a .nii / .nii.gz as stored (orientation, spacing and scaling kept); NaN/infinite voxels are refused."""
     import nibabel as nib
 
     p = Path(path)
@@ -130,6 +138,7 @@ def read_nifti(path: str | Path, *, modality: str | None = None) -> Volume:
         data = data[:, :, None]
     if data.ndim > 4:
         raise MedicalIOError(p, f"only 3D or 4D NIfTI supported, got shape {data.shape}")
+    check_finite(p, data, "voxels")  # an all-NaN volume would be measured as "mean signal nan"
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return Volume(data=np.asarray(data), affine=np.asarray(img.affine), spacing=zooms, modality=modality, meta={"path": str(p)})  # type: ignore[arg-type]
 
@@ -222,6 +231,7 @@ def _stack_series(folder: Path, slices: list[tuple[Path, Any]], skipped: list[st
         raw = decode_pixels(ds, f)
         planes.append(np.asarray(apply_modality_lut(raw, ds), dtype=np.float32))  # slope/intercept per slice
     stack = np.stack(planes)  # (K, rows, cols)
+    check_finite(folder, stack, "voxels")  # float pixel data may hold NaN
     data = np.ascontiguousarray(stack.transpose(2, 1, 0)[:, ::-1, :])  # (cols, rows bottom-up, K)
     if np.all(np.mod(data, 1) == 0) and data.min() >= -32768 and data.max() <= 32767:
         data = data.astype(np.int16)  # HU are integers for nearly every CT: halve the memory

@@ -22,6 +22,16 @@ class MedicalIOError(UserError, ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+def check_finite(path: str | Path | None, values: np.ndarray, what: str = "pixels") -> None:
+    """Refuse values with NaN or infinity: windowing and measurements would turn them into a finding."""
+    arr = np.asarray(values)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return  # integers are always finite
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise MedicalIOError(path, f"{bad} of {arr.size} {what} are NaN or infinite: not a meaningful image")
+
+
 # (center, width) in Hounsfield units; the usual radiology reading windows.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "ct_lung": (-600.0, 1500.0),

@@ -47,11 +47,49 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
         "--image", action="append", default=[], metavar="FILE", help="PNG/JPEG/DICOM/NIfTI (axial slice); repeatable"
     )
     group.add_argument(
+        "--frame", action="append", type=parse_frame, default=[], metavar="N|T,N",
+        help="which picture of a multi-frame DICOM/TIFF or NIfTI (axial slice N; T,N for time point T of a 4D NIfTI); "
+        "once for every --image, or once per --image in order (required for such files)",
+    )
+    group.add_argument(
         "--window",
         default=None,
         choices=sorted(WINDOW_PRESETS) + ["percentile"],
         help="display window for DICOM/NIfTI (default: the file's own, else CT soft tissue / percentile)",
     )
+
+
+def parse_frame(text: str) -> int | tuple[int, int]:
+    """ "N" -> N; "T,N" -> (T, N) (time point, axial slice of a 4D NIfTI)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    raise argparse.ArgumentTypeError(f"--frame {text!r}: expected N or T,N (non-negative integers)")
+
+
+def frames_for(args: argparse.Namespace) -> list:
+    """One frame choice (or None) per ``--image``: ``--frame`` given once applies to all."""
+    from citrus_v.errors import UserError
+
+    if not args.frame:
+        return [None] * len(args.image)
+    if len(args.frame) == 1:
+        return list(args.frame) * len(args.image)
+    if len(args.frame) != len(args.image):
+        raise UserError(f"--frame given {len(args.frame)} times for {len(args.image)} --image files (give it once, or once per --image)")
+    return list(args.frame)
+
+
+def load_images_for(args: argparse.Namespace) -> list:
+    """The ``--image`` files as (H, W, 3) uint8, each at its ``--frame``; MedicalIOError names a bad file."""
+    from citrus_v.data.medical_io import load_image
+
+    return [load_image(path, window=args.window, frame=f) for path, f in zip(args.image, frames_for(args))]
+
+
+def frame_report(args: argparse.Namespace) -> dict[str, int | list[int]]:
+    """{image path: frame used} for the images read at an explicit ``--frame`` (the output names it)."""
+    return {path: list(f) if isinstance(f, tuple) else f for path, f in zip(args.image, frames_for(args)) if f is not None}
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,7 +147,6 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
 def run_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from citrus_v.data.medical_io import load_image
     from citrus_v.data.schema import SEG_TOKEN
     from citrus_v.errors import UserError
     from citrus_v.infer.predictor import Predictor
@@ -124,7 +161,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if SEG_TOKEN in args.prompt:  # the predictor refuses it too; here it is the user's flag
         raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
     # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
-    images = [load_image(path, window=args.window) for path in args.image]
+    images = load_images_for(args)
     settings = settings_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_pretrained(
@@ -136,10 +173,13 @@ def run_predict(args: argparse.Namespace) -> int:
     overlay_path = None
     if args.out is not None:
         mask_paths, overlay_path = write_outputs(pred, images[0], Path(args.out))
+    frames = frame_report(args)
     if args.json:
-        json.dump(prediction_to_dict(pred, mask_paths, overlay_path), sys.stdout)
+        json.dump(prediction_to_dict(pred, mask_paths, overlay_path) | {"frames": frames}, sys.stdout)
         sys.stdout.write("\n")
     else:
+        for path, f in frames.items():
+            print(f"[frame] {path}: {f}")
         if pred.reasoning:
             print(f"[reasoning] {pred.reasoning}")
         print(pred.answer)

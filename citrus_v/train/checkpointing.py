@@ -58,7 +58,8 @@ class CheckpointError(UserError, RuntimeError):
     ``previous`` is the newest older checkpoint that could be used instead, if any."""
 
     def __init__(self, message: str, *, path: Path, previous: Path | None = None):
-        hint = f"; the previous checkpoint {previous} can be resumed instead (--resume-from {previous})" if previous else ""
+        hint = (f"; the previous checkpoint {previous} verifies: move this checkpoint's folder aside and run again "
+                f"with --resume to continue from it") if previous else ""
         super().__init__(f"{path}: {message}{hint}")
         self.reason, self.path, self.previous = message, path, previous
 

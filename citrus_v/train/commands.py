@@ -46,6 +46,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="fit the run into this many minutes: after its first steps it is shortened (and its cosine with it) "
                         "to the steps that fit at the measured rate")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="allow image/mask paths outside each JSONL file's folder (as `citrus-v data validate --allow-outside`)")
     p.set_defaults(func=run_train)
 
     from citrus_v.train import vision_warmup
@@ -107,14 +109,15 @@ def _validation_data(args: argparse.Namespace, schedule: str, ctx) -> tuple[list
     summary: dict = {}
     if ctx.is_main:
         try:
-            _, _, summary = finetune.write_split(list(args.data), args.out, fraction=args.val_fraction, seed=0)
+            _, _, summary = finetune.write_split(list(args.data), args.out, fraction=args.val_fraction, seed=0,
+                                                 allow_outside=args.allow_outside)
         except ValueError as err:
             raise SystemExit(f"citrus-v train: {err}") from None
     barrier(ctx)
     return [split_dir / "train.jsonl"], split_dir / "val.jsonl", summary
 
 
-def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str) -> dict | None:
+def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outside: bool) -> dict | None:
     from citrus_v.train import finetune
 
     if not ctx.is_main:
@@ -122,7 +125,8 @@ def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str) -> dict | 
     import torch
 
     device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
-    losses = finetune.validation_loss(model_dir, val_file, max_length=stage.max_length, device=device)
+    losses = finetune.validation_loss(model_dir, val_file, max_length=stage.max_length, device=device,
+                                      allow_outside=allow_outside)
     print(f"validation {when}: {finetune.format_losses(losses)}", flush=True)
     return losses
 # --- end fine-tune validation ---
@@ -156,22 +160,24 @@ def run_train(args: argparse.Namespace) -> int:
         data, val_file, held_out = _validation_data(args, schedule, ctx)
         n_train = sum(len(_read(f)) for f in data) if schedule == "finetune" else 0
         stages = _stage_list(args, data, schedule, n_train, ctx.world_size)
+        # the held-out split holds absolute paths by design; write_split checked them against their own folders
+        outside = args.allow_outside or (val_file is not None and args.val is None)  # our own split
         common = dict(data_files=data, init=args.init, preset=args.config, resume=args.resume, dist_ctx=ctx,
-                      progress=not args.no_progress, lora=args.lora)
+                      progress=not args.no_progress, lora=args.lora, allow_outside=outside)
         if len(stages) == 1:
             s = stages[0]
             if ctx.is_main:
                 length = f"{s.max_steps} steps" if s.max_steps is not None else f"{s.epochs:g} epoch(s) over {n_train} records"
                 print(f"schedule {schedule}: lr {s.lr:g}, {length}, {s.micro_batch_size * s.grad_accum * ctx.world_size} "
                       f"records a step, {s.warmup_steps} warm-up steps, cosine", flush=True)
-            before = _validate(args.init, val_file, s, ctx, "before") if val_file is not None and args.init else None
+            before = _validate(args.init, val_file, s, ctx, "before", outside) if val_file is not None and args.init else None
             barrier(ctx)
             budget = None if args.time_budget_min is None else 60 * args.time_budget_min
             result = run_stage(s, out_dir=args.out, loader_workers=args.workers, time_budget_s=budget, **common)
             if ctx.is_main:
                 print(f"trained {result.steps} steps; model: {args.out / 'final'}; metrics: {result.metrics_path}; plot: {result.plot_path}")
             if val_file is not None:
-                after = _validate(args.out / "final", val_file, s, ctx, "after")
+                after = _validate(args.out / "final", val_file, s, ctx, "after", outside)
                 if ctx.is_main:
                     report = {"schedule": schedule, "stage": s.to_dict() | {"mixture": [str(d) for d in data]},
                               "steps": result.steps, "validation": held_out, "val_before": before, "val_after": after}

@@ -146,14 +146,19 @@ def split_records(records: Sequence[Any], *, fraction: float = 0.05, min_count: 
     return [i for i in range(len(records)) if i not in held], sorted(val)
 
 
-def write_split(data_files: Sequence[Path], out_dir: Path, *, fraction: float, seed: int) -> tuple[Path, Path, dict]:
+def write_split(data_files: Sequence[Path], out_dir: Path, *, fraction: float, seed: int,
+                allow_outside: bool = False) -> tuple[Path, Path, dict]:
     """Pool ``data_files``, split them (:func:`split_records`) and write ``out_dir/data/{train,val}.jsonl``
-    with absolute file paths (the records leave their folders). -> (train file, val file, summary)."""
-    from citrus_v.data.schema import read_jsonl, resolve, write_jsonl
+    with absolute file paths (the records leave their folders, so each path is first held to its own
+    file's folder unless ``allow_outside``). -> (train file, val file, summary)."""
+    from citrus_v.data.checks import check_paths
+    from citrus_v.data.schema import iter_jsonl_lines, resolve, write_jsonl
 
     records = []
     for f in data_files:
-        for rec in read_jsonl(f):
+        for line, rec in iter_jsonl_lines(f):
+            if not allow_outside:
+                check_paths(rec, f, line, f.parent)
             records.append(dataclasses.replace(rec, images=[str(resolve(p, f.parent).resolve()) for p in rec.images],
                                                masks=[str(resolve(p, f.parent).resolve()) for p in rec.masks]))
     train_idx, val_idx = split_records(records, fraction=fraction, seed=seed)
@@ -184,12 +189,13 @@ def forward_losses(model: Any, batch: dict[str, Any]) -> tuple[float, float | No
 
 
 def validation_loss(model_dir: Path, val_file: Path, *, max_length: int, batch_size: int = 4,
-                    device: str = "cpu") -> dict[str, float | int | None]:
+                    device: str = "cpu", allow_outside: bool = False) -> dict[str, float | int | None]:
     """The model folder's loss on ``val_file`` in eval mode: the LM loss as a mean over supervised
     tokens, the mask loss as a mean over masks (None when no record has one)."""
     import torch
 
     from citrus_v.data.collate import make_collate_fn
+    from citrus_v.data.checks import FileRules
     from citrus_v.data.dataset import JsonlDataset
     from citrus_v.data.template import IGNORE_INDEX, ChatTemplate
     from citrus_v.model.loading import load_model_and_tokenizer
@@ -198,7 +204,7 @@ def validation_loss(model_dir: Path, val_file: Path, *, max_length: int, batch_s
     model, tokenizer, loaded = load_model_and_tokenizer(model_dir, device=device)
     model.eval()
     template = ChatTemplate(tokenizer, loaded.image_cfg, max_length=max_length)
-    data = JsonlDataset(val_file, template)
+    data = JsonlDataset(val_file, template, rules=FileRules(allow_outside=allow_outside))
     collate = make_collate_fn(template.ids.pad, model.config.tokens.seg_token_id, model.config.vision.spatial_merge_size)
     lm_sum = mask_sum = 0.0
     tokens = masks = 0

@@ -45,12 +45,17 @@ def _weighted(indices: list[int], weight: float, seed: int) -> list[int]:
     return out
 
 
-def build_mixture(stage: StageConfig, data_files: Sequence[str | Path], template: Any) -> MixtureDataset:
+def build_mixture(stage: StageConfig, data_files: Sequence[str | Path], template: Any, *,
+                  allow_outside: bool = False) -> MixtureDataset:
     """Resolve the stage's mixture: JSONL entries are read directly; ``task:X`` entries select
-    records of task X from ``data_files``. An entry that yields nothing is an error."""
+    records of task X from ``data_files``. An entry that yields nothing is an error. Each record's
+    files are checked as it is read, by the rule of ``citrus-v data validate`` (``allow_outside``:
+    its ``--allow-outside``)."""
+    from citrus_v.data.checks import FileRules
     from citrus_v.data.dataset import JsonlDataset
 
-    pool = [JsonlDataset(f, template) for f in data_files]
+    rules = FileRules(allow_outside=allow_outside)
+    pool = [JsonlDataset(f, template, rules=rules) for f in data_files]
     sources: list[Any] = list(pool)
     items: list[tuple[int, int]] = []
     for k, entry in enumerate(stage.mixture):
@@ -60,7 +65,7 @@ def build_mixture(stage: StageConfig, data_files: Sequence[str | Path], template
                 idx = [i for i, r in enumerate(ds.records) if r.task == entry.task]
                 picked += [(s, i) for i in _weighted(idx, entry.weight, stage.seed + k)]
         else:
-            sources.append(JsonlDataset(entry.source, template))
+            sources.append(JsonlDataset(entry.source, template, rules=rules))
             s = len(sources) - 1
             picked = [(s, i) for i in _weighted(list(range(len(sources[s]))), entry.weight, stage.seed + k)]
         if not picked:
@@ -173,14 +178,15 @@ def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = N
 
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
               preset: str = "tiny", resume: bool = False, dist_ctx: DistContext | None = None, progress: bool = True,
-              lora: bool = False, loader_workers: int = 0, time_budget_s: float | None = None) -> TrainResult:
+              lora: bool = False, loader_workers: int = 0, time_budget_s: float | None = None,
+              allow_outside: bool = False) -> TrainResult:
     """One stage from files: returns the recipe's result; ``out_dir/final`` holds the model."""
     from citrus_v.data.collate import make_collate_fn
 
     ctx = dist_ctx or DistContext()
     out_dir = Path(out_dir)
     model, tokenizer, template = init_model_and_template(init, preset, stage, data_files)
-    dataset = build_mixture(stage, data_files, template)
+    dataset = build_mixture(stage, data_files, template, allow_outside=allow_outside)
     ids = template.ids
     collate = make_collate_fn(ids.pad, model.config.tokens.seg_token_id, model.config.vision.spatial_merge_size)
     log.info("%s: %d samples from %d mixture entries", stage.name, len(dataset), len(stage.mixture))
@@ -204,7 +210,8 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
 
 def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | Path], out_dir: str | Path,
                    init: str | Path | None = None, preset: str = "tiny", resume: bool = False,
-                   dist_ctx: DistContext | None = None, progress: bool = True, lora: bool = False) -> list[TrainResult]:
+                   dist_ctx: DistContext | None = None, progress: bool = True, lora: bool = False,
+                   allow_outside: bool = False) -> list[TrainResult]:
     """Stages in order, each starting from the previous stage's ``final`` folder."""
     results = []
     for stage in stages:
@@ -214,6 +221,6 @@ def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | 
             init = sub / "final"
             continue
         results.append(run_stage(stage, data_files=data_files, out_dir=sub, init=init, preset=preset, resume=resume,
-                                 dist_ctx=dist_ctx, progress=progress, lora=lora))
+                                 dist_ctx=dist_ctx, progress=progress, lora=lora, allow_outside=allow_outside))
         init = sub / "final"
     return results

@@ -79,11 +79,21 @@ def run_volume(args: argparse.Namespace) -> int:
         raise SystemExit("citrus-v predict: give --image or --volume, not both")
     if args.volume is not None and clicks and args.slice is None:
         raise SystemExit("citrus-v predict: --point/--box on a volume need --slice N (the slice they are on)")
+    volume = None if args.volume is None else _read_volume(args)  # a bad file fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_pretrained(args.model, device=device, settings=settings_from_args(args), window=args.window)
-    if args.volume is None:
+    if volume is None:
         return _run_image_refine(args, predictor)
-    return _run_volume(args, predictor, clicks)
+    return _run_volume(args, predictor, volume, clicks)
+
+
+def _read_volume(args: argparse.Namespace):  # -> Volume
+    from citrus_v.data.medical_io import MedicalIOError, read_volume
+
+    try:
+        return read_volume(args.volume, modality=args.modality)
+    except MedicalIOError as err:
+        raise SystemExit(f"citrus-v predict: --volume {err}") from None
 
 
 def _run_image_refine(args: argparse.Namespace, predictor) -> int:
@@ -91,34 +101,33 @@ def _run_image_refine(args: argparse.Namespace, predictor) -> int:
 
     from citrus_v.infer.overlay import draw_overlay, save_mask_png
 
-    image = predictor.load_images(args.image[:1])[0]
+    from citrus_v.infer.commands import frame_report, load_images_for
+
+    image = load_images_for(args)[0]  # a multi-frame file needs --frame; MedicalIOError names the file
     try:
         pred = predictor.refine(image, points=args.point, box=args.box, prompt=args.prompt or None)
     except ValueError as err:
         raise SystemExit(f"citrus-v predict: {err}") from None
     result = {"answer": pred.answer, "masks": [], "mask_scores": [round(m.score, 4) for m in pred.masks],
-              "points": [list(p) for p in args.point], "box": args.box, "overlay": None}  # fmt: skip
+              "points": [list(p) for p in args.point], "box": args.box, "overlay": None,
+              "frames": frame_report(args)}  # fmt: skip
     if args.out is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         result["masks"] = [str(save_mask_png(m.mask, out / f"mask_{i}.png")) for i, m in enumerate(pred.masks)]
         Image.fromarray(draw_overlay(image, pred.masks, [])).save(out / "overlay.png")
         result["overlay"] = str(out / "overlay.png")
-    _emit(args, result, lambda: [f"[mask {i}] {int(m.mask.sum())} px, predicted IoU {m.score:.3f}" for i, m in enumerate(pred.masks)])
+    _emit(args, result, lambda: [f"[frame] {p}: {f}" for p, f in result["frames"].items()]
+          + [f"[mask {i}] {int(m.mask.sum())} px, predicted IoU {m.score:.3f}" for i, m in enumerate(pred.masks)])
     return 0
 
 
-def _run_volume(args: argparse.Namespace, predictor, clicks: bool) -> int:
-    from citrus_v.data.medical_io import MedicalIOError, read_volume
+def _run_volume(args: argparse.Namespace, predictor, volume, clicks: bool) -> int:
     from citrus_v.volume.inference import empty_segmentation, segment_volume
     from citrus_v.volume.interactive import refine_volume_slice
     from citrus_v.volume.report import summary, write_outputs
     from citrus_v.volume.structures import names_from_prompt
 
-    try:
-        volume = read_volume(args.volume, modality=args.modality)
-    except MedicalIOError as err:
-        raise SystemExit(f"citrus-v predict: --volume {err}") from None
     prompt = (args.prompt or "").strip()
     try:
         if prompt:

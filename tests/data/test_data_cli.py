@@ -29,7 +29,7 @@ def seg() -> dict:
 
 def test_validate_counts_per_task(tmp_path: Path, capsys):
     f = write_lines(tmp_path / "d.jsonl", [vqa(), vqa("no"), "", seg()])
-    assert main(["data", "validate", str(f)]) == 0
+    assert main(["data", "validate", str(f), "--records-only"]) == 0  # the files do not exist: form only
     out = capsys.readouterr().out
     assert "3 valid records" in out and "vqa_closed: 2" in out and "segmentation: 1" in out
 
@@ -41,15 +41,16 @@ def test_validate_stops_on_a_bad_record_naming_file_line_field(tmp_path: Path, c
     assert main(["data", "validate", str(f)]) == 2  # a user error: one line, status 2
     err = capsys.readouterr().err
     assert f"{f}:2: field 'masks': 1 [SEG] tokens in assistant messages but 0 masks" in err
-    assert main(["data", "validate", str(f), "--skip-invalid"]) == 0
+    assert main(["data", "validate", str(f), "--skip-invalid", "--records-only"]) == 0
     out = capsys.readouterr().out
     assert "1 valid records" in out and "skipped 2 invalid line(s): 2, 3" in out and "invalid JSON" in out
 
 
 def test_validate_check_files(tmp_path: Path, capsys):
     f = write_lines(tmp_path / "d.jsonl", [vqa()])
-    assert main(["data", "validate", str(f), "--check-files"]) == 1
-    assert "record 0 images: a.png" in capsys.readouterr().err
+    for flags in ([], ["--check-files"]):  # opening the files is the default; the old flag still works
+        assert main(["data", "validate", str(f), *flags]) == 1
+        assert f"{f}:1: field 'images[0]': {tmp_path / 'a.png'}: no such file" in capsys.readouterr().err
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["data", "validate", str(f), "--check-files"]) == 0
 

@@ -227,7 +227,7 @@ def test_nifti_4d_and_load_image():
     assert vol.shape == (128, 96, 24, 2)
     assert vol.spacing == pytest.approx((2.0, 2.0, 2.2), abs=1e-5)
     assert vol.slice(2, 3).shape == (128, 96, 2)
-    img = load_image(NIB_DATA / "example4d.nii.gz", frame=12)
+    img = load_image(NIB_DATA / "example4d.nii.gz", frame=(1, 12))
     assert img.shape == (96, 128, 3) and img.dtype == np.uint8 and img.max() == 255
 
 
