@@ -221,8 +221,9 @@ def test_table_end_to_end(tmp_path, capsys):
     assert doc["all (ANLS)"]["n"] == 2
     assert stub.calls == 3 + 2 + 1 + 2
 
-    slake = _cells(table, "slake")["-"]
-    assert slake["status"] == "skipped" and slake["value"] is None and "SLAKE/test.json" in slake["note"]
+    slake = _cells(table, "slake")
+    assert list(slake) == ["closed", "open", "all"] and slake["all"]["published"] == 84.9
+    assert all(c["status"] == "skipped" and c["value"] is None and "SLAKE/test.json" in c["note"] for c in slake.values())
     out = capsys.readouterr().out
     assert f"skip slake: looked for {root / 'SLAKE/test.json'}" in out
     md = (tmp_path / "out/table.md").read_text()
@@ -257,3 +258,48 @@ def test_report_rate_is_not_computed_without_a_scorer(tmp_path):
     assert cells["rate"].status == "not computed" and cells["rate"].value is None
     row = run_one(by_name("chexpert-plus"), csv_path, stub, tmp_path / "w2", rate_scorer=lambda p, r: 0.25)
     assert {c.column: c for c in row.cells}["rate"].value == 25.0
+
+
+def test_segmentation_by_modality_and_detection(tmp_path):
+    """MeCoVQA-G's json (bare <SEG> + mask field) and citrus-v JSONL detection through the suite."""
+    import numpy as np
+
+    from citrus_v.eval.benchmarks.registry import by_name
+    from citrus_v.eval.benchmarks.suite import run_one
+    from citrus_v.infer.types import Box, Mask
+
+    top = np.zeros((4, 4), bool)
+    top[:2] = True  # (4, 4): top half
+    for name in ("ct.png", "us.png"):
+        _png(tmp_path / name)
+    Image.fromarray(top.astype(np.uint8) * 255).save(tmp_path / "m.png")
+    rows = [{"id": i, "image": img, "modality": mod, "mask": ["m.png"],
+             "conversations": [{"from": "human", "value": f"<image>\nSegment the {organ}."},
+                               {"from": "gpt", "value": "It is here <SEG>."}]}
+            for i, (img, mod, organ) in enumerate([("ct.png", "CT", "liver"), ("us.png", "ultrasound", "kidney")])]
+    (tmp_path / "MeCoVQA_G_test.json").write_text(json.dumps(rows), encoding="utf-8")
+
+    class Seg(StubPredictor):
+        def predict(self, images, prompt):
+            self.calls += 1
+            mask = top if "liver" in prompt else np.zeros((4, 4), bool)  # CT: Dice 1; US: Dice 0
+            return Prediction(answer="[SEG]", raw_text="", masks=[Mask(mask, 0.9)])
+
+    cells = {c.column: c for c in run_one(by_name("mecovqa-g"), tmp_path / "MeCoVQA_G_test.json", Seg(None),
+                                          tmp_path / "w").cells}
+    assert (cells["CT"].value, cells["CT"].n, cells["CT"].published) == (100.0, 1, 64.0)
+    assert (cells["US"].value, cells["MR"].value, cells["MR"].n) == (0.0, None, 0)
+    assert (cells["all"].value, cells["all"].n) == (50.0, 2)
+
+    rec = {"messages": [{"role": "user", "content": "<image>Find the nodule."},
+                        {"role": "assistant", "content": "nodule <box>[0,0,2,2]</box>"}],
+           "images": ["ct.png"], "objects": {"ref": ["nodule"], "bbox": [[0, 0, 2, 2]]}, "task": "detection"}
+    det = _jsonl(tmp_path / "detection" / "test.jsonl", [rec, dict(rec, objects={"ref": ["n"], "bbox": [[2, 2, 4, 4]]})])
+    (tmp_path / "detection" / "ct.png").write_bytes(_png())
+
+    class Det(StubPredictor):
+        def predict(self, images, prompt):
+            return Prediction(answer="", raw_text="", boxes=[Box([0.0, 0.0, 2.0, 2.0])])
+
+    p50 = run_one(by_name("detection"), det, Det(None), tmp_path / "d").cells[0]
+    assert (p50.column, p50.value, p50.n, p50.published) == ("p50", 50.0, 2, 44.6)

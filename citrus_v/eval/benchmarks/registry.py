@@ -16,7 +16,17 @@ from citrus_v.data.sources import load_meddocbench, load_mecovqa_g, load_pathvqa
 from citrus_v.eval.benchmarks.reports import load_chexpert_plus
 from citrus_v.eval.benchmarks.text_qa import load_medmcqa, load_medqa, load_medxpertqa, load_pubmedqa
 
-PROTOCOLS = ("vqa", "multiple_choice", "yes_no_maybe", "report", "document", "segmentation", "detection")
+# the columns each protocol reports (document adds one per category the file holds)
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "vqa": ("closed", "open", "all"),
+    "multiple_choice": ("accuracy",),
+    "yes_no_maybe": ("accuracy",),
+    "report": ("rougeL", "cider", "rate"),
+    "document": ("all (ANLS)",),
+    "segmentation": ("CT", "MR", "X-ray", "US", "endoscopy", "all"),
+    "detection": ("p50",),
+}
+PROTOCOLS = tuple(COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class Benchmark:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"benchmark {self.name}: protocol {self.protocol!r} is not one of {PROTOCOLS}")
+        unknown = set(self.published or {}) - set(COLUMNS[self.protocol])
+        if unknown:
+            raise ValueError(f"benchmark {self.name}: published numbers for unknown columns {sorted(unknown)}")
 
     def find(self, root: Path) -> Path | None:
         for pattern in self.files:

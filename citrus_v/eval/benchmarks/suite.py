@@ -13,12 +13,12 @@ from pathlib import Path
 
 from citrus_v.data.schema import Record
 from citrus_v.eval.benchmarks import protocols
-from citrus_v.eval.benchmarks.registry import BENCHMARKS, Benchmark
+from citrus_v.eval.benchmarks.registry import BENCHMARKS, COLUMNS, Benchmark
 from citrus_v.eval.benchmarks.table import NOT_COMPUTED, SKIPPED, Cell, Row
 from citrus_v.eval.metrics.aggregate import Aggregate
 from citrus_v.eval.runner import EvalResult, PredictorLike, aggregate, evaluate, predict_records, reference_of
 
-SEG_MODALITIES = ("CT", "MR", "X-ray", "US", "endoscopy")
+SEG_MODALITIES = COLUMNS["segmentation"][:-1]
 RATE_NOTE = "RaTE needs the RaTE-NER model; pass a rate scorer (protocols.ReportScorer)"
 
 
@@ -120,7 +120,8 @@ def run_one(b: Benchmark, path: Path, predictor: PredictorLike, work: Path, *, l
 def skipped_row(b: Benchmark, root: Path) -> Row:
     looked = " or ".join(str(root / p) for p in b.files)
     return Row(b.name, b.row, f"not found: {looked}",
-               [Cell("-", None, 0, b.protocol, "-", status=SKIPPED, note=f"looked for {looked}")])
+               [Cell(col, None, 0, b.protocol, "-", status=SKIPPED, note=f"looked for {looked}",
+                     published=(b.published or {}).get(col)) for col in COLUMNS[b.protocol]])
 
 
 def run_benchmarks(root: Path, out: Path, make_predictor: Callable[[], PredictorLike], *, only: str | None = None,
