@@ -27,7 +27,7 @@ def _pct(a: Aggregate, protocol: str, column: str, published: dict | None) -> Ce
     return Cell(column, value, a.n, protocol, a.aggregation, published=(published or {}).get(column))
 
 
-def _choice_rows(b: Benchmark, records: Sequence[Record], answers: Sequence[str]) -> tuple[list[Cell], list[dict]]:
+def _choice_cells(b: Benchmark, records: Sequence[Record], answers: Sequence[str]) -> tuple[list[Cell], list[dict]]:
     right, found, log = [], [], []
     for rec, answer in zip(records, answers):
         reference = reference_of(rec)
@@ -97,7 +97,7 @@ def run_one(b: Benchmark, path: Path, predictor: PredictorLike, work: Path, *, l
     row = Row(b.name, b.row, str(path))
     if b.protocol in ("multiple_choice", "yes_no_maybe"):
         preds = predict_records(predictor, records, "/", batch_size=batch_size, progress=progress, desc=b.name)
-        row.cells, log = _choice_rows(b, records, [p.answer for p in preds])
+        row.cells, log = _choice_cells(b, records, [p.answer for p in preds])
     else:
         result = evaluate(predictor, records, "/", batch_size=batch_size, progress=progress)
         log = [asdict(s) for s in result.samples]
