@@ -303,3 +303,19 @@ def test_segmentation_by_modality_and_detection(tmp_path):
 
     p50 = run_one(by_name("detection"), det, Det(None), tmp_path / "d").cells[0]
     assert (p50.column, p50.value, p50.n, p50.published) == ("p50", 50.0, 2, 44.6)
+
+
+def test_pmc_vqa_scores_by_its_choices(tmp_path):
+    """PMC-VQA's CSV (letters in 'A:text' choices) through the multiple-choice protocol."""
+    from citrus_v.eval.benchmarks.registry import by_name
+    from citrus_v.eval.benchmarks.suite import run_one
+
+    _png(tmp_path / "figures" / "PMC1_fig1.jpg")
+    cols = ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
+    rows = [["PMC1_fig1.jpg", "What modality is shown?", "B:MRI", "A:CT", "B:MRI", "C:PET", "D:Ultrasound", "B"],
+            ["PMC1_fig1.jpg", "Which plane is used?", "Axial", "A:Axial", "B:Coronal", "C:Sagittal", "D:Oblique", "A"]]
+    with (tmp_path / "test_clean.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([cols] + rows)
+    stub = StubPredictor(lambda p: "It is an MRI." if "modality" in p else "coronal")  # right by text, wrong
+    cell = run_one(by_name("pmc-vqa"), tmp_path / "test_clean.csv", stub, tmp_path / "w").cells[0]
+    assert (cell.value, cell.n, cell.note, cell.published) == (50.0, 2, "no option found in 0", 55.6)
