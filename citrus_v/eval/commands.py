@@ -39,6 +39,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_eval)
 
+    b = subparsers.add_parser(
+        "benchmark",
+        help="the published benchmark table: every benchmark whose released files are under --data-root",
+        description="Run each benchmark of the published table whose released file is under --data-root "
+        "(layout: docs/evaluation.md), skip the others with the file looked for, and write OUT/table.md, "
+        "OUT/table.json and OUT/<benchmark>/predictions.jsonl.",
+    )
+    b.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
+    b.add_argument("--data-root", required=True, type=Path, help="folder holding the benchmarks' released files")
+    b.add_argument("--out", required=True, type=Path, help="output directory")
+    b.add_argument("--only", default=None, metavar="NAME", help="run one benchmark (names: docs/evaluation.md)")
+    b.add_argument("--limit", type=int, default=None, help="the first N items of each benchmark (a smoke run)")
+    b.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    b.set_defaults(func=run_benchmark)
+
 
 def run_eval(args: argparse.Namespace, predictor=None) -> int:
     """The handler; ``predictor`` lets tests inject one instead of loading ``--model``."""
@@ -89,6 +105,47 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             "limit": args.limit, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
     return _write(result, args.out, meta)
+
+
+def _load_predictor(model: Path | None, settings=None, tighten_boxes: bool = True):
+    # heavy import (torch, transformers) only when a model is really needed
+    try:
+        from citrus_v.infer.predictor import Predictor
+    except ModuleNotFoundError as err:
+        if err.name != "citrus_v.infer.predictor":
+            raise
+        raise UserError("no predictor in this install (citrus_v/infer/predictor.py)") from None
+    return Predictor.from_pretrained(model, settings=settings, tighten_boxes=tighten_boxes)
+
+
+def run_benchmark(args: argparse.Namespace, predictor=None) -> int:
+    """The handler; ``predictor`` lets tests inject one instead of loading ``--model``."""
+    from citrus_v.eval.benchmarks import table
+    from citrus_v.eval.benchmarks.registry import BENCHMARKS
+    from citrus_v.eval.benchmarks.suite import run_benchmarks
+
+    names = [bm.name for bm in BENCHMARKS]
+    if args.only is not None and args.only not in names:
+        raise UserError(f"--only {args.only!r} is not a benchmark; known: {', '.join(names)}")
+    if not args.data_root.is_dir():
+        raise UserError(f"--data-root {args.data_root} is not a folder")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    def make():
+        return predictor if predictor is not None else _load_predictor(args.model)
+
+    rows = run_benchmarks(args.data_root, args.out, make, only=args.only, limit=args.limit,
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          say=lambda line: sys.stdout.write(line + "\n"))  # a malformed file: SourceError, one line
+    meta = {"model": str(args.model) if args.model else "embedded default", "data_root": str(args.data_root),
+            "only": args.only, "limit": args.limit, "batch_size": args.batch_size}
+    pj, pm = table.write(rows, args.out, meta)
+    sys.stdout.write(table.to_markdown(rows, meta))
+    sys.stdout.write(f"\nwrote {pj}, {pm}\n")
+    return 0
 
 
 def _write(result: EvalResult, out: Path, meta: dict) -> int:

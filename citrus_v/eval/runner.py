@@ -266,25 +266,31 @@ def aggregate(samples: Sequence[SampleResult]) -> EvalResult:
 def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str | Path, *,
              limit: int | None = None, batch_size: int = 1, progress: bool = True) -> EvalResult:
     """Predict every record (the first ``limit`` when given), score it, aggregate."""
+    records = list(records)[:limit] if limit is not None else list(records)
+    preds = predict_records(predictor, records, base_dir, batch_size=batch_size, progress=progress)
+    return aggregate([score_record(i, rec, pred, base_dir) for i, (rec, pred) in enumerate(zip(records, preds))])
+
+
+def predict_records(predictor: PredictorLike, records: Sequence[Record], base_dir: str | Path, *,
+                    batch_size: int = 1, progress: bool = True, desc: str = "citrus-v eval") -> list[Prediction]:
+    """One prediction per record, asked as ``evaluate`` documents (images resolved, last user turn)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    records = list(records)[:limit] if limit is not None else list(records)
     batched = batch_size > 1
     step = batch_size if batched else 1
-    samples = []
-    with tqdm(total=len(records), desc="citrus-v eval", unit="record", disable=not progress) as bar:
+    out: list[Prediction] = []
+    with tqdm(total=len(records), desc=desc, unit="record", disable=not progress) as bar:
         for start in range(0, len(records), step):
             chunk = records[start:start + step]
             requests = [([str(resolve(p, base_dir)) for p in rec.images], prompt_of(rec)) for rec in chunk]
             preds = predictor.predict_batch(requests) if batched else [predictor.predict(*requests[0])]
             if len(preds) != len(chunk):
                 raise ValueError(f"the predictor returned {len(preds)} predictions for {len(chunk)} requests")
-            for k, (rec, pred) in enumerate(zip(chunk, preds)):
-                samples.append(score_record(start + k, rec, pred, base_dir))
+            out.extend(preds)
             bar.update(len(chunk))
-    return aggregate(samples)
+    return out
 
 
 def read_predictions(path: str | Path) -> EvalResult:
