@@ -2,6 +2,7 @@
 
     citrus-v train --stage 4 --data my.jsonl --init <model folder> --out runs/ft     # a fine-tune (see --schedule)
     citrus-v train --stage all --data suite.jsonl --config tiny --out runs/all
+    citrus-v train --stage 0 --data suite/train.jsonl --steps 1200 --out runs/stage0                 # vision warm-up
     torchrun --nproc_per_node 8 -m citrus_v.cli train --stage 3 --data d.jsonl --init m --strategy fsdp2 --out r
 """
 
@@ -17,9 +18,10 @@ from citrus_v.train.finetune import SCHEDULES
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     from citrus_v.config import PRESETS
 
-    p = subparsers.add_parser("train", help="train one stage (1-4) or all four in sequence",
+    p = subparsers.add_parser("train", help="train one stage (0-4) or stages 1-4 in sequence",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=["1", "2", "3", "4", "all"])
+    p.add_argument("--stage", required=True, choices=["0", "1", "2", "3", "4", "all"],
+                   help="0: the dense vision warm-up of a model trained from scratch (as `citrus-v warmup-vision`)")
     p.add_argument("--data", required=True, type=Path, action="append",
                    help="training JSONL (ms-swift format); repeat for several files")
     p.add_argument("--val", type=Path, default=None,
@@ -52,7 +54,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     from citrus_v.train import vision_warmup
 
-    w = subparsers.add_parser("warmup-vision", help="stage 0 for from-scratch models: dense ViT + merger warm-up on the suite",
+    w = subparsers.add_parser("warmup-vision", help="stage 0 (train --stage 0) with its data flags: dense ViT + merger warm-up on the suite",
                               description=vision_warmup.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     vision_warmup.add_arguments(w)
 
@@ -133,6 +135,10 @@ def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outs
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.stage == "0":
+        from citrus_v.train import vision_warmup
+
+        return vision_warmup.run_train_cli(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for f in [*args.data, *([args.val] if args.val else [])]:
         if not f.is_file():

@@ -193,6 +193,7 @@ def train(
     adjust_trainable: Callable[[nn.Module], None] | None = None,
     loader_workers: int = 0,
     time_budget_s: float | None = None,
+    objective: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
@@ -204,8 +205,14 @@ def train(
     ``loader_workers`` > 0 reads and collates batches in that many processes (same batches,
     same order). ``time_budget_s`` shortens the run (and its cosine) to the steps that fit in
     that many seconds at the step time measured as it runs (``_TimeBudget``); the length it
-    settles on is checkpointed.
+    settles on is checkpointed. ``objective`` (stages whose ``StageConfig.objective`` is not
+    ``lm_mask``) scores a batch in place of the model's ``Objective``; it holds ``model`` as
+    ``.model`` and may own parameters of its own (stage 0's dense heads), which train, count and
+    checkpoint with the model's.
     """
+    if (objective is None) != (stage.objective == "lm_mask"):
+        raise ValueError(f"stage {stage.name}: its objective {stage.objective!r} needs "
+                         f"{'its own objective module' if objective is None else 'the model (no objective)'}, got {type(objective).__name__}")
     ctx = dist_ctx or DistContext()
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
@@ -216,15 +223,16 @@ def train(
 
     torch.manual_seed(stage.seed)
     _configure(model, stage, ctx, adjust_trainable)
-    trainable, total = count_parameters(model)
+    owner = objective if objective is not None else model  # every parameter that trains or is checkpointed
+    trainable, total = count_parameters(owner)
     if ctx.is_main:
         log.info("%s: trainable %d / total %d parameters (%.2f%%)", stage.name, trainable, total, 100 * trainable / total)
-    model.to(device)
-    model.train()
-    wrapped = wrap_model(model, ctx, device)
-    # `model` stays the module that owns the parameters (sharded in place under FSDP2);
-    # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `model`.
-    optimizer = build_optimizer(model, stage)
+    owner.to(device)
+    owner.train()
+    wrapped = wrap_model(model, ctx, device, objective)
+    # `owner` stays the module that owns the parameters (sharded in place under FSDP2);
+    # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `owner`.
+    optimizer = build_optimizer(owner, stage)
     total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
     planned = total_steps  # the length asked for; a time budget may settle on fewer
     horizon = [total_steps]  # the schedule's length; a time budget may shorten it once the step time is known
@@ -234,7 +242,7 @@ def train(
     if resume or resume_from is not None:
         path = Path(resume_from) if resume_from is not None else ckpt.latest_checkpoint(ckpt_root)
         if path is not None:
-            step, epoch, position = _resume(path, model, optimizer, scheduler, horizon, stage, ctx)
+            step, epoch, position = _resume(path, owner, optimizer, scheduler, horizon, stage, ctx)
             total_steps = horizon[0]
             time_budget_s = None  # a resumed run keeps the length the interrupted one had settled on
         elif ctx.is_main:
@@ -242,7 +250,7 @@ def train(
 
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if step else None) if ctx.is_main else None
     window_size = stage.micro_batch_size * stage.grad_accum * ctx.world_size
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in owner.parameters() if p.requires_grad]
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )  # bf16 on GPU; CPUs here lack bf16, so fp32
@@ -284,8 +292,8 @@ def train(
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
         if step % stage.save_every == 0 or step == end:
-            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx,
-                             horizon[0], planned)
+            last_dir = _save(owner, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx,
+                             horizon[0], planned, getattr(model, "config", None))
     bar.close()
     if skipped and ctx.is_main:
         log.info("%s: skipped %d micro-batches that had no term to train in this stage (e.g. no [SEG] while only the "
@@ -304,7 +312,11 @@ def train(
 def _logged_terms(terms: dict[str, float], stage: StageConfig) -> dict[str, float]:
     """The metrics row's loss entries: each term by name (the mask terms and the auxiliaries only where
     the run has them), and the sums the loss curve plots (lm_loss, mask_loss, copy_loss, reading_loss)."""
+    if stage.objective == "vision_dense":
+        return {f"{n}_loss": terms[n] for n in TERM_NAMES[-5:]}
     row = {"lm_loss": terms["lm"], "mask_loss": sum(terms[n] for n in MASK_TERMS)}
+    if stage.objective == "cached_mask":
+        row.pop("lm_loss")
     if stage.copy_attention:
         row["copy_loss"] = terms["copy_attention"]
     if stage.token_reading:
@@ -391,8 +403,10 @@ class _TimeBudget:
         return self.end
 
 
-# every term objectives.score can name, in a fixed order: ranks reduce them as one vector
-TERM_NAMES = ("lm", "mask_bce", "mask_dice", "mask_iou", "point_align", "copy_attention", "token_reading")
+# every term an objective can name (objectives.score; stage 0's DENSE_TERMS), in a fixed order: ranks
+# reduce them as one vector
+TERM_NAMES = ("lm", "mask_bce", "mask_dice", "mask_iou", "point_align", "copy_attention", "token_reading",
+              "occupancy", "position", "modality", "presence", "box")
 
 
 @dataclass
@@ -452,14 +466,13 @@ def _accumulate(objective: nn.Module, micro: list[Batch], ctx: DistContext, auto
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
-          position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int) -> Path:
+          position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int, config: Any) -> Path:
     model_sd, optim_sd = ckpt.model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
         trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict(),
                    "total_steps": total_steps, "planned_steps": planned_steps}
-        config = getattr(model, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
-        if config is not None and hasattr(config, "to_dict"):
+        if config is not None and hasattr(config, "to_dict"):  # CitrusV's config: kept so --init can rebuild it
             trainer["model_config"] = config.to_dict()
         state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())
         final = ckpt.save_checkpoint(root, step, state, keep_last=stage.keep_last)
