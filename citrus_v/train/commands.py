@@ -3,6 +3,7 @@
     citrus-v train --stage 4 --data my.jsonl --init <model folder> --out runs/ft     # a fine-tune (see --schedule)
     citrus-v train --stage all --data suite.jsonl --config tiny --out runs/all
     citrus-v train --stage 0 --data suite/train.jsonl --steps 1200 --out runs/stage0                 # vision warm-up
+    citrus-v train --stage 4 --cached --data suite/train.jsonl --val suite/val.jsonl --init runs/stage3/final --out runs/stage4
     torchrun --nproc_per_node 8 -m citrus_v.cli train --stage 3 --data d.jsonl --init m --strategy fsdp2 --out r
 """
 
@@ -41,6 +42,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
+    p.add_argument("--cached", action="store_true",
+                   help="--stage 4 on cached frozen features ([SEG] states, image embeddings), as `citrus-v train-seg-cached`")
     p.add_argument("--strategy", choices=["none", "ddp", "fsdp2"], default="ddp", help="under torchrun: DDP or FSDP2")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on the MLLM's linear layers (peft)")
     p.add_argument("--workers", type=int, default=0, help="processes that read and collate batches (0: in the training process)")
@@ -60,7 +63,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     from citrus_v.train import cached_seg
 
-    c = subparsers.add_parser("train-seg-cached", help="stage 4 on cached frozen features ([SEG] states, image embeddings)",
+    c = subparsers.add_parser("train-seg-cached", help="stage 4 on cached frozen features (train --stage 4 --cached) with the cache's flags",
                               description=cached_seg.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cached_seg.add_arguments(c)
 
@@ -139,6 +142,12 @@ def run_train(args: argparse.Namespace) -> int:
         from citrus_v.train import vision_warmup
 
         return vision_warmup.run_train_cli(args)
+    if args.cached:
+        if args.stage != "4":
+            raise SystemExit(f"--cached applies to --stage 4, not --stage {args.stage}")
+        from citrus_v.train import cached_seg
+
+        return cached_seg.run_train_cli(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for f in [*args.data, *([args.val] if args.val else [])]:
         if not f.is_file():

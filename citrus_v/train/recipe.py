@@ -194,6 +194,7 @@ def train(
     loader_workers: int = 0,
     time_budget_s: float | None = None,
     objective: nn.Module | None = None,
+    on_step: Callable[[int, int], dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
@@ -208,7 +209,8 @@ def train(
     settles on is checkpointed. ``objective`` (stages whose ``StageConfig.objective`` is not
     ``lm_mask``) scores a batch in place of the model's ``Objective``; it holds ``model`` as
     ``.model`` and may own parameters of its own (stage 0's dense heads), which train, count and
-    checkpoint with the model's.
+    checkpoint with the model's. ``on_step(step, end)`` runs on the main process after each optimizer
+    step (cached stage 4's validation); what it returns joins that step's metrics row.
     """
     if (objective is None) != (stage.objective == "lm_mask"):
         raise ValueError(f"stage {stage.name}: its objective {stage.objective!r} needs "
@@ -283,11 +285,13 @@ def train(
 
         loss = sum(window.terms.values())
         losses.append(loss)
+        extra = on_step(step, end) if on_step is not None and ctx.is_main else {}
         elapsed = time.perf_counter() - t0
         if metrics is not None and (step % stage.log_every == 0 or step == end):
             metrics.write({"stage": stage.stage, "step": step, "epoch": epoch, "loss": loss,
                            **_logged_terms(window.terms, stage), "lr": lr, "grad_norm": grad_norm,
-                           "skipped_micro_batches": skipped, "samples": step * window_size, "elapsed_s": round(elapsed, 3)})
+                           "skipped_micro_batches": skipped, "samples": step * window_size, "elapsed_s": round(elapsed, 3),
+                           **extra})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
@@ -313,7 +317,7 @@ def _logged_terms(terms: dict[str, float], stage: StageConfig) -> dict[str, floa
     """The metrics row's loss entries: each term by name (the mask terms and the auxiliaries only where
     the run has them), and the sums the loss curve plots (lm_loss, mask_loss, copy_loss, reading_loss)."""
     if stage.objective == "vision_dense":
-        return {f"{n}_loss": terms[n] for n in TERM_NAMES[-5:]}
+        return {f"{n}_loss": terms[n] for n in ("occupancy", "position", "modality", "presence", "box")}
     row = {"lm_loss": terms["lm"], "mask_loss": sum(terms[n] for n in MASK_TERMS)}
     if stage.objective == "cached_mask":
         row.pop("lm_loss")
@@ -403,10 +407,10 @@ class _TimeBudget:
         return self.end
 
 
-# every term an objective can name (objectives.score; stage 0's DENSE_TERMS), in a fixed order: ranks
-# reduce them as one vector
+# every term an objective can name (objectives.score; stage 0's DENSE_TERMS; cached_seg's box_align), in a fixed
+# order: ranks reduce them as one vector
 TERM_NAMES = ("lm", "mask_bce", "mask_dice", "mask_iou", "point_align", "copy_attention", "token_reading",
-              "occupancy", "position", "modality", "presence", "box")
+              "occupancy", "position", "modality", "presence", "box", "box_align")
 
 
 @dataclass

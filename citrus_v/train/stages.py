@@ -279,7 +279,7 @@ CACHED_STAGE4 = StageConfig(
     name="stage4_segmentation_cached", stage=4, trainable_parts=("seg_projector", "sam2_prompt_encoder", "sam2_mask_decoder"),
     mixture=(), objective="cached_mask", lr=3e-4, weight_decay=0.01, warmup_steps=100, min_lr_ratio=0.05,
     max_steps=3000, epochs=None, micro_batch_size=16, grad_accum=1, gradient_checkpointing=False, save_every=500,
-    keep_last=1, seed=1,
+    keep_last=2, seed=1,
 )
 
 
