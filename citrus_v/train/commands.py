@@ -137,17 +137,25 @@ def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outs
 # --- end fine-tune validation ---
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _own_data_stage(args: argparse.Namespace):
+    """The CLI entry of a stage that makes its own data (stage 0's dense targets, cached stage 4's
+    feature cache) before the recipe runs it, or None for a stage on --data records."""
+    if args.cached and args.stage != "4":
+        raise SystemExit(f"--cached applies to --stage 4, not --stage {args.stage}")
     if args.stage == "0":
         from citrus_v.train import vision_warmup
 
-        return vision_warmup.run_train_cli(args)
+        return vision_warmup.run_train_cli
     if args.cached:
-        if args.stage != "4":
-            raise SystemExit(f"--cached applies to --stage 4, not --stage {args.stage}")
         from citrus_v.train import cached_seg
 
-        return cached_seg.run_train_cli(args)
+        return cached_seg.run_train_cli
+    return None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if (entry := _own_data_stage(args)) is not None:
+        return entry(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for f in [*args.data, *([args.val] if args.val else [])]:
         if not f.is_file():

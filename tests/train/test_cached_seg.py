@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from citrus_v.model.segmenter import SegmenterFeatures
-from citrus_v.train.cached_seg import (
-    CACHED_PREFIXES,
-    TRAINED_PARTS,
-    CachedSegConfig,
-    CachedSet,
-    cache_images,
-    encoder_fingerprint,
-    run_cached_stage4,
-)
+from citrus_v.train.cached_seg import TRAINED_PARTS, CachedSegConfig, run_cached_stage4
+from citrus_v.train.feature_cache import CACHED_PREFIXES, CachedSet, cache_images, encoder_fingerprint
 from citrus_v.model.objectives import forward_and_score, mask_terms
 from tests.train.synthetic import collate, make_dataset, tiny_model
 
