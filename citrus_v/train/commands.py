@@ -153,10 +153,8 @@ def _own_data_stage(args: argparse.Namespace):
     return None
 
 
-def run_train(args: argparse.Namespace) -> int:
-    if (entry := _own_data_stage(args)) is not None:
-        return entry(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Refuse, in one line, the files and flag values of a stage 1-4 run that cannot work."""
     for f in [*args.data, *([args.val] if args.val else [])]:
         if not f.is_file():
             raise SystemExit(f"{f}: no such data file")
@@ -166,7 +164,17 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit("--steps and --epochs both set the run's length: give one")
     if not 0 < args.val_fraction < 1:
         raise SystemExit(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+    if args.workers < 0:
+        raise SystemExit(f"--workers {args.workers}: must be 0 or more")
+    if args.time_budget_min is not None and args.time_budget_min <= 0:
+        raise SystemExit(f"--time-budget-min {args.time_budget_min}: must be positive")
 
+
+def run_train(args: argparse.Namespace) -> int:
+    if (entry := _own_data_stage(args)) is not None:
+        return entry(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _check_train_args(args)
     from citrus_v.train import finetune
     from citrus_v.train.distributed import barrier, init_distributed, shutdown
     from citrus_v.train.pipeline import run_all_stages, run_stage
@@ -174,10 +182,6 @@ def run_train(args: argparse.Namespace) -> int:
     schedule = finetune.choose_schedule(args.schedule, args.init, args.config, stage_file=args.stage_config is not None)
     if schedule == "finetune" and args.stage == "all":
         raise SystemExit("--schedule finetune applies to one stage, not --stage all")
-    if args.workers < 0:
-        raise SystemExit(f"--workers {args.workers}: must be 0 or more")
-    if args.time_budget_min is not None and args.time_budget_min <= 0:
-        raise SystemExit(f"--time-budget-min {args.time_budget_min}: must be positive")
     ctx = init_distributed(args.strategy)
     try:
         data, val_file, held_out = _validation_data(args, schedule, ctx)
