@@ -8,14 +8,20 @@ every image embedding is fixed too. This module computes both once per record an
 rest, ``CitrusV.decode_seg_states`` (projector + prompt / mask decoder) with the model's own
 ``objectives.mask_terms``, on the stored tensors: the same loss and gradients as
 ``citrus-v train --stage 4`` with the image encoder frozen, at a fraction of the cost per step.
+Caching is a preparation step; the training is a stage of the one recipe (``recipe.train`` with
+``stages.CACHED_STAGE4``, ``CachedMaskObjective``), so its optimizer, checkpoints and ``--resume``
+(a different ``--steps`` included) are those of every stage.
 
+    citrus-v train --stage 4 --cached --init runs/default/stage3/final \\
+        --data runs/default/suite/train.jsonl --val runs/default/suite/val.jsonl --out runs/default/stage4
     citrus-v train-seg-cached --init runs/default/stage3/final --segmenter litemedsam \\
         --data runs/default/suite/train.jsonl --val runs/default/suite/val.jsonl --out runs/default/stage4
 
 Layout under ``--out``: ``image_cache/`` (encoder outputs, ground-truth masks; reusable by any
 run with the same data, records and image encoder: ``--image-cache``), ``states/`` ([SEG]
-states of this ``--init``), ``checkpoints/`` (atomic, ``--resume``), ``best_val.safetensors``
-(the trained parts at the best validation Dice so far), ``metrics.jsonl``, ``loss.png``,
+states of this ``--init``), ``checkpoints/`` (the recipe's, ``--resume``), ``best_val.safetensors``
+(the trained parts at the best validation Dice so far) and ``val_curve.json``, ``metrics.jsonl``,
+``loss_curve.png``, ``box_align/`` (the projector warm start's own run, when asked for),
 ``report.json`` and ``final/`` (a complete model folder, the best-validation weights).
 Caching resumes too: finished shards are kept, so an interrupted run loses at most one shard.
 """
@@ -23,10 +29,8 @@ Caching resumes too: finished shards are kept, so an interrupted run loses at mo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,16 +38,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from citrus_v.model.citrus_v import CitrusV
+from citrus_v.model.losses import mask_window_factor
+from citrus_v.model.objectives import LossTerms, mask_terms
 from citrus_v.model.segmenter import SegmenterFeatures
+from citrus_v.train.feature_cache import (
+    CACHED_PREFIXES, CachedSet, atomic_save, cache_images, cache_states, load_cached_set, segmentation_records, shards,
+)
+from citrus_v.train.stages import CACHED_STAGE4, StageConfig
 
 log = logging.getLogger(__name__)
 
-SHARD = 8  # records per cache shard (one encoder / MLLM batch)
-TRAINED_PARTS = ("seg_projector", "sam2_prompt_encoder", "sam2_mask_decoder")
+TRAINED_PARTS = CACHED_STAGE4.trainable_parts  # seg_projector, sam2_prompt_encoder, sam2_mask_decoder
 
 
 @dataclass(frozen=True)
@@ -96,167 +106,76 @@ def with_litemedsam(model: CitrusV) -> CitrusV:
     return swapped
 
 
-# Everything ``segmenter.encode`` computes with: frozen while features are cached. SAM2's
-# decoder projects the skip features inside ``encode`` (conv_s0/conv_s1), so those stay fixed too.
-CACHED_PREFIXES = (
-    "segmenter.image_encoder.", "segmenter.sam2.vision_encoder.", "segmenter.sam2.no_memory_embedding",
-    "segmenter.sam2.mask_decoder.conv_s0.", "segmenter.sam2.mask_decoder.conv_s1.",
-)
-
-
-def _weights_fingerprint(model: CitrusV, prefixes: tuple[str, ...], settings: str = "") -> str:
-    """sha256 (16 hex digits) over ``settings`` and the names and values of the tensors under ``prefixes``."""
-    h = hashlib.sha256(settings.encode())
-    for name, t in sorted(model.state_dict().items()):
-        if name.startswith(prefixes):
-            h.update(name.encode())
-            h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def encoder_fingerprint(model: CitrusV) -> str:
-    """What the image cache depends on: the tensors ``segmenter.encode`` uses and the SAM input settings."""
-    seg = model.config.segmenter
-    return _weights_fingerprint(model, CACHED_PREFIXES, f"{seg.kind}|{seg.image_size}|{seg.pixel_norm}")
-
-
-# ------------------------------------------------------------------------------ caching
-def segmentation_records(dataset: Any, max_records: int | None) -> list[int]:
-    """Indices of ``dataset``'s records that carry masks, in file order, at most ``max_records``."""
-    picked = [i for i, r in enumerate(dataset.records) if r.masks]
-    if not picked:
-        raise ValueError(f"{dataset.path}: no segmentation records (none has 'masks')")
-    return picked[:max_records] if max_records is not None else picked
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
-
-
-def _shards(indices: list[int]) -> list[list[int]]:
-    return [indices[i : i + SHARD] for i in range(0, len(indices), SHARD)]
-
-
-def _shard_file(folder: Path, kind: str, k: int) -> Path:
-    """``kind`` is "images" or "states"."""
-    return folder / f"{kind}_{k:05d}.safetensors"
-
-
-def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
-    """A cache folder serves only the inputs it was made for; a longer record list that starts
-    with the cached one extends it (shards are by position, so the finished ones stay valid)."""
-    f = folder / "meta.json"
-    if f.is_file():
-        old = json.loads(f.read_text(encoding="utf-8"))
-        old_records, new_records = old.get("records", []), meta["records"]
-        extends = len(new_records) >= len(old_records) and new_records[: len(old_records)] == old_records
-        wrong = [f"{k}: cache has {old.get(k)!r}, this run {v!r}" for k, v in meta.items()
-                 if old.get(k) != v and not (k == "records" and extends)]
-        if len(old_records) % SHARD and len(new_records) > len(old_records):
-            wrong.append(f"records: the cache's last shard is partial ({len(old_records)} records), so it cannot be extended")
-        if wrong:
-            raise ValueError(f"{folder} was made for other inputs ({'; '.join(wrong)}); use another --out or --image-cache")
-        if new_records == old_records:
-            return
-    folder.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-
-@torch.inference_mode()
-def cache_images(model: CitrusV, dataset: Any, indices: list[int], folder: Path, *, progress: bool = True) -> None:
-    """Shard k of ``folder``: the image encoder's output for the images of 8 records (fp16), their
-    ground-truth masks and each mask's image index. Existing shards are kept."""
-    from tqdm import tqdm
-
-    from citrus_v.data.collate import collate
-
-    _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices,
-                         "encoder": encoder_fingerprint(model)})
-    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not _shard_file(folder, "images", k).is_file()]
-    tok = model.config.tokens
-    for k, chunk in tqdm(todo, desc=f"caching image features ({folder.name})", disable=not progress):
-        batch = collate([dataset.encode(i) for i in chunk], pad_token_id=0, seg_token_id=tok.seg_token_id)
-        feats = model.segmenter.encode(batch["sam_images"].to(next(model.segmenter.parameters()).dtype))
-        out = {"image_embeddings": feats.image_embeddings.half(), "gt_masks": batch["gt_masks"].bool(),
-               "seg_image_index": batch["seg_image_index"]}
-        for j, hr in enumerate(feats.high_resolution_features):
-            out[f"high_res_{j}"] = hr.half()
-        _atomic_save(out, _shard_file(folder, "images", k))
-
-
-@torch.inference_mode()
-def cache_states(model: CitrusV, dataset: Any, indices: list[int], folder: Path, *, pad_token_id: int,
-                 progress: bool = True) -> None:
-    """Shard k of ``folder``: the frozen MLLM's last hidden state at every [SEG] of 8 records
-    (teacher-forced on the record's answer, as stage 4 sees it). Existing shards are kept."""
-    from tqdm import tqdm
-
-    from citrus_v.data.collate import collate
-
-    _check_meta(folder, {"data": str(Path(dataset.path).resolve()), "records": indices,
-                         "mllm": _weights_fingerprint(model, ("mllm.",))})
-    todo = [(k, chunk) for k, chunk in enumerate(_shards(indices)) if not _shard_file(folder, "states", k).is_file()]
-    seg_id = model.config.tokens.seg_token_id
-    for k, chunk in tqdm(todo, desc=f"caching [SEG] states ({folder.name})", disable=not progress):
-        batch = collate([dataset.encode(i) for i in chunk], pad_token_id=pad_token_id, seg_token_id=seg_id)
-        hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-        _atomic_save({"seg_hidden": hidden[batch["input_ids"] == seg_id].float()}, _shard_file(folder, "states", k))
-
-
-@dataclass
-class CachedSet:
-    """Every cached mask of one split, in memory: [SEG] states, image features and targets."""
-
-    seg_hidden: torch.Tensor  # (n_seg, H)
-    image_embeddings: torch.Tensor  # (n_img, C, h, w) fp16
-    high_res: list[torch.Tensor]  # SAM2's skip features (fp16); empty for LiteMedSAM
-    gt_masks: torch.Tensor  # (n_seg, 256, 256) bool
-    image_of: torch.Tensor  # (n_seg,) index into image_embeddings
-
-    def __len__(self) -> int:
-        return int(self.seg_hidden.shape[0])
-
-    def features(self, rows: torch.Tensor) -> tuple[SegmenterFeatures, torch.Tensor]:
-        """Features of the images of masks ``rows`` (each image once, fp32) and each mask's index into them."""
-        used, per_seg = torch.unique(self.image_of[rows], return_inverse=True)
-        feats = SegmenterFeatures(self.image_embeddings[used].float(), [h[used].float() for h in self.high_res])
-        return feats, per_seg
-
-
-def load_cached_set(images: Path, states: Path, n_shards: int) -> CachedSet:
-    hidden, emb, gt, image_of, high = [], [], [], [], []
-    offset = 0
-    for k in range(n_shards):
-        a = load_file(str(_shard_file(images, "images", k)))
-        s = load_file(str(_shard_file(states, "states", k)))
-        if s["seg_hidden"].shape[0] != a["gt_masks"].shape[0]:
-            raise ValueError(f"shard {k}: {s['seg_hidden'].shape[0]} [SEG] states but {a['gt_masks'].shape[0]} masks")
-        hidden.append(s["seg_hidden"])
-        emb.append(a["image_embeddings"])
-        gt.append(a["gt_masks"])
-        image_of.append(a["seg_image_index"] + offset)
-        high.append([a[key] for key in sorted(k2 for k2 in a if k2.startswith("high_res_"))])
-        offset += a["image_embeddings"].shape[0]
-    return CachedSet(torch.cat(hidden), torch.cat(emb), [torch.cat(h) for h in zip(*high)], torch.cat(gt), torch.cat(image_of))
-
-
 # ------------------------------------------------------------------------------ training
+class CachedMaskObjective(nn.Module):
+    """forward(batch) -> LossTerms of cached stage 4: ``model.decode_seg_states`` on the batch's stored
+    [SEG] states and image features, scored by ``objectives.mask_terms`` as the full pass scores them."""
+
+    def __init__(self, model: CitrusV) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], masks_in_window: int | None = None) -> LossTerms:
+        cfg = self.model.config.loss
+        high = sorted((k for k in batch if k.startswith("high_res_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        feats = SegmenterFeatures(batch["image_embeddings"], [batch[k] for k in high])
+        masks, ious = self.model.decode_seg_states(batch["seg_hidden"], feats, batch["image_index"], candidates=cfg.over_candidates)
+        gt = batch["gt_masks"]
+        factor = mask_window_factor(len(gt), masks_in_window)
+        return LossTerms(mask_terms(cfg, masks, ious, gt.to(masks.dtype), candidates=cfg.over_candidates, factor=factor))
+
+
 def dice_of_picked(model: CitrusV, data: CachedSet, batch_size: int = 32) -> list[float]:
     """Per-mask Dice of what inference returns (best predicted IoU, logits > 0) at 256 x 256;
     1.0 when prediction and ground truth are both empty."""
     from citrus_v.eval.metrics.segmentation import dice
 
+    device = next(model.parameters()).device
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             rows = torch.arange(start, min(start + batch_size, len(data)))
             feats, per_seg = data.features(rows)
-            masks, _ = model.decode_seg_states(data.seg_hidden[rows], feats, per_seg)
-            for m, g in zip(masks, data.gt_masks[rows]):
+            feats = SegmenterFeatures(feats.image_embeddings.to(device), [h.to(device) for h in feats.high_resolution_features])
+            masks, _ = model.decode_seg_states(data.seg_hidden[rows].to(device), feats, per_seg.to(device))
+            for m, g in zip(masks.cpu(), data.gt_masks[rows]):
                 out.append(float(dice((m > 0).numpy(), g.numpy())))
     return out
+
+
+class BestOnValidation:
+    """Cached stage 4's ``on_step`` hook for the recipe: Dice on ``val`` every ``every`` steps and at the
+    run's end; the trained parts at the best Dice so far go to ``out_dir/best_val.safetensors`` and the
+    curve to ``val_curve.json``, which a resumed run reads back without the entries its redone steps
+    write again."""
+
+    def __init__(self, model: CitrusV, val: CachedSet, every: int, out_dir: Path, resume: bool) -> None:
+        self.model, self.val, self.every = model, val, every
+        self.curve_file, self.best_file = out_dir / "val_curve.json", out_dir / "best_val.safetensors"
+        self.curve = json.loads(self.curve_file.read_text(encoding="utf-8")) if resume and self.curve_file.is_file() else []
+        self.started = False
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """{"step", "dice"} of the best validation so far (the first on ties)."""
+        step, dice = max(self.curve, key=lambda e: e[1]) if self.curve else (None, -1.0)
+        return {"step": step, "dice": dice}
+
+    def __call__(self, step: int, end: int) -> dict[str, float]:
+        if not self.started:  # a resumed run redoes the steps after its checkpoint
+            self.curve, self.started = [e for e in self.curve if e[0] < step], True
+        if step % self.every and step != end:
+            return {}
+        self.model.eval()
+        dice = float(np.mean(dice_of_picked(self.model, self.val)))
+        self.model.train()
+        if dice > self.best["dice"]:
+            atomic_save(_trained_state(self.model), self.best_file)
+        self.curve.append([step, dice])
+        tmp = self.curve_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.curve) + "\n", encoding="utf-8")
+        tmp.replace(self.curve_file)
+        return {"val_dice": dice}
 
 
 def mask_boxes(gt_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,100 +187,79 @@ def mask_boxes(gt_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(boxes, dtype=torch.float32).view(-1, 4), rows
 
 
-def box_align(model: CitrusV, data: CachedSet, steps: int, *, lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> list[float]:
-    """Warm-start the [SEG] projector (nothing else moves): MSE between each projected [SEG] and
-    ``segmenter.box_prompt_token`` of its mask's box. Cheap (no decoder in the loop); the mask
-    loss then teaches the decoder to read the token. Returns the loss per step."""
+class BoxAlignObjective(nn.Module):
+    """forward(batch) -> the box_align term: MSE between each projected [SEG] (n, H) -> (n, C) and its
+    mask's box prompt token (n, C), a fixed target."""
+
+    def __init__(self, model: CitrusV) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], masks_in_window: int | None = None) -> LossTerms:
+        return LossTerms({"box_align": F.mse_loss(self.model.seg_projector(batch["seg_hidden"]), batch["target"])})
+
+
+def box_align(model: CitrusV, data: CachedSet, steps: int, out_dir: Path, *, lr: float = 1e-3, batch_size: int = 64,
+              seed: int = 0, progress: bool = False) -> list[float]:
+    """Warm-start the [SEG] projector (nothing else moves), a short stage of the recipe at a constant
+    ``lr`` under ``out_dir``: MSE between each projected [SEG] and ``segmenter.box_prompt_token`` of
+    its mask's box. Cheap (no decoder in the loop); the mask loss then teaches the decoder to read the
+    token. Returns the loss per step."""
+    from citrus_v.train.recipe import train
+
     if not model.segmenter.supports_box_token:
         raise ValueError(f"box_align_steps needs a LiteMedSAM segmenter, not {model.config.segmenter.kind!r}")
     boxes, rows = mask_boxes(data.gt_masks)
     scale = model.config.segmenter.image_size / data.gt_masks.shape[-1]  # mask pixels -> SAM input pixels
     with torch.no_grad():
-        target = model.segmenter.box_prompt_token(boxes * scale)  # (m, C)
+        target = model.segmenter.box_prompt_token(boxes * scale).to(data.seg_hidden.dtype)  # (m, C)
     hidden = data.seg_hidden[rows]
-    params = list(model.seg_projector.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        pick = torch.randint(len(rows), (min(batch_size, len(rows)),), generator=g)
-        loss = torch.nn.functional.mse_loss(model.seg_projector(hidden[pick]), target[pick])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    stage = CACHED_STAGE4.replace(name="stage4_box_align", trainable_parts=("seg_projector",), lr=lr, weight_decay=0.0,
+                                  warmup_steps=0, min_lr_ratio=1.0, grad_clip=None, max_steps=steps, seed=seed,
+                                  micro_batch_size=min(batch_size, len(rows)), save_every=steps)
+    result = train(stage, model, range(len(rows)), lambda picked: {"seg_hidden": hidden[picked], "target": target[picked]},
+                   out_dir, progress=progress, objective=BoxAlignObjective(model))
+    return result.losses
 
 
 def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def freeze_cached(model: nn.Module) -> None:
+    """Freeze what ``segmenter.encode`` computes with: its output is in the cache."""
+    for name, p in model.named_parameters():
+        if name.startswith(CACHED_PREFIXES):
+            p.requires_grad_(False)
+
+
+def cached_stage(cfg: CachedSegConfig) -> StageConfig:
+    """Cached stage 4 (``stages.CACHED_STAGE4``) with ``cfg``'s schedule: one step is ``cfg.batch_size`` masks."""
+    return CACHED_STAGE4.replace(trainable_parts=cfg.trainable, max_steps=cfg.steps, micro_batch_size=cfg.batch_size,
+                                 lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                                 save_every=cfg.save_every, seed=cfg.seed)
 
 
 def train_cached(model: CitrusV, train: CachedSet, val: CachedSet | None, cfg: CachedSegConfig, out_dir: Path, *,
                  resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.trainable`` on cached features; returns the report. The best-validation
-    trained parts are loaded into ``model`` at the end (the last step's without ``val``)."""
-    from tqdm import tqdm
+    """Train ``cfg.trainable`` on cached features with the one training loop (``recipe.train``,
+    ``cached_stage(cfg)``); returns the report. The best-validation trained parts are loaded into
+    ``model`` at the end (the last step's without ``val``)."""
+    from citrus_v.train import recipe
 
-    from citrus_v.model.objectives import mask_terms
-    from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
-    from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.checkpointing import resume_loop_checkpoint, save_loop_checkpoint
-
-    model.set_trainable(cfg.trainable)
-    for name, p in model.named_parameters():
-        if name.startswith(CACHED_PREFIXES):
-            p.requires_grad_(False)  # its output is in the cache
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
-    loss_cfg = model.config.loss
-    candidates = loss_cfg.over_candidates
-    rng = np.random.default_rng(cfg.seed)
-    ckpt_root, best_file = out_dir / "checkpoints", out_dir / "best_val.safetensors"
-    start, curve, best = 0, [], {"step": None, "dice": -1.0}
-    trainer = resume_loop_checkpoint(ckpt_root, model, opt, sched, rng) if resume else None
-    if trainer is not None:
-        start, curve, best = trainer["step"], trainer["val_curve"], trainer["best"]
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start or None)
+    stage = cached_stage(cfg).replace(micro_batch_size=min(cfg.batch_size, len(train)))
+    validate = BestOnValidation(model, val, cfg.val_every, out_dir, resume) if val is not None else None
     t0 = time.time()
-    bar = tqdm(range(start + 1, cfg.steps + 1), desc="stage 4 (cached features)", disable=not progress)
-    for step in bar:
-        rows = torch.from_numpy(rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False))
-        feats, per_seg = train.features(rows)
-        masks, ious = model.decode_seg_states(train.seg_hidden[rows], feats, per_seg, candidates=candidates)
-        terms = mask_terms(loss_cfg, masks, ious, train.gt_masks[rows].to(masks.dtype), candidates=candidates)
-        loss = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-        opt.step()
-        sched.step()
-        row = {"step": step, "loss": float(loss.detach()), "mask_loss": float(loss.detach()), **{name: float(t.detach()) for name, t in terms.items()},
-               "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"cached stage 4: loss is {row['loss']} at step {step}")
-        if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-            model.eval()
-            scores = dice_of_picked(model, val)
-            model.train()
-            row["val_dice"] = float(np.mean(scores))
-            curve.append([step, row["val_dice"]])
-            if row["val_dice"] > best["dice"]:
-                best = {"step": step, "dice": row["val_dice"]}
-                _atomic_save(_trained_state(model), best_file)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{row['val_dice']:.3f}")
-        metrics.write(row)
-        if step % cfg.save_every == 0 and step < cfg.steps:
-            save_loop_checkpoint(ckpt_root, step, model, opt, sched, rng, {"val_curve": curve, "best": best, "config": asdict(cfg)})
+    recipe.train(stage, model, range(len(train)), train.batch, out_dir, resume=resume, progress=progress,
+                 adjust_trainable=freeze_cached, objective=CachedMaskObjective(model), on_step=validate)
+    model.cpu()
+    best = validate.best if validate is not None else {"step": None, "dice": -1.0}
     if best["step"] is not None:
-        model.load_state_dict(load_file(str(best_file)), strict=False)
+        model.load_state_dict(load_file(str(validate.best_file)), strict=False)
     model.eval()
-    plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png", title="stage 4 on cached features")
     return {"config": asdict(cfg), "train_masks": len(train), "val_masks": len(val) if val is not None else 0,
-            "val_dice_curve": curve, "best": best, "seconds": round(time.time() - t0, 1)}
+            "val_dice_curve": validate.curve if validate is not None else [], "best": best,
+            "seconds": round(time.time() - t0, 1)}
 
 
 def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Path, out_dir: str | Path,
@@ -403,7 +301,7 @@ def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Pat
         if cache_only:
             continue
         cache_states(model, ds, indices, out_dir / "states" / split, pad_token_id=template.ids.pad, progress=progress)
-        sets[split] = load_cached_set(image_root / split, out_dir / "states" / split, len(_shards(indices)))
+        sets[split] = load_cached_set(image_root / split, out_dir / "states" / split, len(shards(indices)))
     if cache_only:
         return {"cached": {s: str(image_root / s) for s in splits}}
 
@@ -413,7 +311,7 @@ def run_cached_stage4(cfg: CachedSegConfig, *, init: str | Path, data: str | Pat
     before, aligned = val_dice(), {}
     resuming = resume and latest_checkpoint(out_dir / "checkpoints") is not None  # the checkpoint holds the aligned projector
     if cfg.box_align_steps and not resuming:
-        losses = box_align(model, sets["train"], cfg.box_align_steps, seed=cfg.seed)
+        losses = box_align(model, sets["train"], cfg.box_align_steps, out_dir / "box_align", seed=cfg.seed, progress=progress)
         aligned = {"box_align_loss_first_last": [losses[0], losses[-1]], "val_dice_after_box_align": val_dice()}
         log.info("box-align warm start: loss %.4f -> %.4f, val Dice %s", losses[0], losses[-1], aligned["val_dice_after_box_align"])
     report = train_cached(model, sets["train"], sets.get("val"), cfg, out_dir, resume=resume, progress=progress)
@@ -451,21 +349,44 @@ def add_arguments(p) -> None:  # noqa: ANN001
 
 
 def run_cli(args) -> int:  # noqa: ANN001
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not (args.init / "config.json").is_file():
-        raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
-    for f in [args.data] + ([args.val] if args.val else []):
-        if not f.is_file():
-            raise SystemExit(f"{f}: no such data file")
+    """``citrus-v train-seg-cached``: ``citrus-v train --stage 4 --cached`` with the cache's own flags."""
     cfg = CachedSegConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           max_records=args.max_records or None, val_every=args.val_every, save_every=args.save_every,
                           seed=args.seed, box_align_steps=args.box_align_steps)
-    dtype = args.save_dtype or ("float16" if args.segmenter == "litemedsam" else None)
-    report = run_cached_stage4(cfg, init=args.init, data=args.data, out_dir=args.out, val_data=args.val,
-                               segmenter=args.segmenter, image_cache=args.image_cache,
+    return _run(cfg, args, args.data, segmenter=args.segmenter, image_cache=args.image_cache,
+                save_dtype=args.save_dtype, cache_only=args.cache_only)
+
+
+def run_train_cli(args) -> int:  # noqa: ANN001
+    """``citrus-v train --stage 4 --cached``: the cache's settings at CachedSegConfig's defaults; --steps,
+    --lr and --save-every set its schedule."""
+    given = [flag for flag, value in (("--epochs", args.epochs), ("--stage-config", args.stage_config), ("--lora", args.lora),
+                                      ("--time-budget-min", args.time_budget_min)) if value]
+    if given:
+        raise SystemExit(f"--stage 4 --cached does not take {', '.join(given)}")
+    if args.init is None:
+        raise SystemExit("--stage 4 --cached needs --init (a model folder after stage 3: its MLLM stays frozen)")
+    if len(args.data) != 1:
+        raise SystemExit(f"--stage 4 --cached reads one --data file, got {len(args.data)}")
+    d = CachedSegConfig()
+    cfg = CachedSegConfig(steps=args.steps or d.steps, lr=args.lr or d.lr, save_every=args.save_every or d.save_every)
+    return _run(cfg, args, args.data[0])
+
+
+def _run(cfg: CachedSegConfig, args, data: Path, *, segmenter: str | None = None, image_cache: Path | None = None,  # noqa: ANN001
+         save_dtype: str | None = None, cache_only: bool = False) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not (args.init / "config.json").is_file():
+        raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
+    for f in [data] + ([args.val] if args.val else []):
+        if not f.is_file():
+            raise SystemExit(f"{f}: no such data file")
+    dtype = save_dtype or ("float16" if segmenter == "litemedsam" else None)
+    report = run_cached_stage4(cfg, init=args.init, data=data, out_dir=args.out, val_data=args.val,
+                               segmenter=segmenter, image_cache=image_cache,
                                save_dtype=getattr(torch, dtype) if dtype else None, resume=args.resume,
-                               cache_only=args.cache_only, progress=not args.no_progress)
-    if args.cache_only:
+                               cache_only=cache_only, progress=not args.no_progress)
+    if cache_only:
         print(f"image features cached: {report['cached']}")
         return 0
     print(f"val Dice before {report['val_dice_before']}, best {report['best']['dice']:.4f} at step {report['best']['step']}")

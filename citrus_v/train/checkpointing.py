@@ -19,8 +19,7 @@ the same way. Loading re-hashes every file and refuses a checkpoint whose manife
 missing or whose files are missing or changed, naming the file.
 
 ``model_state``/``load_state`` gather and restore the full model and optimizer state of a plain,
-DDP or FSDP2 model (the recipe's ``_save`` and resume); ``save_loop_checkpoint``/
-``resume_loop_checkpoint`` add a numpy batch generator for the stage-0 and cached stage-4 loops.
+DDP or FSDP2 model (the recipe's ``_save`` and resume), for every stage alike.
 """
 
 from __future__ import annotations
@@ -365,30 +364,3 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: Traini
     # non-strict: trainable parameters that never received a gradient (e.g. SAM2's unused
     # mask-prompt convs) legitimately have no optimizer state, and must stay without one
     set_optimizer_state_dict(model, optimizer, state.optimizer, options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def save_loop_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                         rng: Any, extra: dict[str, Any]) -> Path:
-    """Checkpoint of a single-process loop that draws its batches from the numpy generator
-    ``rng`` (stage 0, cached stage 4): model, optimizer, scheduler, torch RNGs, ``rng`` and the
-    json-able ``extra``; only the newest is kept."""
-    model_sd, optim_sd = model_state(model, optimizer)
-    trainer = {"batch_rng": rng.bit_generator.state, **extra}
-    state = TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, capture_rng())
-    return save_checkpoint(root, step, state, keep_last=1)
-
-
-def resume_loop_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                           rng: Any) -> dict[str, Any] | None:
-    """Restore the newest ``save_loop_checkpoint`` under ``root`` into these objects and return its
-    ``extra`` (with ``step``); None when there is none."""
-    latest = latest_checkpoint(root)
-    if latest is None:
-        return None
-    state = load_checkpoint(latest)
-    load_state(model, optimizer, state)
-    scheduler.load_state_dict(state.scheduler)
-    restore_rng(state.rng)
-    rng.bit_generator.state = state.trainer["batch_rng"]
-    log.info("resumed from %s at step %d", latest, state.trainer["step"])
-    return state.trainer

@@ -2,6 +2,8 @@
 
     citrus-v train --stage 4 --data my.jsonl --init <model folder> --out runs/ft     # a fine-tune (see --schedule)
     citrus-v train --stage all --data suite.jsonl --config tiny --out runs/all
+    citrus-v train --stage 0 --data suite/train.jsonl --steps 1200 --out runs/stage0                 # vision warm-up
+    citrus-v train --stage 4 --cached --data suite/train.jsonl --val suite/val.jsonl --init runs/stage3/final --out runs/stage4
     torchrun --nproc_per_node 8 -m citrus_v.cli train --stage 3 --data d.jsonl --init m --strategy fsdp2 --out r
 """
 
@@ -17,9 +19,10 @@ from citrus_v.train.finetune import SCHEDULES
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     from citrus_v.config import PRESETS
 
-    p = subparsers.add_parser("train", help="train one stage (1-4) or all four in sequence",
+    p = subparsers.add_parser("train", help="train one stage (0-4) or stages 1-4 in sequence",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=["1", "2", "3", "4", "all"])
+    p.add_argument("--stage", required=True, choices=["0", "1", "2", "3", "4", "all"],
+                   help="0: the dense vision warm-up of a model trained from scratch (as `citrus-v warmup-vision`)")
     p.add_argument("--data", required=True, type=Path, action="append",
                    help="training JSONL (ms-swift format); repeat for several files")
     p.add_argument("--val", type=Path, default=None,
@@ -39,6 +42,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
+    p.add_argument("--cached", action="store_true",
+                   help="--stage 4 on cached frozen features ([SEG] states, image embeddings), as `citrus-v train-seg-cached`")
     p.add_argument("--strategy", choices=["none", "ddp", "fsdp2"], default="ddp", help="under torchrun: DDP or FSDP2")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on the MLLM's linear layers (peft)")
     p.add_argument("--workers", type=int, default=0, help="processes that read and collate batches (0: in the training process)")
@@ -52,13 +57,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     from citrus_v.train import vision_warmup
 
-    w = subparsers.add_parser("warmup-vision", help="stage 0 for from-scratch models: dense ViT + merger warm-up on the suite",
+    w = subparsers.add_parser("warmup-vision", help="stage 0 (train --stage 0) with its data flags: dense ViT + merger warm-up on the suite",
                               description=vision_warmup.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     vision_warmup.add_arguments(w)
 
     from citrus_v.train import cached_seg
 
-    c = subparsers.add_parser("train-seg-cached", help="stage 4 on cached frozen features ([SEG] states, image embeddings)",
+    c = subparsers.add_parser("train-seg-cached", help="stage 4 on cached frozen features (train --stage 4 --cached) with the cache's flags",
                               description=cached_seg.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cached_seg.add_arguments(c)
 
@@ -132,8 +137,24 @@ def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outs
 # --- end fine-tune validation ---
 
 
-def run_train(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def _own_data_stage(args: argparse.Namespace):
+    """The CLI entry of a stage that makes its own data (stage 0's dense targets, cached stage 4's
+    feature cache) before the recipe runs it, or None for a stage on --data records."""
+    if args.cached and args.stage != "4":
+        raise SystemExit(f"--cached applies to --stage 4, not --stage {args.stage}")
+    if args.stage == "0":
+        from citrus_v.train import vision_warmup
+
+        return vision_warmup.run_train_cli
+    if args.cached:
+        from citrus_v.train import cached_seg
+
+        return cached_seg.run_train_cli
+    return None
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Refuse, in one line, the files and flag values of a stage 1-4 run that cannot work."""
     for f in [*args.data, *([args.val] if args.val else [])]:
         if not f.is_file():
             raise SystemExit(f"{f}: no such data file")
@@ -143,7 +164,17 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit("--steps and --epochs both set the run's length: give one")
     if not 0 < args.val_fraction < 1:
         raise SystemExit(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+    if args.workers < 0:
+        raise SystemExit(f"--workers {args.workers}: must be 0 or more")
+    if args.time_budget_min is not None and args.time_budget_min <= 0:
+        raise SystemExit(f"--time-budget-min {args.time_budget_min}: must be positive")
 
+
+def run_train(args: argparse.Namespace) -> int:
+    if (entry := _own_data_stage(args)) is not None:
+        return entry(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _check_train_args(args)
     from citrus_v.train import finetune
     from citrus_v.train.distributed import barrier, init_distributed, shutdown
     from citrus_v.train.pipeline import run_all_stages, run_stage
@@ -151,10 +182,6 @@ def run_train(args: argparse.Namespace) -> int:
     schedule = finetune.choose_schedule(args.schedule, args.init, args.config, stage_file=args.stage_config is not None)
     if schedule == "finetune" and args.stage == "all":
         raise SystemExit("--schedule finetune applies to one stage, not --stage all")
-    if args.workers < 0:
-        raise SystemExit(f"--workers {args.workers}: must be 0 or more")
-    if args.time_budget_min is not None and args.time_budget_min <= 0:
-        raise SystemExit(f"--time-budget-min {args.time_budget_min}: must be positive")
     ctx = init_distributed(args.strategy)
     try:
         data, val_file, held_out = _validation_data(args, schedule, ctx)

@@ -58,11 +58,19 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """The model's training objective (``Objective``: batch -> named loss terms), under DDP, or over
-    the model FSDP2-sharded (``fully_shard`` per transformer block / top-level part then the root)."""
+def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, objective: nn.Module | None = None) -> nn.Module:
+    """The model's training objective (``Objective``: batch -> named loss terms, or a stage's own
+    ``objective`` that holds the model), under DDP, or over the model FSDP2-sharded (``fully_shard``
+    per transformer block / top-level part then the root)."""
     from citrus_v.model.objectives import Objective
 
+    if objective is not None:
+        if ctx.active and ctx.strategy == "fsdp2":
+            raise ValueError(f"{type(objective).__name__}: this stage runs under --strategy ddp or in one process, not fsdp2")
+        if not ctx.active or ctx.strategy == "none":
+            return objective
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
     if not ctx.active or ctx.strategy == "none":
         return Objective(model)
     if ctx.strategy == "ddp":

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from citrus_v.model.objectives import MASK_TERMS
 from citrus_v.errors import UserError
 from citrus_v.train import checkpointing as ckpt
-from citrus_v.train.distributed import DistContext, all_reduce_sum, barrier, rank_micro_batches, wrap_model
+from citrus_v.train.batches import micro_batch_stream, window_plan
+from citrus_v.train.distributed import DistContext, all_reduce_sum, barrier, wrap_model
 from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
 from citrus_v.train.optim import build_optimizer, build_scheduler
 from citrus_v.train.stages import StageConfig
@@ -74,12 +75,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return trainable, total
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The seeded permutation of ``range(n)`` for ``epoch`` (same on every rank)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
 
 
 def count_masks(batch: Batch) -> int:
@@ -193,6 +188,8 @@ def train(
     adjust_trainable: Callable[[nn.Module], None] | None = None,
     loader_workers: int = 0,
     time_budget_s: float | None = None,
+    objective: nn.Module | None = None,
+    on_step: Callable[[int, int], dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
@@ -204,8 +201,15 @@ def train(
     ``loader_workers`` > 0 reads and collates batches in that many processes (same batches,
     same order). ``time_budget_s`` shortens the run (and its cosine) to the steps that fit in
     that many seconds at the step time measured as it runs (``_TimeBudget``); the length it
-    settles on is checkpointed.
+    settles on is checkpointed. ``objective`` (stages whose ``StageConfig.objective`` is not
+    ``lm_mask``) scores a batch in place of the model's ``Objective``; it holds ``model`` as
+    ``.model`` and may own parameters of its own (stage 0's dense heads), which train, count and
+    checkpoint with the model's. ``on_step(step, end)`` runs on the main process after each optimizer
+    step (cached stage 4's validation); what it returns joins that step's metrics row.
     """
+    if (objective is None) != (stage.objective == "lm_mask"):
+        raise ValueError(f"stage {stage.name}: its objective {stage.objective!r} needs "
+                         f"{'its own objective module' if objective is None else 'the model (no objective)'}, got {type(objective).__name__}")
     ctx = dist_ctx or DistContext()
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
@@ -214,17 +218,8 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_partial(ckpt_root)
 
-    torch.manual_seed(stage.seed)
-    _configure(model, stage, ctx, adjust_trainable)
-    trainable, total = count_parameters(model)
-    if ctx.is_main:
-        log.info("%s: trainable %d / total %d parameters (%.2f%%)", stage.name, trainable, total, 100 * trainable / total)
-    model.to(device)
-    model.train()
-    wrapped = wrap_model(model, ctx, device)
-    # `model` stays the module that owns the parameters (sharded in place under FSDP2);
-    # `wrapped` is what runs forward (DDP adds a wrapper). State dicts come from `model`.
-    optimizer = build_optimizer(model, stage)
+    owner, wrapped, (trainable, total) = _prepare(stage, model, objective, ctx, device, adjust_trainable)
+    optimizer = build_optimizer(owner, stage)
     total_steps, _ = total_steps_for(stage, len(dataset), ctx.world_size)
     planned = total_steps  # the length asked for; a time budget may settle on fewer
     horizon = [total_steps]  # the schedule's length; a time budget may shorten it once the step time is known
@@ -234,7 +229,7 @@ def train(
     if resume or resume_from is not None:
         path = Path(resume_from) if resume_from is not None else ckpt.latest_checkpoint(ckpt_root)
         if path is not None:
-            step, epoch, position = _resume(path, model, optimizer, scheduler, horizon, stage, ctx)
+            step, epoch, position = _resume(path, owner, optimizer, scheduler, horizon, stage, ctx)
             total_steps = horizon[0]
             time_budget_s = None  # a resumed run keeps the length the interrupted one had settled on
         elif ctx.is_main:
@@ -242,15 +237,15 @@ def train(
 
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if step else None) if ctx.is_main else None
     window_size = stage.micro_batch_size * stage.grad_accum * ctx.world_size
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in owner.parameters() if p.requires_grad]
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )  # bf16 on GPU; CPUs here lack bf16, so fp32
     losses: list[float] = []
     last_dir = ckpt.latest_checkpoint(ckpt_root) if step else None
     end = total_steps if stop_after is None else min(total_steps, stop_after)
-    plan = _window_plan(len(dataset), epoch, position, window_size, end - step)
-    batches = _micro_batch_stream(dataset, collate_fn, plan, window_size, ctx, stage, loader_workers, pin=device.type == "cuda")
+    plan = window_plan(len(dataset), epoch, position, window_size, end - step)
+    batches = micro_batch_stream(dataset, collate_fn, plan, window_size, ctx, stage, loader_workers, pin=device.type == "cuda")
     bar = _progress_bar(step, total_steps, enabled=progress and ctx.is_main, desc=stage.name)
     t0 = time.perf_counter()
     skipped = 0  # micro-batches (all ranks) with no term to train
@@ -275,87 +270,70 @@ def train(
 
         loss = sum(window.terms.values())
         losses.append(loss)
+        extra = on_step(step, end) if on_step is not None and ctx.is_main else {}
         elapsed = time.perf_counter() - t0
         if metrics is not None and (step % stage.log_every == 0 or step == end):
             metrics.write({"stage": stage.stage, "step": step, "epoch": epoch, "loss": loss,
                            **_logged_terms(window.terms, stage), "lr": lr, "grad_norm": grad_norm,
-                           "skipped_micro_batches": skipped, "samples": step * window_size, "elapsed_s": round(elapsed, 3)})
+                           "skipped_micro_batches": skipped, "samples": step * window_size, "elapsed_s": round(elapsed, 3),
+                           **extra})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{len(losses) * window_size / max(elapsed, 1e-9):.2f}")
 
         if step % stage.save_every == 0 or step == end:
-            last_dir = _save(model, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx,
-                             horizon[0], planned)
+            last_dir = _save(owner, optimizer, scheduler, ckpt_root, step, epoch, position, stage, ctx,
+                             horizon[0], planned, getattr(model, "config", None))
     bar.close()
+    metrics_path, plot_path = _finish(stage, metrics, out_dir, skipped, ctx)
+    assert last_dir is not None or end == 0
+    return TrainResult(out_dir, last_dir or ckpt_root, step, losses, trainable, total, metrics_path, plot_path, skipped)
+
+
+def _prepare(stage: StageConfig, model: nn.Module, objective: nn.Module | None, ctx: DistContext, device: torch.device,
+             adjust_trainable: Callable[[nn.Module], None] | None) -> tuple[nn.Module, nn.Module, tuple[int, int]]:
+    """Seed, freeze to the stage's parts, move to ``device``: -> (owner, wrapped, (trainable, total)).
+    ``owner`` holds every parameter that trains or is checkpointed (``objective`` when the stage has
+    its own, which holds the model; sharded in place under FSDP2), and state dicts come from it;
+    ``wrapped`` is what runs forward (DDP adds a wrapper)."""
+    torch.manual_seed(stage.seed)
+    _configure(model, stage, ctx, adjust_trainable)
+    owner = objective if objective is not None else model
+    trainable, total = count_parameters(owner)
+    if ctx.is_main:
+        log.info("%s: trainable %d / total %d parameters (%.2f%%)", stage.name, trainable, total, 100 * trainable / total)
+    owner.to(device)
+    owner.train()
+    return owner, wrap_model(model, ctx, device, objective), (trainable, total)
+
+
+def _finish(stage: StageConfig, metrics: MetricsLog | None, out_dir: Path, skipped: int,
+            ctx: DistContext) -> tuple[Path | None, Path | None]:
+    """Say what was skipped, plot the loss curve, wait for every rank: -> (metrics path, plot path)."""
     if skipped and ctx.is_main:
         log.info("%s: skipped %d micro-batches that had no term to train in this stage (e.g. no [SEG] while only the "
                  "segmenter trains)", stage.name, skipped)
-
     plot_path = metrics_path = None
     if metrics is not None:
         metrics_path = metrics.path
         if metrics_path.stat().st_size:
             plot_path = plot_loss_curve(metrics_path, out_dir / "loss_curve.png", title=stage.name)
     barrier(ctx)
-    assert last_dir is not None or end == 0
-    return TrainResult(out_dir, last_dir or ckpt_root, step, losses, trainable, total, metrics_path, plot_path, skipped)
+    return metrics_path, plot_path
 
 
 def _logged_terms(terms: dict[str, float], stage: StageConfig) -> dict[str, float]:
     """The metrics row's loss entries: each term by name (the mask terms and the auxiliaries only where
     the run has them), and the sums the loss curve plots (lm_loss, mask_loss, copy_loss, reading_loss)."""
+    if stage.objective == "vision_dense":
+        return {f"{n}_loss": terms[n] for n in ("occupancy", "position", "modality", "presence", "box")}
     row = {"lm_loss": terms["lm"], "mask_loss": sum(terms[n] for n in MASK_TERMS)}
+    if stage.objective == "cached_mask":
+        row.pop("lm_loss")
     if stage.copy_attention:
         row["copy_loss"] = terms["copy_attention"]
     if stage.token_reading:
         row["reading_loss"] = terms["token_reading"]
     return row | {n: v for n, v in terms.items() if n in ("mask_bce", "mask_dice", "mask_iou") or (n != "lm" and v)}
-
-
-def _window_plan(n: int, epoch: int, position: int, window_size: int, steps: int) -> list[tuple[int, int]]:
-    """The (epoch, position) after each of the next ``steps`` optimizer steps, starting from a
-    saved (epoch, position); each step's window is the ``window_size`` indices before that position."""
-    plan = []
-    for _ in range(steps):
-        if position + window_size > n:  # epoch done: drop the ragged tail
-            epoch, position = epoch + 1, 0
-        position += window_size
-        plan.append((epoch, position))
-    return plan
-
-
-def _plan_micro_batches(plan: list[tuple[int, int]], n: int, seed: int, window_size: int, ctx: DistContext,
-                        stage: StageConfig):
-    """This rank's micro-batches of dataset indices, step after step, as ``plan`` lays them out."""
-    order, order_epoch = None, None
-    for epoch, position in plan:
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(n, seed, epoch), epoch
-        window = order[position - window_size : position]
-        yield from rank_micro_batches(window, ctx, stage.micro_batch_size, stage.grad_accum)
-
-
-class _Collated(torch.utils.data.IterableDataset):
-    """Collated micro-batches in order; with several loader workers, worker w makes every
-    w-th one and the DataLoader interleaves them back into order."""
-
-    def __init__(self, dataset: Sequence[Any], collate_fn: Callable[[list[Any]], Batch], micro: list[list[int]]):
-        self.dataset, self.collate_fn, self.micro = dataset, collate_fn, micro
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        for idx in self.micro[wid::nw]:
-            yield self.collate_fn([self.dataset[i] for i in idx])
-
-
-def _micro_batch_stream(dataset: Sequence[Any], collate_fn: Callable[[list[Any]], Batch], plan: list[tuple[int, int]],
-                        window_size: int, ctx: DistContext, stage: StageConfig, workers: int, pin: bool):
-    source = _Collated(dataset, collate_fn, list(_plan_micro_batches(plan, len(dataset), stage.seed, window_size, ctx, stage)))
-    if workers <= 0:
-        return iter(source)
-    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=4, pin_memory=pin)
-    return iter(loader)
 
 
 class _TimeBudget:
@@ -391,8 +369,10 @@ class _TimeBudget:
         return self.end
 
 
-# every term objectives.score can name, in a fixed order: ranks reduce them as one vector
-TERM_NAMES = ("lm", "mask_bce", "mask_dice", "mask_iou", "point_align", "copy_attention", "token_reading")
+# every term an objective can name (objectives.score; stage 0's DENSE_TERMS; cached_seg's box_align), in a fixed
+# order: ranks reduce them as one vector
+TERM_NAMES = ("lm", "mask_bce", "mask_dice", "mask_iou", "point_align", "copy_attention", "token_reading",
+              "occupancy", "position", "modality", "presence", "box", "box_align")
 
 
 @dataclass
@@ -452,14 +432,13 @@ def _accumulate(objective: nn.Module, micro: list[Batch], ctx: DistContext, auto
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, root: Path, step: int, epoch: int,
-          position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int) -> Path:
+          position: int, stage: StageConfig, ctx: DistContext, total_steps: int, planned_steps: int, config: Any) -> Path:
     model_sd, optim_sd = ckpt.model_state(model, optimizer)  # collective under FSDP2: every rank calls it
     final = root / ckpt.step_dir_name(step)
     if ctx.is_main:
         trainer = {"epoch": epoch, "position": position, "world_size": ctx.world_size, "stage": stage.to_dict(),
                    "total_steps": total_steps, "planned_steps": planned_steps}
-        config = getattr(model, "config", None)  # CitrusV carries its config; kept so --init can rebuild it
-        if config is not None and hasattr(config, "to_dict"):
+        if config is not None and hasattr(config, "to_dict"):  # CitrusV's config: kept so --init can rebuild it
             trainer["model_config"] = config.to_dict()
         state = ckpt.TrainingState(model_sd, optim_sd, scheduler.state_dict(), trainer, ckpt.capture_rng())
         final = ckpt.save_checkpoint(root, step, state, keep_last=stage.keep_last)

@@ -28,6 +28,12 @@ PART_NAMES = MLLM_PARTS + SEG_PARTS + ("sam2_memory", "reading_head")
 
 TASK_PREFIX = "task:"  # a mixture source "task:caption" selects records by their `task`
 
+# What a stage's loss reads (each has its objective module and its dataset):
+#   lm_mask      the MLLM's records: LM + [SEG] mask terms (objectives.Objective; stages 1-4)
+#   vision_dense the suite's ground truth as dense targets for the ViT + merger (stage 0, vision_warmup)
+#   cached_mask  stored [SEG] states and image features: the mask terms alone (stage 4, cached_seg)
+OBJECTIVES = ("lm_mask", "vision_dense", "cached_mask")
+
 
 class StageConfigError(UserError, ValueError):
     """A stage config is invalid; the message names the field (and the file, when read from one)."""
@@ -102,15 +108,20 @@ class StageConfig:
     # the token-reading target (citrus_v.model.token_reading), e.g. {"weight": 1.0}: on records with
     # meta.reading, a training-only head asks each merged image token which characters it shows; None is off
     token_reading: dict[str, float] | None = None
+    objective: str = "lm_mask"  # one of OBJECTIVES
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "name", f"must be a non-empty string, got {self.name!r}")
-        _require(self.stage in (1, 2, 3, 4), "stage", f"must be 1, 2, 3 or 4, got {self.stage!r}")
+        _require(self.stage in (0, 1, 2, 3, 4), "stage", f"must be 0, 1, 2, 3 or 4, got {self.stage!r}")
+        _require(self.objective in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got {self.objective!r}")
+        _require((self.stage == 0) == (self.objective == "vision_dense"), "objective",
+                 f"stage 0 and only stage 0 is the vision_dense warm-up, got stage {self.stage} with {self.objective!r}")
         _require(len(self.trainable_parts) > 0, "trainable_parts", "must name at least one part")
         for p in self.trainable_parts:
             _require(p in PART_NAMES, "trainable_parts", f"unknown part {p!r}; parts are {PART_NAMES}")
         _require(len(set(self.trainable_parts)) == len(self.trainable_parts), "trainable_parts", "has duplicates")
-        _require(len(self.mixture) > 0, "mixture", "must list at least one source")
+        # the other objectives make their data themselves (the suite's generator, the feature cache)
+        _require(len(self.mixture) > 0 or self.objective != "lm_mask", "mixture", "must list at least one source")
         for m in self.mixture:
             _require(isinstance(m, MixtureEntry), "mixture", f"entries must be MixtureEntry, got {m!r}")
         if self.hook_grad_scale is not None:
@@ -253,6 +264,25 @@ STAGES: dict[int, StageConfig] = {
 }
 
 
+# Stage 0, for models trained from scratch (citrus_v.train.vision_warmup): the ViT and merger on dense
+# targets of the synthetic suite, one batch of images a step. Its schedule is the tiny model's own.
+WARMUP_STAGE = StageConfig(
+    name="stage0_vision_warmup", stage=0, trainable_parts=("vision_encoder", "merger"), mixture=(),
+    objective="vision_dense", lr=2e-3, weight_decay=0.01, warmup_steps=40, min_lr_ratio=0.05, max_steps=1200,
+    epochs=None, micro_batch_size=24, grad_accum=1, gradient_checkpointing=False, save_every=200, keep_last=2,
+    seed=1,
+)
+
+# Stage 4 on cached frozen features (citrus_v.train.cached_seg): what stage 4 trains minus the image
+# encoder, whose output is in the cache; a batch is a number of masks, not of records.
+CACHED_STAGE4 = StageConfig(
+    name="stage4_segmentation_cached", stage=4, trainable_parts=("seg_projector", "sam2_prompt_encoder", "sam2_mask_decoder"),
+    mixture=(), objective="cached_mask", lr=3e-4, weight_decay=0.01, warmup_steps=100, min_lr_ratio=0.05,
+    max_steps=3000, epochs=None, micro_batch_size=16, grad_accum=1, gradient_checkpointing=False, save_every=500,
+    keep_last=2, seed=1,
+)
+
+
 def tiny_variant(stage: StageConfig, *, max_steps: int = 20) -> StageConfig:
     """The CPU schedule for tiny models: lr 1e-3, 2 warm-up steps, a fixed number of steps,
     no gradient checkpointing (the tiny model fits; checkpointing only slows CPU)."""
@@ -269,9 +299,12 @@ def tiny_variant(stage: StageConfig, *, max_steps: int = 20) -> StageConfig:
 
 
 def get_stage(stage: int, preset: str = "8b") -> StageConfig:
-    """Stage ``stage`` (1-4) with the schedule of ``preset`` ("8b" published, "tiny" CPU)."""
+    """Stage ``stage`` (1-4) with the schedule of ``preset`` ("8b" published, "tiny" CPU); stage 0 (the
+    vision warm-up of from-scratch models) has one schedule."""
+    if stage == 0:
+        return WARMUP_STAGE
     if stage not in STAGES:
-        raise StageConfigError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
+        raise StageConfigError(f"unknown stage {stage!r}; stages are {[0, *sorted(STAGES)]}")
     try:
         cpu_sized = get_preset(preset).cpu_sized
     except ValueError as err:

@@ -19,9 +19,9 @@ held-out splits stay unseen.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -37,6 +37,8 @@ from torch import nn
 from citrus_v.data.image_processing import ImageConfig, ImageProcessor
 from citrus_v.data.phantoms.suite import SuiteConfig, make_sample
 from citrus_v.model.citrus_v import CitrusV
+from citrus_v.model.objectives import LossTerms
+from citrus_v.train.stages import WARMUP_STAGE, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,14 @@ class DenseSet:
     occupancy: np.ndarray
     modality: np.ndarray
     boxes: np.ndarray
+
+    def batch(self, rows: list[int], proc: ImageProcessor) -> dict[str, torch.Tensor]:
+        """The collated batch of images ``rows``: Qwen pixel values and grids, occupancy (B, K, gh, gw)
+        in 0..1, modality (B,), boxes (B, K, 4) (the recipe's collate_fn, over ``range(len(images))``)."""
+        idx = np.asarray(rows)
+        pv, grid = proc.qwen(list(self.images[idx]))
+        return {"pixel_values": pv, "image_grid_thw": grid, "occupancy": torch.from_numpy(self.occupancy[idx]).float() / 255.0,
+                "modality": torch.from_numpy(self.modality[idx]), "boxes": torch.from_numpy(self.boxes[idx])}
 
 
 def occupancy_grid(masks: dict[str, np.ndarray], grid: tuple[int, int]) -> np.ndarray:
@@ -214,7 +224,7 @@ def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality
     pos_pres = torch.full((k,), cfg.positive_weight, **like) if weighted else None  # over (B, th, tw, K)
     occ = F.binary_cross_entropy_with_logits(out["occupancy"], occupancy, pos_weight=pos_occ)
     th, tw = out["position"].shape[1:3]
-    pos = F.mse_loss(out["position"], token_positions(th, tw).expand_as(out["position"]))
+    pos = F.mse_loss(out["position"], token_positions(th, tw).to(out["position"]).expand_as(out["position"]))
     per_token = lambda v: v[:, None, None].expand(-1, th, tw, *v.shape[1:])  # noqa: E731 - (B, ...) -> (B, th, tw, ...)
     mod = F.cross_entropy(out["modality"].flatten(0, 2), per_token(modality).flatten())
     present = ~torch.isnan(boxes[..., 0])  # (B, K)
@@ -224,6 +234,29 @@ def dense_losses(out: dict[str, torch.Tensor], occupancy: torch.Tensor, modality
     total = occ + cfg.position_weight * pos + cfg.modality_weight * mod + cfg.presence_weight * pres + cfg.box_weight * box
     return {"loss": total, "occupancy_loss": occ, "position_loss": pos, "modality_loss": mod,
             "presence_loss": pres, "box_loss": box}
+
+
+# stage 0's loss terms, as the recipe names them (recipe.TERM_NAMES)
+DENSE_TERMS = ("occupancy", "position", "modality", "presence", "box")
+
+
+class DenseWarmupObjective(nn.Module):
+    """forward(batch) -> LossTerms of stage 0: ``model``'s merged vision tokens read by ``heads`` against
+    the batch's dense targets, each term weighted as ``dense_losses`` adds it up. The heads are a part
+    of this module, so the recipe trains, counts and checkpoints them with the model (then drops them)."""
+
+    def __init__(self, model: CitrusV, heads: DenseHeads, cfg: WarmupConfig) -> None:
+        super().__init__()
+        self.model, self.heads, self.cfg = model, heads, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], masks_in_window: int | None = None) -> LossTerms:
+        grid = batch["image_grid_thw"]
+        out = self.heads(vision_tokens(self.model, batch["pixel_values"], grid), grid)
+        losses = dense_losses(out, batch["occupancy"], batch["modality"], batch["boxes"], self.cfg)
+        c = self.cfg
+        weight = {"occupancy": 1.0, "position": c.position_weight, "modality": c.modality_weight,
+                  "presence": c.presence_weight, "box": c.box_weight}
+        return LossTerms({n: weight[n] * losses[f"{n}_loss"] for n in DENSE_TERMS})
 
 
 def vision_tokens(model: CitrusV, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -298,80 +331,52 @@ def evaluate(model: CitrusV, heads: DenseHeads, data: DenseSet, proc: ImageProce
             "presence_by_structure": presence}
 
 
+def warmup_stage(cfg: WarmupConfig) -> StageConfig:
+    """Stage 0 (``stages.WARMUP_STAGE``) with ``cfg``'s schedule: one step is ``cfg.batch_size`` images."""
+    return WARMUP_STAGE.replace(max_steps=cfg.steps, micro_batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                                warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, save_every=cfg.save_every)
+
+
+def _warmup_images(model: CitrusV, cfg: WarmupConfig) -> tuple[ImageProcessor, tuple[int, int]]:
+    """The processor that keeps every image at cfg.size x cfg.size, and the ViT patch grid (gh, gw)."""
+    img_cfg = ImageConfig.for_model(model.config, min_pixels=cfg.size * cfg.size, max_pixels=cfg.size * cfg.size)
+    proc = ImageProcessor(img_cfg)
+    if proc.resized_hw(cfg.size, cfg.size) != (cfg.size, cfg.size):
+        raise ValueError(f"WarmupConfig.size {cfg.size} is not a multiple of the ViT's {img_cfg.factor}-pixel unit")
+    return proc, (cfg.size // img_cfg.patch_size, cfg.size // img_cfg.patch_size)
+
+
 def run_warmup(cfg: WarmupConfig, out_dir: str | Path, *, data_files: Sequence[str | Path], init: str | Path | None = None,
                preset: str = "tiny", progress: bool = True, resume: bool = False) -> dict:
-    """Train ViT + merger on dense targets; write ``out_dir/final`` (a complete model folder,
-    vision updated), ``metrics.jsonl``, ``warmup_eval.json`` (val split) and a loss curve.
-    Without ``init`` the model and its tokenizer are made as stage 1 would make them from
-    ``data_files`` (the tiny BPE is trained on their text). Every ``cfg.save_every`` steps an
-    atomic checkpoint (model + heads, optimizer, scheduler, batch sampler, RNG) goes under
-    ``out_dir/checkpoints``; ``resume=True`` continues from the newest one and ends with the
-    same weights as an uninterrupted run. Returns the eval dict."""
-    from tqdm import tqdm
-
-    from citrus_v.train.metrics_log import MetricsLog, plot_loss_curve
-    from citrus_v.train.optim import cosine_with_warmup
-    from citrus_v.train.checkpointing import resume_loop_checkpoint, save_loop_checkpoint
+    """Train ViT + merger on dense targets with the one training loop (``recipe.train``, stage
+    ``warmup_stage(cfg)``); write ``out_dir/final`` (a complete model folder, vision updated), the
+    recipe's ``metrics.jsonl``, ``loss_curve.png`` and ``checkpoints/`` (model + heads, optimizer,
+    scheduler, data position, RNG: ``resume=True`` continues bit-exactly, and a different
+    ``cfg.steps`` re-lays the schedule or is refused as for any stage), and ``warmup_eval.json``
+    (val split, before and after). Without ``init`` the model and its tokenizer are made as stage 1
+    would make them from ``data_files`` (the tiny BPE is trained on their text). Returns the report."""
     from citrus_v.train.pipeline import init_model_and_template, write_model_folder
+    from citrus_v.train.recipe import train
     from citrus_v.train.stages import get_stage
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, tokenizer, template = init_model_and_template(init, preset, get_stage(1, preset), data_files)
-    model.set_trainable(["vision_encoder", "merger"])
-    model.train()
-    img_cfg = ImageConfig.for_model(model.config, min_pixels=cfg.size * cfg.size, max_pixels=cfg.size * cfg.size)
-    proc = ImageProcessor(img_cfg)
-    patch = img_cfg.patch_size
-    grid = (cfg.size // patch, cfg.size // patch)
-    if proc.resized_hw(cfg.size, cfg.size) != (cfg.size, cfg.size):
-        raise ValueError(f"WarmupConfig.size {cfg.size} is not a multiple of the ViT's {img_cfg.factor}-pixel unit")
-
+    proc, grid = _warmup_images(model, cfg)
     suite = SuiteConfig(seed=cfg.seed, size=cfg.size, totalseg_dir=Path(cfg.totalseg_dir) if cfg.totalseg_dir else None)
     t0 = time.time()
-    train = build_dense_set(suite, "train", cfg.n, grid, cfg.workers, progress)
+    data = build_dense_set(suite, "train", cfg.n, grid, cfg.workers, progress)
     val = build_dense_set(suite, "val", cfg.n_val, grid, cfg.workers, progress)
-    log.info("dense targets: %d train / %d val images in %.0f s", len(train.images), len(val.images), time.time() - t0)
-
-    heads = DenseHeads(model.config.llm.hidden_size, img_cfg.merge_size)
-    bundle = nn.ModuleDict({"model": model, "heads": heads})  # one state dict, keyed by name, for checkpoints
-    params = [p for p in bundle.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_with_warmup(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=0.05))
-    rng = np.random.default_rng(cfg.seed)  # draws the batches
-    ckpt_root, start, before = out_dir / "checkpoints", 0, None
-    trainer = resume_loop_checkpoint(ckpt_root, bundle, opt, sched, rng) if resume else None
-    if trainer is not None:
-        start, before = trainer["step"], trainer["val_before"]
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start or None)
-    if before is None:
-        before = evaluate(model, heads, val, proc)
-    bar = tqdm(range(start + 1, cfg.steps + 1), desc="stage 0 (vision warm-up)", disable=not progress)
-    for step in bar:
-        idx = rng.choice(len(train.images), size=cfg.batch_size, replace=False)
-        pv, g = proc.qwen(list(train.images[idx]))
-        occ = torch.from_numpy(train.occupancy[idx]).float() / 255.0
-        losses = dense_losses(heads(vision_tokens(model, pv, g), g), occ, torch.from_numpy(train.modality[idx]),
-                              torch.from_numpy(train.boxes[idx]), cfg)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        row = {"step": step, "lr": sched.get_last_lr()[0], **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
-        metrics.write(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", occ=f"{row['occupancy_loss']:.4f}")
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"stage 0: loss is {row['loss']} at step {step}")
-        if step % cfg.save_every == 0 and step < cfg.steps:
-            save_loop_checkpoint(ckpt_root, step, bundle, opt, sched, rng, {"val_before": before, "config": asdict(cfg)})
-    after = evaluate(model, heads, val, proc)
+    log.info("dense targets: %d train / %d val images in %.0f s", len(data.images), len(val.images), time.time() - t0)
+    objective = DenseWarmupObjective(model, DenseHeads(model.config.llm.hidden_size, proc.cfg.merge_size), cfg)
+    before = evaluate(model, objective.heads, val, proc)  # the fresh model, so a resumed run gets the same
+    train(warmup_stage(cfg), model, range(len(data.images)), functools.partial(data.batch, proc=proc), out_dir,
+          resume=resume, progress=progress, objective=objective)
+    objective.cpu()  # evaluated and saved on the CPU, wherever it trained
+    after = evaluate(model, objective.heads, val, proc)
     write_model_folder(model, tokenizer, out_dir / "final", template.image_cfg)
     report = {"config": asdict(cfg), "val_before": before, "val_after": after, "seconds": round(time.time() - t0, 1)}
     (out_dir / "warmup_eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png", title="stage 0: vision warm-up")
     return report
 
 
@@ -417,12 +422,33 @@ def add_arguments(p) -> None:  # noqa: ANN001
 
 
 def run_cli(args) -> int:  # noqa: ANN001
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.init is not None and not (args.init / "config.json").is_file():
-        raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
+    """``citrus-v warmup-vision``: ``citrus-v train --stage 0`` with the warm-up's own data flags."""
     cfg = WarmupConfig(seed=args.seed, n=args.n, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        positive_weight=args.positive_weight, size=args.size, workers=args.workers,
                        totalseg_dir=args.totalseg_dir, save_every=args.save_every)
+    return _run(cfg, args)
+
+
+def run_train_cli(args) -> int:  # noqa: ANN001
+    """``citrus-v train --stage 0``: the warm-up's data at WarmupConfig's defaults; --steps, --lr and
+    --save-every set its schedule."""
+    from citrus_v.config import PRESETS
+
+    given = [flag for flag, value in (("--val", args.val), ("--epochs", args.epochs), ("--stage-config", args.stage_config),
+                                      ("--lora", args.lora), ("--time-budget-min", args.time_budget_min)) if value]
+    if given:
+        raise SystemExit(f"--stage 0 (the vision warm-up) does not take {', '.join(given)}")
+    if not PRESETS[args.config].cpu_sized:
+        raise SystemExit(f"--stage 0 warms up a model trained from scratch: --config {args.config} starts from a pretrained one")
+    d = WarmupConfig()
+    cfg = WarmupConfig(steps=args.steps or d.steps, lr=args.lr or d.lr, save_every=args.save_every or d.save_every)
+    return _run(cfg, args)
+
+
+def _run(cfg: WarmupConfig, args) -> int:  # noqa: ANN001
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.init is not None and not (args.init / "config.json").is_file():
+        raise SystemExit(f"{args.init}: --init must be a model folder (config.json + model.safetensors)")
     for f in args.data:
         if not f.is_file():
             raise SystemExit(f"{f}: no such data file")

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from citrus_v.model.segmenter import SegmenterFeatures
-from citrus_v.train.cached_seg import (
-    CACHED_PREFIXES,
-    TRAINED_PARTS,
-    CachedSegConfig,
-    CachedSet,
-    cache_images,
-    encoder_fingerprint,
-    run_cached_stage4,
-)
+from citrus_v.train.cached_seg import TRAINED_PARTS, CachedSegConfig, run_cached_stage4
+from citrus_v.train.feature_cache import CACHED_PREFIXES, CachedSet, cache_images, encoder_fingerprint
 from citrus_v.model.objectives import forward_and_score, mask_terms
 from tests.train.synthetic import collate, make_dataset, tiny_model
 
@@ -111,7 +105,9 @@ def test_an_interrupted_cached_stage4_resumes_to_the_same_weights(tmp_path, suit
     run = tmp_path / "a"
     run_cached_stage4(cfg, init=init, data=files["train"], val_data=files["val"], out_dir=run, progress=False)
     full = CitrusV.from_pretrained(run / "final").state_dict()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000003", "step_000006"]
     shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step_000006")  # the crash came before it was written
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")  # the crash hit during step 5
     run_cached_stage4(cfg, init=init, data=files["train"], val_data=files["val"], out_dir=run, progress=False, resume=True)
@@ -189,7 +185,7 @@ def test_mask_boxes_are_tight_pixel_edges_of_non_empty_masks():
     assert boxes.tolist() == [[30.0, 10.0, 35.0, 20.0], [255.0, 0.0, 256.0, 1.0]]
 
 
-def test_box_align_moves_only_the_projector_towards_the_box_tokens():
+def test_box_align_moves_only_the_projector_towards_the_box_tokens(tmp_path):
     from citrus_v.model.build import build_model
     from citrus_v.train.cached_seg import box_align, mask_boxes
 
@@ -202,7 +198,7 @@ def test_box_align_moves_only_the_projector_towards_the_box_tokens():
     data = CachedSet(torch.randn(6, model.config.llm.hidden_size, generator=g), torch.zeros(1, 256, 64, 64, dtype=torch.float16),
                      [], gt, torch.zeros(6, dtype=torch.long))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    losses = box_align(model, data, 200, lr=3e-3, seed=1)
+    losses = box_align(model, data, 200, tmp_path, lr=3e-3, seed=1)
     # Measured (AMD EPYC, fp32): last/first 0.001 here (1 and 2 threads alike); over box seeds 1-3 and
     # data seeds 0-3 at most 0.018, so the bound leaves a 10x margin.
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
@@ -222,4 +218,50 @@ def test_box_align_needs_a_segmenter_with_box_tokens():
     data = CachedSet(torch.zeros(1, 256), torch.zeros(1, 256, 16, 16, dtype=torch.float16), [],
                      torch.ones(1, 256, 256, dtype=torch.bool), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="LiteMedSAM"):
-        box_align(model, data, 1)
+        box_align(model, data, 1, Path("unused"))
+
+
+def test_a_resumed_cached_stage4_with_more_steps_extends_its_schedule_and_with_fewer_is_refused(tmp_path, suite_and_model,
+                                                                                               caplog):
+    """Cached stage 4 runs in the one recipe: --resume with another --steps behaves as in every stage."""
+    import dataclasses
+    import logging
+
+    from citrus_v.train.recipe import TrainingRefused
+
+    torch.set_num_threads(1)
+    files, init = suite_and_model
+    cfg = CachedSegConfig(steps=4, batch_size=3, warmup_steps=1, max_records=9, val_every=2, save_every=2)
+    run_cached_stage4(cfg, init=init, data=files["train"], val_data=files["val"], out_dir=tmp_path, progress=False)
+    with caplog.at_level(logging.INFO, logger="citrus_v.train.recipe"):
+        report = run_cached_stage4(dataclasses.replace(cfg, steps=6), init=init, data=files["train"], val_data=files["val"],
+                                   out_dir=tmp_path, progress=False, resume=True)
+    assert [r.getMessage() for r in caplog.records if "re-laid" in r.getMessage()] == [
+        "stage4_segmentation_cached: schedule re-laid over 6 steps (the checkpoint's run had 4); resuming at step 4"]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in report["val_dice_curve"]] == [2, 4, 6]  # the first run's validations kept, the new one added
+    with pytest.raises(TrainingRefused, match=r"^stage4_segmentation_cached: the checkpoint is at step 6, past the 3 steps"):
+        run_cached_stage4(dataclasses.replace(cfg, steps=3), init=init, data=files["train"], val_data=files["val"],
+                          out_dir=tmp_path, progress=False, resume=True)
+
+
+def test_train_stage_4_cached_reaches_the_cached_run_and_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys):
+    from citrus_v.cli import main
+    from citrus_v.train import cached_seg
+
+    data, init = tmp_path / "train.jsonl", tmp_path / "init"
+    data.write_text("")
+    init.mkdir()
+    (init / "config.json").write_text("{}")
+    seen = {}
+    report = {"val_dice_before": None, "best": {"dice": 0.5, "step": 7}}
+    monkeypatch.setattr(cached_seg, "run_cached_stage4", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or report)
+    argv = ["train", "--stage", "4", "--cached", "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "7"]
+    assert main(argv + ["--init", str(init), "--lr", "0.01", "--resume"]) == 0
+    assert seen["cfg"].steps == 7 and seen["cfg"].lr == 0.01 and seen["resume"] and seen["data"] == data
+    assert seen["init"] == init and seen["segmenter"] is None
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "citrus-v train: --stage 4 --cached needs --init (a model folder after stage 3: its MLLM stays frozen)")
+    assert main(["train", "--stage", "3", "--cached", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "citrus-v train: --cached applies to --stage 4, not --stage 3"

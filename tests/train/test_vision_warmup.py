@@ -167,12 +167,12 @@ def test_a_short_warmup_learns_and_writes_a_complete_model_folder(tmp_path):
     seeded = build_model("tiny", seed=get_stage(1, "tiny").seed).state_dict()  # how a fresh stage-1 model starts
     assert not torch.equal(model.state_dict()[vis], seeded[vis])  # the vision tower trained
     assert torch.equal(model.state_dict()[llm], seeded[llm])  # the LLM did not
-    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
 
 
 def test_an_interrupted_warmup_resumes_to_the_same_weights(tmp_path):
-    """Checkpoint at step 3 of 6; drop everything after it (as a crash would) and resume:
-    the final weights equal those of the uninterrupted run."""
+    """Checkpoint at step 3 of 6; drop everything after it (the step-6 checkpoint too, as a crash
+    would) and resume: the final weights equal those of the uninterrupted run."""
     import shutil
 
     from citrus_v.data.phantoms.suite import generate_suite
@@ -182,10 +182,11 @@ def test_an_interrupted_warmup_resumes_to_the_same_weights(tmp_path):
     files = generate_suite(tmp_path / "suite", 30, n_val=0, n_test=0, seed=2, size=112, progress=False)
     cfg = WarmupConfig(seed=2, n=24, n_val=8, size=112, steps=6, batch_size=4, warmup_steps=1, workers=1, save_every=3)
     run_warmup(cfg, tmp_path / "a", data_files=[files["train"]], progress=False)
-    assert [p.name for p in (tmp_path / "a" / "checkpoints").glob("step_*")] == ["step_000003"]
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step_*")) == ["step_000003", "step_000006"]
     full = CitrusV.from_pretrained(tmp_path / "a" / "final").state_dict()
 
     shutil.rmtree(tmp_path / "a" / "final")
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "step_000006")
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "a" / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")  # the crash hit during step 5
     run_warmup(cfg, tmp_path / "a", data_files=[files["train"]], progress=False, resume=True)
@@ -193,3 +194,42 @@ def test_an_interrupted_warmup_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resumed_warmup_with_more_steps_extends_its_schedule_and_with_fewer_is_refused(tmp_path, caplog):
+    """Stage 0 runs in the one recipe: --resume with another --steps behaves as in every stage."""
+    import logging
+
+    from citrus_v.data.phantoms.suite import generate_suite
+    from citrus_v.train.recipe import TrainingRefused
+
+    torch.set_num_threads(1)
+    files = generate_suite(tmp_path / "suite", 20, n_val=0, n_test=0, seed=3, size=112, progress=False)
+    cfg = WarmupConfig(seed=3, n=8, n_val=4, size=112, steps=4, batch_size=4, warmup_steps=1, workers=1, save_every=2)
+    run_warmup(cfg, tmp_path / "r", data_files=[files["train"]], progress=False)
+    longer = WarmupConfig(**{**cfg.__dict__, "steps": 6})
+    with caplog.at_level(logging.INFO, logger="citrus_v.train.recipe"):
+        run_warmup(longer, tmp_path / "r", data_files=[files["train"]], progress=False, resume=True)
+    assert [r.getMessage() for r in caplog.records if "re-laid" in r.getMessage()] == [
+        "stage0_vision_warmup: schedule re-laid over 6 steps (the checkpoint's run had 4); resuming at step 4"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    shorter = WarmupConfig(**{**cfg.__dict__, "steps": 3})
+    with pytest.raises(TrainingRefused, match=r"^stage0_vision_warmup: the checkpoint is at step 6, past the 3 steps"):
+        run_warmup(shorter, tmp_path / "r", data_files=[files["train"]], progress=False, resume=True)
+
+
+def test_train_stage_0_reaches_the_warmup_and_refuses_flags_it_does_not_take(tmp_path, monkeypatch, capsys):
+    from citrus_v.cli import main
+    from citrus_v.train import vision_warmup
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    seen = {}
+    monkeypatch.setattr(vision_warmup, "run_warmup", lambda cfg, out, **kw: seen.update(cfg=cfg, out=out, **kw) or {})
+    monkeypatch.setattr(vision_warmup, "format_report", lambda report: "report")
+    argv = ["train", "--stage", "0", "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "7", "--lr", "0.01"]
+    assert main(argv + ["--resume"]) == 0
+    assert seen["cfg"].steps == 7 and seen["cfg"].lr == 0.01 and seen["resume"] and seen["data_files"] == [data]
+    assert main(argv + ["--epochs", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "citrus-v train: --stage 0 (the vision warm-up) does not take --epochs"
