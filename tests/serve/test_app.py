@@ -221,3 +221,40 @@ def test_serve_config_validates():
         ServeConfig(default_max_tokens=10, max_tokens_limit=5)
     with pytest.raises(ValueError, match="allowed_image_dirs"):
         ServeConfig(allowed_image_dirs=["/definitely/not/here"])
+
+
+class PickyPredictor(EchoPredictor):
+    """Fails a whole ``predict_batch`` call when ANY of its requests is poisoned, as the real
+    Predictor does when one row's prompt or image is refused while encoding the batch."""
+
+    def predict_batch(self, items, settings):
+        self.calls.append(len(items))
+        for i, (_, prompt) in enumerate(items):
+            if "poison" in prompt:
+                raise ValueError(f"request {i}: the prompt is poisoned ({prompt})")
+        self.calls.pop()
+        return super().predict_batch(items, settings)
+
+
+def test_one_bad_request_fails_alone_in_its_batch():
+    predictor = PickyPredictor()
+    app = create_app(predictor, ServeConfig(max_batch=8, batch_wait_ms=500))
+    with TestClient(app) as c:
+        bodies = [chat_body(data_url(png_bytes()), "good one"), chat_body(data_url(png_bytes()), "poison pill"),
+                  chat_body(data_url(png_bytes()), "good two")]
+        results: list = [None] * len(bodies)
+
+        def go(i: int) -> None:
+            results[i] = c.post("/v1/chat/completions", json=bodies[i])
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert predictor.calls[0] == 3  # the three rode in one model call, which the poisoned one failed
+    good_one, poisoned, good_two = results
+    assert good_one.status_code == 200 and good_one.json()["choices"][0]["message"]["content"] == "Echo (1 image(s)): good one"
+    assert good_two.status_code == 200 and good_two.json()["choices"][0]["message"]["content"] == "Echo (1 image(s)): good two"
+    assert poisoned.status_code == 422 and "poison pill" in poisoned.json()["error"]["message"]
+    assert "good" not in poisoned.json()["error"]["message"]
