@@ -116,6 +116,7 @@ def create_app(
         if isinstance(body, dict) and body.get("prompts") is not None and not isinstance(state.queue.predictor, RefinePredictor):
             raise RequestError(501, "this model does not take point/box prompts", "prompts", code="prompts_unsupported")
         chat = await asyncio.to_thread(parse_chat_request, body, state.config)
+        _check_with_model(state.queue.predictor, chat)
         prediction = await _predict(state, chat)
         cid = completion_id()
         name = state.model_name()
@@ -144,6 +145,24 @@ async def _start(state: ServerState, predictor: BatchPredictor | None, loader: C
     queue = BatchQueue(model, state.config)
     await queue.start()
     state.queue = queue
+
+
+def _check_with_model(predictor: BatchPredictor, chat: ChatRequest) -> None:
+    """What only the model knows (its tokenizer's reserved strings, the sizes its ViT takes) -> a 400
+    before the request joins a batch. A predictor without these checks is served as before."""
+    check_prompt = getattr(predictor, "check_prompt", None)
+    if check_prompt is not None and chat.prompt:
+        try:
+            check_prompt(chat.prompt, "user text")
+        except ValueError as err:
+            raise RequestError(400, str(err), "messages", code="reserved_token") from None
+    check_size = getattr(predictor, "check_image_size", None)
+    if check_size is not None:
+        for i, image in enumerate(chat.images):
+            try:
+                check_size(*image.size, f"image {i}")
+            except ValueError as err:
+                raise RequestError(400, str(err), "messages", code="unsupported_image_size") from None
 
 
 async def _predict(state: ServerState, chat: ChatRequest):

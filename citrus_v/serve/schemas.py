@@ -8,6 +8,7 @@ are ignored, as OpenAI clients send many (``presence_penalty``, ``user``...).
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from citrus_v.serve.rle import encode_box, encode_mask
 from citrus_v.serve.settings import ServeConfig
 
 ROLES = ("system", "user", "assistant")
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit int
 
 
 @dataclass
@@ -90,6 +92,8 @@ def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
     if not 0.0 < top_p <= 1.0:
         raise RequestError(400, f"must be in (0, 1], got {top_p}", "top_p")
     seed = _optional(body, "seed", int)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise RequestError(400, f"must be in [0, 2**63 - 1], got {str(seed)[:40]}", "seed")
     return SamplingParams(max_tokens, float(temperature), float(top_p), seed)
 
 
@@ -146,7 +150,7 @@ def _parse_messages(
 
 def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[str], list[tuple[str, str]]]:
     if isinstance(content, str):
-        return [content], []
+        return [_check_text(content, where)], []
     if not isinstance(content, list):
         raise RequestError(400, f"must be a string or a list of parts, got {_type_name(content)}", where)
     texts: list[str] = []
@@ -160,7 +164,7 @@ def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[s
             text = part.get("text")
             if not isinstance(text, str):
                 raise RequestError(400, f"must be a string, got {_type_name(text)}", f"{at}.text")
-            texts.append(text)
+            texts.append(_check_text(text, f"{at}.text"))
         elif kind == "image_url":
             if not allow_images:
                 raise RequestError(400, "images are only accepted in user messages", at)
@@ -191,9 +195,29 @@ def _optional_number(body: dict, key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(400, f"must be a finite number, got {value!r}", key)
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(400, f"must be a finite number, got {_type_name(value)}", key)
+    try:
+        number = float(value)  # a JSON integer of 400 digits overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RequestError(400, f"must be a finite number, got {str(value)[:40]}", key)
+    return number
+
+
+# C0/C1 control characters but tab, newline and carriage return; lone UTF-16 surrogates (valid JSON
+# escapes such as "\ud800" that no UTF-8 text can hold)
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _check_text(text: str, where: str) -> str:
+    bad = _BAD_CHARS.search(text)
+    if bad is not None:
+        char = bad.group()
+        kind = "an unpaired surrogate" if "\ud800" <= char <= "\udfff" else "the control character"
+        raise RequestError(400, f"holds {kind} U+{ord(char):04X} at character {bad.start()}", where, code="invalid_text")
+    return text
 
 
 def _type_name(value: Any) -> str:

@@ -127,11 +127,11 @@ def test_concurrent_unscripted_requests_match_one_by_one(adapter, image_png):
     assert stats["requests"] == 4 and stats["batches"] < 4
 
 
-def test_model_rejection_is_422(adapter, image_png):
+def test_reserved_token_is_400_before_the_model_runs(adapter, image_png):
     _, url = image_png
     with TestClient(create_app(adapter, ServeConfig())) as client:
         r = client.post("/v1/chat/completions", json=chat_body(url, "Say [SEG].", max_tokens=4))
-        assert r.status_code == 422
+        assert r.status_code == 400
         assert "reserved token [SEG]" in r.json()["error"]["message"]
         assert client.get("/healthz").status_code == 200
 
