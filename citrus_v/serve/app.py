@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull, RefinePredictor
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
-from citrus_v.serve.settings import ServeConfig
+from citrus_v.serve.settings import ServeConfig, host_allowed
 from citrus_v.serve.streaming import sse_chunks
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,25 @@ def create_app(
         if state.queue is not None:
             await state.queue.stop()
 
-    app = FastAPI(title="citrus-v", lifespan=lifespan, docs_url=None, redoc_url=None)
+    docs = state.config.docs
+    app = FastAPI(title="citrus-v", lifespan=lifespan, docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.citrus = state
+    if state.config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=state.config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def _host_guard(request: Request, call_next):
+        # outermost: a page on another domain rebound to this address arrives with that domain as Host
+        host = request.headers.get("host", "")
+        if not host_allowed(host, state.config):
+            err = RequestError(400, f"Host {host[:100]!r} is not this server's address (serve --allowed-host NAME)",
+                               "Host", code="invalid_host")
+            return JSONResponse(err.to_body(), status_code=400)
+        return await call_next(request)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -112,7 +129,9 @@ def create_app(
         # refuse before decoding images when the queue is already full: decoding is the costly part
         if state.queue.is_full():
             raise RequestError(503, "server busy: request queue is full, retry later", code="queue_full")
+        _check_content_type(request)
         body = await _read_json(request, state.config)
+        _check_model_name(body, state)
         if isinstance(body, dict) and body.get("prompts") is not None and not isinstance(state.queue.predictor, RefinePredictor):
             raise RequestError(501, "this model does not take point/box prompts", "prompts", code="prompts_unsupported")
         chat = await asyncio.to_thread(parse_chat_request, body, state.config)
@@ -201,6 +220,24 @@ def _check_auth(request: Request, config: ServeConfig) -> None:
     # constant-time compare: the key must not leak through response timing
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
         raise RequestError(401, "missing or wrong API key (Authorization: Bearer <key>)", code="invalid_api_key")
+
+
+def _check_content_type(request: Request) -> None:
+    # a web page can POST text/plain to any address without a CORS preflight; application/json it cannot
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise RequestError(415, f"Content-Type must be application/json, got {media or 'none'!r}", "Content-Type",
+                           code="unsupported_media_type")
+
+
+def _check_model_name(body: Any, state: ServerState) -> None:
+    model = body.get("model") if isinstance(body, dict) else None
+    if model is None:
+        return
+    names = [state.model_name(), *state.config.model_aliases]
+    if model not in names:
+        raise RequestError(404, f"model {str(model)[:100]!r} is not served here (this server serves {names})", "model",
+                           code="model_not_found")
 
 
 def _reject_constant(name: str) -> Any:

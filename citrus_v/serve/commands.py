@@ -22,6 +22,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width x height limit per image")
     p.add_argument("--allow-image-dir", type=Path, action="append", default=[],
                    help="allow local paths / file:// URLs under this directory (repeatable; default: data: URLs only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header is NAME (repeatable; '*' any). Default: the --host "
+                        "address only (and localhost names for a loopback bind, IP addresses for 0.0.0.0)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://viewer.example) call the API (repeatable; default none)")
+    p.add_argument("--docs", action="store_true", help="serve the OpenAPI schema at /openapi.json and /docs")
+    p.add_argument("--model-alias", action="append", default=None, metavar="NAME",
+                   help="a name a request's \"model\" may use besides the served model's (repeatable; "
+                        "default: citrus-v and Citrus-V-8B, what the published client sends); other names get 404")
     p.set_defaults(func=run_serve)
 
 
@@ -47,6 +56,11 @@ def run_serve(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
         allowed_image_dirs=list(args.allow_image_dir),
+        bind_host=args.host,
+        allowed_hosts=list(args.allowed_host),
+        cors_origins=list(args.cors_origin),
+        docs=args.docs,
+        **({} if args.model_alias is None else {"model_aliases": list(args.model_alias)}),
     )
     app = create_app(config=config, loader=lambda: load_predictor(args.model))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

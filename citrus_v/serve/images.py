@@ -91,11 +91,19 @@ def _decode_data_url(url: str, config: ServeConfig, param: str) -> bytes:
 
 
 def _read_allowed_file(path: Path, config: ServeConfig, param: str) -> bytes:
+    # the allow-list first, on the path as resolved so far: a path outside it is 403 whether or not
+    # it exists (a 400 "does not exist" would let a client probe the disk); resolve() follows the
+    # symlinks that exist, so a link out of an allowed directory is refused too
+    try:
+        resolved = path.resolve(strict=False)
+    except (OSError, RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in config.allowed_image_dirs):
+        raise RequestError(403, "image path is outside the allowed directories", param, code="forbidden_path")
     try:
         resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         raise RequestError(400, "image path does not exist", param) from None
-    # resolve() follows symlinks, so a link out of an allowed directory is refused too
     if not any(resolved.is_relative_to(root) for root in config.allowed_image_dirs):
         raise RequestError(403, "image path is outside the allowed directories", param, code="forbidden_path")
     if not resolved.is_file():

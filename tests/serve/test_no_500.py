@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,7 @@ from citrus_v.serve.app import create_app
 from citrus_v.serve.predictor_adapter import load_predictor
 from citrus_v.serve.settings import ServeConfig
 from tests.infer.conftest import SENTENCES
-from tests.serve.conftest import chat_body, data_url, png_bytes
+from tests.serve.conftest import chat_body, data_url, local_client, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
@@ -38,7 +37,7 @@ def client(tmp_path_factory):
     CitrusV(tiny_config()).eval().save_pretrained(directory)
     app = create_app(load_predictor(directory), ServeConfig(max_image_pixels=MAX_PIXELS, max_tokens_limit=4,
                                                             default_max_tokens=2, batch_wait_ms=0))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         yield c
 
 
