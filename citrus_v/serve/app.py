@@ -21,8 +21,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 
 from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull, RefinePredictor
+from citrus_v.serve.budget import PixelBudget
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
 from citrus_v.serve.settings import ServeConfig, host_allowed
@@ -38,6 +40,7 @@ class ServerState:
         self.queue: BatchQueue | None = None
         self.load_error: str | None = None
         self.started = time.time()
+        self.pixels = PixelBudget(config.max_pixels_in_flight, config.max_request_pixels)
 
     @property
     def ready(self) -> bool:
@@ -91,7 +94,7 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if err.status == 503 else None
+        headers = {"Retry-After": "1"} if err.status in (429, 503) else None
         if err.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
@@ -108,6 +111,7 @@ def create_app(
                 "status": "ready", "model": state.model_name(), "queue": state.queue.pending(),
                 "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
                 "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
+                "pixels_in_flight": state.pixels.held, "peak_pixels_in_flight": state.pixels.peak,
             })
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
@@ -134,17 +138,24 @@ def create_app(
         _check_model_name(body, state)
         if isinstance(body, dict) and body.get("prompts") is not None and not isinstance(state.queue.predictor, RefinePredictor):
             raise RequestError(501, "this model does not take point/box prompts", "prompts", code="prompts_unsupported")
-        chat = await asyncio.to_thread(parse_chat_request, body, state.config)
-        _check_with_model(state.queue.predictor, chat)
-        prediction = await _predict(state, chat)
-        cid = completion_id()
-        name = state.model_name()
-        if chat.stream:
-            return StreamingResponse(
-                sse_chunks(prediction, chat, name, cid), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        return JSONResponse(build_completion(prediction, chat, name, cid))
+        lease = state.pixels.lease()  # each image's pixels are counted from its header, before decoding
+        release_now = True
+        try:
+            chat = await asyncio.to_thread(parse_chat_request, body, state.config, reserve=lease.take)
+            _check_with_model(state.queue.predictor, chat)
+            prediction = await _predict(state, chat)
+            cid = completion_id()
+            name = state.model_name()
+            if chat.stream:
+                release_now = False  # the stream still reads the images (return_images): released when sent
+                return StreamingResponse(
+                    sse_chunks(prediction, chat, name, cid), media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, background=BackgroundTask(lease.release),
+                )
+            return JSONResponse(build_completion(prediction, chat, name, cid))
+        finally:
+            if release_now:
+                lease.release()
 
     @app.get("/")
     async def index() -> FileResponse:

@@ -20,6 +20,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
     p.add_argument("--max-images", type=int, default=4, help="images per request")
     p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width x height limit per image")
+    p.add_argument("--max-request-pixels", type=int, default=40_000_000,
+                   help="decoded pixels of one request's images together, beyond it 413 (default 40M)")
+    p.add_argument("--max-pixels-in-flight", type=int, default=120_000_000,
+                   help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M, "
+                        "~360 MB as RGB)")
     p.add_argument("--allow-image-dir", type=Path, action="append", default=[],
                    help="allow local paths / file:// URLs under this directory (repeatable; default: data: URLs only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -54,6 +59,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_images_per_request=args.max_images,
         max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_pixels_in_flight=args.max_pixels_in_flight,
         api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
         allowed_image_dirs=list(args.allow_image_dir),
         bind_host=args.host,

@@ -51,8 +51,10 @@ class ChatRequest:
     prompts: PromptSpec | None = None  # extension: point/box prompts -> Predictor.refine on the one image
 
 
-def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True) -> ChatRequest:
-    """A decoded JSON body -> :class:`ChatRequest`, or :class:`RequestError` naming the bad field."""
+def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True, reserve=None) -> ChatRequest:
+    """A decoded JSON body -> :class:`ChatRequest`, or :class:`RequestError` naming the bad field.
+
+    ``reserve(pixels, param)`` is called per image before it is decoded (the server's pixel budget)."""
     if not isinstance(body, dict):
         raise RequestError(400, f"request body must be a JSON object, got {_type_name(body)}")
     model = _optional(body, "model", str)
@@ -68,7 +70,7 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
     if prompts is not None and len(urls) != 1:
         # refine works on one image; dropping the others silently would change what the model sees
         raise RequestError(400, f"point/box prompts need exactly one image in the request, got {len(urls)}", "prompts")
-    images = [decode_image_url(url, config, param) for param, url in urls] if decode_images else []
+    images = [decode_image_url(url, config, param, reserve) for param, url in urls] if decode_images else []
     if prompts is not None and images:
         check_prompts_on_image(prompts, images[0].size, "prompts")
     return ChatRequest(model, prompt, images, sampling, stream, return_images, system_text, prompts)

@@ -18,6 +18,10 @@ class ServeConfig:
     max_image_bytes: int = 20 * 1024 * 1024  # one decoded base64 payload
     max_request_bytes: int = 64 * 1024 * 1024  # the whole HTTP body
     max_image_pixels: int = 40_000_000  # width x height (x frames for DICOM), checked from the header
+    # decoded-pixel budget (citrus_v/serve/budget.py), counted from headers before decoding: one request's
+    # images together (else 413) and everything the server holds at once (else 429); 3 bytes a pixel as RGB
+    max_request_pixels: int = 40_000_000
+    max_pixels_in_flight: int = 120_000_000
     max_prompt_chars: int = 8_000
     max_messages: int = 32
     max_tokens_limit: int = 2_048  # the largest ``max_tokens`` a client may ask for
@@ -44,6 +48,8 @@ class ServeConfig:
             "max_image_bytes",
             "max_request_bytes",
             "max_image_pixels",
+            "max_request_pixels",
+            "max_pixels_in_flight",
             "max_prompt_chars",
             "max_messages",
             "max_tokens_limit",
@@ -57,6 +63,10 @@ class ServeConfig:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"ServeConfig.default_max_tokens: {self.default_max_tokens} exceeds max_tokens_limit={self.max_tokens_limit}"
+            )
+        if self.max_request_pixels > self.max_pixels_in_flight:  # such a request could never be served
+            raise ValueError(
+                f"ServeConfig.max_request_pixels: {self.max_request_pixels} exceeds max_pixels_in_flight={self.max_pixels_in_flight}"
             )
         if not self.batch_wait_ms >= 0:
             raise ValueError(f"ServeConfig.batch_wait_ms: must be >= 0, got {self.batch_wait_ms!r}")
