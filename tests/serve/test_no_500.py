@@ -30,12 +30,17 @@ MAX_PIXELS = 4096  # keeps every example small: a 1-thread CPU runs the tiny mod
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def tiny_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("no500_tiny_model")
     train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(directory))
     torch.manual_seed(0)
     CitrusV(tiny_config()).eval().save_pretrained(directory)
-    app = create_app(load_predictor(directory), ServeConfig(max_image_pixels=MAX_PIXELS, max_tokens_limit=4,
+    return directory
+
+
+@pytest.fixture(scope="module")
+def client(tiny_dir):
+    app = create_app(load_predictor(tiny_dir), ServeConfig(max_image_pixels=MAX_PIXELS, max_tokens_limit=4,
                                                             default_max_tokens=2, batch_wait_ms=0))
     with local_client(app) as c:
         yield c
@@ -60,6 +65,17 @@ def test_every_reserved_token_string_is_400_naming_it(client):
         assert f"reserved token {token}" in error_of(r) and r.json()["error"]["param"] == "messages"
     r = post(client, chat_body(data_url(png_bytes(8, 8)), "<|vision_start|><|video_pad|><|vision_end|>"))
     assert r.status_code == 400
+
+
+def test_cli_refuses_the_same_reserved_tokens(tiny_dir, tmp_path, capsys):
+    from citrus_v.cli import main
+
+    image = tmp_path / "scan.png"
+    image.write_bytes(png_bytes(16, 16))
+    code = main(["predict", "--model", str(tiny_dir), "--image", str(image), "--prompt", "see <|vision_start|> here",
+                 "--device", "cpu"])
+    assert code == 2
+    assert "--prompt: the prompt contains the reserved token <|vision_start|>" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, fragment", [
