@@ -1,4 +1,4 @@
-"""No input reaches a 500 (issue 22 point 2): the real Predictor on the tiny random CitrusV behind the app.
+"""No input reaches a 500 (issue 22 point 2): the real Predictor on the tiny random CitrusV, served on a socket.
 
 Reserved token strings, image sizes down to 1x1, lone surrogates, control characters and numbers out of
 range are each a 4xx naming the field; a property test throws request bodies, prompt texts and image
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
+import httpx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +22,7 @@ from citrus_v.serve.app import create_app
 from citrus_v.serve.predictor_adapter import load_predictor
 from citrus_v.serve.settings import ServeConfig
 from tests.infer.conftest import SENTENCES
-from tests.serve.conftest import chat_body, data_url, local_client, png_bytes
+from tests.serve.conftest import LiveServer, chat_body, data_url, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
@@ -40,9 +40,11 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(tiny_dir):
+    """The app behind a real socket (uvicorn on 127.0.0.1), so the whole HTTP path is exercised."""
     app = create_app(load_predictor(tiny_dir), ServeConfig(max_image_pixels=MAX_PIXELS, max_tokens_limit=4,
                                                             default_max_tokens=2, batch_wait_ms=0))
-    with local_client(app) as c:
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        c.app = app
         yield c
 
 
