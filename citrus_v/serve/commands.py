@@ -44,31 +44,51 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from citrus_v.errors import UserError
     from citrus_v.model.loading import checkpoint_layout
     from citrus_v.serve.app import create_app
     from citrus_v.serve.predictor_adapter import load_predictor
     from citrus_v.serve.settings import ServeConfig
 
+    try:  # a flag out of range is the user's error, named by its flag
+        config = ServeConfig(
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            max_queue=args.max_queue,
+            max_images_per_request=args.max_images,
+            max_image_pixels=args.max_image_pixels,
+            max_request_pixels=args.max_request_pixels,
+            max_pixels_in_flight=args.max_pixels_in_flight,
+            api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
+            allowed_image_dirs=list(args.allow_image_dir),
+            bind_host=args.host,
+            allowed_hosts=list(args.allowed_host),
+            cors_origins=list(args.cors_origin),
+            docs=args.docs,
+            **({} if args.model_alias is None else {"model_aliases": list(args.model_alias)}),
+        )
+    except ValueError as err:
+        raise UserError(_flag_names(str(err))) from None
     if args.model is not None:  # a wrong folder is the user's error now, not a server that never gets ready
         if not args.model.is_dir():
             raise FileNotFoundError(f"--model {args.model}: no such model folder")
         checkpoint_layout(args.model)  # reads config.json: names the file when it is missing or not a model's
-    config = ServeConfig(
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue,
-        max_images_per_request=args.max_images,
-        max_image_pixels=args.max_image_pixels,
-        max_request_pixels=args.max_request_pixels,
-        max_pixels_in_flight=args.max_pixels_in_flight,
-        api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
-        allowed_image_dirs=list(args.allow_image_dir),
-        bind_host=args.host,
-        allowed_hosts=list(args.allowed_host),
-        cors_origins=list(args.cors_origin),
-        docs=args.docs,
-        **({} if args.model_alias is None else {"model_aliases": list(args.model_alias)}),
-    )
     app = create_app(config=config, loader=lambda: load_predictor(args.model))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+# ServeConfig's fields as the flags that set them, for its error messages
+FLAG_OF_FIELD = {
+    "max_batch": "--max-batch", "batch_wait_ms": "--batch-wait-ms", "max_queue": "--max-queue",
+    "max_images_per_request": "--max-images", "max_image_pixels": "--max-image-pixels",
+    "max_request_pixels": "--max-request-pixels", "max_pixels_in_flight": "--max-pixels-in-flight",
+    "api_key": "--api-key", "allowed_image_dirs": "--allow-image-dir", "allowed_hosts": "--allowed-host",
+    "cors_origins": "--cors-origin", "model_aliases": "--model-alias",
+}
+
+
+def _flag_names(message: str) -> str:
+    for name, flag in FLAG_OF_FIELD.items():
+        message = message.replace(f"ServeConfig.{name}", flag).replace(f"{name}=", f"{flag} ")
+    return message

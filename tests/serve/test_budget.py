@@ -108,3 +108,15 @@ def test_budget_is_given_back_when_a_request_fails_after_decoding():
 def test_budget_config_validates():
     with pytest.raises(ValueError, match="max_request_pixels: 10 exceeds max_pixels_in_flight=5"):
         ServeConfig(max_request_pixels=10, max_pixels_in_flight=5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-request-pixels", "10", "--max-pixels-in-flight", "5"], "--max-request-pixels: 10 exceeds --max-pixels-in-flight 5"),
+    (["--max-batch", "0"], "--max-batch: must be an int >= 1, got 0"),
+])
+def test_serve_flags_out_of_range_are_one_line_naming_the_flag(argv, message, capsys):
+    from citrus_v.cli import main
+
+    assert main(["serve", *argv]) == 2  # refused before any model is loaded or port bound
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
