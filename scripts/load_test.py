@@ -5,6 +5,11 @@ Bounded on purpose: loopback addresses only, at most 1024 requests, at most 600 
 p50/p95 latency, failures and the server's peak memory before/after (from /readyz).
 
     python scripts/load_test.py --url http://127.0.0.1:8000 --requests 64
+    python scripts/load_test.py --url http://127.0.0.1:8000 --requests 64 --bomb-side 6000
+
+``--bomb-side N`` floods with N x N PNGs of zeros (a 6000 x 6000 one is ~35 KB on the wire, 108 MB as
+RGB): the server must answer each with 200, 413 or 429 (its pixel budget), never 5xx, and its peak RSS
+shows what the budget bounds.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class LoadResult:
         for name, snap in (("before", self.server_before), ("after", self.server_after)):
             if snap:
                 lines.append(f"server {name}: max_rss_mb {snap.get('max_rss_mb')}  batches {snap.get('batches')}"
-                             f"  largest_batch {snap.get('largest_batch')}  queue {snap.get('queue')}")
+                             f"  largest_batch {snap.get('largest_batch')}  queue {snap.get('queue')}"
+                             f"  peak_pixels_in_flight {snap.get('peak_pixels_in_flight')}")
         lines.extend(f"error: {e}" for e in self.errors[:5])
         return "\n".join(lines)
 
@@ -67,19 +73,24 @@ def check_loopback(url: str) -> None:
         raise ValueError(f"--url: load tests only target this machine ({sorted(LOOPBACK_HOSTS)}), got host {host!r}")
 
 
-def png_data_url(size: int, seed: int = 0) -> str:
+def png_data_url(size: int, seed: int = 0, zeros: bool = False) -> str:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    shape = (size, size, 3)
+    arr = np.zeros(shape, dtype=np.uint8) if zeros else rng.integers(0, 256, size=shape, dtype=np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", optimize=zeros)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+BUDGET_REFUSALS = (413, 429)  # the server's pixel budget said no: the expected answer to a flood of bombs
 
 
 async def run_load(
     url: str, requests: int, concurrency: int | None = None, timeout_s: float = 120.0, image_size: int = 64,
     prompt: str = "Please segment the lesion.", max_tokens: int = 16, api_key: str | None = None,
+    bomb_side: int | None = None,
 ) -> LoadResult:
     import httpx
 
@@ -88,11 +99,14 @@ async def run_load(
         raise ValueError(f"--requests: must be in [1, {MAX_REQUESTS}], got {requests}")
     if not 0 < timeout_s <= MAX_SECONDS:
         raise ValueError(f"--timeout-s: must be in (0, {MAX_SECONDS}], got {timeout_s}")
+    if bomb_side is not None and not 1 <= bomb_side <= 20_000:
+        raise ValueError(f"--bomb-side: must be in [1, 20000], got {bomb_side}")
     concurrency = concurrency or requests
+    url_of_image = png_data_url(bomb_side, zeros=True) if bomb_side else png_data_url(image_size)
     body = {
         "model": "citrus-v",
         "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": png_data_url(image_size)}}, {"type": "text", "text": prompt}]}],
+            {"type": "image_url", "image_url": {"url": url_of_image}}, {"type": "text", "text": prompt}]}],
         "max_tokens": max_tokens,
         "temperature": 0,
     }
@@ -109,7 +123,7 @@ async def run_load(
                 try:
                     r = await client.post("/v1/chat/completions", json=body)
                     status = r.status_code
-                    ok = status == 200 and "seg_masks_rle" in r.json()
+                    ok = (status == 200 and "seg_masks_rle" in r.json()) or (bool(bomb_side) and status in BUDGET_REFUSALS)
                     if not ok:
                         result.errors.append(f"request {i}: HTTP {status} {r.text[:200]}")
                 except httpx.HTTPError as err:
@@ -139,10 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--bomb-side", type=int, default=None,
+                        help="send N x N PNGs of zeros instead (a flood of decompression-bomb-like requests)")
     args = parser.parse_args(argv)
     try:
         result = asyncio.run(run_load(args.url, args.requests, args.concurrency, args.timeout_s, args.image_size,
-                                      max_tokens=args.max_tokens, api_key=args.api_key))
+                                      max_tokens=args.max_tokens, api_key=args.api_key, bomb_side=args.bomb_side))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -150,7 +150,8 @@ class ImageProcessor:
         """-> pixel_values (P, 3*T*p*p) float32, image_grid_thw (n_img, 3) long."""
         if not images:
             raise ValueError("qwen() needs at least one image")
-        out = self._qwen(images=images, return_tensors="pt")
+        # channels_last said outright: a 3-px-high (3, W, 3) image is otherwise taken as channels-first
+        out = self._qwen(images=images, return_tensors="pt", input_data_format="channels_last")
         grid = out["image_grid_thw"].long()
         for i, (img, g) in enumerate(zip(images, grid)):
             expect = self.resized_hw(img.shape[0], img.shape[1])

@@ -167,6 +167,10 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_pretrained(
         args.model, device=device, settings=settings, window=args.window, tighten_boxes=not args.text_boxes
     )
+    try:  # every special token of the tokenizer, as the server refuses them (issue 22)
+        predictor.check_prompt(args.prompt, "--prompt")
+    except ValueError as err:
+        raise UserError(str(err)) from None
     pred = predictor.predict(images, args.prompt)
 
     mask_paths: list[str] = []

@@ -209,12 +209,34 @@ class Predictor:
                 raise ValueError(f"{where}, image {j}: {err}") from err
         return arrays
 
+    def reserved_strings(self) -> list[str]:
+        """The token strings a user's text may not hold: [SEG] and every special or added token of the
+        tokenizer (``<|vision_start|>``, ``<|image_pad|>``...). Written in a prompt, each would be read as
+        that token, not as text: an [SEG] steals a mask, an image pad breaks the image count."""
+        if not hasattr(self, "_reserved"):
+            found = {SEG_TOKEN, *getattr(self.tokenizer, "all_special_tokens", [])}
+            added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+            found.update(str(getattr(token, "content", token)) for token in added.values())
+            self._reserved = sorted((t for t in found if t), key=lambda t: (-len(t), t))  # longest first
+        return self._reserved
+
+    def check_prompt(self, prompt: str, where: str = "prompt") -> None:
+        """ValueError naming the first reserved token string the prompt holds (see ``reserved_strings``)."""
+        for token in self.reserved_strings():
+            if token in prompt:
+                raise ValueError(f"{where}: the prompt contains the reserved token {token}")
+
+    def check_image_size(self, height: int, width: int, where: str = "image") -> None:
+        """ValueError when the ViT cannot take an image of this size (e.g. an aspect ratio over 200)."""
+        try:
+            self.template.processor.resized_hw(height, width)
+        except ValueError as err:
+            raise ValueError(f"{where}: {height}x{width} cannot be resized for the model ({err})") from None
+
     def _encode(self, images: Sequence[ImageInput] | ImageInput, prompt: str, where: str) -> _Encoded:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{where}: the prompt is empty")
-        if SEG_TOKEN in prompt:
-            # every [SEG] in the ids becomes a mask query; one in the prompt would steal a mask
-            raise ValueError(f"{where}: the prompt contains the reserved token {SEG_TOKEN}")
+        self.check_prompt(prompt, where)
         images = _as_list(images)
         arrays = self.load_images(images, where)
         example = self.template.encode_prompt(arrays, prompt)

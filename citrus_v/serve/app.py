@@ -21,11 +21,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 
 from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull, RefinePredictor
+from citrus_v.serve.budget import PixelBudget
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
-from citrus_v.serve.settings import ServeConfig
+from citrus_v.serve.settings import ServeConfig, host_allowed
 from citrus_v.serve.streaming import sse_chunks
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class ServerState:
         self.queue: BatchQueue | None = None
         self.load_error: str | None = None
         self.started = time.time()
+        self.pixels = PixelBudget(config.max_pixels_in_flight, config.max_request_pixels)
 
     @property
     def ready(self) -> bool:
@@ -69,12 +72,29 @@ def create_app(
         if state.queue is not None:
             await state.queue.stop()
 
-    app = FastAPI(title="citrus-v", lifespan=lifespan, docs_url=None, redoc_url=None)
+    docs = state.config.docs
+    app = FastAPI(title="citrus-v", lifespan=lifespan, docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.citrus = state
+    if state.config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=state.config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def _host_guard(request: Request, call_next):
+        # outermost: a page on another domain rebound to this address arrives with that domain as Host
+        host = request.headers.get("host", "")
+        if not host_allowed(host, state.config):
+            err = RequestError(400, f"Host {host[:100]!r} is not this server's address (serve --allowed-host NAME)",
+                               "Host", code="invalid_host")
+            return JSONResponse(err.to_body(), status_code=400)
+        return await call_next(request)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if err.status == 503 else None
+        headers = {"Retry-After": "1"} if err.status in (429, 503) else None
         if err.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
@@ -91,6 +111,7 @@ def create_app(
                 "status": "ready", "model": state.model_name(), "queue": state.queue.pending(),
                 "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
                 "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
+                "pixels_in_flight": state.pixels.held, "peak_pixels_in_flight": state.pixels.peak,
             })
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
@@ -112,19 +133,29 @@ def create_app(
         # refuse before decoding images when the queue is already full: decoding is the costly part
         if state.queue.is_full():
             raise RequestError(503, "server busy: request queue is full, retry later", code="queue_full")
+        _check_content_type(request)
         body = await _read_json(request, state.config)
+        _check_model_name(body, state)
         if isinstance(body, dict) and body.get("prompts") is not None and not isinstance(state.queue.predictor, RefinePredictor):
             raise RequestError(501, "this model does not take point/box prompts", "prompts", code="prompts_unsupported")
-        chat = await asyncio.to_thread(parse_chat_request, body, state.config)
-        prediction = await _predict(state, chat)
-        cid = completion_id()
-        name = state.model_name()
-        if chat.stream:
-            return StreamingResponse(
-                sse_chunks(prediction, chat, name, cid), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        return JSONResponse(build_completion(prediction, chat, name, cid))
+        lease = state.pixels.lease()  # each image's pixels are counted from its header, before decoding
+        release_now = True
+        try:
+            chat = await asyncio.to_thread(parse_chat_request, body, state.config, reserve=lease.take)
+            _check_with_model(state.queue.predictor, chat)
+            prediction = await _predict(state, chat)
+            cid = completion_id()
+            name = state.model_name()
+            if chat.stream:
+                release_now = False  # the stream still reads the images (return_images): released when sent
+                return StreamingResponse(
+                    sse_chunks(prediction, chat, name, cid), media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, background=BackgroundTask(lease.release),
+                )
+            return JSONResponse(build_completion(prediction, chat, name, cid))
+        finally:
+            if release_now:
+                lease.release()
 
     @app.get("/")
     async def index() -> FileResponse:
@@ -144,6 +175,24 @@ async def _start(state: ServerState, predictor: BatchPredictor | None, loader: C
     queue = BatchQueue(model, state.config)
     await queue.start()
     state.queue = queue
+
+
+def _check_with_model(predictor: BatchPredictor, chat: ChatRequest) -> None:
+    """What only the model knows (its tokenizer's reserved strings, the sizes its ViT takes) -> a 400
+    before the request joins a batch. A predictor without these checks is served as before."""
+    check_prompt = getattr(predictor, "check_prompt", None)
+    if check_prompt is not None and chat.prompt:
+        try:
+            check_prompt(chat.prompt, "user text")
+        except ValueError as err:
+            raise RequestError(400, str(err), "messages", code="reserved_token") from None
+    check_size = getattr(predictor, "check_image_size", None)
+    if check_size is not None:
+        for i, image in enumerate(chat.images):
+            try:
+                check_size(*image.size, f"image {i}")
+            except ValueError as err:
+                raise RequestError(400, str(err), "messages", code="unsupported_image_size") from None
 
 
 async def _predict(state: ServerState, chat: ChatRequest):
@@ -182,6 +231,24 @@ def _check_auth(request: Request, config: ServeConfig) -> None:
     # constant-time compare: the key must not leak through response timing
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
         raise RequestError(401, "missing or wrong API key (Authorization: Bearer <key>)", code="invalid_api_key")
+
+
+def _check_content_type(request: Request) -> None:
+    # a web page can POST text/plain to any address without a CORS preflight; application/json it cannot
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise RequestError(415, f"Content-Type must be application/json, got {media or 'none'!r}", "Content-Type",
+                           code="unsupported_media_type")
+
+
+def _check_model_name(body: Any, state: ServerState) -> None:
+    model = body.get("model") if isinstance(body, dict) else None
+    if model is None:
+        return
+    names = [state.model_name(), *state.config.model_aliases]
+    if model not in names:
+        raise RequestError(404, f"model {str(model)[:100]!r} is not served here (this server serves {names})", "model",
+                           code="model_not_found")
 
 
 def _reject_constant(name: str) -> Any:

@@ -3,6 +3,7 @@
 The worker takes the first waiting request, then waits up to ``batch_wait_ms`` for more (up to
 ``max_batch``), splits them by sampling settings (one ``predict_batch`` call decodes with one
 setting) and runs the model in a thread so the event loop keeps accepting and rejecting requests.
+A batch that fails is run again request by request, so one request's error fails that request alone.
 The queue is bounded: past ``max_queue`` waiting requests, :class:`QueueFull` (-> 503 + Retry-After).
 Point/box prompt requests go through the same queue (one model, one thread at a time) but are run one
 by one with ``refine``: each carries its own clicks, so there is nothing to batch.
@@ -150,7 +151,15 @@ class BatchQueue:
             if len(predictions) != len(group):
                 raise RuntimeError(f"predict_batch returned {len(predictions)} predictions for {len(group)} requests")
         except Exception as err:  # the model failing must fail these requests, not the worker
-            log.exception("predict_batch failed for %d requests", len(group))
+            if len(group) > 1:
+                # one request's own error (its prompt, its image) must not fail the others: run each
+                # alone, so every request gets its own answer or its own error
+                log.warning("predict_batch failed for %d requests (%s: %s): running them one by one",
+                            len(group), type(err).__name__, err)
+                for p in group:
+                    await self._predict([p])
+                return
+            log.exception("predict_batch failed for 1 request")
             self.stats.failures += len(group)
             for p in group:
                 if not p.future.done():

@@ -20,8 +20,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
     p.add_argument("--max-images", type=int, default=4, help="images per request")
     p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width x height limit per image")
+    p.add_argument("--max-request-pixels", type=int, default=40_000_000,
+                   help="decoded pixels of one request's images together, beyond it 413 (default 40M)")
+    p.add_argument("--max-pixels-in-flight", type=int, default=120_000_000,
+                   help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M, "
+                        "~360 MB as RGB)")
     p.add_argument("--allow-image-dir", type=Path, action="append", default=[],
                    help="allow local paths / file:// URLs under this directory (repeatable; default: data: URLs only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header is NAME (repeatable; '*' any). Default: the --host "
+                        "address only (and localhost names for a loopback bind, IP addresses for 0.0.0.0)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://viewer.example) call the API (repeatable; default none)")
+    p.add_argument("--docs", action="store_true", help="serve the OpenAPI schema at /openapi.json and /docs")
+    p.add_argument("--model-alias", action="append", default=None, metavar="NAME",
+                   help="a name a request's \"model\" may use besides the served model's (repeatable; "
+                        "default: citrus-v and Citrus-V-8B, what the published client sends); other names get 404")
     p.set_defaults(func=run_serve)
 
 
@@ -30,24 +44,51 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from citrus_v.errors import UserError
     from citrus_v.model.loading import checkpoint_layout
     from citrus_v.serve.app import create_app
     from citrus_v.serve.predictor_adapter import load_predictor
     from citrus_v.serve.settings import ServeConfig
 
+    try:  # a flag out of range is the user's error, named by its flag
+        config = ServeConfig(
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            max_queue=args.max_queue,
+            max_images_per_request=args.max_images,
+            max_image_pixels=args.max_image_pixels,
+            max_request_pixels=args.max_request_pixels,
+            max_pixels_in_flight=args.max_pixels_in_flight,
+            api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
+            allowed_image_dirs=list(args.allow_image_dir),
+            bind_host=args.host,
+            allowed_hosts=list(args.allowed_host),
+            cors_origins=list(args.cors_origin),
+            docs=args.docs,
+            **({} if args.model_alias is None else {"model_aliases": list(args.model_alias)}),
+        )
+    except ValueError as err:
+        raise UserError(_flag_names(str(err))) from None
     if args.model is not None:  # a wrong folder is the user's error now, not a server that never gets ready
         if not args.model.is_dir():
             raise FileNotFoundError(f"--model {args.model}: no such model folder")
         checkpoint_layout(args.model)  # reads config.json: names the file when it is missing or not a model's
-    config = ServeConfig(
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue,
-        max_images_per_request=args.max_images,
-        max_image_pixels=args.max_image_pixels,
-        api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
-        allowed_image_dirs=list(args.allow_image_dir),
-    )
     app = create_app(config=config, loader=lambda: load_predictor(args.model))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+# ServeConfig's fields as the flags that set them, for its error messages
+FLAG_OF_FIELD = {
+    "max_batch": "--max-batch", "batch_wait_ms": "--batch-wait-ms", "max_queue": "--max-queue",
+    "max_images_per_request": "--max-images", "max_image_pixels": "--max-image-pixels",
+    "max_request_pixels": "--max-request-pixels", "max_pixels_in_flight": "--max-pixels-in-flight",
+    "api_key": "--api-key", "allowed_image_dirs": "--allow-image-dir", "allowed_hosts": "--allowed-host",
+    "cors_origins": "--cors-origin", "model_aliases": "--model-alias",
+}
+
+
+def _flag_names(message: str) -> str:
+    for name, flag in FLAG_OF_FIELD.items():
+        message = message.replace(f"ServeConfig.{name}", flag).replace(f"{name}=", f"{flag} ")
+    return message

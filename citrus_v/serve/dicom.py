@@ -14,7 +14,8 @@ from citrus_v.serve.errors import RequestError
 from citrus_v.serve.settings import ServeConfig
 
 
-def decode_dicom(data: bytes, config: ServeConfig, param: str) -> np.ndarray:
+def decode_dicom(data: bytes, config: ServeConfig, param: str, reserve=None) -> np.ndarray:
+    """``reserve(pixels, param)``: count the frame's pixels (from the header) before decoding them."""
     from citrus_v.data.dicom_io import UnsupportedDicomError, dcmread, read_dicom
     from citrus_v.data.windowing import MedicalIOError
 
@@ -23,6 +24,8 @@ def decode_dicom(data: bytes, config: ServeConfig, param: str) -> np.ndarray:
     except MedicalIOError as err:
         raise RequestError(400, f"cannot parse DICOM header ({err.problem})", param, code="corrupt_image") from None
     _check_header(header, config, param)
+    if reserve is not None:
+        reserve(int(header.Rows) * int(header.Columns), param)
     try:
         return read_dicom(data, name=param).display(frame=0)
     except UnsupportedDicomError as err:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -47,10 +48,16 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image_url(url: str, config: ServeConfig, param: str) -> DecodedImage:
-    """Any accepted image URL -> a decoded image; a :class:`RequestError` naming ``param`` otherwise."""
+Reserve = Callable[[int, str], None]  # (pixels, param): count them before decoding, or raise a RequestError
+
+
+def decode_image_url(url: str, config: ServeConfig, param: str, reserve: Reserve | None = None) -> DecodedImage:
+    """Any accepted image URL -> a decoded image; a :class:`RequestError` naming ``param`` otherwise.
+
+    ``reserve`` is called with the image's pixel count from its header, before its pixels are decoded
+    (the server's :class:`citrus_v.serve.budget.PixelLease`)."""
     data = read_image_bytes(url, config, param)
-    return decode_image_bytes(data, config, param)
+    return decode_image_bytes(data, config, param, reserve)
 
 
 def read_image_bytes(url: str, config: ServeConfig, param: str) -> bytes:
@@ -91,11 +98,19 @@ def _decode_data_url(url: str, config: ServeConfig, param: str) -> bytes:
 
 
 def _read_allowed_file(path: Path, config: ServeConfig, param: str) -> bytes:
+    # the allow-list first, on the path as resolved so far: a path outside it is 403 whether or not
+    # it exists (a 400 "does not exist" would let a client probe the disk); resolve() follows the
+    # symlinks that exist, so a link out of an allowed directory is refused too
+    try:
+        resolved = path.resolve(strict=False)
+    except (OSError, RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in config.allowed_image_dirs):
+        raise RequestError(403, "image path is outside the allowed directories", param, code="forbidden_path")
     try:
         resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         raise RequestError(400, "image path does not exist", param) from None
-    # resolve() follows symlinks, so a link out of an allowed directory is refused too
     if not any(resolved.is_relative_to(root) for root in config.allowed_image_dirs):
         raise RequestError(403, "image path is outside the allowed directories", param, code="forbidden_path")
     if not resolved.is_file():
@@ -105,15 +120,15 @@ def _read_allowed_file(path: Path, config: ServeConfig, param: str) -> bytes:
     return resolved.read_bytes()
 
 
-def decode_image_bytes(data: bytes, config: ServeConfig, param: str) -> DecodedImage:
+def decode_image_bytes(data: bytes, config: ServeConfig, param: str, reserve: Reserve | None = None) -> DecodedImage:
     kind = sniff_format(data)
     if kind is None:
         raise RequestError(415, "bytes are not a PNG, JPEG or DICOM image", param, code="unsupported_image")
     if kind == "DICOM":
         from citrus_v.serve.dicom import decode_dicom  # pydicom only when a DICOM arrives
 
-        return DecodedImage(decode_dicom(data, config, param), "DICOM")
-    return DecodedImage(_decode_pil(data, config, param), kind)
+        return DecodedImage(decode_dicom(data, config, param, reserve), "DICOM")
+    return DecodedImage(_decode_pil(data, config, param, reserve), kind)
 
 
 def _check_pixels(width: int, height: int, config: ServeConfig, param: str) -> None:
@@ -126,7 +141,7 @@ def _check_pixels(width: int, height: int, config: ServeConfig, param: str) -> N
         )
 
 
-def _decode_pil(data: bytes, config: ServeConfig, param: str) -> np.ndarray:
+def _decode_pil(data: bytes, config: ServeConfig, param: str, reserve: Reserve | None = None) -> np.ndarray:
     with warnings.catch_warnings():
         # PIL warns (and past 2x its own limit raises) on decompression bombs; our limit is the rule
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -138,6 +153,8 @@ def _decode_pil(data: bytes, config: ServeConfig, param: str) -> np.ndarray:
             raise RequestError(400, f"cannot read image header ({err})", param, code="corrupt_image") from None
         width, height = image.size
         _check_pixels(width, height, config, param)  # BEFORE the pixels are decoded
+        if reserve is not None:
+            reserve(width * height, param)
         try:
             image.load()
         except Image.DecompressionBombError as err:

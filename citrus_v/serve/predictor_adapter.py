@@ -49,6 +49,14 @@ class PredictorAdapter:
         requests = [([self.sessions.get(images[0]), *images[1:]] if images else images, text) for images, text in items]
         return self.predictor.predict_batch(requests, settings=to_generation_settings(settings))
 
+    def check_prompt(self, prompt: str, where: str) -> None:
+        """ValueError naming a reserved token string ([SEG], <|vision_start|>...) in the prompt."""
+        self.predictor.check_prompt(prompt, where)
+
+    def check_image_size(self, height: int, width: int, where: str) -> None:
+        """ValueError when the model cannot take an image of this size (aspect ratio over 200)."""
+        self.predictor.check_image_size(height, width, where)
+
     def refine(self, image: np.ndarray, text: str, prompts: PromptSpec, settings: SamplingParams) -> Prediction:
         """Point/box prompts (and the text, if any) on one image -> ``Predictor.refine``'s one mask."""
         # refine decodes with predictor.settings; swapping them is safe: the batch worker is the only caller

@@ -119,9 +119,15 @@ def _parse_box(value: Any, where: str) -> list[float]:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(400, f"must be a finite number, got {value!r}", where)
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(400, f"must be a finite number, got {_kind(value)}", where)
+    try:
+        number = float(value)  # a JSON integer of 400 digits overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RequestError(400, f"must be a finite number, got {str(value)[:40]}", where)
+    return number
 
 
 def _decode_rle(rle: dict, size: tuple[int, int], where: str) -> np.ndarray:

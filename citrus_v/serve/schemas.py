@@ -8,6 +8,7 @@ are ignored, as OpenAI clients send many (``presence_penalty``, ``user``...).
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from citrus_v.serve.rle import encode_box, encode_mask
 from citrus_v.serve.settings import ServeConfig
 
 ROLES = ("system", "user", "assistant")
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit int
 
 
 @dataclass
@@ -49,8 +51,10 @@ class ChatRequest:
     prompts: PromptSpec | None = None  # extension: point/box prompts -> Predictor.refine on the one image
 
 
-def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True) -> ChatRequest:
-    """A decoded JSON body -> :class:`ChatRequest`, or :class:`RequestError` naming the bad field."""
+def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True, reserve=None) -> ChatRequest:
+    """A decoded JSON body -> :class:`ChatRequest`, or :class:`RequestError` naming the bad field.
+
+    ``reserve(pixels, param)`` is called per image before it is decoded (the server's pixel budget)."""
     if not isinstance(body, dict):
         raise RequestError(400, f"request body must be a JSON object, got {_type_name(body)}")
     model = _optional(body, "model", str)
@@ -66,7 +70,7 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
     if prompts is not None and len(urls) != 1:
         # refine works on one image; dropping the others silently would change what the model sees
         raise RequestError(400, f"point/box prompts need exactly one image in the request, got {len(urls)}", "prompts")
-    images = [decode_image_url(url, config, param) for param, url in urls] if decode_images else []
+    images = [decode_image_url(url, config, param, reserve) for param, url in urls] if decode_images else []
     if prompts is not None and images:
         check_prompts_on_image(prompts, images[0].size, "prompts")
     return ChatRequest(model, prompt, images, sampling, stream, return_images, system_text, prompts)
@@ -90,6 +94,8 @@ def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
     if not 0.0 < top_p <= 1.0:
         raise RequestError(400, f"must be in (0, 1], got {top_p}", "top_p")
     seed = _optional(body, "seed", int)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise RequestError(400, f"must be in [0, 2**63 - 1], got {str(seed)[:40]}", "seed")
     return SamplingParams(max_tokens, float(temperature), float(top_p), seed)
 
 
@@ -146,7 +152,7 @@ def _parse_messages(
 
 def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[str], list[tuple[str, str]]]:
     if isinstance(content, str):
-        return [content], []
+        return [_check_text(content, where)], []
     if not isinstance(content, list):
         raise RequestError(400, f"must be a string or a list of parts, got {_type_name(content)}", where)
     texts: list[str] = []
@@ -160,7 +166,7 @@ def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[s
             text = part.get("text")
             if not isinstance(text, str):
                 raise RequestError(400, f"must be a string, got {_type_name(text)}", f"{at}.text")
-            texts.append(text)
+            texts.append(_check_text(text, f"{at}.text"))
         elif kind == "image_url":
             if not allow_images:
                 raise RequestError(400, "images are only accepted in user messages", at)
@@ -191,9 +197,29 @@ def _optional_number(body: dict, key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(400, f"must be a finite number, got {value!r}", key)
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(400, f"must be a finite number, got {_type_name(value)}", key)
+    try:
+        number = float(value)  # a JSON integer of 400 digits overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RequestError(400, f"must be a finite number, got {str(value)[:40]}", key)
+    return number
+
+
+# C0/C1 control characters but tab, newline and carriage return; lone UTF-16 surrogates (valid JSON
+# escapes such as "\ud800" that no UTF-8 text can hold)
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _check_text(text: str, where: str) -> str:
+    bad = _BAD_CHARS.search(text)
+    if bad is not None:
+        char = bad.group()
+        kind = "an unpaired surrogate" if "\ud800" <= char <= "\udfff" else "the control character"
+        raise RequestError(400, f"holds {kind} U+{ord(char):04X} at character {bad.start()}", where, code="invalid_text")
+    return text
 
 
 def _type_name(value: Any) -> str:

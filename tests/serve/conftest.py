@@ -63,6 +63,14 @@ def chat_body(url: str | None, text: str = "Please segment the lesion.", **extra
     return {"model": "citrus-v", "messages": [{"role": "user", "content": content}], **extra}
 
 
+def local_client(app, **kwargs):
+    """An in-process client that, like a browser on this workstation, sends ``Host: 127.0.0.1``
+    (the server refuses other hosts by default; TestClient's own is ``testserver``)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
+
+
 @pytest.fixture
 def echo_predictor() -> EchoPredictor:
     return EchoPredictor()

@@ -8,19 +8,18 @@ import time
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from pycocotools import mask as mask_utils
 
 from citrus_v.serve.app import create_app
 from citrus_v.serve.settings import ServeConfig
-from tests.serve.conftest import EchoPredictor, chat_body, data_url, png_bytes
+from tests.serve.conftest import EchoPredictor, chat_body, data_url, local_client, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
 
 @pytest.fixture
 def client(echo_predictor):
-    with TestClient(create_app(echo_predictor, ServeConfig())) as c:
+    with local_client(create_app(echo_predictor, ServeConfig())) as c:
         yield c
 
 
@@ -106,13 +105,13 @@ def test_malformed_bodies_are_400_and_server_survives(client, content, headers, 
 
 
 def test_body_over_limit_is_413(echo_predictor):
-    with TestClient(create_app(echo_predictor, ServeConfig(max_request_bytes=1000))) as c:
+    with local_client(create_app(echo_predictor, ServeConfig(max_request_bytes=1000))) as c:
         r = c.post("/v1/chat/completions", json=chat_body(data_url(png_bytes(64, 64))))
         assert r.status_code == 413 and "max_request_bytes=1000" in r.json()["error"]["message"]
 
 
 def test_api_key(echo_predictor):
-    with TestClient(create_app(echo_predictor, ServeConfig(api_key="s3cret"))) as c:
+    with local_client(create_app(echo_predictor, ServeConfig(api_key="s3cret"))) as c:
         body = chat_body(data_url(png_bytes()))
         r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -124,7 +123,7 @@ def test_api_key(echo_predictor):
 
 def test_concurrent_requests_are_batched(echo_predictor):
     app = create_app(echo_predictor, ServeConfig(max_batch=4, batch_wait_ms=200))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         results: list = [None] * 8
         body = [chat_body(data_url(png_bytes(16 + i, 16)), f"q{i}") for i in range(8)]
 
@@ -158,7 +157,7 @@ class SlowPredictor(EchoPredictor):
 def test_full_queue_is_503_with_retry_after():
     gate = threading.Event()
     app = create_app(SlowPredictor(gate), ServeConfig(max_batch=1, max_queue=1, batch_wait_ms=0))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         body = chat_body(data_url(png_bytes()))
         first = threading.Thread(target=c.post, args=("/v1/chat/completions",), kwargs={"json": body})
         second = threading.Thread(target=c.post, args=("/v1/chat/completions",), kwargs={"json": body})
@@ -180,7 +179,7 @@ class FailingPredictor(EchoPredictor):
 
 
 def test_model_errors_do_not_kill_the_server():
-    with TestClient(create_app(FailingPredictor(), ServeConfig())) as c:
+    with local_client(create_app(FailingPredictor(), ServeConfig())) as c:
         r = c.post("/v1/chat/completions", json=chat_body(data_url(png_bytes())))
         assert r.status_code == 422 and "2 <|image_pad|> blocks but 1 image" in r.json()["error"]["message"]
         assert c.get("/readyz").json()["failures"] == 1
@@ -193,7 +192,7 @@ def test_readiness_while_loading_and_after_failure():
         gate.wait(10)
         return EchoPredictor()
 
-    with TestClient(create_app(config=ServeConfig(), loader=slow_loader)) as c:
+    with local_client(create_app(config=ServeConfig(), loader=slow_loader)) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503 and c.get("/readyz").json()["status"] == "loading"
         r = c.post("/v1/chat/completions", json=chat_body(data_url(png_bytes())))
@@ -207,7 +206,7 @@ def test_readiness_while_loading_and_after_failure():
     def broken_loader():
         raise FileNotFoundError("no config.json in /nowhere")
 
-    with TestClient(create_app(config=ServeConfig(), loader=broken_loader)) as c:
+    with local_client(create_app(config=ServeConfig(), loader=broken_loader)) as c:
         deadline = time.monotonic() + 5
         while c.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -221,3 +220,40 @@ def test_serve_config_validates():
         ServeConfig(default_max_tokens=10, max_tokens_limit=5)
     with pytest.raises(ValueError, match="allowed_image_dirs"):
         ServeConfig(allowed_image_dirs=["/definitely/not/here"])
+
+
+class PickyPredictor(EchoPredictor):
+    """Fails a whole ``predict_batch`` call when ANY of its requests is poisoned, as the real
+    Predictor does when one row's prompt or image is refused while encoding the batch."""
+
+    def predict_batch(self, items, settings):
+        self.calls.append(len(items))
+        for i, (_, prompt) in enumerate(items):
+            if "poison" in prompt:
+                raise ValueError(f"request {i}: the prompt is poisoned ({prompt})")
+        self.calls.pop()
+        return super().predict_batch(items, settings)
+
+
+def test_one_bad_request_fails_alone_in_its_batch():
+    predictor = PickyPredictor()
+    app = create_app(predictor, ServeConfig(max_batch=8, batch_wait_ms=500))
+    with local_client(app) as c:
+        bodies = [chat_body(data_url(png_bytes()), "good one"), chat_body(data_url(png_bytes()), "poison pill"),
+                  chat_body(data_url(png_bytes()), "good two")]
+        results: list = [None] * len(bodies)
+
+        def go(i: int) -> None:
+            results[i] = c.post("/v1/chat/completions", json=bodies[i])
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert predictor.calls[0] == 3  # the three rode in one model call, which the poisoned one failed
+    good_one, poisoned, good_two = results
+    assert good_one.status_code == 200 and good_one.json()["choices"][0]["message"]["content"] == "Echo (1 image(s)): good one"
+    assert good_two.status_code == 200 and good_two.json()["choices"][0]["message"]["content"] == "Echo (1 image(s)): good two"
+    assert poisoned.status_code == 422 and "poison pill" in poisoned.json()["error"]["message"]
+    assert "good" not in poisoned.json()["error"]["message"]

@@ -40,6 +40,23 @@ def test_load_script_against_test_double(live_echo_server, echo_predictor, capsy
     assert "requests 4  failures 0" in out and "throughput" in out and "p95" in out
 
 
+def test_load_script_bomb_flood_meets_the_pixel_budget(echo_predictor):
+    """The --bomb-side mode: a flood of zero PNGs is answered 200/413/429 (the budget), never 5xx."""
+    from citrus_v.serve.app import create_app
+    from citrus_v.serve.settings import ServeConfig
+    from tests.serve.conftest import LiveServer
+
+    load_test = load_module(ROOT / "scripts" / "load_test.py")
+    config = ServeConfig(max_request_pixels=50_000, max_pixels_in_flight=100_000)
+    with LiveServer(create_app(echo_predictor, config)) as server:
+        over = asyncio.run(load_test.run_load(server.url, requests=8, timeout_s=60, bomb_side=300))  # 90 000 > 50 000
+        assert over.statuses == {413: 8} and over.failures == 0
+        flood = asyncio.run(load_test.run_load(server.url, requests=16, timeout_s=60, bomb_side=200))  # 40 000 each
+        assert set(flood.statuses) <= {200, 429} and flood.statuses.get(200, 0) >= 1 and flood.failures == 0
+        assert flood.server_after["peak_pixels_in_flight"] <= 80_000  # never 3 at once
+        assert flood.server_after["pixels_in_flight"] == 0
+
+
 def test_load_script_refuses_non_loopback_and_unbounded():
     load_test = load_module(ROOT / "scripts" / "load_test.py")
     with pytest.raises(ValueError, match="only target this machine"):

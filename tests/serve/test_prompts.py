@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from citrus_v.infer.types import Mask, Prediction
 from citrus_v.serve.app import create_app
@@ -12,7 +11,7 @@ from citrus_v.serve.errors import RequestError
 from citrus_v.serve.rle import decode_mask, decode_untrusted_mask, encode_mask
 from citrus_v.serve.schemas import parse_chat_request
 from citrus_v.serve.settings import ServeConfig
-from tests.serve.conftest import EchoPredictor, chat_body, data_url, png_bytes
+from tests.serve.conftest import EchoPredictor, chat_body, data_url, local_client, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
@@ -124,7 +123,7 @@ class RefiningEcho(EchoPredictor):
 
 def test_http_point_prompt_reaches_refine_and_returns_one_rle_mask():
     model = RefiningEcho()
-    with TestClient(create_app(model, ServeConfig())) as client:
+    with local_client(create_app(model, ServeConfig())) as client:
         body = chat_body(URL, "", max_tokens=9, prompts={"points": [[20, 10, 1]]})
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
@@ -141,6 +140,6 @@ def test_http_point_prompt_reaches_refine_and_returns_one_rle_mask():
 
 
 def test_http_prompts_on_a_model_without_refine_is_501():
-    with TestClient(create_app(EchoPredictor(), ServeConfig())) as client:
+    with local_client(create_app(EchoPredictor(), ServeConfig())) as client:
         r = client.post("/v1/chat/completions", json=chat_body(URL, "x", prompts={"points": [[1, 1, 1]]}))
     assert r.status_code == 501 and r.json()["error"]["code"] == "prompts_unsupported"

@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from citrus_v.config import tiny_config
 from citrus_v.data.tokenizer import train_tiny_tokenizer
@@ -19,7 +18,7 @@ from citrus_v.serve.rle import decode_mask, encode_box
 from citrus_v.serve.schemas import SamplingParams
 from citrus_v.serve.settings import ServeConfig
 from tests.infer.conftest import SENTENCES, ScriptedHead
-from tests.serve.conftest import chat_body, data_url
+from tests.serve.conftest import chat_body, data_url, local_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
@@ -69,7 +68,7 @@ def test_sampling_maps_to_generation_settings():
 def test_served_segmentation_equals_direct_prediction(adapter, image_png, tiny_dir):
     pixels, url = image_png
     assert adapter.model_name == f"citrus-v-{tiny_dir.name}"
-    with TestClient(create_app(adapter, ServeConfig())) as client:
+    with local_client(create_app(adapter, ServeConfig())) as client:
         try:
             script(adapter, "Sure, it is [SEG].")
             served = client.post("/v1/chat/completions", json=chat_body(url, "Please segment the liver.", max_tokens=20))
@@ -90,7 +89,7 @@ def test_served_segmentation_equals_direct_prediction(adapter, image_png, tiny_d
 def test_served_boxes_are_original_pixels(adapter, image_png):
     pixels, url = image_png
     text = '```json\n[{"bbox_2d": [28, 14, 56, 42], "label": "liver"}]\n```'
-    with TestClient(create_app(adapter, ServeConfig())) as client:
+    with local_client(create_app(adapter, ServeConfig())) as client:
         try:
             script(adapter, text)
             d = client.post("/v1/chat/completions", json=chat_body(url, "Locate the liver.", max_tokens=60)).json()
@@ -111,7 +110,7 @@ def test_concurrent_unscripted_requests_match_one_by_one(adapter, image_png):
     prompts = ["What organ is shown?", "Please segment the liver.", "Write a report.", "Locate the kidney."]
     expected = [adapter.predictor.predict([pixels], p, settings=GenerationSettings(max_new_tokens=4)).answer for p in prompts]
     results: list = [None] * len(prompts)
-    with TestClient(create_app(adapter, ServeConfig(max_batch=4, batch_wait_ms=100))) as client:
+    with local_client(create_app(adapter, ServeConfig(max_batch=4, batch_wait_ms=100))) as client:
         def go(i: int) -> None:
             results[i] = client.post("/v1/chat/completions", json=chat_body(url, prompts[i], max_tokens=4))
 
@@ -127,11 +126,11 @@ def test_concurrent_unscripted_requests_match_one_by_one(adapter, image_png):
     assert stats["requests"] == 4 and stats["batches"] < 4
 
 
-def test_model_rejection_is_422(adapter, image_png):
+def test_reserved_token_is_400_before_the_model_runs(adapter, image_png):
     _, url = image_png
-    with TestClient(create_app(adapter, ServeConfig())) as client:
+    with local_client(create_app(adapter, ServeConfig())) as client:
         r = client.post("/v1/chat/completions", json=chat_body(url, "Say [SEG].", max_tokens=4))
-        assert r.status_code == 422
+        assert r.status_code == 400
         assert "reserved token [SEG]" in r.json()["error"]["message"]
         assert client.get("/healthz").status_code == 200
 
@@ -139,7 +138,7 @@ def test_model_rejection_is_422(adapter, image_png):
 def test_served_point_prompt_equals_predictor_refine(adapter, image_png):
     pixels, url = image_png  # (90, 130)
     prompts = {"points": [[40, 30, 1], [100, 70, 0]], "box": [20.5, 10, 90, 60]}
-    with TestClient(create_app(adapter, ServeConfig())) as client:
+    with local_client(create_app(adapter, ServeConfig())) as client:
         served = client.post("/v1/chat/completions", json=chat_body(url, "", prompts=prompts))
         one = client.post("/v1/chat/completions", json=chat_body(url, "", prompts={"points": [[129, 89, 1]]}))
         bad = client.post("/v1/chat/completions", json=chat_body(url, "", prompts={"points": [[130, 10, 1]]}))
@@ -163,7 +162,7 @@ def test_served_point_prompt_with_text_uses_the_answers_seg(adapter, image_png):
     pixels, url = image_png
     prompts = {"points": [[60, 45, 1]]}
     saved = adapter.predictor.settings
-    with TestClient(create_app(adapter, ServeConfig())) as client:
+    with local_client(create_app(adapter, ServeConfig())) as client:
         try:
             script(adapter, "Sure, it is [SEG].")
             served = client.post("/v1/chat/completions", json=chat_body(url, "Segment the liver.", max_tokens=20, prompts=prompts))
@@ -190,7 +189,7 @@ def test_an_answer_and_the_clicks_after_it_encode_the_image_once(adapter, image_
     calls = []
     real = adapter.predictor.model.segmenter.encode
     monkeypatch.setattr(adapter.predictor.model.segmenter, "encode", lambda x: calls.append(x.shape[0]) or real(x))
-    with TestClient(create_app(adapter, ServeConfig())) as client:
+    with local_client(create_app(adapter, ServeConfig())) as client:
         try:
             script(adapter, "Sure, it is [SEG].")
             answer = client.post("/v1/chat/completions", json=chat_body(url, "Please segment the liver.", max_tokens=20))
