@@ -76,53 +76,8 @@ def create_app(
     app = FastAPI(title="citrus-v", lifespan=lifespan, docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None)
     app.state.citrus = state
-    if state.config.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=state.config.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
-
-    @app.middleware("http")
-    async def _host_guard(request: Request, call_next):
-        # outermost: a page on another domain rebound to this address arrives with that domain as Host
-        host = request.headers.get("host", "")
-        if not host_allowed(host, state.config):
-            err = RequestError(400, f"Host {host[:100]!r} is not this server's address (serve --allowed-host NAME)",
-                               "Host", code="invalid_host")
-            return JSONResponse(err.to_body(), status_code=400)
-        return await call_next(request)
-
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if err.status in (429, 503) else None
-        if err.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        if state.ready:
-            stats = state.queue.stats
-            return JSONResponse({
-                "status": "ready", "model": state.model_name(), "queue": state.queue.pending(),
-                "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
-                "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
-                "pixels_in_flight": state.pixels.held, "peak_pixels_in_flight": state.pixels.peak,
-            })
-        status = "failed" if state.load_error else "loading"
-        return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict:
-        _check_auth(request, state.config)
-        return {
-            "object": "list",
-            "data": [{"id": state.model_name(), "object": "model", "created": int(state.started), "owned_by": "citrus-v"}],
-        }
+    _add_guards(app, state)
+    _add_status_routes(app, state)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -163,6 +118,60 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _add_guards(app: FastAPI, state: ServerState) -> None:
+    """CORS (only when asked for), the Host check, and RequestError as its JSON body."""
+    if state.config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=state.config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def _host_guard(request: Request, call_next):
+        # outermost: a page on another domain rebound to this address arrives with that domain as Host
+        host = request.headers.get("host", "")
+        if not host_allowed(host, state.config):
+            err = RequestError(400, f"Host {host[:100]!r} is not this server's address (serve --allowed-host NAME)",
+                               "Host", code="invalid_host")
+            return JSONResponse(err.to_body(), status_code=400)
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if err.status in (429, 503) else None
+        if err.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
+
+
+def _add_status_routes(app: FastAPI, state: ServerState) -> None:
+    """Liveness, readiness (with the queue's and the pixel budget's figures) and the model list."""
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if state.ready:
+            stats = state.queue.stats
+            return JSONResponse({
+                "status": "ready", "model": state.model_name(), "queue": state.queue.pending(),
+                "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
+                "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
+                "pixels_in_flight": state.pixels.held, "peak_pixels_in_flight": state.pixels.peak,
+            })
+        status = "failed" if state.load_error else "loading"
+        return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        _check_auth(request, state.config)
+        return {
+            "object": "list",
+            "data": [{"id": state.model_name(), "object": "model", "created": int(state.started), "owned_by": "citrus-v"}],
+        }
 
 
 async def _start(state: ServerState, predictor: BatchPredictor | None, loader: Callable[[], BatchPredictor] | None) -> None:
