@@ -158,9 +158,32 @@ def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: P
 
 
 def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = None, dtype: Any = None) -> Path:
-    """A complete model folder: weights + config (save_pretrained, floating-point tensors
-    stored as ``dtype`` when given), tokenizer.json, and the image sizing the model was trained
-    with (preprocessor_config.json), so inference resizes images the same way."""
+    """A complete model folder at ``out``, which appears whole or not at all (``_write_beside``)."""
+    return _write_beside(out, lambda tmp: _fill_model_folder(model, tokenizer, tmp, image_cfg, dtype))
+
+
+def _write_beside(out: Path, fill: Any) -> Path:
+    """``fill`` a folder beside ``out`` (``<name>.partial``, a leftover of a killed save is cleared first),
+    then rename it into place; an older ``out`` is moved aside and removed after. A kill leaves either the
+    old ``out``, or none (a resumed run writes it again), never a half-written one."""
+    import shutil
+
+    out = Path(out)
+    tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    fill(tmp)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _fill_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any, dtype: Any) -> None:
+    """Weights + config (save_pretrained, floating-point tensors stored as ``dtype`` when given),
+    tokenizer.json, and the image sizing the model was trained with (preprocessor_config.json), so
+    inference resizes images the same way."""
     out.mkdir(parents=True, exist_ok=True)
     tok_file = out / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place
@@ -173,7 +196,6 @@ def write_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any = N
         pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
                "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}
         (out / PREPROCESSOR_FILE).write_text(json.dumps(pre, indent=2) + "\n", encoding="utf-8")
-    return out
 
 
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
