@@ -51,6 +51,21 @@ _SEP = "::"  # between a parameter's name and its optimizer-state name
 
 log = logging.getLogger(__name__)
 
+# A seam for the chaos test (tests/train/test_chaos.py, which kill -9s a run at each phase): called with
+# the name of each phase a save has just passed. None in every normal run.
+on_phase: Any = None
+
+
+def passed(phase: str) -> None:
+    """Mark that a save has passed ``phase`` (see ``SAVE_PHASES``)."""
+    if on_phase is not None:
+        on_phase(phase)
+
+
+# the phases of a checkpoint's save, then of the final folder's (pipeline._write_beside), in order
+SAVE_PHASES = ("checkpoint:files", "checkpoint:manifest", "checkpoint:renamed", "checkpoint:latest",
+               "checkpoint:pruned", "final:filled", "final:moved_aside", "final:renamed")
+
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, partial or corrupt. ``path`` is the offending file or folder;
@@ -215,6 +230,7 @@ def save_checkpoint(root: str | Path, step: int, state: TrainingState, *, keep_l
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         _write_json(tmp / "rng.json", rng_meta)
     _write_json(tmp / "trainer_state.json", {**state.trainer, "step": step})
+    passed("checkpoint:files")
 
     files = {}
     for f in sorted(tmp.iterdir()):
@@ -222,15 +238,19 @@ def save_checkpoint(root: str | Path, step: int, state: TrainingState, *, keep_l
         files[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
     _write_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
     _fsync(tmp / MANIFEST)
+    passed("checkpoint:manifest")
 
     if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
+    passed("checkpoint:renamed")
     _atomic_write_text(root / LATEST, final.name + "\n")
     _fsync_dir(root)
+    passed("checkpoint:latest")
     if keep_last is not None:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old)
+    passed("checkpoint:pruned")
     return final
 
 

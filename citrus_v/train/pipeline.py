@@ -172,10 +172,15 @@ def _write_beside(out: Path, fill: Any) -> Path:
     tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
+    from citrus_v.train.checkpointing import passed
+
     fill(tmp)
+    passed("final:filled")
     if out.exists():
         out.rename(old)
+    passed("final:moved_aside")
     tmp.rename(out)
+    passed("final:renamed")
     shutil.rmtree(old, ignore_errors=True)
     return out
 
