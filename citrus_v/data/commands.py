@@ -31,7 +31,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_validate)
 
     p = sub.add_parser("convert", help="convert a public dataset file to DIR/data.jsonl + images")
-    p.add_argument("--format", required=True, dest="fmt", help="vqa-rad, slake, pathvqa, pmc-vqa, mecovqa-g(-plus), medsegbench, medxray-cot, meddocbench")
+    p.add_argument("--format", required=True, dest="fmt", help="vqa-rad, slake, pathvqa, pmc-vqa, mecovqa-g(-plus), medsegbench, cvc-clinicdb (a folder), medxray-cot, meddocbench")
     p.add_argument("src", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--images-root", type=Path, default=None, help="folder the set's image paths are relative to")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from citrus_v.data.schema import Record, write_jsonl
 from citrus_v.data.sources.common import SourceError
+from citrus_v.data.sources.cvc_clinicdb import load_cvc_clinicdb
 from citrus_v.data.sources.reports import load_meddocbench, load_medxray_cot
 from citrus_v.data.sources.seg import load_mecovqa_g, load_medsegbench
 from citrus_v.data.sources.vqa import load_pathvqa, load_pmc_vqa, load_slake, load_vqa_rad
@@ -28,6 +29,7 @@ FORMATS: dict[str, tuple[Callable[..., list[Record]], bool]] = {
     "mecovqa-g": (load_mecovqa_g, False),
     "mecovqa-g-plus": (load_mecovqa_g, False),  # same layout as MeCoVQA-G
     "medsegbench": (load_medsegbench, True),
+    "cvc-clinicdb": (load_cvc_clinicdb, True),  # a folder: images/ + masks/
     "medxray-cot": (load_medxray_cot, False),
     "meddocbench": (load_meddocbench, True),
 }
