@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class RequestError(Exception):
     """Bad input: an HTTP status (4xx), a message that says what is wrong, and where (``param``).
@@ -22,3 +25,24 @@ class RequestError(Exception):
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         text = f"{self.param}: {self.message}" if self.param else self.message
         return {"error": {"message": text, "type": kind, "param": self.param, "code": self.code}}
+
+
+def json_kind(value: Any) -> str:
+    """A parsed JSON value's kind as a client would name it ("object", "array", "number", ...)."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+def finite_number(value: Any, where: str) -> float:
+    """``value`` as a finite float, or a 400 naming ``where``: booleans, strings, NaN, infinities and
+    integers too large for a float are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(400, f"must be a finite number, got {json_kind(value)}", where)
+    try:
+        number = float(value)  # a JSON integer of 400 digits overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RequestError(400, f"must be a finite number, got {str(value)[:40]}", where)
+    return number

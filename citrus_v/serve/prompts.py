@@ -12,13 +12,12 @@ so a malformed prompt costs nothing), then the bounds against the decoded image'
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from citrus_v.serve.errors import RequestError
+from citrus_v.serve.errors import RequestError, finite_number, json_kind
 
 PROMPT_KEYS = ("points", "box", "mask_input_rle", "seg_index", "multimask")
 MAX_POINTS = 64  # SAM2 tools send a handful of clicks; more is a client bug, not a prompt
@@ -48,7 +47,7 @@ class PromptSpec:
 def parse_prompts(value: Any, where: str = "prompts") -> PromptSpec:
     """The JSON shape alone (no image needed yet); :class:`RequestError` naming the field otherwise."""
     if not isinstance(value, dict):
-        raise RequestError(400, f"must be an object like {{\"points\": [[x, y, 1]]}}, got {_kind(value)}", where)
+        raise RequestError(400, f"must be an object like {{\"points\": [[x, y, 1]]}}, got {json_kind(value)}", where)
     unknown = sorted(set(value) - set(PROMPT_KEYS))
     if unknown:
         raise RequestError(400, f"unknown key(s) {unknown}; expected some of {list(PROMPT_KEYS)}", where)
@@ -66,7 +65,7 @@ def parse_prompts(value: Any, where: str = "prompts") -> PromptSpec:
         raise RequestError(400, f"must be an int >= 0, got {seg_index!r}", f"{where}.seg_index")
     multimask = value.get("multimask")
     if multimask is not None and not isinstance(multimask, bool):
-        raise RequestError(400, f"must be true, false or null, got {_kind(multimask)}", f"{where}.multimask")
+        raise RequestError(400, f"must be true, false or null, got {json_kind(multimask)}", f"{where}.multimask")
     return PromptSpec(points, box, rle, None, seg_index, multimask)
 
 
@@ -92,7 +91,7 @@ def _parse_points(value: Any, where: str) -> list[tuple[float, float, int]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise RequestError(400, f"must be a list of [x, y, label], got {_kind(value)}", where)
+        raise RequestError(400, f"must be a list of [x, y, label], got {json_kind(value)}", where)
     if len(value) > MAX_POINTS:
         raise RequestError(400, f"{len(value)} points, above the limit of {MAX_POINTS}", where)
     points = []
@@ -100,7 +99,7 @@ def _parse_points(value: Any, where: str) -> list[tuple[float, float, int]]:
         at = f"{where}[{i}]"
         if not isinstance(point, list) or len(point) != 3:
             raise RequestError(400, f"must be [x, y, label], got {point!r}", at)
-        x, y = _number(point[0], f"{at}[0]"), _number(point[1], f"{at}[1]")
+        x, y = finite_number(point[0], f"{at}[0]"), finite_number(point[1], f"{at}[1]")
         label = point[2]
         # an int 0/1 only: true/false or 0.5 would be guesses about the client's intent
         if isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int):
@@ -112,22 +111,10 @@ def _parse_points(value: Any, where: str) -> list[tuple[float, float, int]]:
 def _parse_box(value: Any, where: str) -> list[float]:
     if not isinstance(value, list) or len(value) != 4:
         raise RequestError(400, f"must be [x1, y1, x2, y2], got {value!r}", where)
-    x1, y1, x2, y2 = (_number(v, f"{where}[{k}]") for k, v in enumerate(value))
+    x1, y1, x2, y2 = (finite_number(v, f"{where}[{k}]") for k, v in enumerate(value))
     if not (x1 < x2 and y1 < y2):
         raise RequestError(400, f"box {value} must have x1 < x2 and y1 < y2", where)
     return [x1, y1, x2, y2]
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(400, f"must be a finite number, got {_kind(value)}", where)
-    try:
-        number = float(value)  # a JSON integer of 400 digits overflows here
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise RequestError(400, f"must be a finite number, got {str(value)[:40]}", where)
-    return number
 
 
 def _decode_rle(rle: dict, size: tuple[int, int], where: str) -> np.ndarray:
@@ -144,7 +131,3 @@ def _decode_rle(rle: dict, size: tuple[int, int], where: str) -> np.ndarray:
         raise RequestError(400, f"cannot decode: {err}", f"{where}.counts") from None
 
 
-def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
-    )

@@ -7,7 +7,6 @@ are ignored, as OpenAI clients send many (``presence_penalty``, ``user``...).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import uuid
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from citrus_v.infer.types import Prediction
-from citrus_v.serve.errors import RequestError
+from citrus_v.serve.errors import RequestError, finite_number, json_kind
 from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url
 from citrus_v.serve.prompts import PromptSpec, check_prompts_on_image, parse_prompts
 from citrus_v.serve.rle import encode_box, encode_mask
@@ -56,7 +55,7 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
 
     ``reserve(pixels, param)`` is called per image before it is decoded (the server's pixel budget)."""
     if not isinstance(body, dict):
-        raise RequestError(400, f"request body must be a JSON object, got {_type_name(body)}")
+        raise RequestError(400, f"request body must be a JSON object, got {json_kind(body)}")
     model = _optional(body, "model", str)
     stream = _optional(body, "stream", bool) or False
     return_images = _optional(body, "return_images", bool) or False
@@ -109,7 +108,7 @@ def _parse_messages(
     if messages is None:
         raise RequestError(400, "is required", "messages")
     if not isinstance(messages, list):
-        raise RequestError(400, f"must be a list, got {_type_name(messages)}", "messages")
+        raise RequestError(400, f"must be a list, got {json_kind(messages)}", "messages")
     if not messages:
         raise RequestError(400, "must hold at least one message", "messages")
     if len(messages) > config.max_messages:
@@ -120,7 +119,7 @@ def _parse_messages(
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise RequestError(400, f"must be an object, got {_type_name(message)}", where)
+            raise RequestError(400, f"must be an object, got {json_kind(message)}", where)
         role = message.get("role")
         if role not in ROLES:
             raise RequestError(400, f"role must be one of {list(ROLES)}, got {role!r}", f"{where}.role")
@@ -154,18 +153,18 @@ def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[s
     if isinstance(content, str):
         return [_check_text(content, where)], []
     if not isinstance(content, list):
-        raise RequestError(400, f"must be a string or a list of parts, got {_type_name(content)}", where)
+        raise RequestError(400, f"must be a string or a list of parts, got {json_kind(content)}", where)
     texts: list[str] = []
     urls: list[tuple[str, str]] = []
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
         if not isinstance(part, dict):
-            raise RequestError(400, f"must be an object, got {_type_name(part)}", at)
+            raise RequestError(400, f"must be an object, got {json_kind(part)}", at)
         kind = part.get("type")
         if kind == "text":
             text = part.get("text")
             if not isinstance(text, str):
-                raise RequestError(400, f"must be a string, got {_type_name(text)}", f"{at}.text")
+                raise RequestError(400, f"must be a string, got {json_kind(text)}", f"{at}.text")
             texts.append(_check_text(text, f"{at}.text"))
         elif kind == "image_url":
             if not allow_images:
@@ -176,7 +175,7 @@ def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[s
             if isinstance(image_url, dict):
                 url = image_url.get("url")
             if not isinstance(url, str) or not url:
-                raise RequestError(400, f"must be a non-empty string, got {_type_name(url)}", url_at)
+                raise RequestError(400, f"must be a non-empty string, got {json_kind(url)}", url_at)
             urls.append((url_at, url))
         else:
             raise RequestError(400, f"part type must be 'text' or 'image_url', got {kind!r}", f"{at}.type")
@@ -189,7 +188,7 @@ def _optional(body: dict, key: str, kind: type) -> Any:
         return None
     # bool is an int subclass in Python; JSON true is not a token count
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RequestError(400, f"must be {kind.__name__}, got {_type_name(value)}", key)
+        raise RequestError(400, f"must be {kind.__name__}, got {json_kind(value)}", key)
     return value
 
 
@@ -197,15 +196,7 @@ def _optional_number(body: dict, key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(400, f"must be a finite number, got {_type_name(value)}", key)
-    try:
-        number = float(value)  # a JSON integer of 400 digits overflows here
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise RequestError(400, f"must be a finite number, got {str(value)[:40]}", key)
-    return number
+    return finite_number(value, key)
 
 
 # C0/C1 control characters but tab, newline and carriage return; lone UTF-16 surrogates (valid JSON
@@ -222,10 +213,6 @@ def _check_text(text: str, where: str) -> str:
     return text
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
-    )
 
 
 # --------------------------------------------------------------------------------------- responses
