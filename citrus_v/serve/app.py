@@ -181,20 +181,22 @@ async def _start(state: ServerState, predictor: BatchPredictor | None, loader: C
         log.exception("model failed to load")
         state.load_error = f"{type(err).__name__}: {err}"
         return
-    _limit_tokens_to_context(state.config, model)
+    state.config = _limit_tokens_to_context(state.config, model)
     queue = BatchQueue(model, state.config)
     await queue.start()
     state.queue = queue
 
 
-def _limit_tokens_to_context(config: ServeConfig, model: BatchPredictor) -> None:
-    """An unset ``max_tokens_limit`` becomes the model's context (``max_context_tokens``), when it says."""
+def _limit_tokens_to_context(config: ServeConfig, model: BatchPredictor) -> ServeConfig:
+    """An unset ``max_tokens_limit`` becomes the model's context (``max_context_tokens``), when it says
+    (a copy: the caller's config is left as it was)."""
+    import dataclasses
+
     context = getattr(model, "max_context_tokens", None)
     if config.max_tokens_limit is not None or not isinstance(context, int) or context < 1:
-        return
-    config.max_tokens_limit = context
-    config.default_max_tokens = min(config.default_max_tokens, context)
+        return config
     log.info("max_tokens limited to the model's context: %d", context)
+    return dataclasses.replace(config, max_tokens_limit=context, default_max_tokens=min(config.default_max_tokens, context))
 
 
 def _check_with_model(predictor: BatchPredictor, chat: ChatRequest) -> None:

@@ -108,13 +108,15 @@ def test_no_mask_gives_an_empty_list_as_published(adapter, script):
 def test_max_tokens_limit_is_the_models_context(adapter, script):
     context = adapter.predictor.model.config.llm.max_position_embeddings
     assert context > 2048  # the old fixed limit; the tiny preset has 8192
-    with local_client(create_app(adapter, ServeConfig())) as client:
+    config = ServeConfig()
+    with local_client(create_app(adapter, config)) as client:
         script("The liver.")
         ok = client.post("/v1/chat/completions", json=published_request(data_url(IMAGE), "What organ?", max_tokens=context))
         over = client.post("/v1/chat/completions", json=published_request(data_url(IMAGE), "What organ?", max_tokens=context + 1))
     assert ok.status_code == 200, ok.text
     assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
     assert f"[1, {context}]" in over.json()["error"]["message"]
+    assert config.max_tokens_limit is None  # the server's copy took the limit, the caller's config is untouched
 
 
 def test_max_tokens_limit_is_configurable():
