@@ -64,7 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_request_pixels=args.max_request_pixels,
             max_pixels_in_flight=args.max_pixels_in_flight,
             max_tokens_limit=args.max_tokens_limit,
-            default_max_tokens=min(512, args.max_tokens_limit or 512),
+            default_max_tokens=min(512, args.max_tokens_limit) if (args.max_tokens_limit or 0) >= 1 else 512,
             api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
             allowed_image_dirs=list(args.allow_image_dir),
             bind_host=args.host,
