@@ -136,6 +136,18 @@ def test_echo_predictor_masks_are_resized_to_the_grid():
     np.testing.assert_array_equal(mask.astype(bool), expected)
 
 
+def test_the_last_stream_chunk_carries_raw_response():
+    import json
+
+    with local_client(create_app(EchoPredictor(), ServeConfig())) as client:
+        with client.stream("POST", "/v1/chat/completions",
+                           json=published_request(data_url(png_bytes(64, 32)), "Segment it.", stream=True)) as r:
+            lines = [line for line in r.iter_lines() if line]
+    last = json.loads(lines[-2][len("data: "):])  # the chunk before [DONE]
+    (mask,) = published_client_masks(last)
+    assert mask.shape == (256, 256) and int(mask.sum()) == 64 * 64
+
+
 def test_mask_grid_prefers_the_segmenter_grid_and_checks_it():
     low = np.zeros((256, 256), dtype=bool)
     low[3, 5] = True
