@@ -93,26 +93,74 @@ def frame_report(args: argparse.Namespace) -> dict[str, int | list[int]]:
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("generation")
-    group.add_argument("--max-new-tokens", type=int, default=512)
-    group.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
-    group.add_argument("--top-p", type=float, default=1.0)
-    group.add_argument("--top-k", type=int, default=0, help="0 = off")
+    group = p.add_argument_group(
+        "generation", "defaults: the model folder's generation_config.json, else greedy with 512 new tokens; "
+        "each flag given replaces that one setting")
+    group.add_argument("--max-new-tokens", type=int, default=None)
+    group.add_argument("--temperature", type=float, default=None, help="0 = greedy; above 0 samples at it")
+    group.add_argument("--top-p", type=float, default=None)
+    group.add_argument("--top-k", type=int, default=None, help="0 = off")
+    group.add_argument("--repetition-penalty", type=float, default=None, help="1 = off")
     group.add_argument("--seed", type=int, default=None)
 
 
-def settings_from_args(args: argparse.Namespace):  # -> GenerationSettings
-    from citrus_v.infer.generation import GenerationSettings
+def generation_overrides(args: argparse.Namespace) -> dict:
+    """The generation flags the user gave (None = not given): ``Predictor.from_pretrained(generation=...)``."""
+    from citrus_v.errors import UserError
 
-    sampling = args.temperature is not None
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=sampling,
-        temperature=args.temperature if sampling else 1.0,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-    )
+    if args.temperature is not None and args.temperature < 0:
+        raise UserError(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "top_k": args.top_k, "repetition_penalty": args.repetition_penalty, "seed": args.seed}
+
+
+def settings_from_args(args: argparse.Namespace):  # -> GenerationSettings
+    """The flags over the built-in defaults (no model folder read): a ``UserError`` names a bad value."""
+    from citrus_v.errors import UserError
+    from citrus_v.infer.generation import GenerationSettings
+    from citrus_v.infer.generation_config import merge_settings
+
+    try:
+        return merge_settings(GenerationSettings(), **generation_overrides(args))
+    except ValueError as err:
+        raise UserError(_flag_message(err)) from None
+
+
+def load_predictor_for(args: argparse.Namespace, device: str, **kwargs):
+    """``Predictor.from_pretrained`` with the folder's generation defaults under the flags given."""
+    from citrus_v.errors import UserError
+    from citrus_v.infer.predictor import Predictor
+
+    overrides = generation_overrides(args)
+    settings_from_args(args)  # a bad flag is named before the model loads
+    try:
+        return Predictor.from_pretrained(args.model, device=device, generation=overrides, window=args.window, **kwargs)
+    except ValueError as err:
+        if "GenerationSettings." in str(err):  # a flag against the folder's defaults (e.g. top_p 0 there)
+            raise UserError(_flag_message(err)) from None
+        raise
+
+
+def _flag_message(err: ValueError) -> str:
+    text = str(err)
+    for name in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"):
+        text = text.replace(f"GenerationSettings.{name}", "--" + name.replace("_", "-"))
+    return text
+
+
+def generation_report(settings, model_dir: str | None) -> dict:
+    """The settings a prediction used and where the defaults came from (``predict --json``)."""
+    from dataclasses import asdict
+
+    from citrus_v.infer.generation_config import FILE_NAME
+    from citrus_v.infer.predictor import default_model_dir
+
+    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    report = asdict(settings)
+    report["stop_token_ids"] = list(settings.stop_token_ids)
+    report.pop("fast", None)
+    report["defaults_from"] = str(folder / FILE_NAME) if (folder / FILE_NAME).is_file() else "built-in"
+    return report
 
 
 def prediction_to_dict(pred, mask_paths: list[str], overlay_path: str | None) -> dict[str, Any]:
@@ -149,7 +197,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from citrus_v.data.schema import SEG_TOKEN
     from citrus_v.errors import UserError
-    from citrus_v.infer.predictor import Predictor
 
     if not args.image:
         raise UserError("give at least one --image FILE")
@@ -162,11 +209,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
     # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
     images = load_images_for(args)
-    settings = settings_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor.from_pretrained(
-        args.model, device=device, settings=settings, window=args.window, tighten_boxes=not args.text_boxes
-    )
+    predictor = load_predictor_for(args, device, tighten_boxes=not args.text_boxes)
     try:  # every special token of the tokenizer, as the server refuses them (issue 22)
         predictor.check_prompt(args.prompt, "--prompt")
     except ValueError as err:
@@ -179,7 +223,8 @@ def run_predict(args: argparse.Namespace) -> int:
         mask_paths, overlay_path = write_outputs(pred, images[0], Path(args.out))
     frames = frame_report(args)
     if args.json:
-        json.dump(prediction_to_dict(pred, mask_paths, overlay_path) | {"frames": frames}, sys.stdout)
+        generation = generation_report(predictor.settings, args.model)
+        json.dump(prediction_to_dict(pred, mask_paths, overlay_path) | {"frames": frames, "generation": generation}, sys.stdout)
         sys.stdout.write("\n")
     else:
         for path, f in frames.items():

@@ -16,7 +16,9 @@ import torch
 class GenerationSettings:
     """How to decode. Greedy by default; ``do_sample=True`` turns on temperature / top-p / top-k.
 
-    ``top_k=0`` and ``top_p=1.0`` mean "off". ``seed`` makes sampling reproducible.
+    ``top_k=0``, ``top_p=1.0`` and ``repetition_penalty=1.0`` mean "off". ``seed`` makes sampling
+    reproducible. ``stop_token_ids``: tokens that end the answer besides the model's end of turn
+    (a folder's ``generation_config.json`` ``eos_token_id``; see :mod:`citrus_v.infer.generation_config`).
     ``fast=True`` (greedy only) decodes with ``citrus_v.infer.fast`` instead of ``generate``.
     """
 
@@ -27,6 +29,8 @@ class GenerationSettings:
     top_k: int = 0
     seed: int | None = None
     fast: bool = False
+    repetition_penalty: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         w = "GenerationSettings"
@@ -38,15 +42,27 @@ class GenerationSettings:
             raise ValueError(f"{w}.top_p: must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"{w}.top_k: must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not 0 < self.repetition_penalty <= 10:
+            raise ValueError(f"{w}.repetition_penalty: must be in (0, 10] (1 = off), got {self.repetition_penalty!r}")
+        self.stop_token_ids = tuple(self.stop_token_ids)
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"{w}.stop_token_ids: must be token ids (ints >= 0), got {self.stop_token_ids!r}")
         if self.fast and self.do_sample:
             raise ValueError(f"{w}.fast: the fast path is greedy only; set do_sample=False or fast=False")
+        if self.fast and (self.repetition_penalty != 1.0 or self.stop_token_ids):
+            raise ValueError(f"{w}.fast: the fast path has no repetition penalty or extra stop tokens; set fast=False")
+
+    def stop_ids(self, eos_token_id: int) -> list[int]:
+        """The model's end of turn first, then the extra stop tokens."""
+        return [eos_token_id, *(t for t in self.stop_token_ids if t != eos_token_id)]
 
     def generate_kwargs(self, eos_token_id: int, pad_token_id: int) -> dict:
         """Keyword arguments for ``generate``; sampling knobs only when sampling (HF warns otherwise)."""
         kwargs: dict = {
             "max_new_tokens": self.max_new_tokens,
             "do_sample": self.do_sample,
-            "eos_token_id": eos_token_id,
+            "eos_token_id": self.stop_ids(eos_token_id) if self.stop_token_ids else eos_token_id,
+            "repetition_penalty": self.repetition_penalty if self.repetition_penalty != 1.0 else None,
             "pad_token_id": pad_token_id,
             "use_cache": True,
             "return_dict_in_generate": True,
@@ -104,9 +120,11 @@ def generate_sequences(
     logits = torch.stack(out.logits, dim=1).float()
     probs = torch.softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     rows = []
+    stops = set(settings.stop_ids(eos_token_id))
     for ids_row, prob_row in zip(new_ids.tolist(), probs.tolist()):
-        if eos_token_id in ids_row:
-            end = ids_row.index(eos_token_id) + 1  # keep the end-of-turn token: it was generated
+        ends = [k for k, t in enumerate(ids_row) if t in stops]
+        if ends:
+            end = ends[0] + 1  # keep the end-of-turn token: it was generated
             rows.append(GeneratedSequence(ids_row[:end], prob_row[:end], stopped=True))
         else:
             rows.append(GeneratedSequence(ids_row, prob_row, stopped=False))

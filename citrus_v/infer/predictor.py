@@ -34,13 +34,14 @@ import torch
 from PIL import Image
 
 from citrus_v.config import CitrusVConfig
+from citrus_v.infer.conversation import Conversation
 from citrus_v.infer.generation import GeneratedSequence, GenerationSettings, generate_sequences
 from citrus_v.infer.session import ImageSession, decode_seg_states, encode_sessions
 from citrus_v.infer.text import parse_report, split_reasoning
 from citrus_v.infer.types import Box, Mask, Prediction
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image | ImageSession
-Request = tuple[Sequence[ImageInput] | ImageInput, str]
+Request = tuple[Sequence[ImageInput] | ImageInput, "str | Conversation"]
 
 SEG_TOKEN = "[SEG]"
 
@@ -59,6 +60,14 @@ class _Encoded:
     pixel_values: torch.Tensor | None  # (P, C) patches of all images of the request
     image_grid_thw: torch.Tensor | None  # (n_img, 3)
     session: ImageSession | None  # None when the request has no image
+
+
+def _default_settings(model_dir: Path, settings: GenerationSettings | None, overrides: dict) -> GenerationSettings:
+    """``settings``, else the folder's generation_config.json, else greedy; then ``overrides`` field by field."""
+    from citrus_v.infer.generation_config import merge_settings, read_generation_config
+
+    base = settings or read_generation_config(model_dir) or GenerationSettings()
+    return merge_settings(base, **overrides)
 
 
 def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
@@ -109,12 +118,17 @@ class Predictor:
         window: str | None = None,
         config: CitrusVConfig | None = None,
         tighten_boxes: bool = True,
+        generation: dict | None = None,
     ) -> Predictor:
         """Load a model folder: ours (config.json + model.safetensors + tokenizer files) or the
         published Citrus-V checkpoint layout (Qwen2.5-VL config + sharded safetensors). ``None``
         loads the embedded default model from ``citrus_v/assets/default``. ``config``, when given,
         must agree with the folder's (for a published folder it supplies the SAM2 shapes).
         ``tighten_boxes=False`` returns boxes exactly as the model wrote them.
+
+        Generation defaults: ``settings`` when given; else the folder's ``generation_config.json``
+        (``citrus_v/infer/generation_config.py``), else greedy; ``generation`` (GenerationSettings field
+        -> value, None = unset) then replaces single fields, as command-line flags do.
         """
         from citrus_v.model.loading import load_model_and_tokenizer
 
@@ -124,6 +138,7 @@ class Predictor:
                 f"the embedded default model is missing: {model_dir} has no config.json "
                 "(train it with `citrus-v train` or pass --model DIR)"
             )
+        settings = _default_settings(model_dir, settings, generation or {})
         model, tokenizer, template = load_model_and_tokenizer(model_dir, device=device, dtype=dtype, config=config)
         return cls(model, tokenizer, template, settings=settings, window=window, tighten_boxes=tighten_boxes)
 
@@ -233,13 +248,32 @@ class Predictor:
         except ValueError as err:
             raise ValueError(f"{where}: {height}x{width} cannot be resized for the model ({err})") from None
 
-    def _encode(self, images: Sequence[ImageInput] | ImageInput, prompt: str, where: str) -> _Encoded:
+    def check_conversation(self, conversation: Conversation, where: str = "conversation") -> None:
+        """ValueError naming a reserved token in a system or user turn, or one other than [SEG] in an
+        earlier answer (the [SEG] the model wrote there is context: it makes no mask now)."""
+        for i, text in conversation.user_texts():
+            self.check_prompt(text, f"{where}, turn {i}")
+        for i, text in conversation.assistant_texts():
+            self.check_prompt(text.replace(SEG_TOKEN, ""), f"{where}, turn {i}")
+        if not conversation.last_user_text.strip() and conversation.num_images() == 0:
+            raise ValueError(f"{where}: the last user turn is empty")
+
+    def _encode_text(self, arrays: list[np.ndarray], prompt: str | Conversation, where: str):
+        """The prompt (one user turn) or a whole conversation -> the template's ``Example``."""
+        if isinstance(prompt, Conversation):
+            from citrus_v.infer.conversation import encode_conversation
+
+            self.check_conversation(prompt, where)
+            return encode_conversation(self.template, arrays, prompt)
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{where}: the prompt is empty")
         self.check_prompt(prompt, where)
+        return self.template.encode_prompt(arrays, prompt)
+
+    def _encode(self, images: Sequence[ImageInput] | ImageInput, prompt: str | Conversation, where: str) -> _Encoded:
         images = _as_list(images)
         arrays = self.load_images(images, where)
-        example = self.template.encode_prompt(arrays, prompt)
+        example = self._encode_text(arrays, prompt, where)
         if not arrays:
             return _Encoded(example.input_ids.tolist(), None, None, None)
         first = images[0]
@@ -295,7 +329,9 @@ class Predictor:
         images = self._images_of([rows[i] for i in seg_rows])
         hidden = self.model.hidden_states(ids, mask.to(self.device), images.get("pixel_values"), images.get("image_grid_thw"))
         for k, i in enumerate(seg_rows):
-            out[i] = hidden[k][ids[k] == self.seg_token_id]  # (B, L, H) -> (n_seg_row, H)
+            # only the [SEG]s of this answer: one in the prompt (an earlier answer of a conversation) is context
+            generated_part = torch.arange(length, device=ids.device) >= len(rows[i].input_ids)
+            out[i] = hidden[k][(ids[k] == self.seg_token_id) & generated_part]  # (B, L, H) -> (n_seg_row, H)
         return out
 
     def _masks(self, rows: Sequence[_Encoded], seg_states: Sequence[torch.Tensor]) -> list[list[Mask]]:
@@ -321,7 +357,9 @@ class Predictor:
         start = 0
         for i, n in zip(seg_rows, counts):
             binary = rows[i].session.transforms.masks_to_original(logits[start : start + n])  # (n, H, W) bool
-            out[i] = [Mask(mask=m, score=float(s), image_index=0) for m, s in zip(binary, iou[start : start + n])]
+            grid = (logits[start : start + n] > 0).cpu().numpy()  # (n, 256, 256) bool: sigmoid > 0.5
+            out[i] = [Mask(mask=m, score=float(s), image_index=0, low_res=g)
+                      for m, s, g in zip(binary, iou[start : start + n], grid)]
             start += n
         return out
 

@@ -105,7 +105,7 @@ def refine(
         answer=answer,
         raw_text=raw_text,
         reasoning=reasoning,
-        masks=[Mask(mask=mask, score=float(iou[0]), label="refined")],
+        masks=[Mask(mask=mask, score=float(iou[0]), label="refined", low_res=(logits[0] > 0).cpu().numpy())],
         mean_token_prob=mean_prob,
         num_generated_tokens=n_generated,
     )

@@ -35,12 +35,14 @@ def _rounded(bbox: list[float]) -> list[float]:
 
 @dataclass
 class Mask:
-    """One mask per ``[SEG]``: a boolean array at the original image size (H, W)."""
+    """One mask per ``[SEG]``: a boolean array at the original image size (H, W), and the segmenter's
+    own 256x256 grid (``low_res``: logits > 0, i.e. sigmoid > 0.5, what the published server encodes)."""
 
     mask: np.ndarray  # (H, W) bool
     score: float  # the segmenter's predicted IoU for the chosen candidate, clipped to [0, 1]
     label: str = ""
     image_index: int = 0
+    low_res: np.ndarray | None = None  # (256, 256) bool; None where only the full-size mask is known
 
     def __post_init__(self) -> None:
         # SAM's IoU head is a regression: it can say 1.01 or -0.02, which no IoU is

@@ -181,20 +181,36 @@ async def _start(state: ServerState, predictor: BatchPredictor | None, loader: C
         log.exception("model failed to load")
         state.load_error = f"{type(err).__name__}: {err}"
         return
+    state.config = _limit_tokens_to_context(state.config, model)
     queue = BatchQueue(model, state.config)
     await queue.start()
     state.queue = queue
+
+
+def _limit_tokens_to_context(config: ServeConfig, model: BatchPredictor) -> ServeConfig:
+    """An unset ``max_tokens_limit`` becomes the model's context (``max_context_tokens``), when it says
+    (a copy: the caller's config is left as it was)."""
+    import dataclasses
+
+    context = getattr(model, "max_context_tokens", None)
+    if config.max_tokens_limit is not None or not isinstance(context, int) or context < 1:
+        return config
+    log.info("max_tokens limited to the model's context: %d", context)
+    return dataclasses.replace(config, max_tokens_limit=context, default_max_tokens=min(config.default_max_tokens, context))
 
 
 def _check_with_model(predictor: BatchPredictor, chat: ChatRequest) -> None:
     """What only the model knows (its tokenizer's reserved strings, the sizes its ViT takes) -> a 400
     before the request joins a batch. A predictor without these checks is served as before."""
     check_prompt = getattr(predictor, "check_prompt", None)
-    if check_prompt is not None and chat.prompt:
-        try:
+    check_conversation = getattr(predictor, "check_conversation", None)
+    try:
+        if chat.conversation is not None and check_conversation is not None:
+            check_conversation(chat.conversation, "messages")
+        elif check_prompt is not None and chat.prompt:
             check_prompt(chat.prompt, "user text")
-        except ValueError as err:
-            raise RequestError(400, str(err), "messages", code="reserved_token") from None
+    except ValueError as err:
+        raise RequestError(400, str(err), "messages", code="reserved_token") from None
     check_size = getattr(predictor, "check_image_size", None)
     if check_size is not None:
         for i, image in enumerate(chat.images):
@@ -207,7 +223,7 @@ def _check_with_model(predictor: BatchPredictor, chat: ChatRequest) -> None:
 async def _predict(state: ServerState, chat: ChatRequest):
     try:
         return await asyncio.wait_for(
-            state.queue.submit([image.pixels for image in chat.images], chat.prompt, chat.sampling, chat.prompts),
+            state.queue.submit([image.pixels for image in chat.images], chat.text_input, chat.sampling, chat.prompts),
             timeout=state.config.request_timeout_s,
         )
     except QueueFull:

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from citrus_v.infer.conversation import Conversation
 from citrus_v.infer.types import Prediction
 from citrus_v.serve.prompts import PromptSpec
 from citrus_v.serve.schemas import SamplingParams
@@ -54,7 +55,7 @@ class QueueFull(Exception):
 @dataclass
 class _Pending:
     images: list[np.ndarray]
-    prompt: str
+    prompt: str | Conversation  # a Conversation: a system message or earlier turns (never with prompts)
     sampling: SamplingParams
     future: asyncio.Future
     prompts: PromptSpec | None = None
@@ -99,7 +100,7 @@ class BatchQueue:
         self._worker = None
 
     async def submit(
-        self, images: list[np.ndarray], prompt: str, sampling: SamplingParams, prompts: PromptSpec | None = None
+        self, images: list[np.ndarray], prompt: str | Conversation, sampling: SamplingParams, prompts: PromptSpec | None = None
     ) -> Prediction:
         if self._queue is None or not self.running:
             raise RuntimeError("BatchQueue.submit: the worker is not running (call start() first)")

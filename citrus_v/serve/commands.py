@@ -25,8 +25,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels-in-flight", type=int, default=120_000_000,
                    help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M, "
                         "~360 MB as RGB)")
+    p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
+                   help="the largest max_tokens a request may ask for (default: the model's context, its "
+                        "max_position_embeddings)")
     p.add_argument("--allow-image-dir", type=Path, action="append", default=[],
-                   help="allow local paths / file:// URLs under this directory (repeatable; default: data: URLs only)")
+                   help="allow local paths / file:// URLs (and {\"type\": \"image\", \"image\": PATH} parts) under "
+                        "this directory (repeatable; default: data: URLs only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also accept requests whose Host header is NAME (repeatable; '*' any). Default: the --host "
                         "address only (and localhost names for a loopback bind, IP addresses for 0.0.0.0)")
@@ -59,6 +63,8 @@ def run_serve(args: argparse.Namespace) -> int:
             max_image_pixels=args.max_image_pixels,
             max_request_pixels=args.max_request_pixels,
             max_pixels_in_flight=args.max_pixels_in_flight,
+            max_tokens_limit=args.max_tokens_limit,
+            default_max_tokens=min(512, args.max_tokens_limit) if (args.max_tokens_limit or 0) >= 1 else 512,
             api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
             allowed_image_dirs=list(args.allow_image_dir),
             bind_host=args.host,
@@ -84,7 +90,7 @@ FLAG_OF_FIELD = {
     "max_images_per_request": "--max-images", "max_image_pixels": "--max-image-pixels",
     "max_request_pixels": "--max-request-pixels", "max_pixels_in_flight": "--max-pixels-in-flight",
     "api_key": "--api-key", "allowed_image_dirs": "--allow-image-dir", "allowed_hosts": "--allowed-host",
-    "cors_origins": "--cors-origin", "model_aliases": "--model-alias",
+    "cors_origins": "--cors-origin", "model_aliases": "--model-alias", "max_tokens_limit": "--max-tokens-limit",
 }
 
 

@@ -68,7 +68,8 @@ def read_image_bytes(url: str, config: ServeConfig, param: str) -> bytes:
         raise RequestError(400, f"remote image URLs are not fetched ({scheme}://); send the image as a data: URL", param)
     if not config.allowed_image_dirs:
         raise RequestError(
-            400, "only data: URLs are accepted (local paths need ServeConfig.allowed_image_dirs)", param
+            400, "only data: URLs are accepted here: local paths and file:// URLs need the server started with "
+            "--allow-image-dir DIR (ServeConfig.allowed_image_dirs)", param,
         )
     path_text = unquote(urlparse(url).path) if scheme == "file" else url
     if scheme not in ("", "file"):

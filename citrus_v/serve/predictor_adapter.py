@@ -12,18 +12,21 @@ from citrus_v.serve.prompts import PromptSpec
 from citrus_v.serve.schemas import SamplingParams
 
 
-def to_generation_settings(sampling: SamplingParams):
-    """OpenAI knobs -> the predictor's ``GenerationSettings`` (temperature 0 = greedy, as OpenAI)."""
-    from citrus_v.infer.generation import GenerationSettings
+def to_generation_settings(sampling: SamplingParams, base=None):
+    """OpenAI knobs over the model's defaults ``base`` (a ``GenerationSettings``: its folder's
+    generation_config.json, else greedy) -> the predictor's settings. What the request leaves unset
+    (None) keeps the default; ``temperature == 0`` is greedy, as OpenAI; > 0 samples at it."""
+    from dataclasses import replace
 
-    sample = sampling.temperature > 0
-    return GenerationSettings(
-        max_new_tokens=sampling.max_tokens,
-        do_sample=sample,
-        temperature=sampling.temperature if sample else 1.0,
-        top_p=sampling.top_p,
-        seed=sampling.seed,
+    from citrus_v.infer.generation import GenerationSettings
+    from citrus_v.infer.generation_config import merge_settings
+
+    settings = merge_settings(
+        replace(base or GenerationSettings(), fast=False), max_new_tokens=sampling.max_tokens,
+        temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+        repetition_penalty=sampling.repetition_penalty,
     )
+    return replace(settings, seed=sampling.seed)  # a seed is the request's own
 
 
 SESSIONS_KEPT = 4  # images whose segmenter features the server keeps (SAM2-L: ~16 MB each in fp32)
@@ -42,12 +45,28 @@ class PredictorAdapter:
 
         self.predictor = predictor
         self.model_name = model_name
+        self.defaults = predictor.settings  # the model's generation defaults; each request's knobs go over them
         self.sessions = SessionCache(predictor.image_session, SESSIONS_KEPT)
 
     def predict_batch(self, items: Sequence[tuple[list[np.ndarray], str]], settings: SamplingParams) -> list[Prediction]:
         # a request's first image is the one its [SEG]s segment and its boxes are on
         requests = [([self.sessions.get(images[0]), *images[1:]] if images else images, text) for images, text in items]
-        return self.predictor.predict_batch(requests, settings=to_generation_settings(settings))
+        return self.predictor.predict_batch(requests, settings=self.generation_settings(settings))
+
+    def generation_settings(self, sampling: SamplingParams):
+        """The request's settings over the model's defaults (``Predictor.settings``)."""
+        return to_generation_settings(sampling, self.defaults)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The model's context (max_position_embeddings): the server's default ``max_tokens`` limit."""
+        llm = getattr(getattr(getattr(self.predictor, "model", None), "config", None), "llm", None)
+        value = getattr(llm, "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
+
+    def check_conversation(self, conversation, where: str) -> None:
+        """ValueError naming a reserved token in a turn of a conversation (see ``Predictor.check_conversation``)."""
+        self.predictor.check_conversation(conversation, where)
 
     def check_prompt(self, prompt: str, where: str) -> None:
         """ValueError naming a reserved token string ([SEG], <|vision_start|>...) in the prompt."""
@@ -61,7 +80,7 @@ class PredictorAdapter:
         """Point/box prompts (and the text, if any) on one image -> ``Predictor.refine``'s one mask."""
         # refine decodes with predictor.settings; swapping them is safe: the batch worker is the only caller
         previous = self.predictor.settings
-        self.predictor.settings = to_generation_settings(settings)
+        self.predictor.settings = self.generation_settings(settings)
         try:
             return self.predictor.refine(self.sessions.get(image), prompt=text if text.strip() else None, **prompts.refine_kwargs())
         finally:

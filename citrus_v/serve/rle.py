@@ -33,6 +33,26 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+GRID = 256  # the segmenter's mask grid: what the published server encodes
+
+
+def mask_grid(mask: np.ndarray, low_res: np.ndarray | None = None) -> np.ndarray:
+    """The (256, 256) bool mask the published server sends: the segmenter's own grid (``low_res``,
+    logits > 0 = sigmoid > 0.5) when known, else ``mask`` (H, W) resized to 256x256 by nearest neighbour."""
+    if low_res is not None:
+        grid = np.asarray(low_res, dtype=bool)
+        if grid.shape != (GRID, GRID):
+            raise ValueError(f"low_res: expected shape ({GRID}, {GRID}), got {grid.shape}")
+        return grid
+    arr = np.asarray(mask, dtype=bool)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise ValueError(f"mask: expected a non-empty (H, W) array, got shape {arr.shape}")
+    centres = 2 * np.arange(GRID) + 1  # each grid cell's centre, in half cells
+    rows = centres * arr.shape[0] // (2 * GRID)  # the source row under each grid row's centre
+    cols = centres * arr.shape[1] // (2 * GRID)
+    return arr[rows][:, cols]
+
+
 def decode_mask(rle: dict) -> np.ndarray:
     """The inverse of :func:`encode_mask`: ``{"size", "counts"}`` -> bool (H, W)."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:

@@ -1,5 +1,8 @@
 """The wire format: OpenAI chat requests in, chat completions (+ ``seg_masks_rle`` and ``boxes``) out.
 
+Each response also carries ``raw_response.seg_masks_rle``: the masks on the segmenter's 256x256 grid,
+as the published Citrus-V deploy sends them (its clients read that key).
+
 Requests are checked by hand rather than by a pydantic model so that every error names the exact
 JSON path (``messages[0].content[1].image_url.url``) and maps to one clear 4xx. Unknown top-level keys
 are ignored, as OpenAI clients send many (``presence_penalty``, ``user``...).
@@ -7,7 +10,6 @@ are ignored, as OpenAI clients send many (``presence_penalty``, ``user``...).
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,27 +17,31 @@ from typing import Any
 
 from citrus_v.infer.types import Prediction
 from citrus_v.serve.errors import RequestError, finite_number, json_kind
+from citrus_v.infer.conversation import Conversation
 from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url
+from citrus_v.serve.messages import parse_messages
 from citrus_v.serve.prompts import PromptSpec, check_prompts_on_image, parse_prompts
-from citrus_v.serve.rle import encode_box, encode_mask
+from citrus_v.serve.rle import encode_box, encode_mask, mask_grid
 from citrus_v.serve.settings import ServeConfig
 
-ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit int
 
 
 @dataclass
 class SamplingParams:
-    """What the client asked of the decoder; ``temperature == 0`` (the default) means greedy."""
+    """What the client asked of the decoder. ``None`` = the model's default (its folder's
+    ``generation_config.json``, else greedy); ``temperature == 0`` means greedy."""
 
     max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
+    top_k: int | None = None  # 0 = off
+    repetition_penalty: float | None = None
 
     def key(self) -> tuple:
         """Requests with equal keys can share one ``predict_batch`` call."""
-        return (self.max_tokens, self.temperature, self.top_p, self.seed)
+        return (self.max_tokens, self.temperature, self.top_p, self.seed, self.top_k, self.repetition_penalty)
 
 
 @dataclass
@@ -46,8 +52,15 @@ class ChatRequest:
     sampling: SamplingParams
     stream: bool = False
     return_images: bool = False  # extension: echo the decoded images as PNG (the viewer shows DICOMs so)
-    ignored_system_text: list[str] = field(default_factory=list)
+    system_text: list[str] = field(default_factory=list)  # the system message's text, rendered in the prompt
     prompts: PromptSpec | None = None  # extension: point/box prompts -> Predictor.refine on the one image
+    # a system message or earlier turns: the whole chat, rendered as the chat template does (None: one user turn)
+    conversation: Conversation | None = None
+
+    @property
+    def text_input(self) -> str | Conversation:
+        """What the predictor answers: the one user turn's text, or the whole conversation."""
+        return self.conversation if self.conversation is not None else self.prompt
 
 
 def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = True, reserve=None) -> ChatRequest:
@@ -65,14 +78,18 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
     sampling = _parse_sampling(body, config)
     # the prompts' shape is checked before any image is decoded; their bounds once the size is known
     prompts = None if body.get("prompts") is None else parse_prompts(body["prompts"], "prompts")
-    prompt, urls, system_text = _parse_messages(body.get("messages"), config, text_optional=prompts is not None)
+    parsed = parse_messages(body.get("messages"), config, text_optional=prompts is not None)
+    urls = parsed.urls
     if prompts is not None and len(urls) != 1:
         # refine works on one image; dropping the others silently would change what the model sees
         raise RequestError(400, f"point/box prompts need exactly one image in the request, got {len(urls)}", "prompts")
+    if prompts is not None and parsed.conversation is not None:
+        raise RequestError(400, "point/box prompts take one user message (no system message, no history)", "prompts")
     images = [decode_image_url(url, config, param, reserve) for param, url in urls] if decode_images else []
     if prompts is not None and images:
         check_prompts_on_image(prompts, images[0].size, "prompts")
-    return ChatRequest(model, prompt, images, sampling, stream, return_images, system_text, prompts)
+    return ChatRequest(model, parsed.prompt, images, sampling, stream, return_images, parsed.system_text, prompts,
+                       parsed.conversation)
 
 
 def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
@@ -82,104 +99,25 @@ def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
         max_tokens, name = _optional(body, "max_completion_tokens", int), "max_completion_tokens"
     if max_tokens is None:
         max_tokens = config.default_max_tokens
-    if not 1 <= max_tokens <= config.max_tokens_limit:
-        raise RequestError(400, f"must be in [1, {config.max_tokens_limit}], got {max_tokens}", name)
+    limit = config.tokens_limit
+    if not 1 <= max_tokens <= limit:
+        raise RequestError(400, f"must be in [1, {limit}] (the server's --max-tokens-limit), got {max_tokens}", name)
     temperature = _optional_number(body, "temperature")
-    temperature = 0.0 if temperature is None else temperature
-    if not 0.0 <= temperature <= 2.0:
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
         raise RequestError(400, f"must be in [0, 2], got {temperature}", "temperature")
     top_p = _optional_number(body, "top_p")
-    top_p = 1.0 if top_p is None else top_p
-    if not 0.0 < top_p <= 1.0:
+    if top_p is not None and not 0.0 < top_p <= 1.0:
         raise RequestError(400, f"must be in (0, 1], got {top_p}", "top_p")
+    top_k = _optional(body, "top_k", int)
+    if top_k is not None and top_k < 0:  # vLLM's -1 for "off" is refused: 0 is off here
+        raise RequestError(400, f"must be an int >= 0 (0 = off), got {top_k}", "top_k")
+    penalty = _optional_number(body, "repetition_penalty")
+    if penalty is not None and not 0.0 < penalty <= 10.0:
+        raise RequestError(400, f"must be in (0, 10], got {penalty}", "repetition_penalty")
     seed = _optional(body, "seed", int)
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise RequestError(400, f"must be in [0, 2**63 - 1], got {str(seed)[:40]}", "seed")
-    return SamplingParams(max_tokens, float(temperature), float(top_p), seed)
-
-
-def _parse_messages(
-    messages: Any, config: ServeConfig, text_optional: bool = False
-) -> tuple[str, list[tuple[str, str]], list[str]]:
-    """-> (prompt, [(param, image url)], system texts). One user turn: the predictor is single-turn.
-
-    ``text_optional``: point/box prompts alone can make a mask (SAM-style), so the text may be empty.
-    """
-    if messages is None:
-        raise RequestError(400, "is required", "messages")
-    if not isinstance(messages, list):
-        raise RequestError(400, f"must be a list, got {json_kind(messages)}", "messages")
-    if not messages:
-        raise RequestError(400, "must hold at least one message", "messages")
-    if len(messages) > config.max_messages:
-        raise RequestError(400, f"{len(messages)} messages, above max_messages={config.max_messages}", "messages")
-    texts: list[str] = []
-    urls: list[tuple[str, str]] = []
-    system_text: list[str] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise RequestError(400, f"must be an object, got {json_kind(message)}", where)
-        role = message.get("role")
-        if role not in ROLES:
-            raise RequestError(400, f"role must be one of {list(ROLES)}, got {role!r}", f"{where}.role")
-        if role == "assistant":
-            # the predictor answers one user turn; folding history in silently would change answers
-            raise RequestError(400, "multi-turn conversations are not supported: send one user turn", f"{where}.role")
-        parts_text, parts_urls = _parse_content(message.get("content"), f"{where}.content", allow_images=role == "user")
-        if role == "system":
-            system_text.extend(parts_text)  # the model has its fixed system prompt; recorded, not used
-            continue
-        texts.extend(parts_text)
-        urls.extend(parts_urls)
-        if len(urls) > config.max_images_per_request:
-            raise RequestError(
-                400, f"more than max_images_per_request={config.max_images_per_request} images", where, code="too_many_images"
-            )
-    if not texts and not urls:
-        raise RequestError(400, "no user message with text or images", "messages")
-    prompt = "\n".join(t for t in texts if t)
-    if len(prompt) > config.max_prompt_chars:
-        raise RequestError(
-            400, f"prompt has {len(prompt)} characters, above max_prompt_chars={config.max_prompt_chars}", "messages",
-            code="prompt_too_long",
-        )
-    if not prompt.strip() and not text_optional:
-        raise RequestError(400, "the user turn has no text prompt", "messages")
-    return prompt, urls, system_text
-
-
-def _parse_content(content: Any, where: str, allow_images: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    if isinstance(content, str):
-        return [_check_text(content, where)], []
-    if not isinstance(content, list):
-        raise RequestError(400, f"must be a string or a list of parts, got {json_kind(content)}", where)
-    texts: list[str] = []
-    urls: list[tuple[str, str]] = []
-    for j, part in enumerate(content):
-        at = f"{where}[{j}]"
-        if not isinstance(part, dict):
-            raise RequestError(400, f"must be an object, got {json_kind(part)}", at)
-        kind = part.get("type")
-        if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RequestError(400, f"must be a string, got {json_kind(text)}", f"{at}.text")
-            texts.append(_check_text(text, f"{at}.text"))
-        elif kind == "image_url":
-            if not allow_images:
-                raise RequestError(400, "images are only accepted in user messages", at)
-            image_url = part.get("image_url")
-            # OpenAI's shape is {"url": ...}; a bare string is what several clients send
-            url, url_at = (image_url, f"{at}.image_url") if isinstance(image_url, str) else (None, f"{at}.image_url.url")
-            if isinstance(image_url, dict):
-                url = image_url.get("url")
-            if not isinstance(url, str) or not url:
-                raise RequestError(400, f"must be a non-empty string, got {json_kind(url)}", url_at)
-            urls.append((url_at, url))
-        else:
-            raise RequestError(400, f"part type must be 'text' or 'image_url', got {kind!r}", f"{at}.type")
-    return texts, urls
+    return SamplingParams(max_tokens, temperature, top_p, seed, top_k, penalty)
 
 
 def _optional(body: dict, key: str, kind: type) -> Any:
@@ -197,22 +135,6 @@ def _optional_number(body: dict, key: str) -> float | None:
     if value is None:
         return None
     return finite_number(value, key)
-
-
-# C0/C1 control characters but tab, newline and carriage return; lone UTF-16 surrogates (valid JSON
-# escapes such as "\ud800" that no UTF-8 text can hold)
-_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _check_text(text: str, where: str) -> str:
-    bad = _BAD_CHARS.search(text)
-    if bad is not None:
-        char = bad.group()
-        kind = "an unpaired surrogate" if "\ud800" <= char <= "\udfff" else "the control character"
-        raise RequestError(400, f"holds {kind} U+{ord(char):04X} at character {bad.start()}", where, code="invalid_text")
-    return text
-
-
 
 
 # --------------------------------------------------------------------------------------- responses
@@ -243,6 +165,8 @@ def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
         return sizes[index] if 0 <= index < len(sizes) else None
 
     extras: dict = {
+        # the published deploy's shape: its clients read raw_response.seg_masks_rle (256x256, sigmoid > 0.5)
+        "raw_response": {"seg_masks_rle": [encode_mask(mask_grid(m.mask, m.low_res)) for m in prediction.masks]},
         "seg_masks_rle": [encode_mask(m.mask) for m in prediction.masks],
         "seg_masks_info": [
             {"score": round(float(m.score), 4), "label": m.label, "image_index": m.image_index} for m in prediction.masks

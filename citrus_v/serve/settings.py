@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+FALLBACK_MAX_TOKENS = 2_048  # the max_tokens limit for a predictor that does not tell its context
+
+
 @dataclass
 class ServeConfig:
     """Limits and switches of ``citrus-v serve``. Each limit turns bad input into a 4xx, never a crash.
@@ -24,7 +27,9 @@ class ServeConfig:
     max_pixels_in_flight: int = 120_000_000
     max_prompt_chars: int = 8_000
     max_messages: int = 32
-    max_tokens_limit: int = 2_048  # the largest ``max_tokens`` a client may ask for
+    # the largest ``max_tokens`` a client may ask for; None: the model's context (its max_position_embeddings,
+    # set when the model is loaded), FALLBACK_MAX_TOKENS for a model that does not say
+    max_tokens_limit: int | None = None
     default_max_tokens: int = 512
     max_batch: int = 8  # requests per predict_batch call
     batch_wait_ms: float = 5.0  # how long the worker waits to fill a batch
@@ -52,7 +57,6 @@ class ServeConfig:
             "max_pixels_in_flight",
             "max_prompt_chars",
             "max_messages",
-            "max_tokens_limit",
             "default_max_tokens",
             "max_batch",
             "max_queue",
@@ -60,10 +64,11 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ServeConfig.{name}: must be an int >= 1, got {value!r}")
-        if self.default_max_tokens > self.max_tokens_limit:
-            raise ValueError(
-                f"ServeConfig.default_max_tokens: {self.default_max_tokens} exceeds max_tokens_limit={self.max_tokens_limit}"
-            )
+        limit = self.max_tokens_limit
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"ServeConfig.max_tokens_limit: must be an int >= 1 or None, got {limit!r}")
+        if limit is not None and self.default_max_tokens > limit:
+            raise ValueError(f"ServeConfig.default_max_tokens: {self.default_max_tokens} exceeds max_tokens_limit={limit}")
         if self.max_request_pixels > self.max_pixels_in_flight:  # such a request could never be served
             raise ValueError(
                 f"ServeConfig.max_request_pixels: {self.max_request_pixels} exceeds max_pixels_in_flight={self.max_pixels_in_flight}"
@@ -88,6 +93,11 @@ class ServeConfig:
                 raise ValueError(f"ServeConfig.allowed_image_dirs: {d} is not a directory")
             dirs.append(p)
         self.allowed_image_dirs = dirs
+
+    @property
+    def tokens_limit(self) -> int:
+        """``max_tokens_limit``, or FALLBACK_MAX_TOKENS while it is unset (no model loaded yet)."""
+        return self.max_tokens_limit if self.max_tokens_limit is not None else FALLBACK_MAX_TOKENS
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")

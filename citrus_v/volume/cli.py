@@ -69,8 +69,7 @@ def wants_volume_path(args: argparse.Namespace) -> bool:
 def run_volume(args: argparse.Namespace) -> int:
     import torch
 
-    from citrus_v.infer.commands import settings_from_args
-    from citrus_v.infer.predictor import Predictor
+    from citrus_v.infer.commands import load_predictor_for
 
     clicks = bool(args.point) or args.box is not None
     if args.volume is None and not args.image:
@@ -81,7 +80,7 @@ def run_volume(args: argparse.Namespace) -> int:
         raise SystemExit("citrus-v predict: --point/--box on a volume need --slice N (the slice they are on)")
     volume = None if args.volume is None else _read_volume(args)  # a bad file fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor.from_pretrained(args.model, device=device, settings=settings_from_args(args), window=args.window)
+    predictor = load_predictor_for(args, device)  # the folder's generation defaults under the flags given
     if volume is None:
         return _run_image_refine(args, predictor)
     return _run_volume(args, predictor, volume, clicks)

@@ -102,7 +102,7 @@ def check(body) -> ChatRequest | None:
         return None
     assert isinstance(req, ChatRequest)
     assert len(req.prompt) <= CONFIG.max_prompt_chars
-    assert 1 <= req.sampling.max_tokens <= CONFIG.max_tokens_limit
+    assert 1 <= req.sampling.max_tokens <= CONFIG.tokens_limit  # max_tokens_limit None: the fallback until a model says
     assert len(req.images) <= CONFIG.max_images_per_request
     for image in req.images:
         assert image.pixels.dtype == np.uint8 and image.pixels.ndim == 3 and image.pixels.shape[2] == 3

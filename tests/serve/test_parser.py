@@ -46,7 +46,10 @@ def test_valid_request_is_parsed_exactly():
     assert req.images[0].source_format == "PNG"
     np.testing.assert_array_equal(req.images[0].pixels, np.asarray(Image.open(io.BytesIO(png_bytes(32, 48)))))
     assert (req.sampling.max_tokens, req.sampling.temperature, req.sampling.top_p, req.sampling.seed) == (20, 0.5, 0.9, 3)
-    assert req.ignored_system_text == ["You are a helpful assistant."]
+    # the system message is honoured: the request becomes a conversation rendered as the chat template does
+    assert req.system_text == ["You are a helpful assistant."]
+    assert [(t.role, t.content) for t in req.conversation.turns] == [
+        ("system", "You are a helpful assistant."), ("user", "<image>Where is the liver?")]
 
 
 def test_string_content_and_bare_image_url_string_are_accepted():
@@ -71,7 +74,17 @@ def test_string_content_and_bare_image_url_string_are_accepted():
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, 400, "messages[0].content[0].text", "got number"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}, {"type": "text", "text": "x"}]}]},
          400, IMG0, "non-empty string"),
-        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, 400, "messages[1].role", "multi-turn"),
+        # history is rendered now (tests/serve/test_published_contract.py); a chat must end on the user turn to answer
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, 400, "messages[1].role",
+         "last message must be the user turn"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "c"}]},
+         400, "messages[1].role", "system message may only come first"),
+        ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "<image> here"}]},
+         400, "messages[1].content", "placed by their content parts"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "image": 3}]}]}, 400, IMG0.replace("image_url.url", "image"),
+         "non-empty string"),
+        (chat_body(None, top_k=-1), 400, "top_k", "0 = off"),
+        (chat_body(None, repetition_penalty=0), 400, "repetition_penalty", "(0, 10]"),
         ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
          400, "messages[0].content[0]", "only accepted in user messages"),
         ({"messages": [{"role": "user", "content": "  "}]}, 400, "messages", "no text prompt"),
