@@ -29,6 +29,8 @@ COVID_ROWS = [  # patientid, filename, modality, view, license; the last one is 
     ("1", "p1b.png", "X-ray", "L", "CC BY 4.0"),
     ("2", "p2.png", "CT", "Axial", ""),
     ("3", "p3.png", "X-ray", "AP", "CC BY-NC-SA"),
+    ("11", "p1a.png", "X-ray", "PA", "CC BY 4.0"),  # the same image again, under another id: 11 is patient 1
+    ("11", "p9.png", "X-ray", "PA", ""),
     ("4", "big.png", "X-ray", "PA", ""),
 ]
 LUNG_BOXES = {"p1a.png": {1: [2, 3, 10, 20], 2: [20, 4, 9, 18]}, "p3.png": {1: [None] * 4, 2: [18, 2, 10, 16]}}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from citrus_v.cli import main
 from citrus_v.data.sources import SourceError, convert
-from citrus_v.data.sources.covid_cxr import patient_split
+from citrus_v.data.sources.covid_cxr import patient_groups, patient_split
 from citrus_v.data.sources.masks import grid_tiles
 from citrus_v.data.sources.splits import hash_split
 from tests.data.real_fixtures import bccd_set, covid_set, drive_set, monuseg_set
@@ -41,7 +41,9 @@ def test_covid_records_boxes_masks_and_left_out(tmp_path: Path):
         ("p3.png", "<image>What imaging modality is this?", "X-ray"),
         ("p3.png", "<image>Is this a lateral view?", "no"),
         ("p3.png", "<image>Please locate the left lung.", "<boxes>"),  # its right-lung box has no coordinates
-    ]
+        ("p9.png", "<image>What imaging modality is this?", "X-ray"),
+        ("p9.png", "<image>Is this a lateral view?", "no"),
+    ]  # the second row of p1a.png is left out
     boxes = [(r.objects.ref, r.objects.bbox) for r in recs if r.task == "detection"]
     assert boxes == [(["right lung"], [[2, 3, 12, 23]]), (["left lung"], [[20, 4, 29, 22]]), (["left lung"], [[18, 2, 28, 18]])]  # COCO xywh -> xyxy
     seg = next(r for r in recs if r.task == "segmentation")
@@ -54,6 +56,7 @@ def test_covid_records_boxes_masks_and_left_out(tmp_path: Path):
         "image in metadata.csv absent (the snapshot leaves out files >= 4 MiB)": 1,
         "lung box without coordinates in the COCO file": 1,
         "lung mask of another size than its image": 1,
+        "a second metadata.csv row for an image (under another patient id)": 1,
     })
     assert {r.meta["license"] for r in recs if r.meta["patientid"] == "1"} == {"CC BY 4.0"}
     assert {r.meta["license"] for r in recs if r.meta["patientid"] == "2"} == {None}
@@ -61,7 +64,11 @@ def test_covid_records_boxes_masks_and_left_out(tmp_path: Path):
 
 def test_covid_split_is_by_patient(tmp_path: Path):
     _, recs = convert("covid-chestxray", covid_set(tmp_path / "covid"), tmp_path / "out")
-    assert all(r.meta["split"] == patient_split(r.meta["patientid"]) for r in recs)
+    group = {"1": "1", "2": "2", "3": "3", "11": "1"}  # 11 lists patient 1's image p1a.png; alone it would be test, 1 is train
+    assert patient_split("11") != patient_split("1")
+    assert all(r.meta["split"] == patient_split(group[r.meta["patientid"]]) for r in recs)
+    assert patient_groups([{"patientid": p, "filename": f} for p, f in (("7", "a"), ("5", "b"), ("7", "b"), ("6", "c"), ("6", "a"))]) == {
+        "7": "5", "5": "5", "6": "5"}  # linked through two shared files
     # the rule's shares hold over many patients, and a patient's images never straddle splits
     shares = Counter(patient_split(str(p)) for p in range(20000))
     assert abs(shares["train"] / 20000 - 0.7) < 0.02 and abs(shares["val"] / 20000 - 0.1) < 0.02

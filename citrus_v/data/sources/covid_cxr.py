@@ -17,7 +17,8 @@ The metadata's "finding" (COVID-19, SARS, Pneumocystis, ...) and clinical notes 
 questions: the finding is a diagnosis made with tests and history that the image alone does not show,
 and the notes describe the patient, not the picture. Both stay in ``meta``.
 Images listed in metadata.csv but absent (the snapshot leaves out files >= 4 MiB; ``volumes/`` holds
-only a download note) are counted in ``skipped``. The split is by patient (``splits.RULES``).
+only a download note) are counted in ``skipped``, and so is a second row for the same image. The split is by
+patient (``splits.RULES``); patient ids that list the same image are one patient (``patient_groups``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ _MODALITIES = {"X-ray": "X-ray", "CT": "CT"}
 
 def patient_split(patientid: str) -> str:
     return hash_split(f"covid-chestxray:{patientid}", val=0.1, test=0.2)
+
+
+def patient_groups(rows: list[dict[str, str]]) -> dict[str, str]:
+    """patientid -> the first id of its group in string order: ids that list the same image file are one person
+    (the metadata has a few such rows, e.g. 285 and 339), so their images share a split."""
+    parent: dict[str, str] = {}
+
+    def root(p: str) -> str:
+        while parent.setdefault(p, p) != p:
+            p = parent[p]
+        return p
+
+    first: dict[str, str] = {}
+    for row in rows:
+        pid = row["patientid"]
+        other = first.setdefault(row["filename"], pid)
+        a, b = sorted((root(pid), root(other)))
+        parent[b] = a
+    return {pid: root(pid) for pid in parent}
 
 
 def _metadata(src: Path) -> list[dict[str, str]]:
@@ -143,7 +163,8 @@ def _row_records(src: Path, row: dict[str, str], i: int, ctx: dict[str, Any], sk
         skipped[f"modality {row['modality']!r}"] += 1
         return []
     image, size = str(image_path.resolve()), _image_size(image_path)
-    meta = {"source": "covid-chestxray", "patientid": row["patientid"], "image": row["filename"], "split": patient_split(row["patientid"]),
+    group = ctx["groups"][row["patientid"]]
+    meta = {"source": "covid-chestxray", "patientid": row["patientid"], "image": row["filename"], "split": patient_split(group),
             "view": row.get("view"), "finding": row.get("finding"), "license": (row.get("license") or "").strip() or None}
     records = _vqa_records(row, image, meta, path, i)
     if row["filename"] in ctx["boxes"]:
@@ -166,8 +187,13 @@ def load_covid_chestxray(src: str | Path, *, image_dir: str | Path, skipped: Cou
     masks are written under ``image_dir`` (the images themselves are referenced where they lie)."""
     src = Path(src)
     skipped = Counter() if skipped is None else skipped
-    ctx = {"boxes": _lung_boxes(src, skipped), "masks": _mask_files(src), "image_dir": Path(image_dir)}
-    records = []
-    for i, row in enumerate(_metadata(src)):
+    rows = _metadata(src)
+    ctx = {"boxes": _lung_boxes(src, skipped), "masks": _mask_files(src), "image_dir": Path(image_dir), "groups": patient_groups(rows)}
+    records, seen = [], set()
+    for i, row in enumerate(rows):
+        if row["filename"] in seen:
+            skipped["a second metadata.csv row for an image (under another patient id)"] += 1
+            continue
+        seen.add(row["filename"])
         records += _row_records(src, row, i + 2, ctx, skipped)  # i + 2: the csv line, after its header
     return records

@@ -16,7 +16,8 @@ SPLITS = ("train", "val", "test")
 RULES = {
     "vqa-rad": "test = testset.json (the set's own); val = the train questions of 10% of the train images "
     "(hash of the image name), train = the rest",
-    "covid-chestxray": "by patient id (hash): 70% train, 10% val, 20% test; every image of a patient on one side",
+    "covid-chestxray": "by patient id (hash): 70% train, 10% val, 20% test; every image of a patient on one side "
+    "(ids that list the same image count as one patient)",
     "cvc-clinicdb": "contiguous frame blocks = whole video sequences: train 1-408, val 409-478, test 479-612",
     "monuseg": "the folders: Train_Folder / Val_Folder / Test_Folder (test = MoNuSeg 2018's official test images)",
     "drive": "test/ = DRIVE's official test set; val = training images 37-40; train = training images 21-36",
