@@ -13,6 +13,7 @@ from PIL import Image
 from citrus_v.cli import main
 from citrus_v.data.sources import SourceError, convert
 from citrus_v.data.sources.covid_cxr import patient_groups, patient_split
+from citrus_v.data.sources.cvc_clinicdb import sequence_of
 from citrus_v.data.sources.masks import grid_tiles
 from citrus_v.data.sources.splits import hash_split
 from tests.data.real_fixtures import bccd_set, covid_set, drive_set, monuseg_set
@@ -143,3 +144,15 @@ def test_a_wrong_folder_is_one_line_naming_the_layout(tmp_path: Path, capsys, fm
     assert main(["data", "convert", "--format", fmt, str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert problem in err and len(err.splitlines()) == 1
+
+
+def test_cvc_split_blocks_hold_whole_sequences():
+    from citrus_v.data.sources.cvc_clinicdb import LAST_FRAME, split_of
+
+    by_sequence: dict[int, set[str]] = {}
+    for frame in range(1, LAST_FRAME + 1):
+        by_sequence.setdefault(sequence_of(frame), set()).add(split_of(frame))
+    assert all(len(s) == 1 for s in by_sequence.values())  # no video sequence straddles two splits
+    order = [next(iter(by_sequence[q])) for q in sorted(by_sequence)]
+    assert order == sorted(order, key=("train", "val", "test").index)  # contiguous blocks, in split order
+    assert Counter(order) == Counter({"train": 19, "val": 4, "test": 6})

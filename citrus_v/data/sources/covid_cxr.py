@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,10 @@ def _box_records(boxes: dict[str, list[float]], image: str, meta: dict[str, Any]
     ]
 
 
-def _mask_record(mask_path: Path, size: tuple[int, int], image: str, meta: dict[str, Any], image_dir: Path, path: Path, i: int) -> Record | None:
+def _mask_record(
+    mask_path: Path, size: tuple[int, int], image: str, meta: dict[str, Any], image_dir: Path, path: Path, i: int
+) -> Record | None:
+    """The lungs' segmentation record, its mask thresholded at 128; None when the mask's size is not the image's."""
     from PIL import Image
 
     with Image.open(mask_path) as im:
@@ -150,7 +154,17 @@ def _mask_record(mask_path: Path, size: tuple[int, int], image: str, meta: dict[
                        modality="X-ray", meta={**meta, "mask_origin": MASK_ORIGIN}, path=path, row=i)
 
 
-def _row_records(src: Path, row: dict[str, str], i: int, ctx: dict[str, Any], skipped: Counter[str]) -> list[Record]:
+@dataclass(frozen=True)
+class _Annotations:
+    """What the set holds beside metadata.csv, read once."""
+
+    boxes: dict[str, tuple[tuple[int, int], dict[str, list[float]]]]  # file name -> ((w, h), side -> box)
+    masks: dict[str, Path]  # image stem -> lungVAE mask
+    groups: dict[str, str]  # patientid -> patient group (patient_groups)
+    image_dir: Path  # where thresholded masks are written
+
+
+def _row_records(src: Path, row: dict[str, str], i: int, ctx: _Annotations, skipped: Counter[str]) -> list[Record]:
     image_path = src / "images" / row["filename"]
     path = src / "metadata.csv"
     if row["folder"] != "images":
@@ -163,19 +177,19 @@ def _row_records(src: Path, row: dict[str, str], i: int, ctx: dict[str, Any], sk
         skipped[f"modality {row['modality']!r}"] += 1
         return []
     image, size = str(image_path.resolve()), _image_size(image_path)
-    group = ctx["groups"][row["patientid"]]
-    meta = {"source": "covid-chestxray", "patientid": row["patientid"], "image": row["filename"], "split": patient_split(group),
-            "view": row.get("view"), "finding": row.get("finding"), "license": (row.get("license") or "").strip() or None}
+    meta = {"source": "covid-chestxray", "patientid": row["patientid"], "image": row["filename"],
+            "split": patient_split(ctx.groups[row["patientid"]]), "view": row.get("view"), "finding": row.get("finding"),
+            "license": (row.get("license") or "").strip() or None}
     records = _vqa_records(row, image, meta, path, i)
-    if row["filename"] in ctx["boxes"]:
-        box_size, boxes = ctx["boxes"][row["filename"]]
+    if row["filename"] in ctx.boxes:
+        box_size, boxes = ctx.boxes[row["filename"]]
         if box_size == size:
             records += _box_records(boxes, image, meta, _MODALITIES[row["modality"]], path, i)
         else:
             skipped["lung boxes drawn on another size of the image"] += 1
-    mask = ctx["masks"].get(image_path.stem)
+    mask = ctx.masks.get(image_path.stem)
     if mask is not None and row["modality"] == "X-ray":
-        rec = _mask_record(mask, size, image, meta, ctx["image_dir"], path, i)
+        rec = _mask_record(mask, size, image, meta, ctx.image_dir, path, i)
         if rec is None:
             skipped["lung mask of another size than its image"] += 1
         records += [rec] if rec else []
@@ -188,7 +202,7 @@ def load_covid_chestxray(src: str | Path, *, image_dir: str | Path, skipped: Cou
     src = Path(src)
     skipped = Counter() if skipped is None else skipped
     rows = _metadata(src)
-    ctx = {"boxes": _lung_boxes(src, skipped), "masks": _mask_files(src), "image_dir": Path(image_dir), "groups": patient_groups(rows)}
+    ctx = _Annotations(_lung_boxes(src, skipped), _mask_files(src), patient_groups(rows), Path(image_dir))
     records, seen = [], set()
     for i, row in enumerate(rows):
         if row["filename"] in seen:
