@@ -31,11 +31,24 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_validate)
 
     p = sub.add_parser("convert", help="convert a public dataset file to DIR/data.jsonl + images")
-    p.add_argument("--format", required=True, dest="fmt", help="vqa-rad, slake, pathvqa, pmc-vqa, mecovqa-g(-plus), medsegbench, cvc-clinicdb (a folder), medxray-cot, meddocbench")
+    p.add_argument("--format", required=True, dest="fmt", help="vqa-rad, slake, pathvqa, pmc-vqa, mecovqa-g(-plus), medsegbench, medxray-cot, meddocbench; "
+                   "folders: cvc-clinicdb, covid-chestxray, monuseg, drive, bccd")
     p.add_argument("src", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--images-root", type=Path, default=None, help="folder the set's image paths are relative to")
     p.set_defaults(func=run_convert)
+
+    p = sub.add_parser(
+        "real-suite", help="convert every real source (issue 21) found under a folder into train/val/test JSONL",
+        description="SOURCES holds one subfolder per source: vqa-rad, covid-chestxray, cvc-clinicdb, monuseg, drive, "
+        "bccd (docs/default_model.md, 'Real data (issue 21)', says what to fetch for each). Writes OUT/<source>/"
+        "{train,val,test}.jsonl, the merged OUT/{train,val,test}.jsonl and OUT/counts.json; the splits are fixed in "
+        "citrus_v/data/sources/splits.py. A missing source is skipped with a note.",
+    )
+    p.add_argument("--sources", required=True, type=Path, help="folder with one subfolder per source")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--only", default=None, help="comma-separated source names (default: all)")
+    p.set_defaults(func=run_real_suite)
 
     p = sub.add_parser("show", help="draw one record's image with its boxes and masks as PNG")
     p.add_argument("file", type=Path)
@@ -97,20 +110,42 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    import inspect
+
     from citrus_v.data.sources import FORMATS, convert
 
     if args.fmt not in FORMATS:
         raise UserError(f"--format: unknown format {args.fmt!r}; known: {', '.join(sorted(FORMATS))}")
     kwargs = {}
     if args.images_root is not None:
-        import inspect
-
         if "images_root" not in inspect.signature(FORMATS[args.fmt][0]).parameters:
             raise UserError(f"--images-root does not apply to {args.fmt} (images are embedded)")
         kwargs["images_root"] = args.images_root
+    skipped: Counter[str] = Counter()
+    if "skipped" in inspect.signature(FORMATS[args.fmt][0]).parameters:
+        kwargs["skipped"] = skipped
     jsonl, records = convert(args.fmt, args.src, args.out, **kwargs)  # SourceError names the file and row
     counts = Counter(r.task for r in records)
     print(f"wrote {len(records)} records to {jsonl} ({', '.join(f'{t}: {c}' for t, c in sorted(counts.items()))})")
+    for why, n in sorted(skipped.items()):
+        print(f"  left out {n}: {why}")
+    return 0
+
+
+def run_real_suite(args: argparse.Namespace) -> int:
+    from citrus_v.data.sources.real_suite import NAMES, build_suite, format_counts
+
+    if not args.sources.is_dir():
+        raise UserError(f"--sources {args.sources}: no such folder")
+    only = NAMES if args.only is None else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    unknown = sorted(set(only) - set(NAMES))
+    if unknown:
+        raise UserError(f"--only: unknown source(s) {', '.join(unknown)}; known: {', '.join(NAMES)}")
+    summary = build_suite(args.sources, args.out, only)
+    if not summary["sources"]:
+        raise UserError(f"--sources {args.sources}: none of the sources {', '.join(only)} is there (see the notes above)")
+    print("\n".join(format_counts(summary)))
+    print(f"wrote {args.out}/{{train,val,test}}.jsonl and {args.out}/counts.json")
     return 0
 
 

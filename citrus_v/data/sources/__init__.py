@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from citrus_v.data.schema import Record, write_jsonl
+from citrus_v.data.sources.bccd import load_bccd
 from citrus_v.data.sources.common import SourceError
+from citrus_v.data.sources.covid_cxr import load_covid_chestxray
 from citrus_v.data.sources.cvc_clinicdb import load_cvc_clinicdb
+from citrus_v.data.sources.drive import load_drive
+from citrus_v.data.sources.monuseg import load_monuseg
 from citrus_v.data.sources.reports import load_meddocbench, load_medxray_cot
 from citrus_v.data.sources.seg import load_mecovqa_g, load_medsegbench
 from citrus_v.data.sources.vqa import load_pathvqa, load_pmc_vqa, load_slake, load_vqa_rad
@@ -30,11 +34,15 @@ FORMATS: dict[str, tuple[Callable[..., list[Record]], bool]] = {
     "mecovqa-g-plus": (load_mecovqa_g, False),  # same layout as MeCoVQA-G
     "medsegbench": (load_medsegbench, True),
     "cvc-clinicdb": (load_cvc_clinicdb, True),  # a folder: images/ + masks/
+    "covid-chestxray": (load_covid_chestxray, True),  # the repository's root folder
+    "monuseg": (load_monuseg, True),  # a folder: Train_Folder/ Val_Folder/ Test_Folder/
+    "drive": (load_drive, True),  # a folder: training/ + test/
+    "bccd": (load_bccd, False),  # a folder: Annotations/ JPEGImages/ ImageSets/
     "medxray-cot": (load_medxray_cot, False),
     "meddocbench": (load_meddocbench, True),
 }
 
-__all__ = ["FORMATS", "SourceError", "convert", "load"] + [f.__name__ for f, _ in FORMATS.values()]
+__all__ = ["FORMATS", "SourceError", "convert", "load", "place_files"] + [f.__name__ for f, _ in FORMATS.values()]
 
 
 def load(name: str, src: str | Path, *, image_dir: str | Path | None = None, **kwargs: Any) -> list[Record]:
@@ -58,6 +66,17 @@ def convert(name: str, src: str | Path, out_dir: str | Path, **kwargs: Any) -> t
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     records = load(name, src, image_dir=image_dir, **kwargs)
+    written = place_files(records, out_dir)
+    jsonl = out_dir / "data.jsonl"
+    write_jsonl(written, jsonl)
+    return jsonl, written
+
+
+def place_files(records: list[Record], out_dir: Path) -> list[Record]:
+    """The records with their files under ``out_dir/images`` (copied there unless a loader wrote them
+    there) and their paths made relative to ``out_dir``."""
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
     copied: dict[str, str] = {}
 
     def place(p: str) -> str:
@@ -72,7 +91,4 @@ def convert(name: str, src: str | Path, out_dir: str | Path, **kwargs: Any) -> t
             copied[str(path)] = dest.relative_to(out_dir).as_posix()
         return copied[str(path)]
 
-    written = [replace(r, images=[place(p) for p in r.images], masks=[place(p) for p in r.masks]) for r in records]
-    jsonl = out_dir / "data.jsonl"
-    write_jsonl(written, jsonl)
-    return jsonl, written
+    return [replace(r, images=[place(p) for p in r.images], masks=[place(p) for p in r.masks]) for r in records]

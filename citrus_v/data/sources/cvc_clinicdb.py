@@ -8,7 +8,8 @@ half their range and written as binary PNGs, because re-saved copies are often J
 carry compression noise.
 
 Frames of one video sequence are near duplicates, so any split must keep a sequence on one side:
-``meta.sequence`` carries it (the frame -> sequence table of the set's README).
+``meta.sequence`` carries it (the frame -> sequence table of the set's README), and ``meta.split``
+the split fixed for issue 21 (``SPLIT_FRAMES``: contiguous blocks of whole sequences).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _FOLDERS = (("images", "masks"), ("Original", "Ground Truth"))
 SEQUENCE_STARTS = (1, 26, 51, 68, 79, 104, 127, 152, 178, 200, 206, 228, 253, 278, 298, 318, 343, 364, 384, 409,
                    429, 448, 467, 479, 504, 529, 547, 572, 592)
 LAST_FRAME = 612
+# the split (issue 21; the polyp fine-tune benchmark's blocks): whole sequences 1-19 / 20-23 / 24-29
+SPLIT_FRAMES = {"train": (1, 408), "val": (409, 478), "test": (479, 612)}
 
 
 def sequence_of(frame: int) -> int:
@@ -37,6 +40,11 @@ def sequence_of(frame: int) -> int:
     if not 1 <= frame <= LAST_FRAME:
         raise ValueError(f"frame {frame} is outside CVC-ClinicDB's 1..{LAST_FRAME}")
     return sum(1 for start in SEQUENCE_STARTS if start <= frame)
+
+
+def split_of(frame: int) -> str:
+    """'train', 'val' or 'test': the block of ``SPLIT_FRAMES`` the frame lies in."""
+    return next(split for split, (lo, hi) in SPLIT_FRAMES.items() if lo <= frame <= hi)
 
 
 def _frames(folder: Path) -> dict[int, Path]:
@@ -93,7 +101,7 @@ def load_cvc_clinicdb(src: str | Path, *, image_dir: str | Path, frames: set[int
                 masks=[str(mask_path)],
                 task="segmentation",
                 modality="endoscopy",
-                meta={"source": "cvc-clinicdb", "frame": frame, "sequence": sequence},
+                meta={"source": "cvc-clinicdb", "frame": frame, "sequence": sequence, "split": split_of(frame)},
             )
         )
     return records
