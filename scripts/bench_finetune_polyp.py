@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from citrus_v.data.sources.cvc_clinicdb import SPLIT_FRAMES as BLOCKS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "citrus_v" / "assets" / "default"
-# inclusive frame blocks = whole sequences of the set's README table: train sequences 1-19, val 20-23,
-# test 24-29 (frames 133, 419 and 480 are absent from the 609-frame copy used)
-BLOCKS = {"train": (1, 408), "val": (409, 478), "test": (479, 612)}
+# BLOCKS: inclusive frame blocks = whole sequences of the set's README table (train sequences 1-19, val
+# 20-23, test 24-29; frames 133, 419 and 480 are absent from the 609-frame copy used), the converter's own split
 
 
 def cli(*args: str) -> tuple[list[str], float]:
