@@ -109,12 +109,12 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             from citrus_v.infer.generation import GenerationSettings
 
             settings = GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value
-        predictor = Predictor.from_pretrained(args.model, settings=settings,
-                                              tighten_boxes=not args.text_boxes and protocol is None)
+        predictor = Predictor.from_pretrained(args.model, settings=settings, tighten_boxes=not args.text_boxes)
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes and protocol is None}
-    if protocol is not None:
+            "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
+    if protocol is not None:  # the protocol sets the pixel range, decoding and tightening (meta["protocol"])
+        meta["tighten_boxes"] = False
         result, meta["protocol"] = _evaluate_protocol(protocol, predictor, records, args)
         sys.stdout.write(f"{protocol}: {meta['protocol']['metric']} = {meta['protocol']['value']} "
                          f"(n {meta['protocol']['n']})\n")
