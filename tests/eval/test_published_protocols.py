@@ -232,3 +232,44 @@ def test_mecovqa_g_end_to_end_scores_the_first_mask(tmp_path):
     meta = json.loads((tmp_path / "o" / "eval.json").read_text())["meta"]["protocol"]
     assert (meta["metric"], meta["value"], meta["n"]) == ("dice_mean", 1.0, 1)
     assert meta["settings"]["temperature"] == 0.2 and meta["settings"]["max_pixels"] == 65535
+
+
+# --- a real (tiny, random) Predictor through the command ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tmp_path_factory):
+    import torch
+
+    from citrus_v.config import tiny_config
+    from citrus_v.data.tokenizer import train_tiny_tokenizer
+    from citrus_v.model.citrus_v import CitrusV
+
+    directory = tmp_path_factory.mktemp("tiny_model")
+    train_tiny_tokenizer(["Locate the liver, output its bbox coordinates using JSON format."] * 20,
+                         vocab_size=300).save_pretrained(str(directory))
+    torch.manual_seed(0)
+    CitrusV(tiny_config()).eval().save_pretrained(directory)
+    return Predictor.from_pretrained(directory)
+
+
+def test_a_real_predictor_runs_detection_p1_with_the_published_settings(tiny_predictor, tmp_path):
+    _image(tmp_path)
+    (tmp_path / "d.jsonl").write_text(json.dumps(GROUNDING[0]) + "\n")
+    args = build_parser().parse_args(["eval", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"),
+                                      "--protocol", "detection-p1", "--no-progress"])
+    assert run_eval(args, predictor=tiny_predictor) == 0
+    cfg, s = tiny_predictor.template.image_cfg, tiny_predictor.settings
+    assert (cfg.min_pixels, cfg.max_pixels, s.max_new_tokens, s.do_sample) == (3136, 1003520, 512, False)
+    assert tiny_predictor.tighten_boxes is False
+    row = json.loads((tmp_path / "o" / "predictions.jsonl").read_text())
+    assert row["prompt"] == "<image>\nLocate the liver, output its bbox coordinates using JSON format."
+    assert row["scores"]["published_p1_hit"] in (0.0, 1.0)
+    meta = json.loads((tmp_path / "o" / "eval.json").read_text())["meta"]
+    assert meta["protocol"]["n"] == 1 and meta["tighten_boxes"] is False
+
+
+def test_a_real_predictor_gets_the_filled_prompt(tiny_predictor, tmp_path):
+    _image(tmp_path)
+    result = evaluate(tiny_predictor, [Record.from_dict(GROUNDING[0])], tmp_path, progress=False)
+    assert result.samples[0].prompt == "<image>Find the liver"  # a tiny model: our template
