@@ -145,7 +145,8 @@ def _evaluate_protocol(name: str, predictor, records: list, args: argparse.Names
     records = records[: args.limit] if args.limit is not None else records
     base = args.data.parent
     try:
-        prompts = make_prompts(records, base, pp.detection_prompt if name == "detection-p1" else _filler(predictor, args))
+        make = pp.detection_prompt if name == "detection-p1" else pp.segmentation_prompt(_filler(predictor, args))
+        prompts = make_prompts(records, base, make)
     except ValueError as err:
         raise UserError(f"--data {args.data}: {err}") from None
     preds = predict_records(predictor, records, base, batch_size=args.batch_size, progress=not args.no_progress,
@@ -153,7 +154,7 @@ def _evaluate_protocol(name: str, predictor, records: list, args: argparse.Names
     samples = [score_record(i, rec, pred, base) for i, (rec, pred) in enumerate(zip(records, preds))]
     values, summary = pp.score(protocol, records, preds, base)
     for s, prompt, v in zip(samples, prompts, values):
-        s.prompt = prompt.strip()
+        s.prompt = prompt
         s.scores[protocol.sample_key] = v
     return aggregate(samples), summary
 

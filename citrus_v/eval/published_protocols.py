@@ -3,7 +3,9 @@
 Facts from the published scripts (file:line in docs/published_checkpoint.md, "Evaluation protocols"):
 
 ``mecovqa-g`` (eval/eval_segmentation.py): the ViT sees at most 65,535 pixels (qwen_vl_utils' default
-minimum, 3,136); sampling at temperature 0.2, at most 1,024 new tokens; the record's own prompt; the FIRST
+minimum, 3,136); sampling at temperature 0.2, at most 1,024 new tokens; the item's first human turn as
+written (``meta["query"]`` of a record from ``citrus-v data convert --format mecovqa-g``, else the
+record's prompt with its placeholders filled); the FIRST
 mask the model returns, on the segmenter's 256x256 grid (logits > 0), resized to the ground truth's size by
 nearest neighbour (OpenCV's INTER_NEAREST: source index ``floor(i * src / dst)``); no mask: all zeros.
 Dice ``2|P&G| / (|P| + |G|)``, 1.0 when both are empty. Reported: the mean over records (the first
@@ -82,6 +84,19 @@ def detection_prompt(rec: Record, base_dir: str | Path = ".") -> str:
     if rec.objects is None or not rec.objects.ref or not rec.objects.bbox:
         raise ValueError("--protocol detection-p1 needs objects with a ref and a box (the prompt names the ref)")
     return DETECTION_PROMPT.format(rec.objects.ref[0])
+
+
+def segmentation_prompt(filler):  # noqa: ANN001
+    """The mecovqa-g prompt maker: a converted item's ``meta["query"]``, else ``filler`` (or the last user turn)."""
+    from citrus_v.eval.runner import prompt_of
+
+    def prompt(rec: Record, base_dir: str | Path = ".") -> str:
+        query = rec.meta.get("query")
+        if isinstance(query, str) and query.strip():
+            return query
+        return filler(rec, base_dir) if filler is not None else prompt_of(rec)
+
+    return prompt
 
 
 # --------------------------------------------------------------------------- scoring

@@ -214,7 +214,7 @@ def test_mecovqa_g_end_to_end_scores_the_first_mask(tmp_path):
     gt[:, :75] = 255  # left half
     Image.fromarray(gt).save(tmp_path / "m.png")
     row = {"messages": [{"role": "user", "content": "<image>Segment the liver."}, {"role": "assistant", "content": "[SEG]"}],
-           "images": ["a.png"], "masks": ["m.png"]}
+           "images": ["a.png"], "masks": ["m.png"], "meta": {"query": "<image>\nSegment the liver."}}
     (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
     grid = np.zeros((256, 256), bool)
     grid[:, :128] = True  # the left half on the 256 grid: nearest-resized, columns 0..74 of 150 (floor(j*256/150) < 128)
@@ -223,7 +223,7 @@ def test_mecovqa_g_end_to_end_scores_the_first_mask(tmp_path):
 
     class Fake:
         def predict(self, images, prompt):  # noqa: ANN001
-            assert prompt == "<image>Segment the liver."
+            assert prompt == "<image>\nSegment the liver."  # the item's first human turn, as written
             return Prediction("[SEG]", "[SEG]", masks=[first])
 
     args = build_parser().parse_args(["eval", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"),
