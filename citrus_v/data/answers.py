@@ -27,8 +27,12 @@ _BOX_MARKUP = re.compile(
     r"|<boxes>"
     r"|<\|box_start\|>.*?<\|box_end\|>"
     r"|<\|object_ref_start\|>|<\|object_ref_end\|>"
-    r"|<bbox>.*?</bbox>",
-    re.S,
+    r"|<bbox>.*?</bbox>"
+    # the published report citations: {"Part": "heart", "bbox": "[..]"} whole, and the " with bbox [..]" /
+    # " bbox [..]" after a named region (the name stays: it is prose)
+    r"|\{[^{}]*\"bbox\"\s*:\s*\"?\[[^\[\]{}]*\]\"?[^{}]*\}"
+    r"|(?:\s+with)?\s+bbox\s*:?\s*\[\s*-?[\d.]+\s*(?:,\s*-?[\d.]+\s*){3}\]",
+    re.S | re.I,
 )
 
 
@@ -111,6 +115,8 @@ def strip_box_markup(text: str, keep_newlines: bool = False) -> str:
     'Findings: a lesion at . Impression: x.'
     >>> strip_box_markup("a <bbox>[1,2,3,4]</bbox> b\\nc", keep_newlines=True)
     'a b\\nc'
+    >>> strip_box_markup('The lung_right with bbox [127, 131, 485, 720] is clear; heart {"Part": "heart", "bbox": "[1, 2, 3, 4]"} ok.')
+    'The lung_right is clear; heart ok.'
     """
     text = _BOX_MARKUP.sub("", text)
     if keep_newlines:

@@ -9,8 +9,13 @@ pixels of the smart-resized image (Qwen2.5-VL's absolute coordinates), in the pu
 
 Parsing also accepts the legacy Qwen2-VL form
 ``<|object_ref_start|>liver<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``
-(absolute, or on a 0..1000 grid with ``legacy_normalized=True``) and Citrus' own
-``<bbox>[x1, y1, x2, y2]</bbox>``.
+(absolute, or on a 0..1000 grid with ``legacy_normalized=True``), Citrus' own
+``<bbox>[x1, y1, x2, y2]</bbox>``, and the citation forms the published model writes in reports
+(its demo's display code, demo/display_utils.py:11-13, reads these three)::
+
+    {"Part": "heart", "bbox": "[120, 200, 340, 400]"}
+    'right_lung' with bbox [127, 131, 485, 720]
+    lung_lower_lobe_right bbox [126, 420, 485, 722]
 
 >>> to_resized((10, 20, 30, 40), orig_hw=(100, 200), resized_hw=(56, 112))
 (5.6, 11.2, 16.8, 22.4)
@@ -142,16 +147,41 @@ _BBOX_TAG = re.compile(rf"<bbox>\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s
 _OBJECT = re.compile(r"\{[^{}]*\}")
 
 
+# A report citation: a label (quoted, or one snake_case word) then "bbox" (or "with bbox") then the list.
+_NAMED = re.compile(
+    rf"""(?P<label>'[^'\n]+'|"[^"\n]+"|\b[A-Za-z][A-Za-z0-9_]*)\s*(?:with\s+)?bbox\s*:?\s*"""
+    rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]",
+    re.I,
+)
+_LIST4 = re.compile(rf"^\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]\s*$")
+# full-width punctuation a report written in Chinese may carry around a citation, read as its ASCII form
+# (one character for one, so a match's span is the same in the original text, where its label is read)
+_FULL_WIDTH = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\uff08": "(", "\uff09": ")",
+                             "\u3010": "[", "\u3011": "]", "\uff0c": ",", "\uff1a": ":", "\u3001": ","})
+
+
 def _box_from_obj(obj: Any) -> tuple[Box, str] | None:
     if not isinstance(obj, dict):
         return None
     coords = obj.get("bbox_2d", obj.get("bbox"))
+    if isinstance(coords, str):  # the report form writes the list as a string: "bbox": "[x1, y1, x2, y2]"
+        m = _LIST4.match(coords)
+        coords = [float(v) for v in m.groups()] if m else None
     if not isinstance(coords, (list, tuple)) or len(coords) != 4:
         return None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coords):
         return None
-    label = obj.get("label", "")
+    label = next((obj[k] for k in ("label", "Part", "part") if k in obj), "")
     return _check_box(coords), label if isinstance(label, str) else str(label)
+
+
+def _named_boxes(text: str) -> list[tuple[Box, str]]:
+    """``'right_lung' with bbox [..]`` and ``lung_lower_lobe_right bbox [..]`` citations."""
+    out = []
+    for m in _NAMED.finditer(text.translate(_FULL_WIDTH)):
+        label = text[m.start("label"):m.end("label")].strip("'\"\u2018\u2019\u201c\u201d")
+        out.append((_check_box(m.groups()[1:]), "" if label.lower() == "with" else label))
+    return out
 
 
 def _parse_json_boxes(chunk: str) -> list[tuple[Box, str]]:
@@ -178,8 +208,9 @@ def _parse_json_boxes(chunk: str) -> list[tuple[Box, str]]:
 def parse_boxes(text: str, *, legacy_normalized: bool = False, image_hw: HW | None = None) -> list[tuple[Box, str]]:
     """All boxes in a model answer, as ``[(x1, y1, x2, y2), label]`` in the answer's own pixels.
 
-    Reads fenced JSON (or bare JSON objects with ``bbox_2d``), then the legacy
-    ``<|box_start|>`` form, then ``<bbox>[...]</bbox>``, in that order. Never raises on bad text:
+    Reads fenced JSON (or bare JSON objects with ``bbox_2d`` or ``bbox``, whose list may be written
+    as a string, labelled by ``label`` or ``Part``), then the legacy ``<|box_start|>`` form, then
+    ``<bbox>[...]</bbox>``, then ``label with bbox [...]`` / ``label bbox [...]``, in that order. Never raises on bad text:
     what does not parse is left out. Legacy boxes on the 0..1000 grid need
     ``legacy_normalized=True`` and the ``image_hw`` they refer to (usually the resized size).
     """
@@ -200,4 +231,5 @@ def parse_boxes(text: str, *, legacy_normalized: bool = False, image_hw: HW | No
         out.append((box, (m.group("label") or "").strip()))
     for m in _BBOX_TAG.finditer(text):
         out.append((_check_box(m.groups()), ""))
+    out.extend(_named_boxes(text))
     return out

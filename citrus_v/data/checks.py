@@ -8,7 +8,8 @@ only where the format allows) and returns every problem as a ``RecordError`` nam
 - an image is missing, not an image, above ``max_pixels``, or holds several frames (a record cannot
   choose one), or its DICOM header disagrees with its pixel data;
 - a mask is missing, not an image, or not the size of the record's first image;
-- a box is not finite or lies outside the first image (boxes are in its original pixels).
+- a box is not finite or lies outside the first image (boxes are in its original pixels, or fractions
+  of its size with ``bbox_type: norm1``; ``schema`` refuses what the published template cannot read).
 
 Training (``JsonlDataset``) calls ``check_record`` on each record as it is first encoded, so a
 large set starts training at once and a record that validation refuses is refused there too.
@@ -64,7 +65,8 @@ def record_problems(record: Record, source: str | Path, line: int | None, base_d
                 fail(f"{key}[{i}]", f"{rel}: mask is {hw[1]}x{hw[0]} (WxH), its image is {sizes[0][1]}x{sizes[0][0]}")
     if record.objects is not None:
         first = sizes[0] if sizes else None
-        for j, box in enumerate(record.objects.bbox):
+        boxes = record.objects.pixels(first) if first is not None else record.objects.bbox
+        for j, box in enumerate(boxes):
             message = box_problem(box, first)
             if message:
                 fail(f"objects.bbox[{j}]", message)

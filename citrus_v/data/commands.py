@@ -164,8 +164,8 @@ def run_show(args: argparse.Namespace) -> int:
         masks = [load_mask(resolve(m, args.file.parent), image.shape[:2]) for m in rec.masks]
     except ValueError as err:  # MedicalIOError, or a mask whose size does not match its image
         raise UserError(f"{args.file}: record {args.index}: {err}") from err
-    boxes = rec.objects.bbox if rec.objects else []
-    labels = rec.objects.ref if rec.objects and rec.objects.ref else []
+    boxes = rec.objects.pixels(image.shape[:2]) if rec.objects else []
+    labels = rec.objects.labels() if rec.objects and rec.objects.ref else []
     out = args.out or args.file.with_name(f"{args.file.stem}.{args.index}.png")
     save_png(overlay(image, boxes=boxes, labels=labels, masks=masks), out)
     print(f"wrote {out} ({len(boxes)} boxes, {len(masks)} masks)")

@@ -10,6 +10,14 @@ The on-disk form is the published (ms-swift) training format::
 plus two optional keys of ours, ``task`` and ``modality``, and a free ``meta`` dict.
 Image, mask and object boxes are in ORIGINAL image pixels; paths are relative to the
 JSONL file's folder unless absolute.
+
+``objects`` is ms-swift's grounding field. Read as the published (ms-swift fork) template reads it:
+``bbox_type`` ``"real"`` (the default: original pixels) or ``"norm1"`` (fractions of the image's width
+and height); one ref for several boxes (every box takes that ref's label) or one ref per box; an
+``image_id`` list of zeros (boxes on the first image). Refused, naming the field: ``bbox_type``
+``"norm1000"`` (the published code reads every type but ``norm1`` as pixels, so such a record would be
+trained on wrong boxes), point annotations ``[x, y]`` (the published template cannot write a single
+point), boxes on another image, and any other key. docs/published_checkpoint.md has the details.
 """
 
 from __future__ import annotations
@@ -56,12 +64,31 @@ class Message:
     content: str
 
 
+BBOX_TYPES = ("real", "norm1")  # ms-swift's objects.bbox_type values the published template reads
+OBJECT_KEYS = ("ref", "bbox", "bbox_type", "image_id")
+
+
 @dataclass(frozen=True)
 class Objects:
-    """Reference names and boxes ``[x1, y1, x2, y2]`` in original image pixels."""
+    """Reference names and boxes ``[x1, y1, x2, y2]``: original image pixels (``bbox_type="real"``) or
+    fractions of the first image's width and height (``"norm1"``)."""
 
     ref: list[str]
     bbox: list[list[float]]
+    bbox_type: str = "real"
+
+    def pixels(self, orig_hw: tuple[int, int]) -> list[list[float]]:
+        """The boxes in the first image's original pixels (``orig_hw`` = (height, width))."""
+        if self.bbox_type == "real":
+            return [[float(v) for v in b] for b in self.bbox]
+        h, w = orig_hw
+        return [[b[0] * w, b[1] * h, b[2] * w, b[3] * h] for b in self.bbox]
+
+    def labels(self) -> list[str]:
+        """One label per box: its ref, the one ref of all boxes, or "" without refs."""
+        if len(self.ref) == 1:
+            return [self.ref[0]] * len(self.bbox)
+        return list(self.ref) or [""] * len(self.bbox)
 
 
 @dataclass
@@ -94,6 +121,8 @@ class Record:
             out["masks"] = list(self.masks)
         if self.objects is not None:
             out["objects"] = {"ref": list(self.objects.ref), "bbox": [list(b) for b in self.objects.bbox]}
+            if self.objects.bbox_type != "real":
+                out["objects"]["bbox_type"] = self.objects.bbox_type
         if self.task is not None:
             out["task"] = self.task
         if self.modality is not None:
@@ -117,12 +146,7 @@ class Record:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise RecordError("must be an object with string 'role' and 'content'", field=f"messages[{i}]")
             messages.append(Message(m["role"], m["content"]))
-        objects = None
-        if d.get("objects") is not None:
-            o = d["objects"]
-            if not isinstance(o, dict) or not isinstance(o.get("ref", []), list) or not isinstance(o.get("bbox"), list):
-                raise RecordError("must be {'ref': [...], 'bbox': [[x1,y1,x2,y2], ...]}", field="objects")
-            objects = Objects(list(o.get("ref", [])), [list(b) if isinstance(b, (list, tuple)) else b for b in o["bbox"]])
+        objects = _objects_from_dict(d["objects"]) if d.get("objects") is not None else None
         for key in ("images", "masks"):
             v = d.get(key, [])
             if isinstance(v, str):
@@ -145,6 +169,29 @@ class Record:
         )
 
 
+def _objects_from_dict(o: Any) -> Objects:
+    """ms-swift's ``objects`` field -> ``Objects``; what the published template cannot read is refused."""
+    if not isinstance(o, dict) or not isinstance(o.get("ref", []), list) or not isinstance(o.get("bbox"), list):
+        raise RecordError("must be {'ref': [...], 'bbox': [[x1,y1,x2,y2], ...]}", field="objects")
+    unknown = sorted(set(o) - set(OBJECT_KEYS))
+    if unknown:
+        raise RecordError(f"unknown key; objects has only {list(OBJECT_KEYS)}", field=f"objects.{unknown[0]}")
+    bbox_type = o.get("bbox_type") or "real"
+    if bbox_type == "norm1000":
+        raise RecordError("'norm1000' is not read: the published template takes every bbox_type but 'norm1' as "
+                          "pixels; write the boxes as 'real' pixels or 'norm1' fractions", field="objects.bbox_type")
+    if bbox_type not in BBOX_TYPES:
+        raise RecordError(f"{bbox_type!r} is not one of {BBOX_TYPES}", field="objects.bbox_type")
+    image_id = o.get("image_id") or []
+    if not isinstance(image_id, list):
+        raise RecordError("must be a list of image indices", field="objects.image_id")
+    for j, k in enumerate(image_id):
+        if k != 0 or isinstance(k, bool):
+            raise RecordError(f"box {j} is on image {k!r}; boxes must be on the record's first image (0)",
+                              field=f"objects.image_id[{j}]")
+    return Objects(list(o.get("ref", [])), [list(b) if isinstance(b, (list, tuple)) else b for b in o["bbox"]], bbox_type)
+
+
 def validate(rec: Record) -> None:
     """Check the bookkeeping of a record; raise ``RecordError`` naming the field."""
     for i, m in enumerate(rec.messages):
@@ -161,17 +208,29 @@ def validate(rec: Record) -> None:
     if n_seg != len(rec.masks):
         raise RecordError(f"{n_seg} [SEG] tokens in assistant messages but {len(rec.masks)} masks", field="masks")
     if rec.objects is not None:
-        if rec.objects.ref and len(rec.objects.ref) != len(rec.objects.bbox):
-            raise RecordError(
-                f"{len(rec.objects.ref)} refs but {len(rec.objects.bbox)} boxes", field="objects"
-            )
-        for j, b in enumerate(rec.objects.bbox):
-            if not isinstance(b, list) or len(b) != 4 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b):
-                raise RecordError(f"box must be 4 numbers [x1, y1, x2, y2], got {b!r}", field=f"objects.bbox[{j}]")
-            if not all(math.isfinite(x) for x in b):
-                raise RecordError(f"box has a NaN or infinite coordinate: {b!r}", field=f"objects.bbox[{j}]")
-            if b[2] < b[0] or b[3] < b[1]:
-                raise RecordError(f"box has x2<x1 or y2<y1: {b!r}", field=f"objects.bbox[{j}]")
+        _validate_objects(rec.objects)
+
+
+def _validate_objects(objects: Objects) -> None:
+    if objects.bbox_type not in BBOX_TYPES:
+        raise RecordError(f"{objects.bbox_type!r} is not one of {BBOX_TYPES}", field="objects.bbox_type")
+    if len(objects.ref) > 1 and len(objects.ref) != len(objects.bbox):
+        raise RecordError(
+            f"{len(objects.ref)} refs but {len(objects.bbox)} boxes (give one ref per box, or one ref for all)",
+            field="objects",
+        )
+    for j, b in enumerate(objects.bbox):
+        if isinstance(b, list) and len(b) == 2:
+            raise RecordError(f"a point {b!r}: ms-swift's point annotations are not read (the published template "
+                              "cannot write a single point); give a box [x1, y1, x2, y2]", field=f"objects.bbox[{j}]")
+        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b):
+            raise RecordError(f"box must be 4 numbers [x1, y1, x2, y2], got {b!r}", field=f"objects.bbox[{j}]")
+        if not all(math.isfinite(x) for x in b):
+            raise RecordError(f"box has a NaN or infinite coordinate: {b!r}", field=f"objects.bbox[{j}]")
+        if b[2] < b[0] or b[3] < b[1]:
+            raise RecordError(f"box has x2<x1 or y2<y1: {b!r}", field=f"objects.bbox[{j}]")
+        if objects.bbox_type == "norm1" and not all(0 <= x <= 1 for x in b):
+            raise RecordError(f"bbox_type 'norm1' box has a coordinate outside [0, 1]: {b!r}", field=f"objects.bbox[{j}]")
 
 
 @dataclass

@@ -17,11 +17,10 @@ Tokenization is done in pieces, split where labels start and stop: the prompt te
 including ``<|im_start|>assistant\\n`` is one piece and each assistant content another (as
 ms-swift does), so a label boundary never falls inside a token. Image pads are inserted as ids.
 
-Boxes: ``objects`` are ORIGINAL pixels; in assistant content the placeholder ``<boxes>`` becomes
-the published fenced JSON list in RESIZED pixels of the record's first image. ms-swift's
-placeholders work too: each ``<ref-object>`` becomes the next ref, and each ``<bbox>`` in an
-assistant message that has no ``</bbox>`` becomes the next box as ``[x1, y1, x2, y2]`` (a
-message with ``</bbox>`` uses Citrus' literal ``<bbox>...</bbox>`` tokens and is left alone).
+Boxes: ``objects`` are ORIGINAL pixels (or norm1 fractions); the placeholders ``<boxes>``,
+``<ref-object>`` and ms-swift's ``<bbox>`` become boxes in RESIZED pixels of the record's first image,
+in one of two renderings chosen by ``style``: ``"ours"`` or ``"published"`` (the text the released 8B
+learned). ``citrus_v.data.placeholders`` has both.
 
 Length: with ``max_length``, a too-long example raises ``TooLongError`` (``truncation="error"``)
 or, with ``truncation="right"``, loses its tail only when the tail holds no image token, no
@@ -37,7 +36,6 @@ characters written on its first image gets ``Example.reading``, the token-readin
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -45,16 +43,19 @@ from typing import Any, Literal, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from citrus_v.data.boxes import render_box_list, render_boxes, round_box, to_resized
+from citrus_v.data.placeholders import (  # noqa: F401  (re-exported: the placeholders' home before placeholders.py)
+    BOXES_PLACEHOLDER,
+    REF_PLACEHOLDER,
+    SWIFT_BBOX_PLACEHOLDER,
+    TEMPLATE_STYLES,
+    fill_box_placeholders,
+)
 from citrus_v.data.image_processing import MASK_SIZE, ImageConfig, ImageInput, ImageProcessor, load_mask, to_rgb_array
 from citrus_v.data.reading import SLOTS, character_class
 from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Objects, Record, resolve
 from citrus_v.data.tokenizer import IM_END, IM_START, TokenIds
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-BOXES_PLACEHOLDER = "<boxes>"
-REF_PLACEHOLDER = "<ref-object>"
-SWIFT_BBOX_PLACEHOLDER = "<bbox>"
 IGNORE_INDEX = -100
 
 
@@ -108,7 +109,10 @@ class ChatTemplate:
         default_system: str | None = DEFAULT_SYSTEM,
         max_length: int | None = None,
         truncation: Literal["error", "right"] = "error",
+        style: str = "ours",
     ):
+        if style not in TEMPLATE_STYLES:
+            raise ValueError(f"template style must be one of {TEMPLATE_STYLES}, got {style!r}")
         if max_length is not None and max_length <= 0:
             raise ValueError(f"max_length must be > 0 or None, got {max_length}")
         if truncation not in ("error", "right"):
@@ -120,12 +124,13 @@ class ChatTemplate:
         self.default_system = default_system
         self.max_length = max_length
         self.truncation = truncation
+        self.style = style  # how box and ref placeholders are rendered (citrus_v.data.placeholders)
 
     # ------------------------------------------------------------------ public
     def encode_record(self, record: Record, base_dir: str | Path = ".") -> Example:
         """A training record -> ``Example`` with labels and ground-truth masks."""
         images = self._images([resolve(p, base_dir) for p in record.images])
-        messages = fill_box_placeholders(record.messages, record.objects, images.orig_hw, images.resized_hw)
+        messages = fill_box_placeholders(record.messages, record.objects, images.orig_hw, images.resized_hw, self.style)
         ids, labels = self._encode_messages(messages, images.n_tokens, add_generation_prompt=False)
         masks = [load_mask(resolve(p, base_dir)) for p in record.masks]
         gt = torch.stack(masks) if masks else torch.zeros(0, MASK_SIZE, MASK_SIZE)  # (n_seg, 256, 256)
@@ -345,55 +350,3 @@ def reading_labels(lines: Any, images: _Images, image_cfg: ImageConfig) -> torch
                 out[k, filled[k]] = cls
                 filled[k] += 1
     return out
-
-
-_SWIFT_BBOX = re.compile(re.escape(SWIFT_BBOX_PLACEHOLDER))
-
-
-def fill_box_placeholders(
-    messages: Sequence[Message],
-    objects: Objects | None,
-    orig_hw: Sequence[tuple[int, int]],
-    resized_hw: Sequence[tuple[int, int]],
-) -> list[Message]:
-    """Replace ``<boxes>``, ``<ref-object>`` and ms-swift ``<bbox>`` with the record's objects.
-
-    Boxes go from the first image's original pixels to its resized pixels. A placeholder without
-    objects, or more placeholders than objects, is a ``ValueError`` naming both counts.
-    """
-    uses = any(
-        BOXES_PLACEHOLDER in m.content or REF_PLACEHOLDER in m.content or _is_swift_bbox(m) for m in messages
-    )
-    if not uses:
-        return list(messages)
-    if objects is None or not objects.bbox:
-        raise ValueError("messages use box placeholders (<boxes>, <ref-object>, <bbox>) but the record has no objects")
-    if not orig_hw:
-        raise ValueError("box placeholders need an image: boxes are written in the resized image's pixels")
-    oh, rh = orig_hw[0], resized_hw[0]
-    boxes = [round_box(to_resized(b, oh, rh), rh) for b in objects.bbox]
-    refs = list(objects.ref) or [""] * len(boxes)
-    next_ref, next_box = 0, 0
-    out = []
-    for m in messages:
-        content = m.content
-        if m.role == "assistant" and BOXES_PLACEHOLDER in content:
-            content = content.replace(BOXES_PLACEHOLDER, render_boxes(list(zip(boxes, refs))))
-        while REF_PLACEHOLDER in content:
-            if next_ref >= len(refs):
-                raise ValueError(f"more '<ref-object>' placeholders than the {len(refs)} refs in objects")
-            content = content.replace(REF_PLACEHOLDER, refs[next_ref], 1)
-            next_ref += 1
-        if _is_swift_bbox(m):
-            n = content.count(SWIFT_BBOX_PLACEHOLDER)
-            if next_box + n > len(boxes):
-                raise ValueError(f"{next_box + n} '<bbox>' placeholders but {len(boxes)} boxes in objects")
-            chunks = _SWIFT_BBOX.split(content)
-            content = chunks[0] + "".join(render_box_list(boxes[next_box + j]) + c for j, c in enumerate(chunks[1:]))
-            next_box += n
-        out.append(Message(m.role, content))
-    return out
-
-
-def _is_swift_bbox(m: Message) -> bool:
-    return m.role == "assistant" and SWIFT_BBOX_PLACEHOLDER in m.content and "</bbox>" not in m.content

@@ -36,6 +36,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-boxes", action="store_true",
                    help="score boxes as the model wrote them, without the segmenter's tightening "
                         "(det_p50_text is reported either way)")
+    p.add_argument("--protocol", choices=["mecovqa-g", "detection-p1"], default=None,
+                   help="score as a published evaluation script does (pixel range, decoding, prompt, metric; "
+                        "docs/published_checkpoint.md): mecovqa-g = Dice of the first 256x256 mask, "
+                        "detection-p1 = Precision@1 of the first written box")
+    p.add_argument("--template", choices=["auto", "ours", "published"], default="auto",
+                   help="how <ref-object>/<bbox> in prompts are filled, as training fills them "
+                        "(auto: the published text for the published folder and the 8b preset)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_eval)
 
@@ -65,6 +72,7 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
         given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
                                           ("--max-new-tokens", args.max_new_tokens)) if value is not None]
         given += ["--text-boxes"] if args.text_boxes else []
+        given += ["--protocol"] if getattr(args, "protocol", None) else []
         if given:
             raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} "
                             "would not apply")
@@ -84,6 +92,9 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.data.is_file():
         raise UserError(f"--data {args.data} is not a file")
+    protocol = getattr(args, "protocol", None)
+    if protocol is not None and args.max_new_tokens is not None:
+        raise UserError(f"--max-new-tokens: --protocol {protocol} sets the published limit; give one of the two")
     records = read_jsonl(args.data)
     if predictor is None:
         # heavy import (torch, transformers) only when a model is really needed
@@ -99,12 +110,53 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
 
             settings = GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value
         predictor = Predictor.from_pretrained(args.model, settings=settings, tighten_boxes=not args.text_boxes)
-    result = evaluate(predictor, records, args.data.parent, limit=args.limit,
-                      batch_size=args.batch_size, progress=not args.no_progress)
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
+    if protocol is not None:  # the protocol sets the pixel range, decoding and tightening (meta["protocol"])
+        meta["tighten_boxes"] = False
+        result, meta["protocol"] = _evaluate_protocol(protocol, predictor, records, args)
+        sys.stdout.write(f"{protocol}: {meta['protocol']['metric']} = {meta['protocol']['value']} "
+                         f"(n {meta['protocol']['n']})\n")
+        return _write(result, args.out, meta)
+    filler = _filler(predictor, args)
+    try:
+        result = evaluate(predictor, records, args.data.parent, limit=args.limit,
+                          batch_size=args.batch_size, progress=not args.no_progress, prompt_for=filler)
+    except ValueError as err:  # a record whose placeholders cannot be filled, named by index
+        raise UserError(f"--data {args.data}: {err}") from None
     return _write(result, args.out, meta)
+
+
+def _filler(predictor, args: argparse.Namespace):  # noqa: ANN001
+    from citrus_v.eval.runner import PromptFiller
+
+    return PromptFiller.for_predictor(predictor, getattr(args, "template", "auto"))
+
+
+def _evaluate_protocol(name: str, predictor, records: list, args: argparse.Namespace):  # noqa: ANN001
+    """Predict and score ``records`` under a published protocol: (EvalResult, protocol summary)."""
+    from citrus_v.eval import published_protocols as pp
+    from citrus_v.eval.runner import aggregate, make_prompts, predict_records, score_record
+
+    protocol = pp.PROTOCOLS[name]
+    if hasattr(predictor, "template"):
+        pp.configure(predictor, protocol)
+    records = records[: args.limit] if args.limit is not None else records
+    base = args.data.parent
+    try:
+        make = pp.detection_prompt if name == "detection-p1" else pp.segmentation_prompt(_filler(predictor, args))
+        prompts = make_prompts(records, base, make)
+    except ValueError as err:
+        raise UserError(f"--data {args.data}: {err}") from None
+    preds = predict_records(predictor, records, base, batch_size=args.batch_size, progress=not args.no_progress,
+                            prompts=prompts)
+    samples = [score_record(i, rec, pred, base) for i, (rec, pred) in enumerate(zip(records, preds))]
+    values, summary = pp.score(protocol, records, preds, base)
+    for s, prompt, v in zip(samples, prompts, values):
+        s.prompt = prompt
+        s.scores[protocol.sample_key] = v
+    return aggregate(samples), summary
 
 
 def _load_predictor(model: Path | None, settings=None, tighten_boxes: bool = True):

@@ -22,6 +22,9 @@ The predictor is called as ``predict(images, prompt)`` with ``images`` the recor
 paths resolved against ``base_dir`` and ``prompt`` the last user message before the last
 assistant message, ``<image>`` placeholders kept, so images sit where training put them (the
 chat template puts images first when a prompt has none). Earlier turns are not replayed.
+ms-swift's ``<ref-object>``/``<bbox>`` placeholders in the prompt are filled from the record's
+``objects`` exactly as training fills them (``PromptFiller``; the refs and boxes of earlier turns
+are counted, as in training), in the model's template style.
 With ``batch_size > 1`` and a predictor that has ``predict_batch(requests)``, records go in
 batches of that size (same greedy answers, faster on an accelerator).
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -118,9 +121,44 @@ def task_of(rec: Record) -> str | None:
 
 
 def prompt_of(rec: Record) -> str:
-    last_assistant = max(i for i, m in enumerate(rec.messages) if m.role == "assistant")
-    users = [m.content for m in rec.messages[:last_assistant] if m.role == "user"]
+    return _last_user(rec.messages)
+
+
+def _last_user(messages) -> str:  # noqa: ANN001
+    last_assistant = max(i for i, m in enumerate(messages) if m.role == "assistant")
+    users = [m.content for m in messages[:last_assistant] if m.role == "user"]
     return users[-1].strip() if users else ""
+
+
+@dataclass(frozen=True)
+class PromptFiller:
+    """A record's prompt with its box and ref placeholders filled as training fills them: the template
+    ``style`` (``citrus_v.data.placeholders``) and the model's resize rule ``resized_hw(h, w)``."""
+
+    style: str
+    resized_hw: Callable[[int, int], tuple[int, int]]
+
+    @classmethod
+    def for_predictor(cls, predictor, style: str = "auto") -> "PromptFiller | None":  # noqa: ANN001
+        """From a ``Predictor`` (its template's resize rule, the style its model learned); None for a
+        predictor without a chat template (its prompts are sent as written)."""
+        from citrus_v.data.placeholders import template_style_for
+
+        template, model = getattr(predictor, "template", None), getattr(predictor, "model", None)
+        if template is None or model is None:
+            return None
+        return cls(template_style_for(model.config.name, style), template.processor.resized_hw)
+
+    def __call__(self, rec: Record, base_dir: str | Path) -> str:
+        from citrus_v.data.checks import image_hw
+        from citrus_v.data.medical_io import MAX_IMAGE_PIXELS
+        from citrus_v.data.placeholders import fill_box_placeholders, uses_placeholders
+
+        if not uses_placeholders(rec.messages, self.style):
+            return prompt_of(rec)
+        hw = [image_hw(resolve(rec.images[0], base_dir), MAX_IMAGE_PIXELS)] if rec.images else []
+        resized = [self.resized_hw(*hw[0])] if hw else []
+        return _last_user(fill_box_placeholders(rec.messages, rec.objects, hw, resized, self.style))
 
 
 def reference_of(rec: Record) -> str:
@@ -156,7 +194,7 @@ def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path
         s.scores["recall"] = vqa.token_recall(pred.answer, reference)
         s.scores["f1"] = vqa.token_f1(pred.answer, reference)
     elif s.task == "detection":
-        s.gt_boxes = [list(map(float, b)) for b in (rec.objects.bbox if rec.objects else [])]
+        s.gt_boxes = gt_boxes(rec, base_dir)
         if s.gt_boxes:
             s.scores["p50_hit"] = float(detection.first_box_hit(s.pred_boxes, s.gt_boxes))
             s.scores["p50_text_hit"] = float(detection.first_box_hit(s.text_boxes, s.gt_boxes))
@@ -176,6 +214,18 @@ def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path
     else:
         s.note = f"task {task!r} is not scored"
     return s
+
+
+def gt_boxes(rec: Record, base_dir: str | Path) -> list[list[float]]:
+    """The record's boxes in its first image's original pixels (norm1 fractions scaled by its size)."""
+    if rec.objects is None:
+        return []
+    if rec.objects.bbox_type == "real" or not rec.images:
+        return [list(map(float, b)) for b in rec.objects.bbox]
+    from citrus_v.data.checks import image_hw
+    from citrus_v.data.medical_io import MAX_IMAGE_PIXELS
+
+    return rec.objects.pixels(image_hw(resolve(rec.images[0], base_dir), MAX_IMAGE_PIXELS))
 
 
 def _report_text(pred: Prediction) -> str:
@@ -264,27 +314,49 @@ def aggregate(samples: Sequence[SampleResult]) -> EvalResult:
 
 
 def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str | Path, *,
-             limit: int | None = None, batch_size: int = 1, progress: bool = True) -> EvalResult:
-    """Predict every record (the first ``limit`` when given), score it, aggregate."""
+             limit: int | None = None, batch_size: int = 1, progress: bool = True,
+             prompt_for: Callable[[Record, str | Path], str] | None = None) -> EvalResult:
+    """Predict every record (the first ``limit`` when given), score it, aggregate. ``prompt_for(record,
+    base_dir)`` makes each prompt (default: ``PromptFiller.for_predictor``, else the last user turn)."""
     records = list(records)[:limit] if limit is not None else list(records)
-    preds = predict_records(predictor, records, base_dir, batch_size=batch_size, progress=progress)
-    return aggregate([score_record(i, rec, pred, base_dir) for i, (rec, pred) in enumerate(zip(records, preds))])
+    prompts = make_prompts(records, base_dir, prompt_for or PromptFiller.for_predictor(predictor))
+    preds = predict_records(predictor, records, base_dir, batch_size=batch_size, progress=progress, prompts=prompts)
+    samples = [score_record(i, rec, pred, base_dir) for i, (rec, pred) in enumerate(zip(records, preds))]
+    for s, prompt in zip(samples, prompts):
+        s.prompt = prompt.strip()  # what was sent
+    return aggregate(samples)
+
+
+def make_prompts(records: Sequence[Record], base_dir: str | Path,
+                 prompt_for: Callable[[Record, str | Path], str] | None) -> list[str]:
+    """Each record's prompt (``prompt_for``, or the last user turn); a record whose placeholders cannot be
+    filled is a ValueError naming its index."""
+    out = []
+    for i, rec in enumerate(records):
+        try:
+            out.append(prompt_for(rec, base_dir) if prompt_for else prompt_of(rec))
+        except ValueError as err:
+            raise ValueError(f"record {i}: {err}") from None
+    return out
 
 
 def predict_records(predictor: PredictorLike, records: Sequence[Record], base_dir: str | Path, *,
-                    batch_size: int = 1, progress: bool = True, desc: str = "citrus-v eval") -> list[Prediction]:
-    """One prediction per record, asked as ``evaluate`` documents (images resolved, last user turn)."""
+                    batch_size: int = 1, progress: bool = True, desc: str = "citrus-v eval",
+                    prompts: Sequence[str] | None = None) -> list[Prediction]:
+    """One prediction per record, asked as ``evaluate`` documents (images resolved, the last user turn
+    or ``prompts[i]``)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = list(prompts) if prompts is not None else [prompt_of(rec) for rec in records]
     batched = batch_size > 1
     step = batch_size if batched else 1
     out: list[Prediction] = []
     with tqdm(total=len(records), desc=desc, unit="record", disable=not progress) as bar:
         for start in range(0, len(records), step):
             chunk = records[start:start + step]
-            requests = [([str(resolve(p, base_dir)) for p in rec.images], prompt_of(rec)) for rec in chunk]
+            requests = [([str(resolve(p, base_dir)) for p in rec.images], prompts[start + j]) for j, rec in enumerate(chunk)]
             preds = predictor.predict_batch(requests) if batched else [predictor.predict(*requests[0])]
             if len(preds) != len(chunk):
                 raise ValueError(f"the predictor returned {len(preds)} predictions for {len(chunk)} requests")

@@ -51,6 +51,10 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "default"
 
 
+# Qwen2.5-VL's grounding markers and Citrus' box tags: text a prompt may hold (``Predictor.reserved_strings``)
+GROUNDING_MARKERS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<bbox>", "</bbox>")
+
+
 @dataclass
 class _Encoded:
     """One request after encoding: its prompt ids and image tensors, and its first image's session
@@ -227,11 +231,15 @@ class Predictor:
     def reserved_strings(self) -> list[str]:
         """The token strings a user's text may not hold: [SEG] and every special or added token of the
         tokenizer (``<|vision_start|>``, ``<|image_pad|>``...). Written in a prompt, each would be read as
-        that token, not as text: an [SEG] steals a mask, an image pad breaks the image count."""
+        that token, not as text: an [SEG] steals a mask, an image pad breaks the image count. Qwen's
+        grounding markers (``<|object_ref_start|>``...) and Citrus' ``<bbox>``/``</bbox>`` are allowed: they
+        only mark text, and the templates write them into prompts (a ``<ref-object>`` becomes one in the
+        published template; our template leaves a user-turn ``<bbox>`` as written)."""
         if not hasattr(self, "_reserved"):
             found = {SEG_TOKEN, *getattr(self.tokenizer, "all_special_tokens", [])}
             added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
             found.update(str(getattr(token, "content", token)) for token in added.values())
+            found -= set(GROUNDING_MARKERS)
             self._reserved = sorted((t for t in found if t), key=lambda t: (-len(t), t))  # longest first
         return self._reserved
 

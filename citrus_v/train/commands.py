@@ -50,6 +50,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="fit the run into this many minutes: after its first steps it is shortened (and its cosine with it) "
                         "to the steps that fit at the measured rate")
+    p.add_argument("--template", choices=["auto", "ours", "published"], default="auto",
+                   help="how <ref-object>/<bbox>/<boxes> placeholders become text: 'published' is the text the released "
+                        "8B was trained on (docs/published_checkpoint.md); auto: published for a published-layout --init "
+                        "and the 8b preset, ours otherwise")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--allow-outside", action="store_true",
                    help="allow image/mask paths outside each JSONL file's folder (as `citrus-v data validate --allow-outside`)")
@@ -122,7 +126,8 @@ def _validation_data(args: argparse.Namespace, schedule: str, ctx) -> tuple[list
     return [split_dir / "train.jsonl"], split_dir / "val.jsonl", summary
 
 
-def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outside: bool) -> dict | None:
+def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outside: bool,
+              template_style: str = "auto") -> dict | None:
     from citrus_v.train import finetune
 
     if not ctx.is_main:
@@ -131,6 +136,7 @@ def _validate(model_dir: Path, val_file: Path, stage, ctx, when: str, allow_outs
 
     device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
     losses = finetune.validation_loss(model_dir, val_file, max_length=stage.max_length, device=device,
+                                      template_style=template_style,
                                       allow_outside=allow_outside)
     print(f"validation {when}: {finetune.format_losses(losses)}", flush=True)
     return losses
@@ -190,21 +196,21 @@ def run_train(args: argparse.Namespace) -> int:
         # the held-out split holds absolute paths by design; write_split checked them against their own folders
         outside = args.allow_outside or (val_file is not None and args.val is None)  # our own split
         common = dict(data_files=data, init=args.init, preset=args.config, resume=args.resume, dist_ctx=ctx,
-                      progress=not args.no_progress, lora=args.lora, allow_outside=outside)
+                      progress=not args.no_progress, lora=args.lora, allow_outside=outside, template_style=args.template)
         if len(stages) == 1:
             s = stages[0]
             if ctx.is_main:
                 length = f"{s.max_steps} steps" if s.max_steps is not None else f"{s.epochs:g} epoch(s) over {n_train} records"
                 print(f"schedule {schedule}: lr {s.lr:g}, {length}, {s.micro_batch_size * s.grad_accum * ctx.world_size} "
                       f"records a step, {s.warmup_steps} warm-up steps, cosine", flush=True)
-            before = _validate(args.init, val_file, s, ctx, "before", outside) if val_file is not None and args.init else None
+            before = _validate(args.init, val_file, s, ctx, "before", outside, args.template) if val_file is not None and args.init else None
             barrier(ctx)
             budget = None if args.time_budget_min is None else 60 * args.time_budget_min
             result = run_stage(s, out_dir=args.out, loader_workers=args.workers, time_budget_s=budget, **common)
             if ctx.is_main:
                 print(f"trained {result.steps} steps; model: {args.out / 'final'}; metrics: {result.metrics_path}; plot: {result.plot_path}")
             if val_file is not None:
-                after = _validate(args.out / "final", val_file, s, ctx, "after", outside)
+                after = _validate(args.out / "final", val_file, s, ctx, "after", outside, args.template)
                 if ctx.is_main:
                     report = {"schedule": schedule, "stage": s.to_dict() | {"mixture": [str(d) for d in data]},
                               "steps": result.steps, "validation": held_out, "val_before": before, "val_after": after}

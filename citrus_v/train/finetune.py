@@ -192,7 +192,7 @@ def forward_losses(model: Any, batch: dict[str, Any]) -> tuple[float, float | No
 
 
 def validation_loss(model_dir: Path, val_file: Path, *, max_length: int, batch_size: int = 4,
-                    device: str = "cpu", allow_outside: bool = False) -> dict[str, float | int | None]:
+                    device: str = "cpu", allow_outside: bool = False, template_style: str = "auto") -> dict[str, float | int | None]:
     """The model folder's loss on ``val_file`` in eval mode: the LM loss as a mean over supervised
     tokens, the mask loss as a mean over masks (None when no record has one)."""
     import torch
@@ -202,11 +202,13 @@ def validation_loss(model_dir: Path, val_file: Path, *, max_length: int, batch_s
     from citrus_v.data.dataset import JsonlDataset
     from citrus_v.data.template import IGNORE_INDEX, ChatTemplate
     from citrus_v.model.loading import load_model_and_tokenizer
+    from citrus_v.data.placeholders import template_style_for
     from citrus_v.train.recipe import batch_to_device
 
     model, tokenizer, loaded = load_model_and_tokenizer(model_dir, device=device)
     model.eval()
-    template = ChatTemplate(tokenizer, loaded.image_cfg, max_length=max_length)
+    style = template_style_for(model.config.name, template_style)
+    template = ChatTemplate(tokenizer, loaded.image_cfg, max_length=max_length, style=style)
     data = JsonlDataset(val_file, template, rules=FileRules(allow_outside=allow_outside))
     collate = make_collate_fn(template.ids.pad, model.config.tokens.seg_token_id, model.config.vision.spatial_merge_size)
     lm_sum = mask_sum = 0.0

@@ -95,11 +95,15 @@ class NothingToTrainError(TrainingRefused):
     """The stage's data holds no record that any of its loss terms trains on."""
 
 
-def init_model_and_template(init: str | Path | None, preset: str, stage: StageConfig, data_files: Sequence[str | Path]):
+def init_model_and_template(init: str | Path | None, preset: str, stage: StageConfig, data_files: Sequence[str | Path],
+                            template_style: str = "auto"):
     """-> (model, tokenizer, template). ``init`` is a model folder (save_pretrained or the
     published layout); without it a fresh ``preset`` model is built, and for ``tiny`` a small
-    BPE is trained on the data's text (the 8b uses the real Qwen2.5 tokenizer)."""
+    BPE is trained on the data's text (the 8b uses the real Qwen2.5 tokenizer). ``template_style``
+    renders box and ref placeholders (``citrus_v.data.placeholders``); ``auto``: the published text
+    for the published folder and the 8b preset, ours otherwise."""
     from citrus_v.data.image_processing import ImageConfig
+    from citrus_v.data.placeholders import template_style_for
     from citrus_v.data.template import ChatTemplate
 
     if init is not None:
@@ -107,7 +111,8 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
 
         model, tokenizer, template = load_model_and_tokenizer(init)
         model.train()
-        return model, tokenizer, ChatTemplate(tokenizer, template.image_cfg, max_length=stage.max_length)
+        style = template_style_for(model.config.name, template_style)
+        return model, tokenizer, ChatTemplate(tokenizer, template.image_cfg, max_length=stage.max_length, style=style)
 
     from citrus_v.config import get_preset
     from citrus_v.data.schema import read_jsonl
@@ -133,7 +138,8 @@ def init_model_and_template(init: str | Path | None, preset: str, stage: StageCo
         sam_image_size=cfg.segmenter.image_size,
         sam_pixel_norm=cfg.segmenter.pixel_norm,
     )
-    return model, tokenizer, ChatTemplate(tokenizer, image_cfg, max_length=stage.max_length)
+    style = template_style_for(cfg.name, template_style)
+    return model, tokenizer, ChatTemplate(tokenizer, image_cfg, max_length=stage.max_length, style=style)
 
 
 def export_final(checkpoint_dir: Path, model_config: Any, tokenizer: Any, out: Path, lora_scaling: float | None = None,
@@ -206,13 +212,14 @@ def _fill_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any, dt
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
               preset: str = "tiny", resume: bool = False, dist_ctx: DistContext | None = None, progress: bool = True,
               lora: bool = False, loader_workers: int = 0, time_budget_s: float | None = None,
-              allow_outside: bool = False) -> TrainResult:
+              allow_outside: bool = False, template_style: str = "auto") -> TrainResult:
     """One stage from files: returns the recipe's result; ``out_dir/final`` holds the model."""
     from citrus_v.data.collate import make_collate_fn
 
     ctx = dist_ctx or DistContext()
     out_dir = Path(out_dir)
-    model, tokenizer, template = init_model_and_template(init, preset, stage, data_files)
+    model, tokenizer, template = init_model_and_template(init, preset, stage, data_files, template_style)
+    log.info("box and ref placeholders rendered as the %s template", template.style)
     dataset = build_mixture(stage, data_files, template, allow_outside=allow_outside)
     ids = template.ids
     collate = make_collate_fn(ids.pad, model.config.tokens.seg_token_id, model.config.vision.spatial_merge_size)
@@ -238,7 +245,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
 def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | Path], out_dir: str | Path,
                    init: str | Path | None = None, preset: str = "tiny", resume: bool = False,
                    dist_ctx: DistContext | None = None, progress: bool = True, lora: bool = False,
-                   allow_outside: bool = False) -> list[TrainResult]:
+                   allow_outside: bool = False, template_style: str = "auto") -> list[TrainResult]:
     """Stages in order, each starting from the previous stage's ``final`` folder."""
     results = []
     for stage in stages:
@@ -248,6 +255,7 @@ def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | 
             init = sub / "final"
             continue
         results.append(run_stage(stage, data_files=data_files, out_dir=sub, init=init, preset=preset, resume=resume,
-                                 dist_ctx=dist_ctx, progress=progress, lora=lora, allow_outside=allow_outside))
+                                 dist_ctx=dist_ctx, progress=progress, lora=lora, allow_outside=allow_outside,
+                                 template_style=template_style))
         init = sub / "final"
     return results

@@ -139,3 +139,45 @@ def test_bad_shapes_raise_clear_errors():
 
 def test_round_box_clips_to_image():
     assert round_box((-3.2, 4.6, 120.4, 99.5), hw=(50, 100)) == (0, 5, 100, 50)
+
+
+# --- the citation forms of the published model's reports (issue 20 point 4) -------------------------
+
+REPORT = (
+    "Findings: The cardiac silhouette {\"Part\": \"heart\", \"bbox\": \"[120, 200, 340, 400]\"} is normal. "
+    "The 'right_lung' with bbox [127, 131, 485, 720] is clear; a nodule in lung_lower_lobe_right bbox "
+    "[126, 420, 485, 722]. Impression: no acute finding."
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"Part": "heart", "bbox": "[120, 200, 340, 400]"}', [((120.0, 200.0, 340.0, 400.0), "heart")]),
+        ("'right_lung' with bbox [127, 131, 485, 720]", [((127.0, 131.0, 485.0, 720.0), "right_lung")]),
+        ('"right lung" with bbox [127, 131, 485, 720]', [((127.0, 131.0, 485.0, 720.0), "right lung")]),
+        ("lung_lower_lobe_right bbox [126, 420, 485, 722]", [((126.0, 420.0, 485.0, 722.0), "lung_lower_lobe_right")]),
+        ("'liver' bbox [1, 2, 3, 4]", [((1.0, 2.0, 3.0, 4.0), "liver")]),
+        # full-width punctuation, as a report written in Chinese carries it; the label is read as written
+        ("\u2018right_lung\u2019 bbox \u3010127\uff0c131\uff0c485\uff0c720\u3011", [((127.0, 131.0, 485.0, 720.0), "right_lung")]),
+        ("\u80ba lung bbox [1, 2, 3, 4]", [((1.0, 2.0, 3.0, 4.0), "lung")]),
+    ],
+)
+def test_report_citation_forms_parse(text, expected):
+    assert parse_boxes(text) == expected
+
+
+def test_report_with_all_three_forms_gives_three_boxes_in_order():
+    assert parse_boxes(REPORT) == [
+        ((120.0, 200.0, 340.0, 400.0), "heart"),
+        ((127.0, 131.0, 485.0, 720.0), "right_lung"),
+        ((126.0, 420.0, 485.0, 722.0), "lung_lower_lobe_right"),
+    ]
+
+
+def test_report_forms_do_not_double_count_the_other_forms():
+    """A ``bbox`` key, ``<bbox>`` tags and ``bbox_2d`` lists are each read once, not again as citations."""
+    assert len(parse_boxes('{"bbox": [1, 2, 3, 4], "label": "x"}')) == 1
+    assert len(parse_boxes("liver <bbox>[1, 2, 3, 4]</bbox>")) == 1
+    assert len(parse_boxes('```json\n[{"bbox_2d": [1,2,3,4],"label": "x"}]\n```')) == 1
+    assert parse_boxes("the bbox is unknown [1, 2]") == []

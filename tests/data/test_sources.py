@@ -138,6 +138,7 @@ def test_mecovqa_g_seg_markers(tmp_path: Path):
     recs = load_mecovqa_g(src)
     assert recs[0].messages[1].content == "Liver: [SEG], spleen: [SEG]."
     assert recs[0].messages[0].content == "<image>Please segment the liver and the spleen."
+    assert recs[0].meta["query"] == "<image>\nPlease segment the liver and the spleen."  # as the published eval sends it
     assert [Path(m).name for m in recs[0].masks] == ["ct_00001_liver.png", "ct_00001_spleen.png"]
     assert recs[0].modality == "CT" and recs[0].task == "segmentation"
     assert recs[1].messages[0].content == "<image>Where is the liver?" and recs[1].num_seg_tokens == len(recs[1].masks) == 1

@@ -109,3 +109,17 @@ def test_transforms_map_every_frame_of_one_image():
     logits = mask_to_logits(mask)
     assert logits.shape == (256, 256) and logits[0, 255] == 10.0 and logits[255, 0] == -10.0
     np.testing.assert_array_equal(t.masks_to_original(logits[None])[0], mask)
+
+
+def test_a_published_report_keeps_its_cited_boxes_and_loses_their_coordinates_from_the_prose():
+    """Issue 20 point 4: the published model's three citation forms are boxes, not prose."""
+    from citrus_v.data.boxes import parse_boxes
+
+    answer = ('Findings: The cardiac silhouette {"Part": "heart", "bbox": "[120, 200, 340, 400]"} is normal. '
+              "The 'right_lung' with bbox [127, 131, 485, 720] is clear; lung_lower_lobe_right bbox "
+              "[126, 420, 485, 722] shows a nodule. Impression: a nodule.")
+    boxes = parse_boxes(answer)
+    report = parse_report(answer, boxes)
+    assert [label for _, label in report.boxes] == ["heart", "right_lung", "lung_lower_lobe_right"]
+    assert report.findings == "The cardiac silhouette is normal. The 'right_lung' is clear; lung_lower_lobe_right shows a nodule."
+    assert report.impression == "a nodule."

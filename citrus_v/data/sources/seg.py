@@ -24,7 +24,8 @@ def load_mecovqa_g(src: str | Path, *, images_root: str | Path | None = None) ->
     Each ``<SEG><mask>path</mask>`` in an answer becomes ``[SEG]`` and ``path`` the next mask;
     a bare ``<SEG>`` takes the next path of the item's ``mask``/``masks`` field. Image and mask
     paths resolve against ``images_root`` (default: the json's folder). ``<image>`` followed by a
-    newline in the first human turn is kept as the placeholder.
+    newline in the first human turn is kept as the placeholder; ``meta["query"]`` keeps that turn as
+    written, the prompt the published evaluation sends (``citrus-v eval --protocol mecovqa-g``).
     """
     src = Path(src)
     root = Path(images_root) if images_root is not None else src.parent
@@ -57,12 +58,16 @@ def load_mecovqa_g(src: str | Path, *, images_root: str | Path | None = None) ->
                     masks=[local_image(root, m, src, i, "mask") for m in masks],
                     task="segmentation" if masks else "vqa_open",
                     modality=norm_modality(row.get("modality")),
-                    meta={"source": "mecovqa-g", "id": row.get("id")},
+                    meta={"source": "mecovqa-g", "id": row.get("id"), "query": _first_human(convs)},
                 )
             )
         except RecordError as err:
             raise SourceError(src, err.problem, row=i, field=err.field) from None
     return records
+
+
+def _first_human(convs: list) -> str | None:
+    return next((t["value"] for t in convs if t.get("from") == "human"), None)
 
 
 def _seg_to_token(text: str, masks: list[str], spare: list[str], src: Path, i: int, t: int) -> str:
