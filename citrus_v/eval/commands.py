@@ -33,9 +33,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="cap on generated tokens per answer (default: the predictor's setting)")
-    p.add_argument("--text-boxes", action="store_true",
-                   help="score boxes as the model wrote them, without the segmenter's tightening "
-                        "(det_p50_text is reported either way)")
+    from citrus_v.infer.commands import add_model_arguments
+
+    add_model_arguments(p)  # --device --dtype --min/max-pixels --tighten-boxes/--text-boxes (det_p50_text either way)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_eval)
 
@@ -64,7 +64,9 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     if args.from_predictions is not None:
         given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
                                           ("--max-new-tokens", args.max_new_tokens)) if value is not None]
-        given += ["--text-boxes"] if args.text_boxes else []
+        given += [f"--{flag.replace('_', '-')}" for flag in ("device", "dtype", "min_pixels", "max_pixels")
+                  if getattr(args, flag) is not None]
+        given += [] if args.tighten_boxes is None else ["--tighten-boxes" if args.tighten_boxes else "--text-boxes"]
         if given:
             raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} "
                             "would not apply")
@@ -98,16 +100,19 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             from citrus_v.infer.generation import GenerationSettings
 
             settings = GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value
-        predictor = Predictor.from_pretrained(args.model, settings=settings, tighten_boxes=not args.text_boxes)
+        from citrus_v.infer.commands import model_kwargs_from_args
+
+        predictor = Predictor.from_pretrained(args.model, settings=settings, **model_kwargs_from_args(args))
     result = evaluate(predictor, records, args.data.parent, limit=args.limit,
                       batch_size=args.batch_size, progress=not args.no_progress)
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
+            "max_new_tokens": args.max_new_tokens, "tighten_boxes": getattr(predictor, "tighten_boxes", args.tighten_boxes),
+            "pixels": getattr(predictor, "pixel_range", None)}
     return _write(result, args.out, meta)
 
 
-def _load_predictor(model: Path | None, settings=None, tighten_boxes: bool = True):
+def _load_predictor(model: Path | None, settings=None, tighten_boxes: bool | None = None):
     # heavy import (torch, transformers) only when a model is really needed
     try:
         from citrus_v.infer.predictor import Predictor

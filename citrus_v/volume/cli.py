@@ -67,9 +67,7 @@ def wants_volume_path(args: argparse.Namespace) -> bool:
 
 
 def run_volume(args: argparse.Namespace) -> int:
-    import torch
-
-    from citrus_v.infer.commands import settings_from_args
+    from citrus_v.infer.commands import model_kwargs_from_args, settings_from_args
     from citrus_v.infer.predictor import Predictor
 
     clicks = bool(args.point) or args.box is not None
@@ -80,8 +78,9 @@ def run_volume(args: argparse.Namespace) -> int:
     if args.volume is not None and clicks and args.slice is None:
         raise SystemExit("citrus-v predict: --point/--box on a volume need --slice N (the slice they are on)")
     volume = None if args.volume is None else _read_volume(args)  # a bad file fails before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = Predictor.from_pretrained(args.model, device=device, settings=settings_from_args(args), window=args.window)
+    predictor = Predictor.from_pretrained(
+        args.model, settings=settings_from_args(args), window=args.window, **model_kwargs_from_args(args)
+    )
     if volume is None:
         return _run_image_refine(args, predictor)
     return _run_volume(args, predictor, volume, clicks)
