@@ -360,21 +360,36 @@ def stored_tensors(directory: Path) -> dict[str, StoredTensor]:
     return out
 
 
+READ_BLOCK_BYTES = 64 << 20  # a dtype conversion or a device copy goes through blocks of this size
+
+
 def _read_into(f, stored: StoredTensor, target: torch.Tensor) -> None:
-    """Copy one stored tensor's bytes into ``target`` (any dtype / device): one tensor in memory at a time."""
-    buffer = bytearray(stored.end - stored.start)
+    """Copy one stored tensor's bytes into ``target`` (contiguous; any dtype / device). Same dtype on
+    the CPU: read straight into its memory; otherwise block by block, so no whole temporary copy."""
+    flat = target.view(-1)  # parameters and their dim-0 pieces are contiguous
     f.seek(stored.start)
-    if f.readinto(buffer) != len(buffer):
-        raise ModelFolderError(f"{stored.file}: truncated (tensor data ends before byte {stored.end})")
-    if buffer:
-        target.copy_(torch.frombuffer(buffer, dtype=stored.dtype).reshape(stored.shape))
+    if flat.numel() == 0:
+        return
+    if stored.dtype == target.dtype and target.device.type == "cpu":
+        view = memoryview(flat.view(torch.uint8).numpy())
+        if f.readinto(view) != len(view):
+            raise ModelFolderError(f"{stored.file}: truncated (tensor data ends before byte {stored.end})")
+        return
+    size = torch.empty(0, dtype=stored.dtype).element_size()
+    per_block = max(1, READ_BLOCK_BYTES // size)
+    for begin in range(0, flat.numel(), per_block):
+        count = min(per_block, flat.numel() - begin)
+        buffer = bytearray(count * size)
+        if f.readinto(buffer) != len(buffer):
+            raise ModelFolderError(f"{stored.file}: truncated (tensor data ends before byte {stored.end})")
+        flat[begin : begin + count].copy_(torch.frombuffer(buffer, dtype=stored.dtype))
 
 
 @torch.no_grad()
 def load_state_into(model: torch.nn.Module, directory: str | Path) -> None:
     """Load a published-layout (or our own) safetensors checkpoint into ``model`` (strict), shard by
     shard and tensor by tensor straight into the model's own parameters (their dtype and device):
-    beside the model, at most one stored tensor is held in memory."""
+    beside the model, at most one block of READ_BLOCK_BYTES is held in memory (none without a dtype change)."""
     directory = Path(directory)
     state = model.state_dict(keep_vars=True)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
