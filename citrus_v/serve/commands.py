@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -90,6 +91,8 @@ def _load(model_dir: Path | None, model_kwargs: dict):
     from citrus_v.serve.predictor_adapter import PredictorAdapter
 
     predictor = Predictor.from_pretrained(model_dir, **model_kwargs)
+    pixels = predictor.pixel_range  # said once, as predict does: which image range this server uses
+    print(f"[pixels] {pixels['min_pixels']}..{pixels['max_pixels']} ({pixels['source']})", file=sys.stderr)
     name = "citrus-v-default" if model_dir is None else f"citrus-v-{Path(model_dir).resolve().name}"
     return PredictorAdapter(predictor, name)
 

@@ -225,3 +225,13 @@ def test_bad_model_flags_are_one_line_errors(capsys):
         model_kwargs_from_args(parser.parse_args(["serve", "--min-pixels", "9000", "--max-pixels", "8000"]))
     with pytest.raises(UserError, match=r"--max-pixels must be >= 1"):
         model_kwargs_from_args(parser.parse_args(["serve", "--max-pixels", "0"]))
+
+
+def test_serve_loads_with_the_model_flags(tiny_dir, capsys):
+    from citrus_v.serve.commands import _load
+
+    kwargs = {"device": "cpu", "dtype": torch.bfloat16, "min_pixels": 3136, "max_pixels": 65535, "tighten_boxes": False}
+    adapter = _load(tiny_dir, kwargs)
+    predictor = adapter.predictor
+    assert next(predictor.model.parameters()).dtype == torch.bfloat16 and predictor.tighten_boxes is False
+    assert predictor.pixel_range["max_pixels"] == 65535 and "[pixels] 3136..65535" in capsys.readouterr().err
