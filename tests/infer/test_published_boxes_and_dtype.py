@@ -113,3 +113,14 @@ def test_a_truncated_shard_is_named(tmp_path, tiny_dir):
     weights.write_bytes(weights.read_bytes()[:-1000])
     with pytest.raises(ModelFolderError, match=r"model.safetensors: truncated"):
         CitrusV.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_predictor_answers_segments_and_tightens(published_tiny, image, dtype):
+    predictor = Predictor.from_pretrained(published_tiny, config=tiny_config(), dtype=dtype, tighten_boxes=True)
+    answer = "Sure, it is [SEG]. " + BOX_ANSWER
+    ids = predictor.tokenizer.encode(answer, add_special_tokens=False) + [predictor.eos_token_id]
+    predictor.model.mllm.lm_head = ScriptedHead(predictor.model.mllm.lm_head, ids)
+    pred = predictor.predict([image], "Segment and locate the liver.")
+    assert len(pred.masks) == 1 and pred.masks[0].mask.shape == image.shape[:2]
+    assert len(pred.boxes) == 1 and pred.boxes[0].text_bbox is not None  # the segmenter ran on the box
