@@ -134,9 +134,11 @@ def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except RuntimeError as err:
         raise UserError(f"--device {device!r}: {err}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     kwargs = {"device": device, "dtype": getattr(torch, args.dtype) if args.dtype else None,
               "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
     if hasattr(args, "tighten_boxes"):

@@ -225,6 +225,11 @@ def test_bad_model_flags_are_one_line_errors(capsys):
         model_kwargs_from_args(parser.parse_args(["serve", "--min-pixels", "9000", "--max-pixels", "8000"]))
     with pytest.raises(UserError, match=r"--max-pixels must be >= 1"):
         model_kwargs_from_args(parser.parse_args(["serve", "--max-pixels", "0"]))
+    with pytest.raises(UserError, match=r"--device 'gpu0'"):
+        model_kwargs_from_args(parser.parse_args(["serve", "--device", "gpu0"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"--device cuda:1: no CUDA device"):
+            model_kwargs_from_args(parser.parse_args(["eval", "--data", "d", "--out", "o", "--device", "cuda:1"]))
 
 
 def test_serve_loads_with_the_model_flags(tiny_dir, capsys):
