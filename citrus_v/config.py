@@ -150,9 +150,10 @@ class SegmenterConfig:
     memory_fuser_num_layers: int = 2
     memory_fuser_dim: int = 1024
     num_maskmem: int = 7
-    # SAM2's base model replaces the masks of prompts whose object score is <= 0 with a large
-    # negative constant; published inference goes through that path. Off for small models in
-    # training, where it would cut the mask gradient for every "no object" guess.
+    # Stock SAM2 replaces the masks of prompts whose object score is <= 0 with a large negative
+    # constant. The published Citrus-V path has that step commented out (from Sa2VA) and never
+    # trains the object-score head, so the 8b preset and published folders keep it off; off too
+    # for small models in training, where it would cut the mask gradient of every "no object" guess.
     object_score_gate: bool = False
     kind: str = "sam2"
     # how SAM images are scaled: "imagenet" (SAM2: /255 then ImageNet mean/std) or "minmax"
@@ -271,6 +272,10 @@ class CitrusVConfig:
     # (1.0 = off; the published stage 3 uses 0.001). The forward value is unchanged.
     seg_grad_scale: float = 1.0
     name: str = "custom"
+    # whether the Predictor replaces each box the model writes by the segmenter's outline of it by
+    # default (--tighten-boxes / --text-boxes override): the shipped default does; the published
+    # model (and the 8b preset, its shapes) returns the box as written
+    tighten_boxes: bool = True
 
     def __post_init__(self) -> None:
         # accept plain dicts (from config.json) for the nested parts
@@ -281,6 +286,7 @@ class CitrusVConfig:
             elif not isinstance(value, cls):
                 raise ValueError(f"CitrusVConfig.{key}: expected {cls.__name__} or dict, got {type(value).__name__}")
         _require(self.seg_grad_scale >= 0, "CitrusVConfig.seg_grad_scale", f"must be >= 0, got {self.seg_grad_scale}")
+        _require(isinstance(self.tighten_boxes, bool), "CitrusVConfig.tighten_boxes", f"must be true or false, got {self.tighten_boxes!r}")
         vocab = self.llm.vocab_size
         for f in dataclasses.fields(self.tokens):
             value = getattr(self.tokens, f.name)
@@ -401,7 +407,6 @@ def citrus_v_8b_config() -> CitrusVConfig:
             num_heads=2,
             global_attention_blocks=[23, 33, 43],
             window_size_per_stage=[8, 4, 16, 8],
-            object_score_gate=True,
         ),
         tokens=TokenIds(
             eos_token_id=151645,
@@ -414,6 +419,7 @@ def citrus_v_8b_config() -> CitrusVConfig:
             seg_token_id=151665,
             pad_token_id=151643,
         ),
+        tighten_boxes=False,
     )
 
 

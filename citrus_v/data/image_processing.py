@@ -7,7 +7,7 @@ Qwen side; the SAM2 side is a stretch, /255 and ImageNet normalisation written h
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -23,6 +23,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SAM2's normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_SIZE = 256  # SAM2's low-resolution mask logits; ground truth is compared at this size
 SAM_PIXEL_NORMS = ("imagenet", "minmax")
+# where the segmenter's square input is made from: "original" (the image as read, bilinear) or
+# "smart_resized" (as the published Citrus-V: the ViT's smart-resized image, LANCZOS; docs/published_checkpoint.md)
+SAM_SOURCES = ("original", "smart_resized")
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,15 @@ class ImageConfig:
     temporal_patch_size: int = 2
     sam_image_size: int = 256
     sam_pixel_norm: str = "imagenet"  # the segmenter's SegmenterConfig.pixel_norm: "imagenet" | "minmax"
+    sam_source: str = "original"  # one of SAM_SOURCES
+    # where min/max_pixels came from (a flag, a file, a layout's default): said, never compared
+    pixel_source: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
         if self.sam_pixel_norm not in SAM_PIXEL_NORMS:
             raise ValueError(f"ImageConfig.sam_pixel_norm must be one of {SAM_PIXEL_NORMS}, got {self.sam_pixel_norm!r}")
+        if self.sam_source not in SAM_SOURCES:
+            raise ValueError(f"ImageConfig.sam_source must be one of {SAM_SOURCES}, got {self.sam_source!r}")
         for name in ("min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size", "sam_image_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -162,12 +170,22 @@ class ImageProcessor:
 
     def sam(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, S, S) float: stretched to S x S (aspect not kept), then
-        ``cfg.sam_pixel_norm`` (/255 + ImageNet, or per-image min-max)."""
-        return sam_preprocess(image, self.cfg.sam_image_size, self.cfg.sam_pixel_norm)
+        ``cfg.sam_pixel_norm`` (/255 + ImageNet, or per-image min-max). With ``sam_source
+        "smart_resized"`` the image is first brought to the ViT's size as qwen_vl_utils does
+        (PIL's default, bicubic) and then stretched with LANCZOS, as the published template."""
+        if self.cfg.sam_source == "original":
+            return sam_preprocess(image, self.cfg.sam_image_size, self.cfg.sam_pixel_norm)
+        rgb = _as_rgb_uint8(image)
+        height, width = self.resized_hw(rgb.shape[0], rgb.shape[1])
+        resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
+        return sam_preprocess(resized, self.cfg.sam_image_size, self.cfg.sam_pixel_norm, Image.LANCZOS)
 
 
-def sam_preprocess(image: np.ndarray, size: int, pixel_norm: str = "imagenet") -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float32, bilinear stretch, then the segmenter's scaling.
+def sam_preprocess(
+    image: np.ndarray, size: int, pixel_norm: str = "imagenet", resample: int = Image.BILINEAR
+) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32, stretch (``resample``, bilinear unless told), then
+    the segmenter's scaling.
 
     ``"imagenet"`` (SAM2): /255 and ImageNet mean/std. ``"minmax"`` (LiteMedSAM): the image's own
     minimum -> 0 and maximum -> 1 over all channels (a flat image becomes all zeros). LiteMedSAM
@@ -177,7 +195,7 @@ def sam_preprocess(image: np.ndarray, size: int, pixel_norm: str = "imagenet") -
     if pixel_norm not in SAM_PIXEL_NORMS:
         raise ValueError(f"sam_preprocess: pixel_norm must be one of {SAM_PIXEL_NORMS}, got {pixel_norm!r}")
     rgb = _as_rgb_uint8(image)
-    stretched = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    stretched = Image.fromarray(rgb).resize((size, size), resample)
     x = torch.from_numpy(np.asarray(stretched, dtype=np.float32) / 255.0)  # (S, S, 3)
     if pixel_norm == "minmax":
         lo, hi = x.min(), x.max()

@@ -33,9 +33,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="cap on generated tokens per answer (default: the predictor's setting)")
-    p.add_argument("--text-boxes", action="store_true",
-                   help="score boxes as the model wrote them, without the segmenter's tightening "
-                        "(det_p50_text is reported either way)")
+    from citrus_v.infer.commands import add_model_arguments
+
+    add_model_arguments(p)  # --device --dtype --min/max-pixels --tighten-boxes/--text-boxes (det_p50_text either way)
     p.add_argument("--protocol", choices=["mecovqa-g", "detection-p1"], default=None,
                    help="score as a published evaluation script does (pixel range, decoding, prompt, metric; "
                         "docs/published_checkpoint.md): mecovqa-g = Dice of the first 256x256 mask, "
@@ -71,7 +71,9 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     if args.from_predictions is not None:
         given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
                                           ("--max-new-tokens", args.max_new_tokens)) if value is not None]
-        given += ["--text-boxes"] if args.text_boxes else []
+        given += [f"--{flag.replace('_', '-')}" for flag in ("device", "dtype", "min_pixels", "max_pixels")
+                  if getattr(args, flag) is not None]
+        given += [] if args.tighten_boxes is None else ["--tighten-boxes" if args.tighten_boxes else "--text-boxes"]
         given += ["--protocol"] if getattr(args, "protocol", None) else []
         if given:
             raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} "
@@ -104,15 +106,19 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             if err.name != "citrus_v.infer.predictor":
                 raise
             raise UserError("no predictor in this install (citrus_v/infer/predictor.py)") from None
-        settings = None
         if args.max_new_tokens is not None:
             from citrus_v.infer.generation import GenerationSettings
 
-            settings = GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value
-        predictor = Predictor.from_pretrained(args.model, settings=settings, tighten_boxes=not args.text_boxes)
+            GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value before the model loads
+        from citrus_v.infer.commands import model_kwargs_from_args
+
+        # the folder's generation_config.json sets the defaults; --max-new-tokens replaces that one field
+        predictor = Predictor.from_pretrained(args.model, generation={"max_new_tokens": args.max_new_tokens},
+                                              **model_kwargs_from_args(args))
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens, "tighten_boxes": not args.text_boxes}
+            "max_new_tokens": args.max_new_tokens, "tighten_boxes": getattr(predictor, "tighten_boxes", args.tighten_boxes),
+            "pixels": getattr(predictor, "pixel_range", None)}
     if protocol is not None:  # the protocol sets the pixel range, decoding and tightening (meta["protocol"])
         meta["tighten_boxes"] = False
         result, meta["protocol"] = _evaluate_protocol(protocol, predictor, records, args)
@@ -159,7 +165,7 @@ def _evaluate_protocol(name: str, predictor, records: list, args: argparse.Names
     return aggregate(samples), summary
 
 
-def _load_predictor(model: Path | None, settings=None, tighten_boxes: bool = True):
+def _load_predictor(model: Path | None, settings=None, tighten_boxes: bool | None = None):
     # heavy import (torch, transformers) only when a model is really needed
     try:
         from citrus_v.infer.predictor import Predictor

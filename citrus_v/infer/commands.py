@@ -27,14 +27,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--model", default=None, help="model folder (ours or the published checkpoint); default: embedded")
     p.add_argument("--out", default=None, help="folder for overlay.png and mask_<i>.png")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer text")
-    p.add_argument(
-        "--text-boxes",
-        action="store_true",
-        help="return boxes exactly as the model wrote them (default: the segmenter tightens each one; "
-        "the written box is kept as text_bbox)",
-    )
     add_generation_arguments(p)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_model_arguments(p)
     p.set_defaults(func=run_predict)
     return p
 
@@ -104,6 +98,57 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None)
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, boxes: bool = True) -> None:
+    """How the model loads and runs (predict, eval, serve): device, dtype, image range, boxes."""
+    group = p.add_argument_group("model")
+    group.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    group.add_argument("--dtype", default=None, choices=DTYPES,
+                       help="weights load straight into this dtype (default float32; bfloat16 for the 8B on a GPU)")
+    group.add_argument("--min-pixels", type=int, default=None, metavar="N",
+                       help="smallest image the ViT sees, in pixels (default: the model folder's range; "
+                            "published folders: 3136)")
+    group.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                       help="largest image the ViT sees, in pixels (default: the model folder's range; "
+                            "published folders: 65535, the published deploy setting)")
+    if boxes:
+        tighten = group.add_mutually_exclusive_group()
+        tighten.add_argument("--tighten-boxes", dest="tighten_boxes", action="store_const", const=True, default=None,
+                             help="the segmenter tightens each written box (the written one is kept as text_bbox)")
+        tighten.add_argument("--text-boxes", dest="tighten_boxes", action="store_const", const=False,
+                             help="boxes exactly as the model wrote them")
+        p.epilog = (p.epilog or "") + " Boxes: tightened or as written as the model folder declares (config tighten_boxes: " \
+            "ours tightened, the published layout as written) unless --tighten-boxes/--text-boxes say."
+
+
+def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``Predictor.from_pretrained`` keywords from the model flags; UserError naming a bad flag."""
+    import torch
+
+    from citrus_v.errors import UserError
+
+    for flag in ("min_pixels", "max_pixels"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if None not in (args.min_pixels, args.max_pixels) and args.min_pixels > args.max_pixels:
+        raise UserError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise UserError(f"--device {device!r}: {err}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    kwargs = {"device": device, "dtype": getattr(torch, args.dtype) if args.dtype else None,
+              "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+    if hasattr(args, "tighten_boxes"):
+        kwargs["tighten_boxes"] = args.tighten_boxes
+    return kwargs
+
+
 def generation_overrides(args: argparse.Namespace) -> dict:
     """The generation flags the user gave (None = not given): ``Predictor.from_pretrained(generation=...)``."""
     from citrus_v.errors import UserError
@@ -126,7 +171,7 @@ def settings_from_args(args: argparse.Namespace):  # -> GenerationSettings
         raise UserError(_flag_message(err)) from None
 
 
-def load_predictor_for(args: argparse.Namespace, device: str, **kwargs):
+def load_predictor_for(args: argparse.Namespace, **kwargs):
     """``Predictor.from_pretrained`` with the folder's generation defaults under the flags given."""
     from citrus_v.errors import UserError
     from citrus_v.infer.predictor import Predictor
@@ -134,7 +179,7 @@ def load_predictor_for(args: argparse.Namespace, device: str, **kwargs):
     overrides = generation_overrides(args)
     settings_from_args(args)  # a bad flag is named before the model loads
     try:
-        return Predictor.from_pretrained(args.model, device=device, generation=overrides, window=args.window, **kwargs)
+        return Predictor.from_pretrained(args.model, generation=overrides, window=args.window, **kwargs)
     except ValueError as err:
         if "GenerationSettings." in str(err):  # a flag against the folder's defaults (e.g. top_p 0 there)
             raise UserError(_flag_message(err)) from None
@@ -179,6 +224,14 @@ def prediction_to_dict(pred, mask_paths: list[str], overlay_path: str | None) ->
     }
 
 
+def run_settings(predictor) -> dict[str, Any]:
+    """What ``--json`` says about how the model ran: its image range (and where it came from),
+    whether boxes were tightened, device and dtype."""
+    param = next(predictor.model.parameters())
+    return {"pixels": predictor.pixel_range, "tighten_boxes": predictor.tighten_boxes,
+            "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch.")}
+
+
 def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
     """overlay.png (first image) and mask_<i>.png (0/255) under ``out_dir``; returns their paths."""
     from PIL import Image
@@ -193,8 +246,6 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from citrus_v.data.schema import SEG_TOKEN
     from citrus_v.errors import UserError
 
@@ -209,8 +260,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
     # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
     images = load_images_for(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = load_predictor_for(args, device, tighten_boxes=not args.text_boxes)
+    predictor = load_predictor_for(args, **model_kwargs_from_args(args))
+    pixels = predictor.pixel_range
+    print(f"[pixels] {pixels['min_pixels']}..{pixels['max_pixels']} ({pixels['source']})", file=sys.stderr)
     try:  # every special token of the tokenizer, as the server refuses them (issue 22)
         predictor.check_prompt(args.prompt, "--prompt")
     except ValueError as err:
@@ -223,8 +275,8 @@ def run_predict(args: argparse.Namespace) -> int:
         mask_paths, overlay_path = write_outputs(pred, images[0], Path(args.out))
     frames = frame_report(args)
     if args.json:
-        generation = generation_report(predictor.settings, args.model)
-        json.dump(prediction_to_dict(pred, mask_paths, overlay_path) | {"frames": frames, "generation": generation}, sys.stdout)
+        report = {"frames": frames, "run": run_settings(predictor), "generation": generation_report(predictor.settings, args.model)}
+        json.dump(prediction_to_dict(pred, mask_paths, overlay_path) | report, sys.stdout)
         sys.stdout.write("\n")
     else:
         for path, f in frames.items():

@@ -12,9 +12,10 @@ One request goes through five steps:
    256x256 logit map and one predicted IoU per ``[SEG]``;
 4. read out: answer / reasoning / boxes (mapped to original pixels) / masks (upsampled to the
    original size) / report;
-5. tighten boxes (``tighten_boxes=True``, the default): each written box prompts the segmenter
-   on the same session's features, and its outline's bounding box replaces it
-   (``infer/box_tightening.py``; the written box stays in ``Box.text_bbox``).
+5. tighten boxes (``tighten_boxes``; by default the model folder's choice,
+   ``CitrusVConfig.tighten_boxes``: on for ours, off for the published layout): each written box
+   prompts the segmenter on the same session's features, and its outline's bounding box replaces
+   it (``infer/box_tightening.py``; the written box stays in ``Box.text_bbox``).
 
 The published code regenerates text to get the ``[SEG]`` hidden states; we do not: step 3
 reads them from a single forward over the ids step 2 produced (the fast path keeps them while
@@ -97,14 +98,15 @@ class Predictor:
         template,
         settings: GenerationSettings | None = None,
         window: str | None = None,
-        tighten_boxes: bool = True,
+        tighten_boxes: bool | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = template
         self.settings = settings or GenerationSettings()
         self.window = window  # DICOM/NIfTI display window preset used when reading files
-        self.tighten_boxes = tighten_boxes  # step 5: the segmenter tightens written boxes
+        # step 5: the segmenter tightens written boxes (None: as the model folder declares)
+        self.tighten_boxes = model.config.tighten_boxes if tighten_boxes is None else tighten_boxes
         tokens = model.config.tokens
         self.eos_token_id = tokens.eos_token_id
         self.pad_token_id = tokens.pad_token_id
@@ -121,14 +123,18 @@ class Predictor:
         settings: GenerationSettings | None = None,
         window: str | None = None,
         config: CitrusVConfig | None = None,
-        tighten_boxes: bool = True,
+        tighten_boxes: bool | None = None,
         generation: dict | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
     ) -> Predictor:
         """Load a model folder: ours (config.json + model.safetensors + tokenizer files) or the
         published Citrus-V checkpoint layout (Qwen2.5-VL config + sharded safetensors). ``None``
         loads the embedded default model from ``citrus_v/assets/default``. ``config``, when given,
         must agree with the folder's (for a published folder it supplies the SAM2 shapes).
-        ``tighten_boxes=False`` returns boxes exactly as the model wrote them.
+        ``tighten_boxes`` (None: the folder's ``tighten_boxes``) False returns boxes exactly as the
+        model wrote them. The weights load straight into ``dtype`` on ``device``; ``min_pixels`` /
+        ``max_pixels`` override the folder's image range (``pixel_range`` says which one is used).
 
         Generation defaults: ``settings`` when given; else the folder's ``generation_config.json``
         (``citrus_v/infer/generation_config.py``), else greedy; ``generation`` (GenerationSettings field
@@ -143,12 +149,20 @@ class Predictor:
                 "(train it with `citrus-v train` or pass --model DIR)"
             )
         settings = _default_settings(model_dir, settings, generation or {})
-        model, tokenizer, template = load_model_and_tokenizer(model_dir, device=device, dtype=dtype, config=config)
+        model, tokenizer, template = load_model_and_tokenizer(
+            model_dir, device=device, dtype=dtype, config=config, min_pixels=min_pixels, max_pixels=max_pixels
+        )
         return cls(model, tokenizer, template, settings=settings, window=window, tighten_boxes=tighten_boxes)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def pixel_range(self) -> dict[str, int | str]:
+        """The ViT's image range in use and where it came from (a flag, a file, a layout default)."""
+        cfg = self.template.image_cfg
+        return {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels, "source": cfg.pixel_source}
 
     # ------------------------------------------------------------------ public API
     def predict(
@@ -201,7 +215,8 @@ class Predictor:
         if isinstance(image, ImageSession):
             return self._own(image, where)
         (rgb,) = self.load_images([image], where)
-        return ImageSession(self.model, rgb, resized_hw=self.template.processor.resized_hw(*rgb.shape[:2]))
+        processor = self.template.processor  # the segmenter input as requests make it (sam_source)
+        return ImageSession(self.model, rgb, sam_image=processor.sam(rgb), resized_hw=processor.resized_hw(*rgb.shape[:2]))
 
     def _own(self, session: ImageSession, where: str) -> ImageSession:
         if session.model is not self.model:

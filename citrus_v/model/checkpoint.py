@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -166,66 +168,97 @@ def to_published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
-def from_published_state_dict(
-    tensors: dict[str, torch.Tensor], state_shapes: dict[str, tuple[int, ...]], source: str = "checkpoint"
-) -> dict[str, torch.Tensor]:
-    """Published (or our own) names -> our state dict; every tensor must find a home and vice versa."""
+def resolve_published_keys(
+    raw_keys: Iterable[str], state_shapes: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, tuple[str, int, int]], list[str], list[str]]:
+    """Which of our tensors each stored key fills, from the names alone.
+
+    Returns ``{raw key: (our key, piece index, pieces)}`` (index -1: the key is our own name, the
+    whole tensor), the published names no stored key gave (missing) and the stored keys with no
+    home (unexpected). A tensor split in several published keys takes piece i along dim 0.
+    """
     mapping = published_names(state_shapes)
     where: dict[str, tuple[str, int]] = {}  # published key -> (our key, piece index)
     for key, names in mapping.items():
-        if key == TIED_ALIAS:  # filled from its source below
+        if key == TIED_ALIAS:  # filled from its source
             continue
         for i, name in enumerate(names):
             where[name] = (key, i)
-    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    assigned: dict[str, tuple[str, int, int]] = {}
     unexpected = []
-    for raw_key, tensor in tensors.items():
+    for raw_key in raw_keys:
         key = normalize_published_key(raw_key)
         if key in where:
             ours, index = where[key]
+            assigned[raw_key] = (ours, index, len(mapping[ours]))
         elif key in mapping:  # our own name
-            ours, index = key, -1
+            assigned[raw_key] = (key, -1, 1)
         else:
             unexpected.append(raw_key)
-            continue
-        pieces.setdefault(ours, {})[index] = tensor
-    out: dict[str, torch.Tensor] = {}
-    missing = []
-    for key, names in mapping.items():
-        if key == TIED_ALIAS:
-            continue
-        got = pieces.get(key, {})
-        if -1 in got:
-            out[key] = got[-1]
-        elif len(got) == len(names):
-            out[key] = torch.cat([got[i] for i in range(len(names))], dim=0) if len(names) > 1 else got[0]
-        else:
-            missing.extend(n for i, n in enumerate(names) if i not in got)
-    if TIED_ALIAS in mapping:
-        source_key = OURS_SAM2 + "shared_image_embedding.positional_embedding"
-        if source_key in out:
-            out[TIED_ALIAS] = out[source_key]
-    bad_shape = [
-        f"{k}: {tuple(v.shape)} != {tuple(state_shapes[k])}" for k, v in out.items() if tuple(v.shape) != tuple(state_shapes[k])
+    got: dict[str, set[int]] = {}
+    for ours, index, _ in assigned.values():
+        got.setdefault(ours, set()).add(index)
+    missing = [
+        name
+        for key, names in mapping.items()
+        if key != TIED_ALIAS and -1 not in got.get(key, ())
+        for i, name in enumerate(names)
+        if i not in got.get(key, ())
     ]
+    return assigned, missing, unexpected
+
+
+def piece_shape(shape: tuple[int, ...], index: int, pieces: int) -> tuple[int, ...]:
+    """The shape stored for piece ``index`` of ``pieces`` of a tensor of ``shape`` (-1: all of it)."""
+    return tuple(shape) if index < 0 or pieces == 1 else (shape[0] // pieces, *shape[1:])
+
+
+def _check_complete(source: str, missing: list[str], unexpected: list[str], bad_shape: list[str]) -> None:
     if missing or unexpected or bad_shape:
         raise ValueError(
             f"{source}: {len(missing)} missing tensor(s) {missing[:20]}, {len(unexpected)} unexpected "
             f"tensor(s) {unexpected[:20]}, {len(bad_shape)} shape mismatch(es) {bad_shape[:20]}"
         )
+
+
+def from_published_state_dict(
+    tensors: dict[str, torch.Tensor], state_shapes: dict[str, tuple[int, ...]], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Published (or our own) names -> our state dict; every tensor must find a home and vice versa."""
+    assigned, missing, unexpected = resolve_published_keys(tensors, state_shapes)
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    for raw_key, (ours, index, _) in assigned.items():
+        pieces.setdefault(ours, {})[index] = tensors[raw_key]
+    out: dict[str, torch.Tensor] = {}
+    for key, got in pieces.items():
+        if -1 in got:
+            out[key] = got[-1]
+        elif not missing:
+            out[key] = torch.cat([got[i] for i in range(len(got))], dim=0) if len(got) > 1 else got[0]
+    source_key = OURS_SAM2 + "shared_image_embedding.positional_embedding"
+    if TIED_ALIAS in state_shapes and source_key in out:
+        out[TIED_ALIAS] = out[source_key]
+    bad_shape = [
+        f"{k}: {tuple(v.shape)} != {tuple(state_shapes[k])}" for k, v in out.items() if tuple(v.shape) != tuple(state_shapes[k])
+    ]
+    _check_complete(source, missing, unexpected, bad_shape)
     return out
 
 
-def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+def weight_files(directory: Path) -> list[str]:
     """model.safetensors, or the shards listed by model.safetensors.index.json."""
     index = directory / INDEX_FILE
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (directory / WEIGHTS_FILE).is_file():
-        files = [WEIGHTS_FILE]
-    else:
-        raise FileNotFoundError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE}")
+        return sorted(set(weight_map.values()))
+    if (directory / WEIGHTS_FILE).is_file():
+        return [WEIGHTS_FILE]
+    raise FileNotFoundError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE}")
+
+
+def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors or of the shards listed by model.safetensors.index.json."""
+    files = weight_files(directory)
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
         with safe_open(str(directory / name), framework="pt") as f:
@@ -281,10 +314,101 @@ def read_config(directory: str | Path) -> CitrusVConfig:
         raise ModelFolderError(f"{path}: {err}") from None
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor's bytes lie in a .safetensors file (read from its header, no data read)."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # byte offset of the data in the file
+    end: int
+
+
+def _header(path: Path) -> dict[str, StoredTensor]:
+    """A .safetensors file's tensors from its header: 8-byte little-endian length, then JSON."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError) as err:
+        raise ModelFolderError(f"{path}: not a readable safetensors file ({err})") from None
+    header.pop("__metadata__", None)
+    out = {}
+    for key, entry in header.items():
+        if entry.get("dtype") not in SAFETENSORS_DTYPES:
+            raise ModelFolderError(f"{path}: tensor {key} has unsupported dtype {entry.get('dtype')!r}")
+        start, end = entry["data_offsets"]
+        out[key] = StoredTensor(path, SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]), 8 + length + start, 8 + length + end)
+    return out
+
+
+def stored_tensors(directory: Path) -> dict[str, StoredTensor]:
+    """Every tensor of model.safetensors or of the shards its index lists (headers only)."""
+    out: dict[str, StoredTensor] = {}
+    for name in weight_files(directory):
+        for key, stored in _header(directory / name).items():
+            if key in out:
+                raise ModelFolderError(f"{directory / name}: tensor {key} appears in more than one shard")
+            out[key] = stored
+    return out
+
+
+READ_BLOCK_BYTES = 64 << 20  # a dtype conversion or a device copy goes through blocks of this size
+
+
+def _read_into(f, stored: StoredTensor, target: torch.Tensor) -> None:
+    """Copy one stored tensor's bytes into ``target`` (contiguous; any dtype / device). Same dtype on
+    the CPU: read straight into its memory; otherwise block by block, so no whole temporary copy."""
+    flat = target.view(-1)  # parameters and their dim-0 pieces are contiguous
+    f.seek(stored.start)
+    if flat.numel() == 0:
+        return
+    if stored.dtype == target.dtype and target.device.type == "cpu":
+        view = memoryview(flat.view(torch.uint8).numpy())
+        if f.readinto(view) != len(view):
+            raise ModelFolderError(f"{stored.file}: truncated (tensor data ends before byte {stored.end})")
+        return
+    size = torch.empty(0, dtype=stored.dtype).element_size()
+    per_block = max(1, READ_BLOCK_BYTES // size)
+    for begin in range(0, flat.numel(), per_block):
+        count = min(per_block, flat.numel() - begin)
+        buffer = bytearray(count * size)
+        if f.readinto(buffer) != len(buffer):
+            raise ModelFolderError(f"{stored.file}: truncated (tensor data ends before byte {stored.end})")
+        flat[begin : begin + count].copy_(torch.frombuffer(buffer, dtype=stored.dtype))
+
+
+@torch.no_grad()
 def load_state_into(model: torch.nn.Module, directory: str | Path) -> None:
-    """Load a published-layout (or our own) safetensors checkpoint into ``model`` (strict)."""
+    """Load a published-layout (or our own) safetensors checkpoint into ``model`` (strict), shard by
+    shard and tensor by tensor straight into the model's own parameters (their dtype and device):
+    beside the model, at most one block of READ_BLOCK_BYTES is held in memory (none without a dtype change)."""
     directory = Path(directory)
-    state = model.state_dict()
+    state = model.state_dict(keep_vars=True)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    ours = from_published_state_dict(read_safetensors(directory), shapes, source=str(directory))
-    model.load_state_dict(ours, strict=True)
+    stored = stored_tensors(directory)
+    assigned, missing, unexpected = resolve_published_keys(stored, shapes)
+    bad_shape = [
+        f"{raw}: {stored[raw].shape} != {piece_shape(shapes[ours], i, n)}"
+        for raw, (ours, i, n) in assigned.items()
+        if stored[raw].shape != piece_shape(shapes[ours], i, n)
+    ]
+    _check_complete(str(directory), missing, unexpected, bad_shape)
+    for file in sorted({s.file for s in stored.values()}):
+        with open(file, "rb") as f:
+            for raw in sorted((k for k in assigned if stored[k].file == file), key=lambda k: stored[k].start):
+                ours, index, pieces = assigned[raw]
+                target = state[ours].data
+                if index >= 0 and pieces > 1:
+                    target = target.chunk(pieces, dim=0)[index]
+                _read_into(f, stored[raw], target)
+    alias_source = OURS_SAM2 + "shared_image_embedding.positional_embedding"
+    if TIED_ALIAS in state and state[TIED_ALIAS] is not state[alias_source]:
+        state[TIED_ALIAS].data.copy_(state[alias_source].data)

@@ -292,10 +292,43 @@ class CitrusV(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu", config: CitrusVConfig | None = None
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        config: CitrusVConfig | None = None,
+        dtype: torch.dtype | None = None,
     ) -> CitrusV:
-        """Build from config.json (or ``config``) and load the weights (strict); eval mode."""
-        with torch.device(device):
-            model = cls(config or read_config(directory))
+        """Build from config.json (or ``config``) and load the weights (strict); eval mode.
+
+        The model is built on ``device`` directly in ``dtype`` (default float32) without random
+        initialisation, then filled tensor by tensor from the shards (``load_state_into``): loading
+        holds the weights once in that dtype, plus one stored tensor.
+        """
+        config = config or read_config(directory)
+        with torch.device(device), _default_dtype(dtype or torch.float32), _no_init():
+            model = cls(config)
+        model.mllm.tie_weights()  # skipped with the random initialisation
         load_state_into(model, directory)
+        for param in model.parameters():  # any a module built in float32 on purpose
+            if param.is_floating_point() and param.dtype != (dtype or torch.float32):
+                param.data = param.data.to(dtype or torch.float32)
+        # float32 rotary tables (inv_freq, not stored) stay float32, as transformers loads them
         return model.eval()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Tensors created inside (parameters of the modules built) default to ``dtype``."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _no_init():
+    """Modules built inside skip their random initialisation (every weight is loaded afterwards)."""
+    from transformers.initialization import no_init_weights
+
+    return no_init_weights()

@@ -15,7 +15,9 @@ tokenizer always comes from the folder's own files (``load_tokenizer``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import torch
 
 from citrus_v.config import CitrusVConfig, LLMConfig, SegmenterConfig, TokenIds, VisionConfig, citrus_v_8b_config
 from citrus_v.model.checkpoint import ModelFolderError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -98,7 +102,10 @@ def published_config(data: dict[str, Any], segmenter: SegmenterConfig | None = N
         if yaml not in SAM2_CONFIGS:
             raise ModelFolderError(f"{where}: grounding_encoder_config.cfg_path names {yaml!r}; known SAM2 configs: {sorted(SAM2_CONFIGS)}")
         segmenter = SAM2_CONFIGS[yaml]()
-    return CitrusVConfig(llm=llm, vision=vision, segmenter=segmenter, tokens=tokens, name="published")
+    # the published SAM2 path never applies the object-score gate (its torch.where is commented
+    # out, architectures/sam2_base.py), and its boxes are the ones the model writes
+    segmenter = dataclasses.replace(segmenter, object_score_gate=False)
+    return CitrusVConfig(llm=llm, vision=vision, segmenter=segmenter, tokens=tokens, name="published", tighten_boxes=False)
 
 
 def published_config_dict(config: CitrusVConfig, sam2_yaml: str = "sam2_hiera_l.yaml") -> dict[str, Any]:
@@ -132,24 +139,63 @@ def _check_same(loaded: CitrusVConfig, given: CitrusVConfig, where: Path) -> Non
         raise ModelFolderError(f"{where}: the given config disagrees with the checkpoint's: " + "; ".join(diffs))
 
 
-def image_config_for(directory: Path, config: CitrusVConfig, layout: str):
-    """Image sizing: preprocessor_config.json's pixel range when present, else the layout's default;
-    patch sizes always from the model config (the ViT fixes them) and SAM size from the segmenter."""
+# The published deploy / segmentation-eval range: swift passes MAX_PIXELS=65535 to qwen_vl_utils
+# (README "Deploy", eval/eval_segmentation.py) and leaves MIN_PIXELS at qwen_vl_utils' 4*28*28.
+PUBLISHED_DEPLOY_PIXELS = (4 * 28 * 28, 65_535)
+# Qwen2.5-VL's stock preprocessor_config.json range: not a choice of the published model (its
+# template resizes every image with the range above before the processor sees it)
+QWEN_STOCK_PIXELS = (3_136, 12_845_056)
+
+
+def pixel_range(
+    directory: Path, layout: str, min_pixels: int | None = None, max_pixels: int | None = None
+) -> tuple[int, int, str]:
+    """(min_pixels, max_pixels, where they came from): the flags, else the folder's
+    preprocessor_config.json, else the layout's default. A published folder's file that carries
+    Qwen's stock range does not count (the published template never used it)."""
     from citrus_v.data.image_processing import ImageConfig
 
-    base = ImageConfig.published() if layout == "published" else ImageConfig()
-    pixels = {"min_pixels": base.min_pixels, "max_pixels": base.max_pixels}
-    if (directory / PREPROCESSOR_FILE).is_file():
-        pre = _read_json(directory / PREPROCESSOR_FILE)
-        pixels.update({k: int(pre[k]) for k in ("min_pixels", "max_pixels") if k in pre})
-    return ImageConfig(
-        **pixels,
-        patch_size=config.vision.patch_size,
-        merge_size=config.vision.spatial_merge_size,
-        temporal_patch_size=config.vision.temporal_patch_size,
-        sam_image_size=config.segmenter.image_size,
-        sam_pixel_norm=config.segmenter.pixel_norm,
-    )
+    if layout == "published":
+        low, high, source = *PUBLISHED_DEPLOY_PIXELS, "the published deploy range"
+    else:
+        low, high, source = ImageConfig.min_pixels, ImageConfig.max_pixels, "the default range"
+    path = directory / PREPROCESSOR_FILE
+    if path.is_file():
+        pre = _read_json(path)
+        found = (int(pre.get("min_pixels", low)), int(pre.get("max_pixels", high)))
+        if layout == "published" and found == QWEN_STOCK_PIXELS:
+            source += f" ({PREPROCESSOR_FILE}'s Qwen stock range {found[0]}..{found[1]} ignored)"
+        elif "min_pixels" in pre or "max_pixels" in pre:
+            low, high, source = *found, str(path)
+    if min_pixels is not None or max_pixels is not None:
+        low, high = min_pixels or low, max_pixels or high
+        source = "--min-pixels/--max-pixels"
+    return low, high, source
+
+
+def image_config_for(
+    directory: Path, config: CitrusVConfig, layout: str, min_pixels: int | None = None, max_pixels: int | None = None
+):
+    """Image sizing: the pixel range of :func:`pixel_range`; patch sizes always from the model config
+    (the ViT fixes them) and SAM size from the segmenter; a published folder's SAM input is made
+    from the smart-resized image (``sam_source``), as its template does."""
+    from citrus_v.data.image_processing import ImageConfig
+
+    low, high, source = pixel_range(directory, layout, min_pixels, max_pixels)
+    try:
+        return ImageConfig(
+            min_pixels=low,
+            max_pixels=high,
+            patch_size=config.vision.patch_size,
+            merge_size=config.vision.spatial_merge_size,
+            temporal_patch_size=config.vision.temporal_patch_size,
+            sam_image_size=config.segmenter.image_size,
+            sam_pixel_norm=config.segmenter.pixel_norm,
+            sam_source="smart_resized" if layout == "published" else "original",
+            pixel_source=source,
+        )
+    except ValueError as err:
+        raise ModelFolderError(f"pixel range from {source}: {err}") from None
 
 
 def load_model_and_tokenizer(
@@ -157,8 +203,11 @@ def load_model_and_tokenizer(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     config: CitrusVConfig | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ):
-    """-> (CitrusV in eval mode, tokenizer, ChatTemplate) for a folder of either layout."""
+    """-> (CitrusV in eval mode, tokenizer, ChatTemplate) for a folder of either layout, its weights
+    loaded straight into ``dtype`` on ``device``; ``min/max_pixels`` override the folder's range."""
     from citrus_v.data.template import ChatTemplate
     from citrus_v.data.tokenizer import TokenIds as TokenizerIds
     from citrus_v.data.tokenizer import load_tokenizer
@@ -175,14 +224,13 @@ def load_model_and_tokenizer(
         loaded = read_config(directory)
     if config is not None:
         _check_same(loaded, config, directory)
-    model = CitrusV.from_pretrained(directory, device=device, config=loaded)
-    if dtype is not None:
-        model = model.to(dtype)
+    model = CitrusV.from_pretrained(directory, device=device, config=loaded, dtype=dtype)
     tokenizer = load_tokenizer(directory)
     ids = TokenizerIds.from_tokenizer(tokenizer)
     pairs = {"seg_token_id": ids.seg, "image_token_id": ids.image_pad, "eos_token_id": ids.im_end}
     wrong = [f"{k}={getattr(loaded.tokens, k)} but the tokenizer says {v}" for k, v in pairs.items() if getattr(loaded.tokens, k) != v]
     if wrong:
         raise ModelFolderError(f"{directory}: config and tokenizer disagree: " + "; ".join(wrong))
-    template = ChatTemplate(tokenizer, image_config_for(directory, loaded, layout), ids)
-    return model, tokenizer, template
+    image_cfg = image_config_for(directory, loaded, layout, min_pixels, max_pixels)
+    logger.info("%s: images resized to %d..%d pixels (%s)", directory, image_cfg.min_pixels, image_cfg.max_pixels, image_cfg.pixel_source)
+    return model, tokenizer, ChatTemplate(tokenizer, image_cfg, ids)

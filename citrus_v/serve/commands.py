@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -40,6 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-alias", action="append", default=None, metavar="NAME",
                    help="a name a request's \"model\" may use besides the served model's (repeatable; "
                         "default: citrus-v and Citrus-V-8B, what the published client sends); other names get 404")
+    from citrus_v.infer.commands import add_model_arguments
+
+    add_model_arguments(p)  # --device --dtype --min/max-pixels --tighten-boxes/--text-boxes: passed to the predictor
     p.set_defaults(func=run_serve)
 
 
@@ -51,7 +55,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from citrus_v.errors import UserError
     from citrus_v.model.loading import checkpoint_layout
     from citrus_v.serve.app import create_app
-    from citrus_v.serve.predictor_adapter import load_predictor
     from citrus_v.serve.settings import ServeConfig
 
     try:  # a flag out of range is the user's error, named by its flag
@@ -79,9 +82,25 @@ def run_serve(args: argparse.Namespace) -> int:
         if not args.model.is_dir():
             raise FileNotFoundError(f"--model {args.model}: no such model folder")
         checkpoint_layout(args.model)  # reads config.json: names the file when it is missing or not a model's
-    app = create_app(config=config, loader=lambda: load_predictor(args.model))
+    from citrus_v.infer.commands import model_kwargs_from_args
+
+    model_kwargs = model_kwargs_from_args(args)  # a bad flag fails now, before the server starts
+    app = create_app(config=config, loader=lambda: _load(args.model, model_kwargs))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _load(model_dir: Path | None, model_kwargs: dict):
+    """``predictor_adapter.load_predictor`` with the model flags passed to ``Predictor.from_pretrained``
+    (the served name is the one load_predictor gives)."""
+    from citrus_v.infer.predictor import Predictor
+    from citrus_v.serve.predictor_adapter import PredictorAdapter
+
+    predictor = Predictor.from_pretrained(model_dir, **model_kwargs)
+    pixels = predictor.pixel_range  # said once, as predict does: which image range this server uses
+    print(f"[pixels] {pixels['min_pixels']}..{pixels['max_pixels']} ({pixels['source']})", file=sys.stderr)
+    name = "citrus-v-default" if model_dir is None else f"citrus-v-{Path(model_dir).resolve().name}"
+    return PredictorAdapter(predictor, name)
 
 
 # ServeConfig's fields as the flags that set them, for its error messages

@@ -67,9 +67,7 @@ def wants_volume_path(args: argparse.Namespace) -> bool:
 
 
 def run_volume(args: argparse.Namespace) -> int:
-    import torch
-
-    from citrus_v.infer.commands import load_predictor_for
+    from citrus_v.infer.commands import load_predictor_for, model_kwargs_from_args
 
     clicks = bool(args.point) or args.box is not None
     if args.volume is None and not args.image:
@@ -79,8 +77,8 @@ def run_volume(args: argparse.Namespace) -> int:
     if args.volume is not None and clicks and args.slice is None:
         raise SystemExit("citrus-v predict: --point/--box on a volume need --slice N (the slice they are on)")
     volume = None if args.volume is None else _read_volume(args)  # a bad file fails before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = load_predictor_for(args, device)  # the folder's generation defaults under the flags given
+    # the folder's generation defaults under the flags given
+    predictor = load_predictor_for(args, **model_kwargs_from_args(args))
     if volume is None:
         return _run_image_refine(args, predictor)
     return _run_volume(args, predictor, volume, clicks)

@@ -62,7 +62,10 @@ def test_published_layout_gives_identical_outputs(tiny_dir, published_dir, predi
     assert all((ours_state[k] == theirs_state[k]).all() for k in ours_state)
     settings = GenerationSettings(max_new_tokens=4)
     a = predictor.predict([image], "What organ is shown?", settings=settings)
-    assert published.template.image_cfg == predictor.template.image_cfg  # read from preprocessor_config.json
+    ours_cfg, theirs_cfg = predictor.template.image_cfg, published.template.image_cfg
+    # the range read from preprocessor_config.json; the SAM input made as the published template makes it
+    assert (theirs_cfg.min_pixels, theirs_cfg.max_pixels) == (ours_cfg.min_pixels, ours_cfg.max_pixels)
+    assert (theirs_cfg.sam_source, ours_cfg.sam_source) == ("smart_resized", "original")
     b = published.predict([image], "What organ is shown?", settings=settings)
     assert a.raw_text == b.raw_text and a.mean_token_prob == pytest.approx(b.mean_token_prob)
 
