@@ -95,8 +95,11 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     if not args.data.is_file():
         raise UserError(f"--data {args.data} is not a file")
     protocol = getattr(args, "protocol", None)
-    if protocol is not None and args.max_new_tokens is not None:
-        raise UserError(f"--max-new-tokens: --protocol {protocol} sets the published limit; give one of the two")
+    if protocol is not None:  # the protocol sets these as the published script does
+        for flag in ("max_new_tokens", "min_pixels", "max_pixels"):
+            if getattr(args, flag, None) is not None:
+                raise UserError(f"--{flag.replace('_', '-')}: --protocol {protocol} sets the published value; "
+                                "give one of the two")
     records = read_jsonl(args.data)
     if predictor is None:
         # heavy import (torch, transformers) only when a model is really needed
@@ -122,6 +125,7 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     if protocol is not None:  # the protocol sets the pixel range, decoding and tightening (meta["protocol"])
         meta["tighten_boxes"] = False
         result, meta["protocol"] = _evaluate_protocol(protocol, predictor, records, args)
+        meta["pixels"] = getattr(predictor, "pixel_range", None)  # the protocol's range, set by it
         sys.stdout.write(f"{protocol}: {meta['protocol']['metric']} = {meta['protocol']['value']} "
                          f"(n {meta['protocol']['n']})\n")
         return _write(result, args.out, meta)

@@ -67,7 +67,8 @@ def configure(predictor, protocol: PublishedProtocol) -> None:  # noqa: ANN001
     from citrus_v.infer.generation import GenerationSettings
 
     t = predictor.template
-    cfg = replace(t.image_cfg, min_pixels=protocol.min_pixels, max_pixels=protocol.max_pixels)
+    cfg = replace(t.image_cfg, min_pixels=protocol.min_pixels, max_pixels=protocol.max_pixels,
+                  pixel_source=f"--protocol {protocol.name} ({protocol.source})")
     predictor.template = ChatTemplate(t.tokenizer, cfg, t.ids, style=getattr(t, "style", "ours"))
     base = getattr(predictor, "settings", None) or GenerationSettings()
     sampled = protocol.temperature is not None

@@ -131,16 +131,18 @@ def test_protocol_settings_are_the_published_scripts(qwen):
         pp.configure(rec, pp.PROTOCOLS[name])
         cfg, s = rec.template.image_cfg, rec.settings
         assert (cfg.min_pixels, cfg.max_pixels) == (lo, hi) and rec.template.style == "published"
+        assert cfg.pixel_source.startswith(f"--protocol {name}")  # pixel_range says the protocol set it
         assert (s.max_new_tokens, s.do_sample, s.temperature, s.seed) == (tokens, sampled, temp, 0)
         assert rec.tighten_boxes is False
         assert rec.template.processor.resized_hw(1000, 1000)[0] * rec.template.processor.resized_hw(1000, 1000)[1] <= hi
 
 
-def test_max_new_tokens_and_a_protocol_are_not_both_given(tmp_path):
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--min-pixels", "--max-pixels"])
+def test_a_flag_the_protocol_sets_and_a_protocol_are_not_both_given(tmp_path, flag):
     (tmp_path / "d.jsonl").write_text(json.dumps(GROUNDING[0]) + "\n")
     args = build_parser().parse_args(["eval", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"),
-                                      "--protocol", "detection-p1", "--max-new-tokens", "9"])
-    with pytest.raises(UserError, match="--max-new-tokens: --protocol detection-p1 sets the published limit"):
+                                      "--protocol", "detection-p1", flag, "9"])
+    with pytest.raises(UserError, match=f"{flag}: --protocol detection-p1 sets the published value"):
         run_eval(args, predictor=None)
 
 
