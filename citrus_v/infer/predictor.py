@@ -200,7 +200,10 @@ class Predictor:
         for j, image in enumerate(images):
             try:
                 if isinstance(image, ImageSession):
-                    arrays.append(self._own(image, f"{where}, image {j}").rgb)
+                    rgb = self._own(image, f"{where}, image {j}").rgb
+                    if rgb is None:
+                        raise ValueError("the image session's pixels were released; pass the image again")
+                    arrays.append(rgb)
                 elif isinstance(image, (str, os.PathLike)):
                     arrays.append(load_image(image, window=self.window))
                 else:
