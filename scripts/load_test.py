@@ -86,10 +86,16 @@ def proc_memory(pid: int) -> dict:
     return fields
 
 
+def proc_command(pid: int) -> str:
+    """The server's own command line (which flags it was started with), from /proc/PID/cmdline."""
+    return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")).strip()
+
+
 def as_json(result: LoadResult, args: argparse.Namespace) -> dict:
     """Every figure of a run and the command that made it (for benchmarks/)."""
     return {
         "command": "python scripts/load_test.py " + " ".join(sys.argv[1:]),
+        "server_command": proc_command(args.server_pid) if args.server_pid else None,
         "requests": result.requests, "failures": result.failures, "statuses": result.statuses,
         "wall_s": round(result.wall_s, 2), "latency_p50_s": round(result.percentile(50), 3),
         "latency_p95_s": round(result.percentile(95), 3), "bomb_side": args.bomb_side,

@@ -161,6 +161,7 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
                 "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
                 "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
                 "pixels_in_flight": state.pixels.held, "peak_pixels_in_flight": state.pixels.peak,
+                "max_pixels_in_flight": state.pixels.limit, "pixel_budget_mb": state.pixels.limit_mb,
             })
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "error": state.load_error}, status_code=503)

@@ -23,8 +23,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-pixels", type=int, default=40_000_000,
                    help="decoded pixels of one request's images together, beyond it 413 (default 40M)")
     p.add_argument("--max-pixels-in-flight", type=int, default=120_000_000,
-                   help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M, "
-                        "~360 MB as RGB)")
+                   help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M; "
+                        "each costs at most 8 bytes of memory, so ~915 MB of decoded images)")
     p.add_argument("--allow-image-dir", type=Path, action="append", default=[],
                    help="allow local paths / file:// URLs under this directory (repeatable; default: data: URLs only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",

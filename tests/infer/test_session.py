@@ -214,3 +214,18 @@ def test_session_cache_finds_an_image_by_its_pixels(predictor, image):
     assert cache.get(image) is first  # ``image`` is now the most recently used
     cache.get(image[:50])  # a third image: the least recently used one (``changed``) leaves
     assert len(cache) == 2 and cache.get(image) is first and cache.get(changed) is not second
+
+
+def test_session_cache_keeps_features_without_the_pixels_and_gives_them_back(predictor, image):
+    from citrus_v.infer.session import SessionCache
+
+    cache = SessionCache(predictor.image_session, size=2)
+    session = cache.get(image)
+    session.features  # encoded once
+    cache.release_pixels()
+    assert session.rgb is None and session.encoded  # what a server keeps between requests: no full-size copy
+    with pytest.raises(ValueError, match="pixels were released"):
+        predictor.load_images([session])
+    again = cache.get(image.copy())
+    assert again is session and again.encoded and np.array_equal(again.rgb, image)  # the same session, its pixels back
+    assert isinstance(predictor.predict(again, "Describe the image.").answer, str)  # usable as before
