@@ -11,7 +11,8 @@ over the model when flooded, ``benchmarks/serve_bomb_flood_*.json``): the (H, W,
 kept as (3 B); while it is decoded, PIL's own copy beside it (4 B for RGB, RGBA, I and F, fewer for
 L, P and I;16: ``images._to_rgb8`` writes the array band by band, no other full-size copy); in the
 model worker, one image at a time, PIL's copy for the ViT and segmenter resizes (4 B) or one mask's
-full-size float logits and its bool mask (5 B). Not in the 8 B: each further mask an answer holds
+full-size float logits and its bool mask (5 B). A DICOM pixel costs about twice as much while it is
+windowed and is charged as two (``dicom.DICOM_PIXEL_CHARGE``). Not in the 8 B: each further mask an answer holds
 (1 B a pixel until the answer is sent).
 """
 

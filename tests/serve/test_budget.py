@@ -163,3 +163,13 @@ def test_readyz_states_the_budget_in_memory():
         body = c.get("/readyz").json()
     assert body["max_pixels_in_flight"] == 3_000_000
     assert body["pixel_budget_mb"] == round(3_000_000 * BYTES_PER_PIXEL / 2**20, 1)
+
+
+def test_a_dicom_pixel_is_charged_as_two():
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()  # 128 x 128
+    config = ServeConfig(max_request_pixels=100_000, max_pixels_in_flight=100_000)
+    with local_client(create_app(EchoPredictor(), config)) as c:
+        assert c.post("/v1/chat/completions", json=chat_body(data_url(data))).status_code == 200
+        assert c.get("/readyz").json()["peak_pixels_in_flight"] == 2 * 128 * 128
