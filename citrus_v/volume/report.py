@@ -116,7 +116,8 @@ def write_outputs(
     """segmentation.nii.gz (label map, input affine), montage.png; returns the ``--json`` object."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    nifti = write_nifti(segmentation.labels, segmentation.volume.affine, out / "segmentation.nii.gz")
+    vol = segmentation.volume  # a NIfTI input's header (qform/sform codes, description) is kept
+    nifti = write_nifti(segmentation.labels, vol.affine, out / "segmentation.nii.gz", header=vol.meta.get("nifti_header"))
     montage = write_montage(segmentation, out / "montage.png", window=window, max_tiles=max_tiles)
     result = summary(segmentation)
     result.update(nifti=str(nifti), montage=str(montage.path), montage_slices=montage.slice_indices)
