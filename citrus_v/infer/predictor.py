@@ -37,7 +37,7 @@ from citrus_v.config import CitrusVConfig
 from citrus_v.infer.generation import GeneratedSequence, GenerationSettings, generate_sequences
 from citrus_v.infer.session import ImageSession, decode_seg_states, encode_sessions
 from citrus_v.infer.text import parse_report, split_reasoning
-from citrus_v.infer.types import Box, Mask, Prediction
+from citrus_v.infer.types import Box, LogitsMask, Mask, Prediction
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image | ImageSession
 Request = tuple[Sequence[ImageInput] | ImageInput, str]
@@ -323,8 +323,8 @@ class Predictor:
             )
         start = 0
         for i, n in zip(seg_rows, counts):
-            binary = rows[i].session.transforms.masks_to_original(logits[start : start + n])  # (n, H, W) bool
-            out[i] = [Mask(mask=m, score=float(s), image_index=0) for m, s in zip(binary, iou[start : start + n])]
+            size = rows[i].session.transforms.orig_hw  # masks are made at this size when read, one at a time
+            out[i] = [LogitsMask(m, size, score=float(s), image_index=0) for m, s in zip(logits[start : start + n], iou[start : start + n])]
             start += n
         return out
 

@@ -6,14 +6,15 @@ being decoded, queued or predicted (``max_pixels_in_flight``, else 429 + Retry-A
 its pixels back when its answer is sent. A 35 KB PNG of 6000x6000 zeros thus costs its 36 M pixels of
 the budget from the moment its header is read, and a flood of them is refused, not queued.
 
-What a budgeted pixel costs in memory, at most ``BYTES_PER_PIXEL`` = 8 bytes (measured 7.2 and 7.4 B
+What a budgeted pixel costs in memory, at most ``BYTES_PER_PIXEL`` = 8 bytes (measured 7.1 and 7.8 B
 over the model when flooded, ``benchmarks/serve_bomb_flood_*.json``): the (H, W, 3) uint8 array it is
 kept as (3 B); while it is decoded, PIL's own copy beside it (4 B for RGB, RGBA, I and F, fewer for
 L, P and I;16: ``images._to_rgb8`` writes the array band by band, no other full-size copy); in the
-model worker, one image at a time, PIL's copy for the ViT and segmenter resizes (4 B) or one mask's
-full-size float logits and its bool mask (5 B). A DICOM pixel costs about twice as much while it is
-windowed and is charged as two (``dicom.DICOM_PIXEL_CHARGE``). Not in the 8 B: each further mask an answer holds
-(1 B a pixel until the answer is sent).
+model worker, one image at a time, PIL's copy for the ViT and segmenter resizes (4 B). An answer's
+masks are kept as the segmenter's 256 x 256 logits (``infer.types.LogitsMask``) and made full-size
+one at a time while the answer is encoded: the float map and the bool mask (5 B), then the RLE's
+column-major copy (1 B). A DICOM pixel costs about twice as much while it is windowed and is charged
+as two (``dicom.DICOM_PIXEL_CHARGE``). Not in the 8 B: request bodies while they are read.
 """
 
 from __future__ import annotations
