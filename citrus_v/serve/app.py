@@ -97,6 +97,7 @@ def create_app(
         release_now = True
         try:
             chat = await asyncio.to_thread(parse_chat_request, body, state.config, reserve=lease.take)
+            del body  # its base64 strings (up to max_request_bytes): from here the decoded images are what is held
             _check_with_model(state.queue.predictor, chat)
             prediction = await _predict(state, chat)
             cid = completion_id()
