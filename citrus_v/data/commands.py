@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from citrus_v.data.windowing import window_argument
 from citrus_v.errors import UserError
 
 
@@ -54,7 +55,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--index", type=int, default=0, help="0-based record index (blank lines not counted)")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: FILE.<index>.png)")
-    p.add_argument("--window", default=None, help="window preset for DICOM/NIfTI images (e.g. ct_lung)")
+    p.add_argument("--window", default=None, type=window_argument, metavar="PRESET|C,W",
+                   help="window for DICOM/NIfTI images: a preset (e.g. ct_lung), percentile, or center,width (e.g. 40,400)")
     p.set_defaults(func=run_show)
 
     _add_phantoms(sub)

@@ -72,6 +72,8 @@ class DicomImage:
     file_window: tuple[float, float] | None  # first (center, width) of the file's VOI module
     metadata: dict[str, Any] = field(default_factory=dict)
     _voi_lut: Any = field(default=None, repr=False)  # the file's VOI LUT sequence item, if any
+    voi_function: str = "LINEAR"  # the file's VOI LUT Function for its window: LINEAR, LINEAR_EXACT or SIGMOID
+    _voi_header: Any = field(default=None, repr=False)  # what pydicom's apply_windowing reads (window, bits, rescale)
 
     @property
     def num_frames(self) -> int:
@@ -107,7 +109,7 @@ class DicomImage:
         elif self._voi_lut is not None:
             gray = _apply_lut_item(img, self._voi_lut)
         elif self.file_window is not None:
-            gray = apply_window(img, *self.file_window)
+            gray = file_window_display(img, self._voi_header)
         elif self.modality == "CT":
             gray = apply_window(img, *WINDOW_PRESETS[DEFAULT_CT_WINDOW])
         else:
@@ -125,6 +127,57 @@ def _apply_lut_item(values: np.ndarray, item: Any) -> np.ndarray:
     idx = np.clip(np.rint(values).astype(np.int64) - first, 0, len(lut) - 1)
     top = float(lut.max()) if lut.max() > 0 else float(2**bits - 1)
     return np.clip(np.rint(lut[idx] / top * 255.0), 0, 255).astype(np.uint8)
+
+
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # PS3.3 C.11.2.1.3
+_VOI_TAGS = ("WindowCenter", "WindowWidth", "VOILUTFunction", "BitsStored", "PixelRepresentation",
+             "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "PhotometricInterpretation")
+BAND_ROWS = 256  # pydicom windows in float64 with masks: a band at a time keeps that off the whole frame
+
+
+def _voi_header(ds: Any, path: str | Path) -> tuple[str, Any]:
+    """(the VOI LUT Function, a small dataset of what pydicom's windowing reads); an unknown function
+    is refused rather than drawn as LINEAR."""
+    from pydicom.dataset import Dataset
+
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function not in VOI_FUNCTIONS:
+        raise MedicalIOError(path, f"VOILUTFunction {function!r} is not one of {', '.join(VOI_FUNCTIONS)}")
+    header = Dataset()
+    for tag in _VOI_TAGS:
+        if tag in ds:
+            header[tag] = ds[tag]
+    return function, header
+
+
+def file_window_display(values: np.ndarray, header: Any) -> np.ndarray:
+    """The file's first window with its own VOI LUT Function (LINEAR, LINEAR_EXACT, SIGMOID), computed
+    by pydicom's ``apply_windowing`` (the standard's formulas; not written again here), its output range
+    mapped to 0..255. ``values`` (H, W) in modality units -> (H, W) uint8, a band of rows at a time."""
+    from pydicom.pixels import apply_windowing
+
+    lo, hi = _windowing_range(header)  # what apply_windowing maps below and above the window to
+    out = np.empty(values.shape, dtype=np.uint8)
+    for top in range(0, values.shape[0], BAND_ROWS):
+        y = apply_windowing(np.asarray(values[top : top + BAND_ROWS], dtype=np.float64), header)
+        out[top : top + BAND_ROWS] = np.clip(np.rint((y - lo) / (hi - lo) * 255.0), 0, 255)
+    return out
+
+
+def _windowing_range(header: Any) -> tuple[float, float]:
+    """The output range pydicom's ``apply_windowing`` maps a window onto (PS3.3 C.11.2.1.2: the stored
+    bits, or the modality LUT's, through the rescale)."""
+    bits = int(header.get("BitsStored", 16) or 16)
+    if header.get("ModalityLUTSequence"):
+        lo, hi = 0.0, float(2 ** int(header.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(header.get("PixelRepresentation", 0) or 0) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = header.get("RescaleSlope"), header.get("RescaleIntercept")
+    if slope is not None and intercept is not None:  # as pydicom does (a negative slope turns the range round)
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
 
 
 def _first_window(ds: Any) -> tuple[float, float] | None:
@@ -273,6 +326,7 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
     voi_item = None
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0 and samples == 1:
         voi_item = ds.VOILUTSequence[0]
+    voi_function, voi_header = _voi_header(ds, path) if samples == 1 else ("LINEAR", None)
     metadata = {tag: _plain(ds.get(tag)) for tag in _META_TAGS if tag in ds}
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     metadata["TransferSyntax"] = getattr(ts, "name", None)
@@ -285,6 +339,8 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
         file_window=_first_window(ds) if samples == 1 else None,
         metadata=metadata,
         _voi_lut=voi_item,
+        voi_function=voi_function,
+        _voi_header=voi_header,
     )
 
 

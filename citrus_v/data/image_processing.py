@@ -158,8 +158,9 @@ class ImageProcessor:
         """-> pixel_values (P, 3*T*p*p) float32, image_grid_thw (n_img, 3) long."""
         if not images:
             raise ValueError("qwen() needs at least one image")
+        small = [self._to_vit_size(img) for img in images]  # one full-size PIL copy at a time, freed at once
         # channels_last said outright: a 3-px-high (3, W, 3) image is otherwise taken as channels-first
-        out = self._qwen(images=images, return_tensors="pt", input_data_format="channels_last")
+        out = self._qwen(images=small, return_tensors="pt", input_data_format="channels_last")
         grid = out["image_grid_thw"].long()
         for i, (img, g) in enumerate(zip(images, grid)):
             expect = self.resized_hw(img.shape[0], img.shape[1])
@@ -167,6 +168,18 @@ class ImageProcessor:
             if got != expect:  # our box mapping relies on this being the processor's size
                 raise RuntimeError(f"image {i}: processor resized to {got}, smart_resize says {expect}")
         return out["pixel_values"].float(), grid
+
+    def _to_vit_size(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> the ViT's (h, w, 3), resized in PIL as the processor would (same filter,
+        so its own resize is then a copy and the patches are equal): the processor's full-size
+        channels-first and float copies (about 7 bytes a pixel) are never made. Other inputs pass as
+        they are."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            return image
+        height, width = self.resized_hw(image.shape[0], image.shape[1])
+        if (height, width) == image.shape[:2] or self.resized_hw(height, width) != (height, width):
+            return image  # the second: a size the processor would resize again (extreme aspect ratios)
+        return np.asarray(Image.fromarray(image).resize((width, height), self._qwen.resample))
 
     def sam(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, S, S) float: stretched to S x S (aspect not kept), then

@@ -140,11 +140,17 @@ def read_nifti(path: str | Path, *, modality: str | None = None) -> Volume:
         raise MedicalIOError(p, f"only 3D or 4D NIfTI supported, got shape {data.shape}")
     check_finite(p, data, "voxels")  # an all-NaN volume would be measured as "mean signal nan"
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return Volume(data=np.asarray(data), affine=np.asarray(img.affine), spacing=zooms, modality=modality, meta={"path": str(p)})  # type: ignore[arg-type]
+    meta = {"path": str(p), "nifti_header": img.header.copy()}  # carried over to what is written from it
+    return Volume(data=np.asarray(data), affine=np.asarray(img.affine), spacing=zooms, modality=modality, meta=meta)  # type: ignore[arg-type]
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write ``array`` (voxel order as in ``Volume.data``) with a RAS+ ``affine`` (qform = sform)."""
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, *, header: Any = None) -> Path:
+    """Write ``array`` (voxel order as in ``Volume.data``) with a RAS+ ``affine``.
+
+    ``header``: the source NIfTI's header (``Volume.meta["nifti_header"]``): its qform and sform (codes
+    and matrices), units and description are kept, so a viewer places the output exactly where the
+    input was; only what describes the data itself (type, shape, scaling, display range) is reset.
+    Without it (a DICOM series) qform = sform = ``affine``, code 1 (scanner)."""
     import nibabel as nib
 
     arr = np.asarray(array)
@@ -152,13 +158,30 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path
         arr = arr.astype(np.uint8)
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
-    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
+    if header is not None:
+        img = _with_source_header(arr, np.asarray(affine, dtype=np.float64), header)
+    else:
+        img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+        img.set_qform(img.affine, code=1)
+        img.set_sform(img.affine, code=1)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(p))
     return p
+
+
+def _with_source_header(arr: np.ndarray, affine: np.ndarray, source: Any):
+    """A Nifti1Image of ``arr`` on a copy of the source header; refuses an ``affine`` that is not the header's."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header.from_header(source)  # a NIfTI-2 or Analyze source becomes NIfTI-1 fields
+    if not np.allclose(header.get_best_affine(), affine, atol=1e-5):
+        raise ValueError("write_nifti: the affine is not the source header's; pass header=None to write a new one")
+    header.set_data_dtype(arr.dtype)
+    header.set_slope_inter(1.0, 0.0)  # labels are stored as they are
+    header["cal_min"], header["cal_max"] = 0.0, 0.0
+    img = nib.Nifti1Image(arr, None, header=header)  # affine None: the header's qform/sform stay as they are
+    return img
 
 
 # --- DICOM series ---------------------------------------------------------------------------

@@ -95,6 +95,34 @@ def resolve_window(window: Window) -> tuple[float, float] | None:
     raise ValueError(f"window must be a preset name, (center, width) or None, got {window!r}")
 
 
+def parse_window(text: str) -> str | tuple[float, float]:
+    """A command-line window: a preset name, ``percentile``, or ``C,W``, center first as in the Python
+    API's ``(center, width)`` (``40,400`` is L40/W400) -> what ``resolve_window`` takes. ValueError
+    names the accepted forms."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 2:
+        try:
+            center, width = float(parts[0]), float(parts[1])
+        except ValueError:
+            center = width = float("nan")
+        if np.isfinite(center) and np.isfinite(width) and width >= 1:
+            return center, width
+        raise ValueError(f"{text!r}: C,W needs a finite center and a width >= 1 (e.g. 40,400)")
+    if text in WINDOW_PRESETS or text == "percentile":
+        return text
+    raise ValueError(f"{text!r}: expected one of {sorted(WINDOW_PRESETS)}, 'percentile' or C,W (e.g. 40,400)")
+
+
+def window_argument(text: str) -> str | tuple[float, float]:
+    """argparse type for ``--window``: a bad value is one line naming the flag."""
+    import argparse
+
+    try:
+        return parse_window(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--window {err}") from None
+
+
 def to_display(arr: np.ndarray, window: Window, *, default: tuple[float, float] | None = None) -> np.ndarray:
     """Physical values -> uint8: the given window, else ``default``, else percentile scaling."""
     cw = resolve_window(window) if window is not None else default

@@ -41,7 +41,7 @@ from typing import Protocol
 import numpy as np
 
 from citrus_v.data.schema import Record, read_json_lines, resolve
-from citrus_v.eval.metrics import detection, document, report, segmentation, vqa
+from citrus_v.eval.metrics import detection, document, report, segmentation, surface, vqa
 from citrus_v.eval.metrics.aggregate import UNKNOWN_GROUP, Aggregate, ScoreAccumulator
 from citrus_v.data.answers import split_think_answer, strip_box_markup
 from citrus_v.eval.parsing import closed_answer_correct, is_closed_reference
@@ -58,6 +58,8 @@ METRIC_KEYS: dict[str, str] = {
     "det_map50": "micro over boxes, COCO AP@.5, class-agnostic",
     "seg_dice_mean": "mean over masks (one per [SEG])",
     "seg_dice_median": "median over masks (one per [SEG])",
+    "seg_hd95_mean": "mean over masks with both prediction and truth non-empty (95th-percentile Hausdorff, pixels)",
+    "seg_nsd_mean": f"mean over masks (normalised surface Dice, tolerance {surface.NSD_TOLERANCE_PX:g} px)",
     "report_bleu4": "corpus BLEU-4 over samples (box markup removed)",
     "report_rougeL": "mean over samples (ROUGE-L F, box markup removed)",
     "report_cider": "mean over samples (CIDEr-D, corpus idf, box markup removed)",
@@ -87,6 +89,8 @@ class SampleResult:
     answer: str
     scores: dict[str, float] = field(default_factory=dict)  # per-sample metric values
     dice: list[float] = field(default_factory=list)  # one per ground-truth mask
+    hd95: list[float | None] = field(default_factory=list)  # one per ground-truth mask; None: one side empty
+    nsd: list[float] = field(default_factory=list)  # one per ground-truth mask
     pred_boxes: list[list[float]] = field(default_factory=list)
     text_boxes: list[list[float]] = field(default_factory=list)  # as the model wrote them (= pred_boxes untightened)
     gt_boxes: list[list[float]] = field(default_factory=list)
@@ -105,7 +109,7 @@ class EvalResult:
         out: dict = {k: a.to_dict() for k, a in self.metrics.items()}
         out["per_modality"] = {m: {k: a.to_dict() for k, a in ms.items()} for m, ms in self.per_modality.items()}
         out["counts"] = dict(self.counts)
-        out["units"] = "fractions in [0, 1], except report_cider (CIDEr-D scale, x10)"
+        out["units"] = "fractions in [0, 1], except report_cider (CIDEr-D scale, x10) and seg_hd95_mean (pixels)"
         return out
 
 
@@ -201,7 +205,7 @@ def score_record(index: int, rec: Record, pred: Prediction, base_dir: str | Path
         else:
             s.note = "no ground-truth box: left out of det_p50"
     elif s.task == "segmentation":
-        s.dice = _score_masks(index, rec, pred, base_dir)
+        s.dice, s.hd95, s.nsd = _score_masks(index, rec, pred, base_dir)
     elif s.task == "report":
         # prose against prose: the reference holds a <boxes> placeholder where the model writes
         # coordinates, so box markup leaves both sides (boxes are the detection metrics' job)
@@ -235,8 +239,9 @@ def _report_text(pred: Prediction) -> str:
     return f"Findings: {pred.report.findings} Impression: {pred.report.impression}"
 
 
-def _score_masks(index: int, rec: Record, pred: Prediction, base_dir: str | Path) -> list[float]:
-    out = []
+def _score_masks(index: int, rec: Record, pred: Prediction, base_dir: str | Path) -> tuple[list, list, list]:
+    """(Dice, HD95, NSD) of every ground-truth mask against the prediction's mask of the same index."""
+    out, hd95, nsd = [], [], []
     for i, rel in enumerate(rec.masks):
         gt = load_mask(resolve(rel, base_dir))
         if i < len(pred.masks):
@@ -247,7 +252,9 @@ def _score_masks(index: int, rec: Record, pred: Prediction, base_dir: str | Path
         else:
             pm = np.zeros_like(gt)  # no prediction for this [SEG]: an empty mask
         out.append(segmentation.dice(pm, gt))
-    return out
+        hd95.append(surface.hd95(pm, gt))
+        nsd.append(surface.nsd(pm, gt))
+    return out, hd95, nsd
 
 
 # --- aggregating ---------------------------------------------------------------------------
@@ -256,6 +263,15 @@ def _mean_of(samples: Sequence[SampleResult], task: str, score: str, key: str) -
     for s in samples:
         if s.task == task and score in s.scores:
             acc.append(s.scores[score])
+    return Aggregate(acc.mean().value, len(acc), METRIC_KEYS[key])
+
+
+def _mean_over_masks(samples: Sequence[SampleResult], field_name: str, key: str) -> Aggregate:
+    acc = ScoreAccumulator()
+    for s in samples:
+        for value in getattr(s, field_name):
+            if value is not None:  # HD95 of a mask with one side empty has no value
+                acc.append(value)
     return Aggregate(acc.mean().value, len(acc), METRIC_KEYS[key])
 
 
@@ -280,6 +296,8 @@ def summarize(samples: Sequence[SampleResult]) -> dict[str, Aggregate]:
             dice.append(d)
     m["seg_dice_mean"] = Aggregate(dice.mean().value, len(dice), METRIC_KEYS["seg_dice_mean"])
     m["seg_dice_median"] = Aggregate(dice.median().value, len(dice), METRIC_KEYS["seg_dice_median"])
+    m["seg_hd95_mean"] = _mean_over_masks(samples, "hd95", "seg_hd95_mean")
+    m["seg_nsd_mean"] = _mean_over_masks(samples, "nsd", "seg_nsd_mean")
 
     reps = [s for s in samples if s.task == "report"]
     preds, refs = [s.answer for s in reps], [s.reference for s in reps]

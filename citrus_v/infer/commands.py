@@ -34,7 +34,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
-    from citrus_v.data.windowing import WINDOW_PRESETS
+    from citrus_v.data.windowing import WINDOW_PRESETS, window_argument
 
     group = p.add_argument_group("input")
     group.add_argument(
@@ -48,9 +48,12 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--window",
         default=None,
-        choices=sorted(WINDOW_PRESETS) + ["percentile"],
-        help="display window for DICOM/NIfTI (default: the file's own, else CT soft tissue / percentile)",
+        type=window_argument,
+        metavar="PRESET|C,W",
+        help=f"display window for DICOM/NIfTI: {', '.join(sorted(WINDOW_PRESETS))}, percentile, or center,width "
+        "(e.g. 40,400) (default: the file's own, else CT soft tissue / percentile)",
     )
+
 
 
 def parse_frame(text: str) -> int | tuple[int, int]:

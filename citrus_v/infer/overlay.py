@@ -31,18 +31,23 @@ def draw_overlay(image: np.ndarray, masks: Sequence[Mask], boxes: Sequence[Box],
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"draw_overlay: image must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}")
     out = image.astype(np.float32)
+    corners = []  # where each mask's label goes
     for k, m in enumerate(masks):
-        if m.mask.shape != image.shape[:2]:
-            raise ValueError(f"draw_overlay: mask {k} has shape {m.mask.shape}, the image is {image.shape[:2]}")
+        mask = m.mask  # read once: a LogitsMask makes it on every read
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"draw_overlay: mask {k} has shape {mask.shape}, the image is {image.shape[:2]}")
         colour = np.array(PALETTE[k % len(PALETTE)], dtype=np.float32)
-        out[m.mask] = (1 - alpha) * out[m.mask] + alpha * colour
+        out[mask] = (1 - alpha) * out[mask] + alpha * colour
+        corners.append(None)
+        if m.label and mask.any():
+            ys, xs = np.nonzero(mask)
+            corners[-1] = (int(xs.min()), int(ys.min()))
     canvas = Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(image.shape[:2]) / 200))  # visible on a 2000 px X-ray, not fat on 128 px
-    for k, m in enumerate(masks):
-        if m.label and m.mask.any():
-            ys, xs = np.nonzero(m.mask)
-            draw.text((int(xs.min()), int(ys.min())), m.label, fill=PALETTE[k % len(PALETTE)])
+    for k, (m, corner) in enumerate(zip(masks, corners)):
+        if corner is not None:
+            draw.text(corner, m.label, fill=PALETTE[k % len(PALETTE)])
     for k, b in enumerate(boxes):
         colour = PALETTE[(k + len(masks)) % len(PALETTE)]
         if b.text_bbox is not None:

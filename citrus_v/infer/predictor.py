@@ -39,7 +39,7 @@ from citrus_v.infer.conversation import Conversation
 from citrus_v.infer.generation import GeneratedSequence, GenerationSettings, generate_sequences
 from citrus_v.infer.session import ImageSession, decode_seg_states, encode_sessions
 from citrus_v.infer.text import parse_report, split_reasoning
-from citrus_v.infer.types import Box, Mask, Prediction
+from citrus_v.infer.types import Box, LogitsMask, Mask, Prediction
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image | ImageSession
 Request = tuple[Sequence[ImageInput] | ImageInput, "str | Conversation"]
@@ -234,7 +234,10 @@ class Predictor:
         for j, image in enumerate(images):
             try:
                 if isinstance(image, ImageSession):
-                    arrays.append(self._own(image, f"{where}, image {j}").rgb)
+                    rgb = self._own(image, f"{where}, image {j}").rgb
+                    if rgb is None:
+                        raise ValueError("the image session's pixels were released; pass the image again")
+                    arrays.append(rgb)
                 elif isinstance(image, (str, os.PathLike)):
                     arrays.append(load_image(image, window=self.window))
                 else:
@@ -379,10 +382,8 @@ class Predictor:
             )
         start = 0
         for i, n in zip(seg_rows, counts):
-            binary = rows[i].session.transforms.masks_to_original(logits[start : start + n])  # (n, H, W) bool
-            grid = (logits[start : start + n] > 0).cpu().numpy()  # (n, 256, 256) bool: sigmoid > 0.5
-            out[i] = [Mask(mask=m, score=float(s), image_index=0, low_res=g)
-                      for m, s, g in zip(binary, iou[start : start + n], grid)]
+            size = rows[i].session.transforms.orig_hw  # masks are made at this size when read, one at a time
+            out[i] = [LogitsMask(m, size, score=float(s), image_index=0) for m, s in zip(logits[start : start + n], iou[start : start + n])]
             start += n
         return out
 

@@ -57,7 +57,7 @@ class ImageSession:
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise ValueError(f"ImageSession: rgb must be (H, W, 3), got shape {rgb.shape}")
         self.model = model
-        self.rgb = rgb
+        self.rgb: np.ndarray | None = rgb  # None while a SessionCache keeps the session without its pixels
         cfg = model.config.segmenter
         self.transforms = ImageTransforms((int(rgb.shape[0]), int(rgb.shape[1])), cfg.image_size, resized_hw)
         self._sam_image = sam_image
@@ -67,6 +67,8 @@ class ImageSession:
     def sam_image(self) -> torch.Tensor:
         """(3, S, S): the image stretched to the segmenter's square and scaled as it was trained."""
         if self._sam_image is None:
+            if self.rgb is None:
+                raise ValueError("ImageSession: its pixels were released (SessionCache.release_pixels); get it again")
             cfg = self.model.config.segmenter
             self._sam_image = sam_preprocess(self.rgb, cfg.image_size, cfg.pixel_norm)
         return self._sam_image
@@ -174,14 +176,22 @@ class SessionCache:
 
     def get(self, image: np.ndarray) -> ImageSession:
         image = np.ascontiguousarray(image)
-        key = (image.shape, image.dtype.str, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        key = (image.shape, image.dtype.str, hashlib.blake2b(image, digest_size=16).digest())  # no copy
         session = self._sessions.pop(key, None)
         if session is None:
             session = self.make(image)
+        else:
+            session.rgb = image  # the same pixels (by their hash), given back for this use
         self._sessions[key] = session  # the most recent last
         while len(self._sessions) > self.size:
             self._sessions.popitem(last=False)
         return session
+
+    def release_pixels(self) -> None:
+        """Drop the kept sessions' full-size pixels (their features and segmenter input stay): a
+        server keeps only what it is charged for. ``get`` gives a session its pixels again."""
+        for session in self._sessions.values():
+            session.rgb = None
 
     def __len__(self) -> int:
         return len(self._sessions)

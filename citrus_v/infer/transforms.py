@@ -89,8 +89,12 @@ def logits_to_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> np.ndar
         raise ValueError(f"logits_to_masks: size must be positive (H, W), got {size}")
     if mask_logits.shape[0] == 0:
         return np.zeros((0, height, width), dtype=bool)
-    up = F.interpolate(mask_logits.float().unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
-    return (up.squeeze(1) > 0).cpu().numpy()  # (n, H, W)
+    out = np.empty((mask_logits.shape[0], height, width), dtype=bool)
+    for k, logits in enumerate(mask_logits.float()):  # one at a time: a full-size float map is 4 bytes a pixel
+        up = F.interpolate(logits[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        torch.gt(up[0, 0].cpu(), 0, out=torch.from_numpy(out[k]))  # (H, W), written in place
+        del up
+    return out  # (n, H, W)
 
 
 def mask_to_logits(mask: np.ndarray, size: int = MASK_SIZE, magnitude: float = 10.0) -> torch.Tensor:

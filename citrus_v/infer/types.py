@@ -49,6 +49,36 @@ class Mask:
         self.score = min(max(float(self.score), 0.0), 1.0)
 
 
+class LogitsMask(Mask):
+    """A Mask kept as the segmenter's low-resolution logits and made full-size when ``mask`` is read.
+
+    An answer with many [SEG]s on a large image would otherwise hold a full-size array per [SEG] (a
+    40M-pixel image: 40 MB each) until it is sent; this holds (h, w) floats (256 KB) instead. Every
+    read upsamples again (``infer.transforms.logits_to_masks``), so read ``mask`` once where it is
+    used more than once.
+    """
+
+    def __init__(self, logits, size: tuple[int, int], score: float, label: str = "", image_index: int = 0):
+        if getattr(logits, "ndim", 0) != 2:
+            raise ValueError(f"LogitsMask: logits must be (h, w), got shape {tuple(getattr(logits, 'shape', ()))}")
+        self.logits = logits  # (h, w) torch.Tensor
+        self.size = (int(size[0]), int(size[1]))  # (H, W) of the original image
+        self.score, self.label, self.image_index = score, label, image_index
+        self.__post_init__()
+
+    @property
+    def mask(self) -> np.ndarray:  # type: ignore[override]
+        """(H, W) bool at the original size, made now from the logits."""
+        from citrus_v.infer.transforms import logits_to_masks
+
+        return logits_to_masks(self.logits[None], self.size)[0]
+
+    @property
+    def low_res(self) -> np.ndarray:  # type: ignore[override]
+        """(h, w) bool, the segmenter's own grid (logits > 0: sigmoid > 0.5), what the published server encodes."""
+        return (self.logits > 0).cpu().numpy()
+
+
 @dataclass
 class Report:
     findings: str

@@ -97,6 +97,7 @@ def create_app(
         release_now = True
         try:
             chat = await asyncio.to_thread(parse_chat_request, body, state.config, reserve=lease.take)
+            del body  # its base64 strings (up to max_request_bytes): from here the decoded images are what is held
             _check_with_model(state.queue.predictor, chat)
             prediction = await _predict(state, chat)
             cid = completion_id()
@@ -161,6 +162,7 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
                 "batches": stats.batches, "requests": stats.requests, "largest_batch": stats.largest_batch,
                 "failures": stats.failures, "max_rss_mb": _max_rss_mb(),
                 "pixels_in_flight": state.pixels.held, "peak_pixels_in_flight": state.pixels.peak,
+                "max_pixels_in_flight": state.pixels.limit, "pixel_budget_mb": state.pixels.limit_mb,
             })
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "error": state.load_error}, status_code=503)

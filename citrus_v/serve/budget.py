@@ -5,6 +5,16 @@ limits: the request's own (``max_request_pixels``, else 413) and the server's, s
 being decoded, queued or predicted (``max_pixels_in_flight``, else 429 + Retry-After). A request gives
 its pixels back when its answer is sent. A 35 KB PNG of 6000x6000 zeros thus costs its 36 M pixels of
 the budget from the moment its header is read, and a flood of them is refused, not queued.
+
+What a budgeted pixel costs in memory, at most ``BYTES_PER_PIXEL`` = 8 bytes (measured 7.1 and 7.8 B
+over the model when flooded, ``benchmarks/serve_bomb_flood_*.json``): the (H, W, 3) uint8 array it is
+kept as (3 B); while it is decoded, PIL's own copy beside it (4 B for RGB, RGBA, I and F, fewer for
+L, P and I;16: ``images._to_rgb8`` writes the array band by band, no other full-size copy); in the
+model worker, one image at a time, PIL's copy for the ViT and segmenter resizes (4 B). An answer's
+masks are kept as the segmenter's 256 x 256 logits (``infer.types.LogitsMask``) and made full-size
+one at a time while the answer is encoded: the float map and the bool mask (5 B), then the RLE's
+column-major copy (1 B). A DICOM pixel costs about twice as much while it is windowed and is charged
+as two (``dicom.DICOM_PIXEL_CHARGE``). Not in the 8 B: request bodies while they are read.
 """
 
 from __future__ import annotations
@@ -12,6 +22,9 @@ from __future__ import annotations
 import threading
 
 from citrus_v.serve.errors import RequestError
+
+
+BYTES_PER_PIXEL = 8  # the most memory one budgeted pixel costs (see above)
 
 
 class PixelBudget:
@@ -23,6 +36,11 @@ class PixelBudget:
         self.held = 0
         self.peak = 0
         self._lock = threading.Lock()
+
+    @property
+    def limit_mb(self) -> float:
+        """What the server-wide limit stands for in memory: at most this many MB of decoded images."""
+        return round(self.limit * BYTES_PER_PIXEL / 2**20, 1)
 
     def lease(self) -> PixelLease:
         return PixelLease(self)

@@ -24,8 +24,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-pixels", type=int, default=40_000_000,
                    help="decoded pixels of one request's images together, beyond it 413 (default 40M)")
     p.add_argument("--max-pixels-in-flight", type=int, default=120_000_000,
-                   help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M, "
-                        "~360 MB as RGB)")
+                   help="decoded pixels the server holds at once over all requests, beyond it 429 (default 120M; "
+                        "each costs at most 8 bytes of memory, so ~915 MB of decoded images)")
     p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
                    help="the largest max_tokens a request may ask for (default: the model's context, its "
                         "max_position_embeddings)")

@@ -165,19 +165,38 @@ def _decode_pil(data: bytes, config: ServeConfig, param: str, reserve: Reserve |
     return _to_rgb8(image)
 
 
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # grey stretched min..max
+BAND_ROWS = 256  # rows converted at a time: full-size temporaries would cost more than the kept array
+
+
 def _to_rgb8(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> (H, W, 3) uint8; 16-bit and float grey are stretched min..max (no window known)."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+    """Any PIL mode -> (H, W, 3) uint8; 16-bit and float grey are stretched min..max (no window known).
+
+    Written band by band into one preallocated array: beside PIL's own decoded copy (1-4 bytes a
+    pixel), the only full-size buffer is the 3-byte result (no converted, float or composited copy
+    of the whole image), which is what the server's pixel budget charges (``serve/budget.py``)."""
+    width, height = image.size
+    extrema = image.getextrema() if image.mode in HIGH_BIT_MODES else None  # PIL's own pass, no copy
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, BAND_ROWS):
+        band = image.crop((0, top, width, min(top + BAND_ROWS, height)))
+        out[top : top + band.size[1]] = _band_to_rgb8(band, extrema)
+    return out
+
+
+def _band_to_rgb8(band: Image.Image, extrema: tuple | None) -> np.ndarray:
+    """One band of rows -> (h, W, 3) uint8; ``extrema`` the whole image's (lo, hi) for high-bit grey."""
+    if extrema is not None:
+        arr = np.asarray(band, dtype=np.float64)
+        lo, hi = float(extrema[0]), float(extrema[1])
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))  # transparent -> black, as scanners pad
-        image = Image.alpha_composite(background, image)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        return np.repeat(grey[:, :, None], 3, axis=2)  # (h, W) -> (h, W, 3)
+    if band.mode in ("RGBA", "LA", "PA") or (band.mode == "P" and "transparency" in band.info):
+        band = band.convert("RGBA")
+        background = Image.new("RGBA", band.size, (0, 0, 0, 255))  # transparent -> black, as scanners pad
+        band = Image.alpha_composite(background, band)
+    return np.asarray(band if band.mode == "RGB" else band.convert("RGB"), dtype=np.uint8)
 
 
 def encode_png_data_url(pixels: np.ndarray) -> str:

@@ -50,8 +50,11 @@ class PredictorAdapter:
 
     def predict_batch(self, items: Sequence[tuple[list[np.ndarray], str]], settings: SamplingParams) -> list[Prediction]:
         # a request's first image is the one its [SEG]s segment and its boxes are on
-        requests = [([self.sessions.get(images[0]), *images[1:]] if images else images, text) for images, text in items]
-        return self.predictor.predict_batch(requests, settings=self.generation_settings(settings))
+        try:
+            requests = [([self.sessions.get(images[0]), *images[1:]] if images else images, text) for images, text in items]
+            return self.predictor.predict_batch(requests, settings=self.generation_settings(settings))
+        finally:
+            self.sessions.release_pixels()  # the requests' pixels are charged to them only while they run
 
     def generation_settings(self, sampling: SamplingParams):
         """The request's settings over the model's defaults (``Predictor.settings``)."""
@@ -85,6 +88,7 @@ class PredictorAdapter:
             return self.predictor.refine(self.sessions.get(image), prompt=text if text.strip() else None, **prompts.refine_kwargs())
         finally:
             self.predictor.settings = previous
+            self.sessions.release_pixels()
 
 
 def load_predictor(model_dir: Path | str | None) -> PredictorAdapter:

@@ -28,7 +28,9 @@ def encode_mask(mask: np.ndarray) -> dict:
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"mask: empty shape {arr.shape}")
     # pycocotools reads column-major uint8 (H, W, N); one mask -> N=1
-    fortran = np.asfortranarray(arr.astype(bool).astype(np.uint8)[:, :, None])
+    # (a bool mask is viewed as uint8, not copied: the column-major copy is the only full-size one)
+    binary = arr if arr.dtype == bool else arr != 0
+    fortran = np.asfortranarray(binary.view(np.uint8)[:, :, None])
     rle = mask_utils.encode(fortran)[0]
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 

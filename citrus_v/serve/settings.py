@@ -22,7 +22,8 @@ class ServeConfig:
     max_request_bytes: int = 64 * 1024 * 1024  # the whole HTTP body
     max_image_pixels: int = 40_000_000  # width x height (x frames for DICOM), checked from the header
     # decoded-pixel budget (citrus_v/serve/budget.py), counted from headers before decoding: one request's
-    # images together (else 413) and everything the server holds at once (else 429); 3 bytes a pixel as RGB
+    # images together (else 413) and everything the server holds at once (else 429); a budgeted pixel costs
+    # at most budget.BYTES_PER_PIXEL = 8 bytes of memory (3 as RGB, the rest while decoding and predicting)
     max_request_pixels: int = 40_000_000
     max_pixels_in_flight: int = 120_000_000
     max_prompt_chars: int = 8_000

@@ -53,6 +53,9 @@ def add_volume_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="voxel axis to slice along (default 2)")
     g.add_argument("--batch-size", type=int, default=8, help="slices per predict_batch call (volumes)")
     g.add_argument("--max-tiles", type=int, default=20, help="most slices shown in montage.png")
+    g.add_argument("--components", choices=("largest", "all"), default="largest",
+                   help="volumes: keep each structure's largest connected component, stray islands removed and "
+                        "reported (default), or all voxels predicted")
     g.add_argument(
         "--point", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
         help="a click in original pixels (of --image, or of the --slice picture); LABEL 1 add / 0 remove; repeatable",
@@ -128,7 +131,8 @@ def _run_volume(args: argparse.Namespace, predictor, volume, clicks: bool) -> in
     prompt = (args.prompt or "").strip()
     try:
         if prompt:
-            seg = segment_volume(predictor, volume, prompt, axis=args.axis, batch_size=args.batch_size, window=args.window)
+            seg = segment_volume(predictor, volume, prompt, axis=args.axis, batch_size=args.batch_size, window=args.window,
+                                 components=args.components)
         else:
             if not clicks:
                 raise ValueError("an empty --prompt needs --point/--box on a --slice")
@@ -143,7 +147,9 @@ def _run_volume(args: argparse.Namespace, predictor, volume, clicks: bool) -> in
     def lines() -> list[str]:
         out = [result["report"]]
         for name, s in result["structures"].items():
-            out.append(f"[{name}] {s['volume_ml']:.2f} mL, max diameter {s['max_diameter_mm']:.1f} mm, slices {s['slice_range']}")
+            kept = s["components"]
+            note = f", largest of {kept['found']} components" if kept and kept["removed_voxels"] else ""
+            out.append(f"[{name}] {s['volume_ml']:.2f} mL, max diameter {s['max_diameter_mm']:.1f} mm, slices {s['slice_range']}{note}")
         out += [f"[nifti] {result['nifti']}", f"[montage] {result['montage']}"] if result["nifti"] else []
         return out
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from citrus_v.data.volume_io import Volume
 from citrus_v.data.windowing import Window
+from citrus_v.volume.components import ComponentReport, keep_components
 from citrus_v.volume.quantify import StructureStats, measure_structure
 from citrus_v.volume.slicing import check_volume, slice_images, slice_view, stack_masks
 from citrus_v.volume.structures import names_from_prompt, structure_names
@@ -39,6 +40,7 @@ class VolumeSegmentation:
     masks: np.ndarray  # (n_structures, I, J, K) bool
     answers: dict[int, str] = field(default_factory=dict)  # slice index -> the model's answer on it
     scores: dict[int, list[float]] = field(default_factory=dict)  # slice index -> predicted IoU per mask
+    components: dict[int, ComponentReport] = field(default_factory=dict)  # structure -> what keep_components did
 
     def __post_init__(self) -> None:
         if self.masks.shape != (len(self.names), *self.volume.data.shape[:3]):
@@ -91,10 +93,13 @@ def segment_volume(
     window: Window = None,
     slices: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    components: str = "largest",
 ) -> VolumeSegmentation:
     """Segment ``volume`` slice by slice along voxel ``axis``; see the module docstring.
 
-    ``slices``: only these slice indices (default all); ``progress(done, total)`` after each batch.
+    ``slices``: only these slice indices (default all); ``progress(done, total)`` after each batch;
+    ``components``: "largest" keeps each structure's largest connected component (stray islands
+    removed, ``VolumeSegmentation.components`` says what was), "all" keeps every voxel predicted.
     """
     check_volume(volume)
     if batch_size < 1:
@@ -122,9 +127,11 @@ def segment_volume(
     n_structures = max([len(names_from_prompt(prompt)), 1] + [len(v) for v in per_slice.values()])
     names = structure_names(prompt, n_structures, [answers[k] for k in indices])
     masks = np.zeros((n_structures, *volume.data.shape), dtype=bool)  # (S, I, J, K)
+    kept: dict[int, ComponentReport] = {}
     for s in range(n_structures):
-        masks[s] = stack_masks({k: m[s] for k, m in per_slice.items() if s < len(m)}, volume.data.shape, axis, view)
-    return VolumeSegmentation(volume, axis, prompt, names, masks, answers, scores)
+        stacked = stack_masks({k: m[s] for k, m in per_slice.items() if s < len(m)}, volume.data.shape, axis, view)
+        masks[s], kept[s] = keep_components(stacked, components)
+    return VolumeSegmentation(volume, axis, prompt, names, masks, answers, scores, kept)
 
 
 def empty_segmentation(volume: Volume, axis: int, names: Sequence[str], prompt: str = "") -> VolumeSegmentation:

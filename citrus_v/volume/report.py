@@ -14,7 +14,7 @@ from citrus_v.data.windowing import Window
 from citrus_v.infer.overlay import draw_overlay
 from citrus_v.infer.types import Mask
 from citrus_v.volume.inference import VolumeSegmentation
-from citrus_v.volume.quantify import StructureStats
+from citrus_v.volume.quantify import StructureStats, voxel_volume_ml
 from citrus_v.volume.slicing import slice_images
 
 MAX_TILES = 20  # the 20-slice example shows whole; longer volumes are sampled evenly
@@ -90,6 +90,7 @@ def structured_report(segmentation: VolumeSegmentation, stats: dict[str, Structu
     n = vol.data.shape[segmentation.axis]
     where = f"{n} slices along voxel axis {segmentation.axis}, voxel size " + " x ".join(f"{s:.2g}" for s in vol.spacing) + " mm"
     findings, impressions = [], []
+    names = {name: k for k, name in enumerate(segmentation.names)}
     for name, s in stats.items():
         if s.voxels == 0:
             findings.append(f"{name}: not found on any slice.")
@@ -101,7 +102,8 @@ def structured_report(segmentation: VolumeSegmentation, stats: dict[str, Structu
             mean = f", mean attenuation {s.mean_intensity:.0f} HU" if vol.modality == "CT" else f", mean signal {s.mean_intensity:.1f}"
         findings.append(
             f"{name}: volume {s.volume_ml:.1f} mL, largest diameter {s.max_diameter_mm:.1f} mm "
-            f"(largest in-slice {s.max_axial_diameter_mm:.1f} mm), slices {first}-{last}{mean}."
+            f"(largest in-slice {s.max_axial_diameter_mm:.1f} mm), slices {first}-{last}{mean}"
+            f"{_islands_note(segmentation, names.get(name), vol.affine)}."
         )
         impressions.append(f"{name} {s.volume_ml:.1f} mL")
     return (
@@ -116,11 +118,27 @@ def write_outputs(
     """segmentation.nii.gz (label map, input affine), montage.png; returns the ``--json`` object."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    nifti = write_nifti(segmentation.labels, segmentation.volume.affine, out / "segmentation.nii.gz")
+    vol = segmentation.volume  # a NIfTI input's header (qform/sform codes, description) is kept
+    nifti = write_nifti(segmentation.labels, vol.affine, out / "segmentation.nii.gz", header=vol.meta.get("nifti_header"))
     montage = write_montage(segmentation, out / "montage.png", window=window, max_tiles=max_tiles)
     result = summary(segmentation)
     result.update(nifti=str(nifti), montage=str(montage.path), montage_slices=montage.slice_indices)
     return result
+
+
+def _islands_note(segmentation: VolumeSegmentation, structure: int | None, affine: np.ndarray) -> str:
+    """", largest connected component of 3 (0.4 mL of islands left out)" when islands were removed."""
+    report = segmentation.components.get(structure) if structure is not None else None
+    if report is None or report.removed_voxels == 0:
+        return ""
+    removed_ml = report.removed_voxels * voxel_volume_ml(affine)
+    return f", largest connected component of {report.found} ({removed_ml:.1f} mL of islands left out)"
+
+
+def components_json(segmentation: VolumeSegmentation, structure: int) -> dict | None:
+    """What keep_components did to a structure (None when nothing was run, e.g. clicks only)."""
+    report = segmentation.components.get(structure)
+    return None if report is None else report.to_dict(voxel_volume_ml(segmentation.volume.affine))
 
 
 def summary(segmentation: VolumeSegmentation) -> dict:
@@ -128,7 +146,10 @@ def summary(segmentation: VolumeSegmentation) -> dict:
     stats = segmentation.stats()
     vol = segmentation.volume
     return {
-        "structures": {name: structure_json(s, vol.modality) for name, s in stats.items()},
+        "structures": {
+            name: {**structure_json(s, vol.modality), "components": components_json(segmentation, k)}
+            for k, (name, s) in enumerate(stats.items())
+        },
         "labels": {str(v): name for v, name in segmentation.label_names.items()},
         "axis": segmentation.axis,
         "shape": list(vol.data.shape[:3]),

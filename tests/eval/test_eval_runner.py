@@ -110,6 +110,10 @@ def test_runner_end_to_end_values(tmp_path):
     # Dice per mask: rows2 vs row1 = 8/12, empty vs empty = 1, MR: 1 and 0 (missing prediction)
     assert m["seg_dice_mean"] == (approx((2 / 3 + 1 + 1 + 0) / 4), 4)
     assert m["seg_dice_median"] == (approx((2 / 3 + 1) / 2), 4)
+    # HD95: row1 vs rows2 = 1 (rows2's second row is 1 px from row1), empty/empty 0, MR identical 0; the
+    # missing prediction has no distance (left out). NSD at 2 px: 1, 1, 1 and 0 for the missing one
+    assert m["seg_hd95_mean"] == (approx(1 / 3), 3)
+    assert m["seg_nsd_mean"] == (0.75, 4)
     assert m["report_rougeL"] == (1.0, 2)  # report B rebuilt from the structured Report
     assert m["report_bleu4"] == (approx(1.0, abs=1e-6), 2)
     assert m["report_cider"] == (approx(10.0), 2)
@@ -153,6 +157,7 @@ def test_outputs_written(tmp_path):
     preds = [json.loads(line) for line in paths["predictions"].read_text().splitlines()]
     assert len(preds) == 15
     assert preds[9]["dice"] == [1.0, 0.0] and preds[9]["num_pred_masks"] == 1
+    assert preds[9]["hd95"] == [0.0, None] and preds[9]["nsd"] == [1.0, 0.0]
     assert preds[3]["task"] == "vqa_closed" and preds[3]["reference"] == "no"
     assert preds[14]["task"] == "unscored"
 

@@ -214,3 +214,34 @@ def test_session_cache_finds_an_image_by_its_pixels(predictor, image):
     assert cache.get(image) is first  # ``image`` is now the most recently used
     cache.get(image[:50])  # a third image: the least recently used one (``changed``) leaves
     assert len(cache) == 2 and cache.get(image) is first and cache.get(changed) is not second
+
+
+def test_session_cache_keeps_features_without_the_pixels_and_gives_them_back(predictor, image):
+    from citrus_v.infer.session import SessionCache
+
+    cache = SessionCache(predictor.image_session, size=2)
+    session = cache.get(image)
+    session.features  # encoded once
+    cache.release_pixels()
+    assert session.rgb is None and session.encoded  # what a server keeps between requests: no full-size copy
+    with pytest.raises(ValueError, match="pixels were released"):
+        predictor.load_images([session])
+    again = cache.get(image.copy())
+    assert again is session and again.encoded and np.array_equal(again.rgb, image)  # the same session, its pixels back
+    assert isinstance(predictor.predict(again, "Describe the image.").answer, str)  # usable as before
+
+
+def test_masks_are_kept_as_logits_and_made_full_size_when_read(predictor, image, scripted):
+    """An answer's masks hold (256, 256) logits, not a full-size array each; reading one gives what the
+    image's frames make of those logits (issue 22 point 3)."""
+    from citrus_v.infer.transforms import logits_to_masks
+    from citrus_v.infer.types import LogitsMask
+
+    scripted("Sure, it is [SEG] and [SEG].")
+    pred = predictor.predict(image, "Segment the liver and the spleen.")
+    assert len(pred.masks) == 2
+    for m in pred.masks:
+        assert isinstance(m, LogitsMask) and tuple(m.logits.shape) == (256, 256)
+        assert m.mask.shape == image.shape[:2] and m.mask.dtype == bool
+        np.testing.assert_array_equal(m.mask, logits_to_masks(m.logits[None], image.shape[:2])[0])
+        assert 0.0 <= m.score <= 1.0

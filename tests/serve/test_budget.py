@@ -120,3 +120,56 @@ def test_serve_flags_out_of_range_are_one_line_naming_the_flag(argv, message, ca
     assert main(["serve", *argv]) == 2  # refused before any model is loaded or port bound
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def traced_peak(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "I;16", "F"])
+def test_decoding_makes_no_full_size_copy_beside_the_kept_array(mode):
+    """What a budgeted pixel costs (serve/budget.py): the 3-byte array, converted band by band. A whole
+    converted, float or composited copy (4-8 bytes a pixel) would make numpy's traced peak grow by more
+    than 3 bytes for each pixel added; the band's own temporaries do not grow with the image."""
+    from citrus_v.serve.images import _to_rgb8
+
+    rng = np.random.default_rng(0)
+    w = 800
+
+    def image(h: int) -> Image.Image:
+        arrays = {"RGB": lambda: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                  "RGBA": lambda: rng.integers(0, 256, (h, w, 4), dtype=np.uint8),
+                  "I;16": lambda: rng.integers(0, 65535, (h, w), dtype=np.uint16),
+                  "F": lambda: rng.normal(size=(h, w)).astype(np.float32)}
+        return Image.fromarray(arrays[mode]())
+
+    small, large = image(1024), image(3072)
+    grew = traced_peak(lambda: _to_rgb8(large)) - traced_peak(lambda: _to_rgb8(small))
+    per_pixel = grew / ((3072 - 1024) * w)
+    assert per_pixel <= 3.1, f"{mode}: {per_pixel:.2f} traced bytes for each pixel added"
+
+
+def test_readyz_states_the_budget_in_memory():
+    from citrus_v.serve.budget import BYTES_PER_PIXEL
+
+    with local_client(create_app(EchoPredictor(), ServeConfig(max_request_pixels=1_000_000, max_pixels_in_flight=3_000_000))) as c:
+        body = c.get("/readyz").json()
+    assert body["max_pixels_in_flight"] == 3_000_000
+    assert body["pixel_budget_mb"] == round(3_000_000 * BYTES_PER_PIXEL / 2**20, 1)
+
+
+def test_a_dicom_pixel_is_charged_as_two():
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()  # 128 x 128
+    config = ServeConfig(max_request_pixels=100_000, max_pixels_in_flight=100_000)
+    with local_client(create_app(EchoPredictor(), config)) as c:
+        assert c.post("/v1/chat/completions", json=chat_body(data_url(data))).status_code == 200
+        assert c.get("/readyz").json()["peak_pixels_in_flight"] == 2 * 128 * 128

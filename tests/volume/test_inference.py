@@ -54,7 +54,8 @@ def test_nifti_stack_is_voxel_exact_on_every_axis(oblique_nifti, axis, tmp_path)
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_dicom_series_stack_is_voxel_exact_on_every_axis(dicom_series, axis):
     fake = ThresholdPredictor(thresholds=(127, 250))  # two structures, the second inside the first
-    seg = segment_volume(fake, dicom_series, "Segment the liver and the spleen", axis=axis, batch_size=64)
+    seg = segment_volume(fake, dicom_series, "Segment the liver and the spleen", axis=axis, batch_size=64,
+                         components="all")  # the stacking itself, islands and all
     windowed = apply_window(dicom_series.data, 40, 400)
     np.testing.assert_array_equal(seg.masks[0], windowed > 127)
     np.testing.assert_array_equal(seg.masks[1], windowed > 250)
@@ -128,7 +129,7 @@ def test_real_predictor_masks_land_on_their_slices(tiny_predictor, force_answer)
     rng = np.random.default_rng(4)
     vol = Volume(rng.normal(size=(40, 30, 3)).astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), (1, 1, 2), modality="MR")
     force_answer("Sure, it is [SEG].")
-    seg = segment_volume(tiny_predictor, vol, "Please segment the liver.", axis=2, batch_size=3)
+    seg = segment_volume(tiny_predictor, vol, "Please segment the liver.", axis=2, batch_size=3, components="all")
     assert seg.masks.shape == (1, 40, 30, 3) and seg.names == ["liver"]
     for k, picture in enumerate(slice_images(vol, 2)):
         force_answer("Sure, it is [SEG].")

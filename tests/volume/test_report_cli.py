@@ -95,3 +95,39 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "--point '1,2,7': expected X,Y or X,Y,LABEL with LABEL 1" in capsys.readouterr().err
     assert main(["predict", "--volume", str(tmp_path), "--prompt", "p", "--point", "1,2"]) == 2
     assert capsys.readouterr().err == "citrus-v predict: --point/--box on a volume need --slice N (the slice they are on)\n"
+
+
+def test_cli_volume_output_keeps_the_input_nifti_header(fake_from_pretrained, tmp_path, capsys):
+    """sform code 2 (aligned to another scan) and a qform of its own, the description and units: all kept,
+    not rebuilt as code 1 (issue 23 point 4)."""
+    data = np.random.default_rng(1).integers(-200, 300, size=(9, 8, 5)).astype(np.int16)
+    sform = np.array([[-0.8, 0, 0, 30], [0, 0.8, 0, -40], [0, 0, 2.5, 12], [0, 0, 0, 1]])
+    qform = sform.copy()
+    qform[:3, 3] += [1.0, -2.0, 0.5]
+    img = nib.Nifti1Image(data, sform)
+    img.set_sform(sform, code=2)
+    img.set_qform(qform, code=1)
+    img.header["descrip"] = b"resampled to atlas"
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_slope_inter(2.0, -10.0)  # the input's intensity scaling must not scale the labels
+    nib.save(img, tmp_path / "in.nii.gz")
+    source = nib.load(tmp_path / "in.nii.gz")
+    rc = main(["predict", "--volume", str(tmp_path / "in.nii.gz"), "--modality", "CT", "--prompt", "Segment the liver",
+               "--out", str(tmp_path / "out"), "--json"])  # fmt: skip
+    assert rc == 0
+    out = nib.load(json.loads(capsys.readouterr().out)["nifti"])
+    assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (2, 1)
+    np.testing.assert_array_equal(out.get_sform(), source.get_sform())
+    np.testing.assert_array_equal(out.get_qform(), source.get_qform())
+    np.testing.assert_array_equal(out.affine, source.affine)
+    assert out.header["descrip"].tobytes().rstrip(b"\0") == b"resampled to atlas"
+    assert out.header.get_xyzt_units() == ("mm", "sec")
+    labels = np.asarray(out.dataobj)
+    assert out.get_data_dtype() == np.uint8 and set(np.unique(labels)) <= {0, 1} and labels.any()
+    np.testing.assert_array_equal(labels, apply_window(np.asarray(source.dataobj), 40, 400) > 127)
+
+
+def test_write_nifti_refuses_an_affine_that_is_not_the_headers(tmp_path):
+    img = nib.Nifti1Image(np.zeros((3, 3, 3), np.int16), np.eye(4))
+    with pytest.raises(ValueError, match="not the source header's"):
+        write_nifti(np.zeros((3, 3, 3), bool), np.diag([2.0, 2, 2, 1]), tmp_path / "x.nii.gz", header=img.header)
