@@ -161,6 +161,70 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path
     return p
 
 
+# --- NRRD (3D Slicer's format) --------------------------------------------------------------
+
+# NRRD "space" -> the diagonal that takes that frame to RAS+
+_NRRD_SPACES = {
+    "right-anterior-superior": (1.0, 1.0, 1.0), "ras": (1.0, 1.0, 1.0),
+    "left-posterior-superior": (-1.0, -1.0, 1.0), "lps": (-1.0, -1.0, 1.0),
+    "left-anterior-superior": (-1.0, 1.0, 1.0), "las": (-1.0, 1.0, 1.0),
+    "scanner-xyz": (-1.0, -1.0, 1.0), "3d-right-handed": (1.0, 1.0, 1.0),
+}
+
+
+def read_nrrd(path: str | Path, *, modality: str | None = None) -> Volume:
+    """A .nrrd / .nhdr volume with its geometry: ``space directions`` and ``space origin`` give the
+    voxel -> world map, converted to RAS+ from the file's ``space`` (LPS for Slicer's files).
+
+    pynrrd reads the file (the format's reference reader for Python); only the header -> affine
+    step is ours. A non-spatial axis (vector, list, time: its direction is "none") is moved last.
+    """
+    import nrrd
+
+    p = Path(path)
+    if not p.is_file():
+        raise MedicalIOError(p, "no such file")
+    try:
+        data, header = nrrd.read(str(p))
+    except Exception as err:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, OSError...
+        raise MedicalIOError(p, f"unreadable NRRD ({type(err).__name__}: {err})") from None
+    affine, spatial = _nrrd_affine(p, header, data.ndim)
+    order = spatial + [a for a in range(data.ndim) if a not in spatial]
+    data = np.transpose(data, order)  # spatial axes first, then (at most) one other
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim > 4:
+        raise MedicalIOError(p, f"only 3D or 4D NRRD supported, got shape {data.shape}")
+    check_finite(p, data, "voxels")
+    spacing = tuple(float(np.linalg.norm(affine[:3, a])) for a in range(3))
+    return Volume(data=np.ascontiguousarray(data), affine=affine, spacing=spacing, modality=modality,  # type: ignore[arg-type]
+                  meta={"path": str(p), "nrrd_space": header.get("space")})  # fmt: skip
+
+
+def _nrrd_affine(p: Path, header: dict, ndim: int) -> tuple[np.ndarray, list[int]]:
+    """(4, 4) voxel -> RAS+ mm and the indices of the spatial axes, from a pynrrd header."""
+    space = str(header.get("space", "") or "").lower()
+    if "space directions" not in header:  # no world frame: spacings only, origin at 0
+        spacings = list(header.get("spacings", [1.0] * ndim))[:3]
+        affine = np.eye(4)
+        affine[range(len(spacings)), range(len(spacings))] = [float(v) if np.isfinite(v) else 1.0 for v in spacings]
+        return affine, list(range(min(ndim, 3)))
+    if space not in _NRRD_SPACES:
+        raise MedicalIOError(p, f"NRRD space {space!r} is not one of {sorted(set(_NRRD_SPACES))}")
+    dirs = header["space directions"]
+    spatial = [a for a in range(ndim) if dirs[a] is not None and np.all(np.isfinite(np.asarray(dirs[a], dtype=float)))]
+    if len(spatial) not in (2, 3) or ndim - len(spatial) > 1:
+        raise MedicalIOError(p, f"NRRD with {len(spatial)} spatial axes of {ndim}: expected 3 (plus at most one other)")
+    vox = np.eye(4)
+    for col, a in enumerate(spatial):
+        vox[:3, col] = np.asarray(dirs[a], dtype=float)
+    if len(spatial) == 2:  # a single plane: a unit step along the normal
+        normal = np.cross(vox[:3, 0], vox[:3, 1])
+        vox[:3, 2] = normal / (np.linalg.norm(normal) or 1.0)
+    vox[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+    return np.diag([*_NRRD_SPACES[space], 1.0]) @ vox, spatial
+
+
 # --- DICOM series ---------------------------------------------------------------------------
 
 
