@@ -310,6 +310,7 @@ def _stack_series(folder: Path, slices: list[tuple[Path, Any]], skipped: list[st
     meta = {
         "path": str(folder),
         "files": [f.name for f, _ in slices],
+        "file_paths": [str(f) for f, _ in slices],  # slice k's file (a DICOM SEG references them)
         "skipped_files": skipped,
         "SeriesInstanceUID": str(first.get("SeriesInstanceUID", "")),
     }

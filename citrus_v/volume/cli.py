@@ -145,6 +145,8 @@ def _run_volume(args: argparse.Namespace, predictor, volume, clicks: bool) -> in
         for name, s in result["structures"].items():
             out.append(f"[{name}] {s['volume_ml']:.2f} mL, max diameter {s['max_diameter_mm']:.1f} mm, slices {s['slice_range']}")
         out += [f"[nifti] {result['nifti']}", f"[montage] {result['montage']}"] if result["nifti"] else []
+        out += [f"[dicom seg] {result['dicom_seg']}"] if result.get("dicom_seg") else []
+        out += [f"[dicom seg] note: {n}" for n in result.get("dicom_seg_notes", [])]
         return out
 
     _emit(args, result, lines)
