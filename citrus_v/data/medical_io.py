@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from citrus_v.data.dicom_io import BYTES_NAME, DicomImage, read_dicom
-from citrus_v.data.volume_io import PLANES, Volume, read_dicom_series, read_nifti, read_nrrd, write_nifti
+from citrus_v.data.volume_io import PLANES, Volume, read_dicom_series, read_multiframe_volume, read_nifti, read_nrrd, write_nifti
 from citrus_v.data.windowing import (
     WINDOW_PRESETS,
     MedicalIOError,
@@ -201,7 +201,7 @@ def check_raster_size(size: tuple[int, int], label: str | Path, max_pixels: int 
 
 
 def read_volume(path: str | Path, *, modality: str | None = None) -> Volume:
-    """A folder (DICOM series), a .nii/.nii.gz or a .nrrd/.nhdr file -> Volume (with its geometry)."""
+    """A folder (DICOM series), a multi-frame DICOM file, a .nii/.nii.gz or a .nrrd/.nhdr file -> Volume (with its geometry)."""
     kind = file_kind(path)
     if kind == "dicom_series":
         vol = read_dicom_series(path)
@@ -212,4 +212,17 @@ def read_volume(path: str | Path, *, modality: str | None = None) -> Volume:
         return read_nifti(path, modality=modality)
     if kind == "nrrd":
         return read_nrrd(path, modality=modality)
-    raise MedicalIOError(path, "a volume must be a DICOM series folder, a .nii/.nii.gz or a .nrrd/.nhdr file")
+    if kind == "dicom" and _frames_in(path) > 1:  # an enhanced (multi-frame) CT/MR file
+        return read_multiframe_volume(path, modality=modality)
+    raise MedicalIOError(path, "a volume must be a DICOM series folder, a multi-frame DICOM file, a .nii/.nii.gz or a .nrrd/.nhdr file")
+
+
+def _frames_in(path: str | Path) -> int:
+    from citrus_v.data.dicom_io import check_is_image, dcmread
+
+    ds = dcmread(path, stop_before_pixels=True)
+    check_is_image(ds, path)  # a SEG or RTDOSE is multi-frame too, but not a volume to segment
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1

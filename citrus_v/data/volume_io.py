@@ -161,6 +161,45 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path
     return p
 
 
+# --- one multi-frame (enhanced CT/MR) DICOM file ----------------------------------------------
+
+
+def read_multiframe_volume(path: str | Path, *, modality: str | None = None) -> Volume:
+    """An enhanced (multi-frame) CT/MR file -> Volume, in the same layout as a series of its slices.
+
+    highdicom sorts the frames by their per-frame plane positions and checks they form a regular
+    grid (the geometry of enhanced objects lives in functional groups, which highdicom reads);
+    the modality transform (HU for CT) is applied. Frames without patient positions are refused.
+    """
+    import highdicom as hd
+
+    p = Path(path)
+    try:
+        hd_vol = hd.imread(str(p)).get_volume(apply_modality_transform=True)
+    except Exception as err:  # noqa: BLE001 - highdicom raises ValueError/RuntimeError for non-grids
+        raise MedicalIOError(p, f"multi-frame file is not a regular 3D grid ({type(err).__name__}: {err})") from None
+    arr = np.asarray(hd_vol.array, dtype=np.float32)  # (slices, rows, cols)
+    rows = arr.shape[1]
+    # voxel (i, j, k) = (column, row from the bottom, slice) -> highdicom's (slice, row, column)
+    to_src = np.array([[0, 0, 1, 0], [0, -1, 0, rows - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    lps = np.asarray(hd_vol.affine, dtype=np.float64) @ to_src
+    data = np.ascontiguousarray(arr.transpose(2, 1, 0)[:, ::-1, :])
+    normal = np.cross(-lps[:3, 0], lps[:3, 1])  # row direction x column direction (as a series is sorted)
+    if float(np.dot(lps[:3, 2], normal)) < 0:  # slices sorted against the normal: count them along it
+        data = np.ascontiguousarray(data[:, :, ::-1])
+        lps[:3, 3] += lps[:3, 2] * (data.shape[2] - 1)
+        lps[:3, 2] *= -1
+    check_finite(p, data, "voxels")
+    if np.all(np.mod(data, 1) == 0) and data.min() >= -32768 and data.max() <= 32767:
+        data = data.astype(np.int16)
+    affine = _LPS_TO_RAS @ lps
+    spacing = tuple(float(np.linalg.norm(affine[:3, a])) for a in range(3))
+    ds = dcmread(p, stop_before_pixels=True)
+    found = str(ds.get("Modality")) if ds.get("Modality") else None
+    return Volume(data=data, affine=affine, spacing=spacing, modality=modality or found,  # type: ignore[arg-type]
+                  meta={"path": str(p), "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", ""))})  # fmt: skip
+
+
 # --- NRRD (3D Slicer's format) --------------------------------------------------------------
 
 # NRRD "space" -> the diagonal that takes that frame to RAS+

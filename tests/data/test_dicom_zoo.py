@@ -170,3 +170,17 @@ def test_nrrd_through_predict_volume(monkeypatch, tmp_path, capsys):
     out = nib.load(result["nifti"])
     assert out.shape == (512, 512, 3) and result["dicom_seg"] is None
     np.testing.assert_allclose(out.affine, read_volume(src).affine, atol=1e-4)
+
+
+def test_an_enhanced_multi_frame_file_is_a_volume_like_its_classic_series():
+    """dcmqi's mf.dcm is the 23x38x3 series as one enhanced file: same voxels, same affine."""
+    enhanced = read_volume(ZOO / "dcmqi/segmentations/23x38x3/multiframe/mf.dcm")
+    series = read_volume(ZOO / "dcmqi/segmentations/23x38x3/image")
+    np.testing.assert_array_equal(enhanced.data, series.data)
+    np.testing.assert_allclose(enhanced.affine, series.affine, atol=1e-4)
+    ct = read_volume(PD / "eCT_Supplemental.dcm")
+    assert ct.shape == (512, 512, 2) and ct.modality == "CT" and ct.spacing == pytest.approx((0.388672, 0.388672, 10.0))
+    with pytest.raises(MedicalIOError, match=r"liver_rle\.dcm: is a segmentation"):
+        read_volume(PD / "liver_rle.dcm")
+    with pytest.raises(MedicalIOError, match="a volume must be a DICOM series folder, a multi-frame DICOM file"):
+        read_volume(ZOO / "dcmqi/segmentations/23x38x3/image/IMG0001.dcm")
