@@ -197,7 +197,8 @@ def read_multiframe_volume(path: str | Path, *, modality: str | None = None) -> 
     ds = dcmread(p, stop_before_pixels=True)
     found = str(ds.get("Modality")) if ds.get("Modality") else None
     return Volume(data=data, affine=affine, spacing=spacing, modality=modality or found,  # type: ignore[arg-type]
-                  meta={"path": str(p), "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", ""))})  # fmt: skip
+                  meta={"path": str(p), "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "")),
+                        "multiframe_path": str(p)})  # fmt: skip
 
 
 # --- NRRD (3D Slicer's format) --------------------------------------------------------------

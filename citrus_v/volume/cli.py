@@ -50,7 +50,7 @@ def add_volume_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("volumes and interactive prompts")
     g.add_argument("--volume", default=None, metavar="PATH",
                    help="DICOM series folder, enhanced multi-frame DICOM, NIfTI or NRRD: segment slice by slice "
-                        "(a DICOM series also gets a DICOM SEG under --out)")
+                        "(DICOM also gets a DICOM SEG under --out)")
     g.add_argument("--modality", default=None, help="e.g. CT or MR when the file does not say (NIfTI): CT gets HU and the CT window")
     g.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="voxel axis to slice along (default 2)")
     g.add_argument("--batch-size", type=int, default=8, help="slices per predict_batch call (volumes)")

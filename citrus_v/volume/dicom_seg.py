@@ -10,7 +10,8 @@ Segment ``k`` holds exactly the voxels of value ``k + 1`` in ``segmentation.nii.
 map, where the first structure named wins an overlap), so the two outputs always agree.
 
 Axis bridge: ``Volume.data[i, j, k]`` is (column, row counted from the bottom, slice k of
-``meta["file_paths"]``); a SEG frame is the source slice's (row from the top, column) plane.
+``meta["file_paths"]``); a SEG frame is the source slice's (row from the top, column) plane. An
+enhanced multi-frame source (``meta["multiframe_path"]``) is matched to its frames by position.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ _LESION_WORDS = ("lesion", "tumor", "tumour", "nodule", "mass", "cyst", "metasta
 
 
 def can_write_dicom_seg(segmentation: VolumeSegmentation) -> bool:
-    """True when the volume came from a DICOM series whose slices are known by path."""
-    return bool(segmentation.volume.meta.get("file_paths"))
+    """True when the volume came from DICOM: a series whose slices are known by path, or one multi-frame file."""
+    meta = segmentation.volume.meta
+    return bool(meta.get("file_paths") or meta.get("multiframe_path"))
 
 
 def write_dicom_seg(segmentation: VolumeSegmentation, path: str | Path) -> Path:
@@ -38,12 +40,12 @@ def write_dicom_seg(segmentation: VolumeSegmentation, path: str | Path) -> Path:
 
     from citrus_v import __version__
 
-    sources = _source_datasets(segmentation)
+    sources, pixels = _sources_and_pixels(segmentation)
     algorithm = hd.AlgorithmIdentificationSequence(name=ALGORITHM_NAME, version=__version__, family=_ai_family())
     descriptions = [_segment_description(k + 1, name, algorithm) for k, name in enumerate(segmentation.names)]
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=seg_frames(segmentation),  # (K slices, rows, cols, n_segments) bool
+        pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
@@ -70,6 +72,28 @@ def seg_frames(segmentation: VolumeSegmentation) -> np.ndarray:
     labels = segmentation.labels  # (I=cols, J=rows bottom-up, K)
     planes = np.transpose(labels, (2, 1, 0))[:, ::-1, :]  # (K, rows top-down, cols)
     return np.stack([planes == k + 1 for k in range(len(segmentation.names))], axis=-1)
+
+
+def _sources_and_pixels(segmentation: VolumeSegmentation) -> tuple[list[Any], Any]:
+    """The source headers and what highdicom encodes: frames in source-slice order for a series;
+    for one multi-frame file, the label map as a highdicom Volume (its affine in LPS) that highdicom
+    matches, plane by plane, to the source's frames by their positions."""
+    import highdicom as hd
+
+    from citrus_v.data.dicom_io import dcmread
+
+    path = segmentation.volume.meta.get("multiframe_path")
+    if not path:
+        return _source_datasets(segmentation), seg_frames(segmentation)  # (K, rows, cols, n_segments) bool
+    source = dcmread(path, stop_before_pixels=True)
+    segmentation.volume.meta["dicom_seg_notes"] = complete_identifiers([source])
+    labels = segmentation.labels  # (I=cols, J=rows bottom-up, K)
+    rows = labels.shape[1]
+    # highdicom's (slice, row from the top, column) -> our (i, j, k) -> RAS -> LPS
+    to_ours = np.array([[0, 0, 1, 0], [0, -1, 0, rows - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ segmentation.volume.affine @ to_ours
+    planes = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))[:, ::-1, :])  # label map: value = segment number
+    return [source], hd.Volume(array=planes, affine=lps, coordinate_system="PATIENT")
 
 
 def _source_datasets(segmentation: VolumeSegmentation) -> list[Any]:

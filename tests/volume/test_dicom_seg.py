@@ -2,6 +2,7 @@
 pydicom and highdicom read it back with the NIfTI's voxels, placed by the SEG's own geometry."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -117,3 +118,31 @@ def test_a_nifti_volume_gets_no_dicom_seg(two_structure_predictor, tmp_path, cap
 def test_structure_names_get_snomed_codes(name, category, prop):
     cat, typ = _property_codes(name)
     assert (cat.meaning, typ.meaning) == (category, prop)
+
+
+def test_an_enhanced_multi_frame_ct_gets_a_seg_on_its_frames(two_structure_predictor, tmp_path, capsys):
+    import highdicom as hd
+
+    src = Path(__file__).resolve().parents[1] / "fixtures" / "dicom_zoo" / "pydicom_data" / "eCT_Supplemental.dcm"
+    rc = main(["predict", "--volume", str(src), "--prompt", "Segment the liver and the spleen",
+               "--out", str(tmp_path), "--json"])  # fmt: skip
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    nifti = nib.load(result["nifti"])
+    assert (np.asarray(nifti.dataobj) > 0).any()
+    seg = pydicom.dcmread(result["dicom_seg"])
+    source = pydicom.dcmread(src, stop_before_pixels=True)
+    refs = seg.ReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == source.SeriesInstanceUID
+    assert [r.ReferencedSOPInstanceUID for r in refs.ReferencedInstanceSequence] == [source.SOPInstanceUID]
+    frames, shared = seg.pixel_array, seg.SharedFunctionalGroupsSequence[0]
+    iop = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    for f, group in enumerate(seg.PerFrameFunctionalGroupsSequence):  # each frame placed by its own position
+        number = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        labels = _labels_at(frames[f], group.PlanePositionSequence[0].ImagePositionPatient, iop, spacing, nifti)
+        np.testing.assert_array_equal(frames[f].astype(bool), labels == number)
+    assert frames.shape[0] == 2 * 2  # 2 segments x the source's 2 frames
+    by_frame = hd.seg.segread(result["dicom_seg"]).get_pixels_by_source_frame(
+        source_sop_instance_uid=source.SOPInstanceUID, source_frame_numbers=[1, 2], segment_numbers=[1, 2])
+    assert by_frame.shape == (2, 512, 512, 2) and int(by_frame.sum()) == int((np.asarray(nifti.dataobj) > 0).sum())
