@@ -178,6 +178,7 @@ def dcmread(source: DicomSource, *, stop_before_pixels: bool = False, name: str 
 # (implicit VR, little endian) of a file read without file meta -> the transfer syntax it was written in
 _LEGACY_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1", (False, False): "1.2.840.10008.1.2.2"}
 LEGACY_NOTE = "read without the DICM preamble and file meta (pydicom force=True)"
+NOT_DICOM = "not a DICOM file (no DICM marker, and not a legacy DICOM dataset either)"
 
 
 def _read_legacy(fp: Any, stop_before_pixels: bool, label: str | Path) -> Any:
@@ -190,9 +191,14 @@ def _read_legacy(fp: Any, stop_before_pixels: bool, label: str | Path) -> Any:
     import pydicom
     from pydicom.dataset import FileMetaDataset
 
+    head = _first_bytes(fp, 4)
+    # a legacy file opens with a tag of group 0002 (meta without preamble) or 0008 (identifying
+    # elements), in either byte order: anything else (PNG, text, NIfTI) is not parsed at all
+    if len(head) < 4 or head[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+        raise MedicalIOError(label, NOT_DICOM)
     ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
     if "SOPClassUID" not in ds and "Rows" not in ds and "PixelData" not in ds:
-        raise MedicalIOError(label, "not a DICOM file (no DICM marker, and no image or SOP class header when read with force=True)")
+        raise MedicalIOError(label, NOT_DICOM)
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
     if "TransferSyntaxUID" not in ds.file_meta:
@@ -202,6 +208,16 @@ def _read_legacy(fp: Any, stop_before_pixels: bool, label: str | Path) -> Any:
         ds.file_meta.TransferSyntaxUID = syntax
     ds.citrus_legacy = True  # a plain attribute, not a DICOM element
     return ds
+
+
+def _first_bytes(fp: Any, n: int) -> bytes:
+    """The first ``n`` bytes of a path or a seekable stream (left at its start)."""
+    if isinstance(fp, Path):
+        with fp.open("rb") as fh:
+            return fh.read(n)
+    head = fp.read(n)
+    fp.seek(0)
+    return head
 
 
 def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
