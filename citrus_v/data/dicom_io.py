@@ -1,9 +1,13 @@
 """Single DICOM files: pixels in modality units (HU for CT), photometric handling, display.
 
-``read_dicom`` decodes every transfer syntax that pydicom's installed plugins handle (raw,
-RLE, deflate, JPEG baseline/extended via Pillow, JPEG 2000 via pylibjpeg-openjpeg). Anything
-else, or a damaged file, raises ``MedicalIOError`` naming the file and the reason
-(``UnsupportedDicomError``, a subclass, when the file is valid but cannot be decoded here).
+``read_dicom`` decodes every transfer syntax that pydicom's installed plugins handle: raw,
+deflate, RLE (pylibjpeg-rle), JPEG baseline/extended (Pillow, pylibjpeg-libjpeg), JPEG lossless
+process 14 and JPEG-LS lossless/near-lossless (pylibjpeg-libjpeg; pyjpegls too), JPEG 2000 and
+HTJ2K (pylibjpeg-openjpeg). Legacy files without the 128-byte preamble and ``DICM`` marker are
+read with pydicom's ``force=True`` (``metadata["ReadNote"]`` says so). Derived objects (SEG,
+RTDOSE, RTSTRUCT, SR, ...) are refused in one line as not images. Anything else, or a damaged
+file, raises ``MedicalIOError`` naming the file and the reason (``UnsupportedDicomError``, a
+subclass, when the file is valid but cannot be decoded here).
 ``dcmread``/``read_dicom`` take a path or the file's bytes (e.g. from an HTTP request): the same
 bytes give the same pixels and display either way; errors on bytes name ``name`` or "<request bytes>".
 """
@@ -212,11 +216,61 @@ def dcmread(source: DicomSource, *, stop_before_pixels: bool = False, name: str 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about harmless header quirks
-            return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError as err:
-        raise MedicalIOError(label, f"not a DICOM file ({err})") from None
+            try:
+                return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+            except InvalidDicomError:
+                if hasattr(fp, "seek"):
+                    fp.seek(0)
+                return _read_legacy(fp, stop_before_pixels, label)
+    except MedicalIOError:
+        raise
     except Exception as err:  # noqa: BLE001 - any parse failure is a bad file, reported as such
         raise MedicalIOError(label, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+
+
+# (implicit VR, little endian) of a file read without file meta -> the transfer syntax it was written in
+_LEGACY_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1", (False, False): "1.2.840.10008.1.2.2"}
+LEGACY_NOTE = "read without the DICM preamble and file meta (pydicom force=True)"
+NOT_DICOM = "not a DICOM file (no DICM marker, and not a legacy DICOM dataset either)"
+
+
+def _read_legacy(fp: Any, stop_before_pixels: bool, label: str | Path) -> Any:
+    """A pre-part-10 (ACR-NEMA style) file: no 128-byte preamble, no ``DICM``, no file meta.
+
+    pydicom reads it with ``force=True``; anything without an image or SOP class header is still
+    "not a DICOM file" (force=True parses any bytes into a one-element dataset). The transfer syntax
+    is taken from the encoding pydicom detected, so the pixels decode; ``ds.citrus_legacy`` marks it.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    head = _first_bytes(fp, 4)
+    # a legacy file opens with a tag of group 0002 (meta without preamble) or 0008 (identifying
+    # elements), in either byte order: anything else (PNG, text, NIfTI) is not parsed at all
+    if len(head) < 4 or head[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+        raise MedicalIOError(label, NOT_DICOM)
+    ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
+    if "SOPClassUID" not in ds and "Rows" not in ds and "PixelData" not in ds:
+        raise MedicalIOError(label, NOT_DICOM)
+    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        syntax = _LEGACY_SYNTAX.get(tuple(ds.original_encoding))  # type: ignore[arg-type]
+        if syntax is None:
+            raise MedicalIOError(label, "legacy DICOM without file meta in an unknown encoding")
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.citrus_legacy = True  # a plain attribute, not a DICOM element
+    return ds
+
+
+def _first_bytes(fp: Any, n: int) -> bytes:
+    """The first ``n`` bytes of a path or a seekable stream (left at its start)."""
+    if isinstance(fp, Path):
+        with fp.open("rb") as fh:
+            return fh.read(n)
+    head = fp.read(n)
+    fp.seek(0)
+    return head
 
 
 def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
@@ -235,6 +289,38 @@ def decode_pixels(ds: Any, path: str | Path) -> np.ndarray:
         if isinstance(err, (RuntimeError, NotImplementedError)):
             raise UnsupportedDicomError(path, f"cannot decode transfer syntax '{ts_name}' with the installed decoders: {msg}") from None
         raise MedicalIOError(path, f"corrupt or truncated pixel data ({ts_name}): {msg}") from None
+
+
+# modalities whose objects are derived data about images, not pictures to answer on
+NOT_IMAGES = {
+    "SEG": "a segmentation (DICOM SEG)",
+    "RTDOSE": "a radiotherapy dose grid (RTDOSE)",
+    "RTSTRUCT": "radiotherapy contours (RTSTRUCT)",
+    "RTPLAN": "a radiotherapy plan (RTPLAN)",
+    "SR": "a structured report (SR)",
+    "KO": "a key object selection (KO)",
+    "PR": "a presentation state (PR)",
+    "REG": "a spatial registration (REG)",
+    "RWV": "a real world value mapping (RWV)",
+}
+
+
+def check_is_image(ds: Any, path: str | Path) -> None:
+    """Refuse, in one line, an object that is derived data (SEG, RTDOSE, RTSTRUCT, SR, ...), not an image."""
+    from pydicom.uid import UID
+
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop = ds.get("SOPClassUID")
+    sop_name = UID(str(sop)).name if sop else "unknown SOP class"
+    if modality in NOT_IMAGES or "Segmentation Storage" in sop_name:
+        what = NOT_IMAGES.get(modality, NOT_IMAGES["SEG"])
+        raise UnsupportedDicomError(path, f"is {what} ({sop_name}), not an image to answer on")
+
+
+def is_legacy_dicom(path: str | Path) -> bool:
+    """True when a readable DICOM file lacks the 128-byte preamble + ``DICM`` (read with force=True)."""
+    with Path(path).open("rb") as fh:
+        return fh.read(132)[128:132] != b"DICM"
 
 
 def check_pixel_length(ds: Any, path: str | Path) -> None:
@@ -293,6 +379,7 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
     ds = dcmread(source, name=name)
     # what errors and DicomImage.path name: the file, or the given name for bytes
     path = (name or BYTES_NAME) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    check_is_image(ds, path)
     if "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         check_image_size(ds, path, max_pixels)
     raw = decode_pixels(ds, path)
@@ -330,6 +417,8 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
     metadata = {tag: _plain(ds.get(tag)) for tag in _META_TAGS if tag in ds}
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     metadata["TransferSyntax"] = getattr(ts, "name", None)
+    if getattr(ds, "citrus_legacy", False):
+        metadata["ReadNote"] = LEGACY_NOTE
     return DicomImage(
         path=str(path),
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),

@@ -1,8 +1,8 @@
 """Medical file I/O: one entry point from any file a user brings to an RGB image for the model.
 
-``load_image(path)`` reads PNG/JPEG/TIFF/BMP, DICOM (one frame) and NIfTI (one axial slice) and
+``load_image(path)`` reads PNG/JPEG/TIFF/BMP, DICOM (one frame), NIfTI and NRRD (one axial slice) and
 returns an ``(H, W, 3)`` uint8 RGB display image. ``read_dicom`` keeps physical units (HU);
-``read_volume`` reads a NIfTI file or a DICOM series folder as a ``Volume`` (axis convention in
+``read_volume`` reads a NIfTI or NRRD file or a DICOM series folder as a ``Volume`` (axis convention in
 ``citrus_v.data.volume_io``). Every failure is a ``MedicalIOError`` naming the file.
 """
 
@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from citrus_v.data.dicom_io import BYTES_NAME, DicomImage, read_dicom
-from citrus_v.data.volume_io import PLANES, Volume, read_dicom_series, read_nifti, write_nifti
+from citrus_v.data.volume_io import PLANES, Volume, read_dicom_series, read_multiframe_volume, read_nifti, read_nrrd, write_nifti
 from citrus_v.data.windowing import (
     WINDOW_PRESETS,
     MedicalIOError,
@@ -41,16 +41,18 @@ __all__ = [
     "read_dicom",
     "read_dicom_series",
     "read_nifti",
+    "read_nrrd",
     "read_volume",
     "write_nifti",
 ]
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
 
 
 def file_kind(path: str | Path) -> str:
-    """'dicom_series' | 'nifti' | 'raster' | 'dicom' for a path, by folder/suffix/magic bytes."""
+    """'dicom_series' | 'nifti' | 'nrrd' | 'raster' | 'dicom' for a path, by folder/suffix/magic bytes."""
     p = Path(path)
     if p.is_dir():
         return "dicom_series"
@@ -59,6 +61,8 @@ def file_kind(path: str | Path) -> str:
     name = p.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
+    if name.endswith(NRRD_SUFFIXES):
+        return "nrrd"
     if p.suffix.lower() in RASTER_SUFFIXES:
         return "raster"
     if p.suffix.lower() in (".dcm", ".dicom", ".ima") or p.suffix == "":
@@ -67,7 +71,7 @@ def file_kind(path: str | Path) -> str:
         head = fh.read(132)
     if head[128:132] == b"DICM":
         return "dicom"
-    raise MedicalIOError(p, f"unsupported file type '{p.suffix}' (expected DICOM, NIfTI, PNG, JPEG or TIFF)")
+    raise MedicalIOError(p, f"unsupported file type '{p.suffix}' (expected DICOM, NIfTI, NRRD, PNG, JPEG or TIFF)")
 
 
 MAX_IMAGE_PIXELS = 40_000_000  # width x height (x frames for DICOM) read from a header before decoding
@@ -104,8 +108,8 @@ def load_image(
     kind = file_kind(path)
     if kind == "dicom":
         return _dicom_frame(read_dicom(path, max_pixels=max_pixels), frame, window)
-    if kind in ("nifti", "dicom_series"):
-        vol = read_nifti(path) if kind == "nifti" else read_dicom_series(path)
+    if kind in ("nifti", "nrrd", "dicom_series"):
+        vol = {"nifti": read_nifti, "nrrd": read_nrrd, "dicom_series": read_dicom_series}[kind](path)
         t, k = _volume_frame(vol, frame, path)
         return gray_to_rgb(vol.display_slice("axial", k, window=window, t=t))
     return _load_raster(Path(path), window=window, frame=frame, max_pixels=max_pixels)
@@ -197,7 +201,7 @@ def check_raster_size(size: tuple[int, int], label: str | Path, max_pixels: int 
 
 
 def read_volume(path: str | Path, *, modality: str | None = None) -> Volume:
-    """A folder (DICOM series) or a .nii/.nii.gz file -> Volume."""
+    """A folder (DICOM series), a multi-frame DICOM file, a .nii/.nii.gz or a .nrrd/.nhdr file -> Volume (with its geometry)."""
     kind = file_kind(path)
     if kind == "dicom_series":
         vol = read_dicom_series(path)
@@ -206,4 +210,19 @@ def read_volume(path: str | Path, *, modality: str | None = None) -> Volume:
         return vol
     if kind == "nifti":
         return read_nifti(path, modality=modality)
-    raise MedicalIOError(path, "a volume must be a DICOM series folder or a .nii/.nii.gz file")
+    if kind == "nrrd":
+        return read_nrrd(path, modality=modality)
+    if kind == "dicom" and _frames_in(path) > 1:  # an enhanced (multi-frame) CT/MR file
+        return read_multiframe_volume(path, modality=modality)
+    raise MedicalIOError(path, "a volume must be a DICOM series folder, a multi-frame DICOM file, a .nii/.nii.gz or a .nrrd/.nhdr file")
+
+
+def _frames_in(path: str | Path) -> int:
+    from citrus_v.data.dicom_io import check_is_image, dcmread
+
+    ds = dcmread(path, stop_before_pixels=True)
+    check_is_image(ds, path)  # a SEG or RTDOSE is multi-frame too, but not a volume to segment
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1

@@ -184,6 +184,110 @@ def _with_source_header(arr: np.ndarray, affine: np.ndarray, source: Any):
     return img
 
 
+# --- one multi-frame (enhanced CT/MR) DICOM file ----------------------------------------------
+
+
+def read_multiframe_volume(path: str | Path, *, modality: str | None = None) -> Volume:
+    """An enhanced (multi-frame) CT/MR file -> Volume, in the same layout as a series of its slices.
+
+    highdicom sorts the frames by their per-frame plane positions and checks they form a regular
+    grid (the geometry of enhanced objects lives in functional groups, which highdicom reads);
+    the modality transform (HU for CT) is applied. Frames without patient positions are refused.
+    """
+    import highdicom as hd
+
+    p = Path(path)
+    try:
+        hd_vol = hd.imread(str(p)).get_volume(apply_modality_transform=True)
+    except Exception as err:  # noqa: BLE001 - highdicom raises ValueError/RuntimeError for non-grids
+        raise MedicalIOError(p, f"multi-frame file is not a regular 3D grid ({type(err).__name__}: {err})") from None
+    arr = np.asarray(hd_vol.array, dtype=np.float32)  # (slices, rows, cols)
+    rows = arr.shape[1]
+    # voxel (i, j, k) = (column, row from the bottom, slice) -> highdicom's (slice, row, column)
+    to_src = np.array([[0, 0, 1, 0], [0, -1, 0, rows - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    lps = np.asarray(hd_vol.affine, dtype=np.float64) @ to_src
+    data = np.ascontiguousarray(arr.transpose(2, 1, 0)[:, ::-1, :])
+    normal = np.cross(-lps[:3, 0], lps[:3, 1])  # row direction x column direction (as a series is sorted)
+    if float(np.dot(lps[:3, 2], normal)) < 0:  # slices sorted against the normal: count them along it
+        data = np.ascontiguousarray(data[:, :, ::-1])
+        lps[:3, 3] += lps[:3, 2] * (data.shape[2] - 1)
+        lps[:3, 2] *= -1
+    check_finite(p, data, "voxels")
+    if np.all(np.mod(data, 1) == 0) and data.min() >= -32768 and data.max() <= 32767:
+        data = data.astype(np.int16)
+    affine = _LPS_TO_RAS @ lps
+    spacing = tuple(float(np.linalg.norm(affine[:3, a])) for a in range(3))
+    ds = dcmread(p, stop_before_pixels=True)
+    found = str(ds.get("Modality")) if ds.get("Modality") else None
+    return Volume(data=data, affine=affine, spacing=spacing, modality=modality or found,  # type: ignore[arg-type]
+                  meta={"path": str(p), "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "")),
+                        "multiframe_path": str(p)})  # fmt: skip
+
+
+# --- NRRD (3D Slicer's format) --------------------------------------------------------------
+
+# NRRD "space" -> the diagonal that takes that frame to RAS+
+_NRRD_SPACES = {
+    "right-anterior-superior": (1.0, 1.0, 1.0), "ras": (1.0, 1.0, 1.0),
+    "left-posterior-superior": (-1.0, -1.0, 1.0), "lps": (-1.0, -1.0, 1.0),
+    "left-anterior-superior": (-1.0, 1.0, 1.0), "las": (-1.0, 1.0, 1.0),
+    "scanner-xyz": (-1.0, -1.0, 1.0), "3d-right-handed": (1.0, 1.0, 1.0),
+}
+
+
+def read_nrrd(path: str | Path, *, modality: str | None = None) -> Volume:
+    """A .nrrd / .nhdr volume with its geometry: ``space directions`` and ``space origin`` give the
+    voxel -> world map, converted to RAS+ from the file's ``space`` (LPS for Slicer's files).
+
+    pynrrd reads the file (the format's reference reader for Python); only the header -> affine
+    step is ours. A non-spatial axis (vector, list, time: its direction is "none") is moved last.
+    """
+    import nrrd
+
+    p = Path(path)
+    if not p.is_file():
+        raise MedicalIOError(p, "no such file")
+    try:
+        data, header = nrrd.read(str(p))
+    except Exception as err:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, OSError...
+        raise MedicalIOError(p, f"unreadable NRRD ({type(err).__name__}: {err})") from None
+    affine, spatial = _nrrd_affine(p, header, data.ndim)
+    order = spatial + [a for a in range(data.ndim) if a not in spatial]
+    data = np.transpose(data, order)  # spatial axes first, then (at most) one other
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim > 4:
+        raise MedicalIOError(p, f"only 3D or 4D NRRD supported, got shape {data.shape}")
+    check_finite(p, data, "voxels")
+    spacing = tuple(float(np.linalg.norm(affine[:3, a])) for a in range(3))
+    return Volume(data=np.ascontiguousarray(data), affine=affine, spacing=spacing, modality=modality,  # type: ignore[arg-type]
+                  meta={"path": str(p), "nrrd_space": header.get("space")})  # fmt: skip
+
+
+def _nrrd_affine(p: Path, header: dict, ndim: int) -> tuple[np.ndarray, list[int]]:
+    """(4, 4) voxel -> RAS+ mm and the indices of the spatial axes, from a pynrrd header."""
+    space = str(header.get("space", "") or "").lower()
+    if "space directions" not in header:  # no world frame: spacings only, origin at 0
+        spacings = list(header.get("spacings", [1.0] * ndim))[:3]
+        affine = np.eye(4)
+        affine[range(len(spacings)), range(len(spacings))] = [float(v) if np.isfinite(v) else 1.0 for v in spacings]
+        return affine, list(range(min(ndim, 3)))
+    if space not in _NRRD_SPACES:
+        raise MedicalIOError(p, f"NRRD space {space!r} is not one of {sorted(set(_NRRD_SPACES))}")
+    dirs = header["space directions"]
+    spatial = [a for a in range(ndim) if dirs[a] is not None and np.all(np.isfinite(np.asarray(dirs[a], dtype=float)))]
+    if len(spatial) not in (2, 3) or ndim - len(spatial) > 1:
+        raise MedicalIOError(p, f"NRRD with {len(spatial)} spatial axes of {ndim}: expected 3 (plus at most one other)")
+    vox = np.eye(4)
+    for col, a in enumerate(spatial):
+        vox[:3, col] = np.asarray(dirs[a], dtype=float)
+    if len(spatial) == 2:  # a single plane: a unit step along the normal
+        normal = np.cross(vox[:3, 0], vox[:3, 1])
+        vox[:3, 2] = normal / (np.linalg.norm(normal) or 1.0)
+    vox[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+    return np.diag([*_NRRD_SPACES[space], 1.0]) @ vox, spatial
+
+
 # --- DICOM series ---------------------------------------------------------------------------
 
 
@@ -269,6 +373,7 @@ def _stack_series(folder: Path, slices: list[tuple[Path, Any]], skipped: list[st
     meta = {
         "path": str(folder),
         "files": [f.name for f, _ in slices],
+        "file_paths": [str(f) for f, _ in slices],  # slice k's file (a DICOM SEG references them)
         "skipped_files": skipped,
         "SeriesInstanceUID": str(first.get("SeriesInstanceUID", "")),
     }

@@ -78,10 +78,16 @@ def frames_for(args: argparse.Namespace) -> list:
 
 
 def load_images_for(args: argparse.Namespace) -> list:
-    """The ``--image`` files as (H, W, 3) uint8, each at its ``--frame``; MedicalIOError names a bad file."""
-    from citrus_v.data.medical_io import load_image
+    """The ``--image`` files as (H, W, 3) uint8, each at its ``--frame``; MedicalIOError names a bad file.
+    A legacy DICOM (no preamble, read with pydicom's force=True) is named on stderr."""
+    from citrus_v.data.dicom_io import LEGACY_NOTE, is_legacy_dicom
+    from citrus_v.data.medical_io import file_kind, load_image
 
-    return [load_image(path, window=args.window, frame=f) for path, f in zip(args.image, frames_for(args))]
+    images = [load_image(path, window=args.window, frame=f) for path, f in zip(args.image, frames_for(args))]
+    for path in args.image:
+        if file_kind(path) == "dicom" and is_legacy_dicom(path):
+            print(f"[dicom] {path}: {LEGACY_NOTE}", file=sys.stderr)
+    return images
 
 
 def frame_report(args: argparse.Namespace) -> dict[str, int | list[int]]:

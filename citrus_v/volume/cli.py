@@ -4,8 +4,8 @@
 it); ``wants_volume_path(args)`` says whether this module handles the call; ``run_volume(args)``
 does it:
 
-- ``--volume PATH`` (DICOM series folder or .nii/.nii.gz): slice-by-slice along ``--axis``,
-  label NIfTI + montage + JSON numbers under ``--out``; with ``--point``/``--box`` the slice
+- ``--volume PATH`` (DICOM series folder, multi-frame DICOM, .nii/.nii.gz, .nrrd): slice-by-slice along ``--axis``,
+  label NIfTI + montage + JSON numbers (+ a DICOM SEG for a series) under ``--out``; with ``--point``/``--box`` the slice
   ``--slice N`` is then refined by the clicks (text-prompted mask corrected, or produced by
   the clicks alone when ``--prompt ""``).
 - ``--image FILE`` with ``--point``/``--box``: one refined mask for that image.
@@ -48,7 +48,9 @@ def parse_box(text: str) -> list[float]:
 
 def add_volume_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("volumes and interactive prompts")
-    g.add_argument("--volume", default=None, metavar="PATH", help="DICOM series folder or NIfTI: segment slice by slice")
+    g.add_argument("--volume", default=None, metavar="PATH",
+                   help="DICOM series folder, enhanced multi-frame DICOM, NIfTI or NRRD: segment slice by slice "
+                        "(DICOM also gets a DICOM SEG under --out)")
     g.add_argument("--modality", default=None, help="e.g. CT or MR when the file does not say (NIfTI): CT gets HU and the CT window")
     g.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="voxel axis to slice along (default 2)")
     g.add_argument("--batch-size", type=int, default=8, help="slices per predict_batch call (volumes)")
@@ -151,6 +153,8 @@ def _run_volume(args: argparse.Namespace, predictor, volume, clicks: bool) -> in
             note = f", largest of {kept['found']} components" if kept and kept["removed_voxels"] else ""
             out.append(f"[{name}] {s['volume_ml']:.2f} mL, max diameter {s['max_diameter_mm']:.1f} mm, slices {s['slice_range']}{note}")
         out += [f"[nifti] {result['nifti']}", f"[montage] {result['montage']}"] if result["nifti"] else []
+        out += [f"[dicom seg] {result['dicom_seg']}"] if result.get("dicom_seg") else []
+        out += [f"[dicom seg] note: {n}" for n in result.get("dicom_seg_notes", [])]
         return out
 
     _emit(args, result, lines)

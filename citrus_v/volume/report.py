@@ -115,14 +115,20 @@ def structured_report(segmentation: VolumeSegmentation, stats: dict[str, Structu
 def write_outputs(
     segmentation: VolumeSegmentation, out_dir: str | Path, *, window: Window = None, max_tiles: int = MAX_TILES
 ) -> dict:
-    """segmentation.nii.gz (label map, input affine), montage.png; returns the ``--json`` object."""
+    """segmentation.nii.gz (label map, input affine), montage.png, and segmentation.dcm (a DICOM SEG
+    referencing the source series) when the volume came from a DICOM series; returns the ``--json`` object."""
+    from citrus_v.volume.dicom_seg import can_write_dicom_seg, write_dicom_seg
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vol = segmentation.volume  # a NIfTI input's header (qform/sform codes, description) is kept
     nifti = write_nifti(segmentation.labels, vol.affine, out / "segmentation.nii.gz", header=vol.meta.get("nifti_header"))
     montage = write_montage(segmentation, out / "montage.png", window=window, max_tiles=max_tiles)
+    dicom_seg = write_dicom_seg(segmentation, out / "segmentation.dcm") if can_write_dicom_seg(segmentation) else None
     result = summary(segmentation)
-    result.update(nifti=str(nifti), montage=str(montage.path), montage_slices=montage.slice_indices)
+    result.update(nifti=str(nifti), montage=str(montage.path), montage_slices=montage.slice_indices,
+                  dicom_seg=None if dicom_seg is None else str(dicom_seg),
+                  dicom_seg_notes=segmentation.volume.meta.get("dicom_seg_notes", []))  # fmt: skip
     return result
 
 
@@ -157,5 +163,6 @@ def summary(segmentation: VolumeSegmentation) -> dict:
         "modality": vol.modality,
         "nifti": None,
         "montage": None,
+        "dicom_seg": None,
         "report": structured_report(segmentation, stats),
     }

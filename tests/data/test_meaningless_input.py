@@ -1,6 +1,6 @@
 """Meaningless input is refused, never turned into a finding (issue 22, point 5).
 
-Real files where they exist: pydicom's test files (CT_small, the 15-frame rtdose) and nibabel's
+Real files where they exist: pydicom's test files (CT_small), a 10-frame enhanced MR from tests/fixtures/dicom_zoo and nibabel's
 (anatomical.nii, example4d.nii.gz); the broken ones are made from them.
 """
 
@@ -19,6 +19,8 @@ from citrus_v.cli import main
 from citrus_v.data.medical_io import MedicalIOError, load_image, read_dicom, read_nifti
 
 NIB_DATA = Path(os.path.dirname(nib.__file__)) / "tests" / "data"
+# a real multi-frame image: enhanced MR, 10 frames of 64x64, RLE (pydicom-data; an RTDOSE is refused as not an image)
+MULTI_FRAME = str(Path(__file__).resolve().parents[1] / "fixtures" / "dicom_zoo" / "pydicom_data" / "emri_small_RLE.dcm")
 
 
 def sample(name: str) -> str:
@@ -97,13 +99,13 @@ def test_server_refuses_the_lying_dicom_with_a_400(lying_dicom: Path):
 
 
 def test_multi_frame_dicom_needs_an_explicit_frame():
-    path = sample("rtdose.dcm")  # 15 frames of 10x10
-    with pytest.raises(MedicalIOError, match=r"rtdose\.dcm: holds 15 frames; choose one \(--frame N, 0\.\.14\)"):
+    path = MULTI_FRAME  # 10 frames of 64x64
+    with pytest.raises(MedicalIOError, match=r"emri_small_RLE\.dcm: holds 10 frames; choose one \(--frame N, 0\.\.9\)"):
         load_image(path)
     frames = read_dicom(path)
     np.testing.assert_array_equal(load_image(path, frame=3), frames.display(frame=3))
-    with pytest.raises(MedicalIOError, match="frame 15 out of range"):
-        load_image(path, frame=15)
+    with pytest.raises(MedicalIOError, match="frame 10 out of range"):
+        load_image(path, frame=10)
     with pytest.raises(MedicalIOError, match="4D NIfTI only"):
         load_image(path, frame=(0, 3))
 
@@ -138,13 +140,13 @@ def test_a_bomb_is_refused_from_its_header(tmp_path: Path):
     assert path.stat().st_size < 100_000
     with pytest.raises(MedicalIOError, match=r"bomb\.png: image is 6000x6000 = 36000000 pixels, above the limit of 1000000"):
         load_image(path, max_pixels=1_000_000)
-    with pytest.raises(MedicalIOError, match=r"image is 15 x 10x10 pixels, above the limit of 1000"):
-        read_dicom(sample("rtdose.dcm"), max_pixels=1000)
+    with pytest.raises(MedicalIOError, match=r"image is 10 x 64x64 pixels, above the limit of 1000"):
+        read_dicom(MULTI_FRAME, max_pixels=1000)
 
 
 def test_predict_cli_refuses_a_multi_frame_file_without_frame_and_names_the_frame_used(capsys):
-    path = sample("rtdose.dcm")
-    one_line_error(capsys, ["predict", "--image", path, "--prompt", "What is shown?"], "rtdose.dcm", "--frame N")
+    path = MULTI_FRAME
+    one_line_error(capsys, ["predict", "--image", path, "--prompt", "What is shown?"], "emri_small_RLE.dcm", "--frame N")
     one_line_error(capsys, ["predict", "--image", path, "--image", path, "--frame", "1", "--frame", "2", "--frame", "3",
                             "--prompt", "What is shown?"], "--frame given 3 times for 2 --image files")
 
@@ -152,7 +154,7 @@ def test_predict_cli_refuses_a_multi_frame_file_without_frame_and_names_the_fram
 def test_predict_reports_the_frame_it_used(capsys):
     import json
 
-    path = sample("rtdose.dcm")
+    path = MULTI_FRAME
     assert main(["predict", "--image", path, "--frame", "3", "--prompt", "What is shown?", "--max-new-tokens", "2",
                  "--device", "cpu", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -129,10 +129,11 @@ def test_non_utf8_jsonl_is_one_line(folder: Path, capsys):
 def test_multi_frame_dicom_is_refused_as_a_record_image(folder: Path, capsys):
     import shutil
 
-    shutil.copy(pydicom.data.get_testdata_file("rtdose.dcm"), folder / "rtdose.dcm")
-    f = write(folder / "d.jsonl", [det(image="rtdose.dcm", box=[0, 0, 5, 5])])
+    # a real enhanced MR of 10 frames (an RTDOSE grid is refused as not an image at all)
+    shutil.copy(Path(__file__).resolve().parents[1] / "fixtures" / "dicom_zoo" / "pydicom_data" / "emri_small_RLE.dcm", folder / "mr.dcm")
+    f = write(folder / "d.jsonl", [det(image="mr.dcm", box=[0, 0, 5, 5])])
     rc, _, err = validate(capsys, f)
-    assert rc == 1 and "rtdose.dcm: holds 15 frames; a record's image must be one picture" in err
+    assert rc == 1 and "mr.dcm: holds 10 frames; a record's image must be one picture" in err
 
 
 def test_records_only_skips_the_files(folder: Path, capsys):

@@ -66,15 +66,15 @@ def test_ct_without_a_file_window_gets_the_soft_tissue_window():
 
 
 def test_dicom_errors_map_to_request_errors():
-    no_decoder = sample("MR_small_jpeg_ls_lossless.dcm").read_bytes()  # JPEG-LS: no decoder installed
+    no_decoder = sample("JPEG-lossy.dcm").read_bytes()  # a 12-bit JPEG extended stream no installed decoder reads
     with pytest.raises(RequestError) as info:
         decode_image_bytes(no_decoder, ServeConfig(), "messages[0].content[0].image_url.url")
     err = info.value
     assert (err.status, err.code, err.param) == (415, "unsupported_dicom", "messages[0].content[0].image_url.url")
-    assert "unsupported DICOM transfer syntax 'JPEG-LS" in err.message
+    assert "unsupported DICOM transfer syntax 'JPEG Extended" in err.message
     with pytest.raises(RequestError) as info:
         decode_image_bytes(sample("rtplan.dcm").read_bytes(), ServeConfig(), "img")
-    assert info.value.status == 415  # no Rows/Columns: refused from the header
+    assert info.value.status == 415  # an RT plan: refused from the header as not an image
     truncated = sample("MR_truncated.dcm").read_bytes()
     with pytest.raises(RequestError) as info:
         decode_image_bytes(truncated, ServeConfig(), "img")
