@@ -53,6 +53,14 @@ class PredictorAdapter:
         requests = [([self.sessions.get(images[0]), *images[1:]] if images else images, text) for images, text in items]
         return self.predictor.predict_batch(requests, settings=self.generation_settings(settings))
 
+    def predict_stream(self, images: list[np.ndarray], text, settings: SamplingParams, on_text) -> Prediction:
+        """One request, its answer's text handed to ``on_text`` piece by piece while it is generated."""
+        from citrus_v.infer.streaming import TokenStreamer
+
+        request = ([self.sessions.get(images[0]), *images[1:]] if images else images, text)
+        streamer = TokenStreamer(self.predictor.tokenizer, on_text)
+        return self.predictor.predict_batch([request], settings=self.generation_settings(settings), streamer=streamer)[0]
+
     def generation_settings(self, sampling: SamplingParams):
         """The request's settings over the model's defaults (``Predictor.settings``)."""
         return to_generation_settings(sampling, self.defaults)
