@@ -84,7 +84,16 @@ def error_of(response) -> dict:
 
 def test_every_error_route_answers_in_openai_shape(echo_predictor):
     config = ServeConfig(max_request_bytes=4096)
-    with local_client(create_app(echo_predictor, config)) as client:
+    app = create_app(echo_predictor, config)
+
+    @app.get("/probe/{n}")
+    async def probe(n: int) -> dict:  # a typed path parameter: FastAPI's own validation (422)
+        return {"n": n}
+
+    with local_client(app) as client:
+        r422 = client.get("/probe/abc")
+        assert r422.status_code == 422 and error_of(r422)["code"] == "validation_error"
+        assert error_of(r422)["param"] == "path.n"
         assert error_of(client.get("/v1/nothing"))["code"] == "not_found"
         assert client.get("/v1/nothing").status_code == 404
         r405 = client.get("/v1/chat/completions")
@@ -177,3 +186,28 @@ def test_report_prose_has_no_dangling_preposition_or_fence():
     assert report.findings == "A cyst in the spleen. Liver normal."
     assert report.impression == "Splenic cyst."
     assert clean_report_prose("Seen at the hilum.") == "Seen at the hilum."  # a real "at" stays
+
+
+class FailingStreamer(EchoPredictor):
+    def __init__(self, pieces_first: int) -> None:
+        super().__init__()
+        self.pieces_first = pieces_first
+
+    def predict_stream(self, images, text, settings, on_text):
+        for _ in range(self.pieces_first):
+            on_text("Liver ")
+        raise RuntimeError("decoder fell over")
+
+
+def test_a_stream_error_before_any_text_has_its_status_and_after_it_goes_in_the_stream():
+    body = chat_body(data_url(png_bytes()), stream=True)
+    with local_client(create_app(FailingStreamer(0), ServeConfig())) as client:
+        early = client.post("/v1/chat/completions", json=body)
+    assert early.status_code == 500 and error_of(early)["code"] == "prediction_failed"
+    with local_client(create_app(FailingStreamer(1), ServeConfig())) as client:
+        late = client.post("/v1/chat/completions", json=body)
+    events = [line[6:] for line in late.text.splitlines() if line.startswith("data: ")]
+    assert late.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[1])["choices"][0]["delta"] == {"content": "Liver "}
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "prediction_failed" and "decoder fell over" in error["message"]
