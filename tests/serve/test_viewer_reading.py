@@ -174,3 +174,29 @@ def prompts_undo_reset(page, model) -> None:
     assert "(liver)" in masks and "(spleen)" in masks and "refined" not in masks
     assert page.text_content("#wl-readout") == "W 256 L 128" and tuple(canvas_pixels(page)[90, 5]) == (GREY,) * 3
     assert page.text_content("#report-impression") == "Splenic cyst."
+
+
+class GroundingEcho(ReportingEcho):
+    def predict_batch(self, items, settings):
+        text = 'The liver is here: ```json\n[{"bbox_2d": [10, 10, 50, 40], "label": "liver"}]\n```'
+        return [Prediction(text, text, boxes=[Box([10.0, 10.0, 50.0, 40.0], "liver")]) for _ in items]
+
+
+def test_viewer_shows_box_json_as_boxes_not_as_text(tmp_path):
+    sync_playwright = need_browser()
+    image_path = tmp_path / "grey.png"
+    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
+    with LiveServer(create_app(GroundingEcho(), ServeConfig())) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/", wait_until="load")
+            page.set_input_files("#image-input", str(image_path))
+            page.click("#submit-button")
+            wait_status(page, "Done")
+            assert page.text_content("#answer") == "The liver is here: [box: see Boxes]"
+            assert page.text_content("#box-list") == "liver: [10, 10, 50, 40]"
+            assert page.is_hidden("#report") and "```json" in page.text_content("#raw-answer-text")
+            assert not page.is_hidden("#raw-answer")
+        finally:
+            browser.close()

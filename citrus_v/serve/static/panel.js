@@ -6,9 +6,12 @@ function showAnswer(data) {
   state.boxes = data.boxes;
   state.highlight = -1;
   const report = data.report;
-  $("answer").textContent = report ? "" : data.choices[0].message.content;
-  $("raw-answer-text").textContent = data.choices[0].message.content;
-  $("raw-answer").hidden = !report;
+  const content = data.choices[0].message.content;
+  // box JSON is read into the Boxes list and the overlay; the prose keeps a pointer to it
+  const prose = content.replace(/```(?:json)?[\s\S]*?```/g, "[box: see Boxes]");
+  $("answer").textContent = report ? "" : prose;
+  $("raw-answer-text").textContent = content;
+  $("raw-answer").hidden = !report && prose === content;
   $("reasoning").textContent = data.reasoning || "(none)";
   $("report").hidden = !report;
   if (report) renderReport(report);
