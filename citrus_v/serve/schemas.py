@@ -18,7 +18,7 @@ from typing import Any
 from citrus_v.infer.types import Prediction
 from citrus_v.serve.errors import RequestError, finite_number, json_kind
 from citrus_v.infer.conversation import Conversation
-from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url
+from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url, encode_values
 from citrus_v.serve.messages import parse_messages
 from citrus_v.serve.prompts import PromptSpec, check_prompts_on_image, parse_prompts
 from citrus_v.serve.rle import encode_box, encode_mask, mask_grid
@@ -213,6 +213,8 @@ def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
     }
     if request.return_images:
         extras["images"] = [encode_png_data_url(image.pixels) for image in request.images]
+        # a monochrome DICOM's own values (HU for CT), so that the viewer windows them: None for others
+        extras["image_values"] = [encode_values(image) for image in request.images]
     return extras
 
 

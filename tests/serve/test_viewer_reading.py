@@ -17,7 +17,7 @@ from citrus_v.infer.text import parse_report
 from citrus_v.infer.types import Box, Mask, Prediction
 from citrus_v.serve.app import create_app
 from citrus_v.serve.settings import ServeConfig
-from tests.serve.conftest import EchoPredictor, LiveServer
+from tests.serve.conftest import EchoPredictor, LiveServer, png_bytes
 from tests.serve.test_browser import CHROMIUM, CHROMIUM_ARGS, canvas_pixels, need_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -200,3 +200,59 @@ def test_viewer_shows_box_json_as_boxes_not_as_text(tmp_path):
             assert not page.is_hidden("#raw-answer")
         finally:
             browser.close()
+
+
+class PlainEcho(EchoPredictor):
+    def predict_batch(self, items, settings):  # text only: nothing drawn over the image
+        return [Prediction("A CT slice.", "A CT slice.") for _ in items]
+
+
+CT_SLICE = sorted((Path(__file__).parents[1] / "fixtures" / "totalseg_example" / "ct_dicom").iterdir())[10]
+
+
+def test_viewer_windows_a_ct_in_hounsfield_units(tmp_path):
+    """A CT slice: the presets are HU windows over the file's own values, drawn as a PACS draws them."""
+    from citrus_v.data.dicom_io import read_dicom
+
+    sync_playwright = need_browser()
+    ct = read_dicom(CT_SLICE.read_bytes(), name="ct")
+    hu, shown = ct.hu.astype(np.float64), ct.display(frame=0)
+    lung = np.clip(np.floor((hu - (-600 - 750)) / 1500 * 255 + 0.5), 0, 255)  # Math.round: half up
+    with LiveServer(create_app(PlainEcho(), ServeConfig())) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 820})
+            page.goto(server.url + "/", wait_until="load")
+            page.set_input_files("#image-input", str(CT_SLICE))
+            page.click("#submit-button")
+            wait_status(page, "Done")
+            c, w = ct.file_window or (40, 400)
+            assert page.text_content("#wl-readout") == f"as sent (about W {round(w)} L {round(c)} HU)"
+            np.testing.assert_array_equal(canvas_pixels(page), shown)  # "As sent": the server's own display
+            options = page.eval_on_selector_all("#wl-preset option", "os => os.map(o => o.value)")
+            assert options == ["As sent", "Soft tissue", "Lung", "Bone", "Brain", "Liver"]
+            page.select_option("#wl-preset", "Lung")
+            assert page.text_content("#wl-readout") == "W 1500 L -600 HU"
+            drawn = canvas_pixels(page)[..., 0].astype(int)
+            assert drawn.shape == hu.shape and np.abs(drawn - lung).max() <= 1 and (drawn == lung).mean() > 0.99
+            assert not np.array_equal(drawn, shown[..., 0])  # a different window than the one sent
+            page.screenshot(path=str(Path(os.environ.get("CITRUS_V_ARTIFACTS", tmp_path)) / "viewer_ct_lung.png"))
+        finally:
+            browser.close()
+
+
+def test_a_ct_dicom_carries_its_hounsfield_values_for_the_viewer():
+    import base64
+
+    from citrus_v.data.dicom_io import read_dicom
+    from citrus_v.serve.images import decode_image_bytes, encode_values
+
+    data = CT_SLICE.read_bytes()
+    decoded = decode_image_bytes(data, ServeConfig(), "img")
+    ct = read_dicom(data, name="ct")
+    np.testing.assert_array_equal(decoded.pixels, ct.display(frame=0))  # what the model sees is unchanged
+    sent = encode_values(decoded)
+    values = np.frombuffer(base64.b64decode(sent["data"]), dtype=np.dtype(sent["dtype"]).newbyteorder("<"))
+    np.testing.assert_array_equal(values.reshape(sent["shape"]), ct.hu)
+    assert sent["unit"] == "HU" and sent["dtype"] == "int16" and sent["invert"] is False
+    assert encode_values(decode_image_bytes(png_bytes(), ServeConfig(), "img")) is None  # a PNG has no values

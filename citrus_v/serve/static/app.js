@@ -6,7 +6,7 @@
 "use strict";
 
 const state = {
-  url: null, base: null, answer: null, masks: [], boxes: [], highlight: -1,
+  url: null, base: null, values: null, answer: null, masks: [], boxes: [], highlight: -1,
   prompts: { points: [], box: null }, history: [], colors: {}, wl: [256, 128], opacity: 0.5,
   tool: "point", drag: null, dragStart: null,
 };
@@ -80,6 +80,9 @@ async function ask(event) {
     state.prompts = { points: [], box: null };  // prompts belong to one image and one answer
     state.history = [];
     state.base = await loadPixels(data.images[0]);
+    state.values = decodeValues((data.image_values || [])[0]);
+    fillPresets();
+    asSent();
     state.answer = { ...data, prompt };
     showAnswer(state.answer);
     setMasks(data);
@@ -109,7 +112,7 @@ function setMasks(data) {
 
 function draw() {
   if (!state.base) return;
-  render($("overlay-canvas"), { base: state.base, masks: state.masks, boxes: state.boxes, highlight: state.highlight,
+  render($("overlay-canvas"), { base: state.base, values: state.values, masks: state.masks, boxes: state.boxes, highlight: state.highlight,
                                 prompts: state.prompts, drag: state.drag, wl: state.wl, opacity: state.opacity });
 }
 
@@ -164,7 +167,7 @@ function onClick(event) {
 
 function onDown(event) {
   if (state.tool === "point" || !state.base) return;
-  state.dragStart = { xy: toImagePixel(event), client: [event.clientX, event.clientY], wl: state.wl.slice() };
+  state.dragStart = { xy: toImagePixel(event), client: [event.clientX, event.clientY], wl: state.wl && state.wl.slice() };
 }
 
 function onMove(event) {
@@ -173,9 +176,8 @@ function onMove(event) {
   if (state.tool === "box") {
     const [x, y] = toImagePixel(event);
     state.drag = [Math.min(x, start.xy[0]), Math.min(y, start.xy[1]), Math.max(x, start.xy[0]) + 1, Math.max(y, start.xy[1]) + 1];
-  } else {  // window/level: right widens the window, up brightens (lowers the level), as PACS viewers
-    const dx = event.clientX - start.client[0], dy = event.clientY - start.client[1];
-    setWindow(start.wl[0] + Math.round(dx), start.wl[1] - Math.round(dy));
+  } else {
+    dragWindow(start, event.clientX - start.client[0], event.clientY - start.client[1]);
   }
   draw();
 }
@@ -188,19 +190,55 @@ function onUp() {
   else draw();
 }
 
+function presets() {
+  return state.values ? (state.values.unit === "HU" ? HU_PRESETS : { "As sent": null }) : WL_PRESETS;
+}
+
+function fillPresets() {
+  $("wl-preset").replaceChildren(...Object.keys(presets()).map((name) => new Option(name, name)));
+  const v = state.values;  // the sliders span the values' range (a DICOM), or the grey levels 0..255
+  const [wMax, lMin, lMax] = v ? [Math.max(2, 2 * (v.max - v.min)), Math.floor(v.min), Math.ceil(v.max)] : [512, 0, 255];
+  Object.assign($("wl-width"), { min: 1, max: wMax });
+  Object.assign($("wl-level"), { min: lMin, max: lMax });
+}
+
 function setWindow(width, level) {
-  state.wl = [Math.min(512, Math.max(1, width)), Math.min(255, Math.max(0, level))];
+  const v = state.values;
+  const [wMax, lMin, lMax] = v ? [+$("wl-width").max, +$("wl-level").min, +$("wl-level").max] : [512, 0, 255];
+  state.wl = [Math.min(wMax, Math.max(1, width)), Math.min(lMax, Math.max(lMin, level))];
   $("wl-width").value = state.wl[0];
   $("wl-level").value = state.wl[1];
-  $("wl-readout").textContent = `W ${state.wl[0]} L ${state.wl[1]}`;
+  $("wl-readout").textContent = `W ${state.wl[0]} L ${state.wl[1]}` + (v ? " " + (v.unit === "HU" ? "HU" : "(modality units)") : "");
+}
+
+function asSent() {
+  $("wl-preset").value = "As sent";
+  if (!state.values) { setWindow(256, 128); return; }
+  state.wl = null;  // the server's own display of the file
+  const [c, w] = state.values.window;
+  $("wl-readout").textContent = `as sent (about W ${Math.round(w)} L ${Math.round(c)} ${state.values.unit === "HU" ? "HU" : ""})`.replace(" )", ")");
+}
+
+function applyPreset() {
+  const chosen = presets()[$("wl-preset").value];
+  if (chosen) setWindow(...chosen); else asSent();
+  draw();
+}
+
+function dragWindow(start, dx, dy) {
+  // right widens the window, down raises the level (darker), as PACS viewers; a DICOM's values move
+  // by about its range / 256 per CSS pixel
+  const v = state.values;
+  const step = v ? Math.max(1, Math.round((v.max - v.min) / 256)) : 1;
+  const from = start.wl || (v ? [v.window[1], v.window[0]] : [256, 128]);
+  setWindow(Math.round(from[0] + dx * step), Math.round(from[1] - dy * step));
 }
 
 function reset() {
   state.prompts = { points: [], box: null };
   state.history = [];
   state.highlight = -1;
-  setWindow(256, 128);
-  $("wl-preset").value = "As sent";
+  asSent();
   state.opacity = 0.5;
   $("opacity").value = 50;
   if (state.answer) { setMasks(state.answer); setStatus("Reset: the answer's masks, no prompts.", false); }
@@ -214,10 +252,10 @@ function bindControls() {
   window.addEventListener("mousemove", onMove);
   window.addEventListener("mouseup", onUp);
   for (const tool of ["point", "box", "wl"]) $("tool-" + tool).addEventListener("change", () => { state.tool = tool; });
-  for (const name of Object.keys(WL_PRESETS)) $("wl-preset").append(new Option(name, name));
-  $("wl-preset").addEventListener("change", () => { setWindow(...WL_PRESETS[$("wl-preset").value]); draw(); });
-  $("wl-width").addEventListener("input", () => { setWindow(+$("wl-width").value, state.wl[1]); draw(); });
-  $("wl-level").addEventListener("input", () => { setWindow(state.wl[0], +$("wl-level").value); draw(); });
+  fillPresets();
+  $("wl-preset").addEventListener("change", applyPreset);
+  $("wl-width").addEventListener("input", () => { setWindow(+$("wl-width").value, +$("wl-level").value); draw(); });
+  $("wl-level").addEventListener("input", () => { setWindow(+$("wl-width").value, +$("wl-level").value); draw(); });
   $("opacity").addEventListener("input", () => { state.opacity = +$("opacity").value / 100; draw(); });
   $("undo-button").addEventListener("click", () => { if (undoPrompt()) refine("Undone; refining"); });
   $("reset-button").addEventListener("click", reset);

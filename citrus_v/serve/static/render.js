@@ -8,6 +8,33 @@ const PALETTE = ["#ff4040", "#40a0ff", "#40dc78", "#ffc828", "#c85aff", "#ff78c8
 const WL_PRESETS = { "As sent": [256, 128], "High contrast": [128, 128], "Dark structures": [128, 64],
                      "Bright structures": [128, 192], "Narrow": [64, 128] };
 
+// window/level on a DICOM's own values (Hounsfield units for CT): [W, L], null = the server's display
+const HU_PRESETS = { "As sent": null, "Soft tissue": [400, 40], "Lung": [1500, -600], "Bone": [1800, 400],
+                     "Brain": [80, 40], "Liver": [150, 30] };
+
+function decodeValues(info) {
+  // {unit, dtype, shape, invert, window, data: base64 little-endian} -> a typed array and its facts
+  if (!info) return null;
+  const bytes = Uint8Array.from(atob(info.data), (c) => c.charCodeAt(0));
+  const Kind = { int16: Int16Array, float32: Float32Array, float64: Float64Array, uint16: Uint16Array }[info.dtype];
+  if (!Kind) return null;
+  const array = new Kind(bytes.buffer);
+  let min = Infinity, max = -Infinity;
+  for (const v of array) { if (v < min) min = v; if (v > max) max = v; }
+  return { ...info, array, min, max };
+}
+
+function windowValues(px, values, width, level) {
+  // the values through a linear window: L - W/2 .. L + W/2 -> 0..255 (MONOCHROME1 inverted)
+  const lo = level - width / 2, a = values.array;
+  for (let p = 0; p < a.length; p++) {
+    let g = Math.round((a[p] - lo) / width * 255);
+    g = g < 0 ? 0 : g > 255 ? 255 : g;
+    if (values.invert) g = 255 - g;
+    px[4 * p] = px[4 * p + 1] = px[4 * p + 2] = g;
+  }
+}
+
 function hexToRgb(hex) {
   const n = parseInt(hex.slice(1), 16);
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
@@ -65,14 +92,17 @@ function drawPrompts(ctx, prompts, drag, width) {
 }
 
 function render(canvas, view) {
-  // view: {base: ImageData, masks: [{bits, size, color, visible}], boxes, highlight, prompts, drag, wl, opacity}
+  // view: {base: ImageData, values (a DICOM's, or null), masks: [{bits, size, color, visible}], boxes, highlight,
+  //        prompts, drag, wl ([W, L]; null with values: as sent), opacity}
   const { base } = view;
   canvas.width = base.width;
   canvas.height = base.height;
   const ctx = canvas.getContext("2d");
   const frame = new ImageData(new Uint8ClampedArray(base.data), base.width, base.height);
   const px = frame.data;
-  if (view.wl[0] !== 256 || view.wl[1] !== 128) {
+  if (view.values) {
+    if (view.wl && view.values.array.length === base.width * base.height) windowValues(px, view.values, view.wl[0], view.wl[1]);
+  } else if (view.wl[0] !== 256 || view.wl[1] !== 128) {
     const lut = windowLut(view.wl[0], view.wl[1]);
     for (let i = 0; i < px.length; i += 4) { px[i] = lut[px[i]]; px[i + 1] = lut[px[i + 1]]; px[i + 2] = lut[px[i + 2]]; }
   }
