@@ -82,6 +82,18 @@ def create_app(
     _add_guards(app, state)
     _add_status_routes(app, state)
 
+    _add_chat_route(app, state)
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_chat_route(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/chat/completions: checks, the pixel lease, then a completion or its stream."""
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         _check_auth(request, state.config)
@@ -115,13 +127,6 @@ def create_app(
         finally:
             if release_now:
                 lease.release()
-
-    @app.get("/")
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def _add_guards(app: FastAPI, state: ServerState) -> None:
