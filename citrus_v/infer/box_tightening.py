@@ -6,7 +6,7 @@ The MLLM writes boxes as text coordinates, one token per value, read off a 224 p
 image at its own resolution and, prompted with that box (SAM's box prompt, the one prompt
 MedSAM / LiteMedSAM were trained on), outlines what the box frames. The outline's bounding box
 replaces the text box; the text box is kept in ``Box.text_bbox``, with the segmenter's
-predicted IoU in ``Box.score``.
+predicted IoU in ``Box.score`` (clipped to [0, 1]: the head is an unbounded regression; issue 23 saw 2.06 shown).
 
 This is a step after the published model (which returns its text coordinates as they are):
 ``Predictor(tighten_boxes=False)`` / ``--text-boxes`` turns it off, and ``citrus-v eval``
@@ -24,7 +24,7 @@ import torch
 
 from citrus_v.data.boxes import bbox_of, clip_box as clip_to_image
 from citrus_v.infer.session import ImageSession
-from citrus_v.infer.types import Box
+from citrus_v.infer.types import Box, iou_score
 
 
 def clip_box(bbox: Sequence[float], orig_hw: tuple[int, int]) -> list[float] | None:
@@ -48,4 +48,4 @@ def tighten_boxes(session: ImageSession, boxes: Sequence[Box]) -> None:
         if not outline.any():
             continue
         tight = [float(v) for v in bbox_of(outline)]  # one past the last pixel, as the suite's boxes
-        box.text_bbox, box.bbox, box.score = list(box.bbox), tight, float(iou[0])
+        box.text_bbox, box.bbox, box.score = list(box.bbox), tight, iou_score(iou[0])

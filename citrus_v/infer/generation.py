@@ -98,11 +98,13 @@ def generate_sequences(
     settings: GenerationSettings,
     eos_token_id: int,
     pad_token_id: int,
+    streamer=None,
 ) -> list[GeneratedSequence]:
     """Run ``model.generate`` on a LEFT-padded batch and split the result per row.
 
     ``inputs`` holds ``input_ids`` (B, L), ``attention_mask`` (B, L) and, with images,
-    ``pixel_values`` (P, C) and ``image_grid_thw`` (n_img, 3).
+    ``pixel_values`` (P, C) and ``image_grid_thw`` (n_img, 3). ``streamer`` (one row only):
+    transformers' streamer protocol, e.g. ``citrus_v.infer.streaming.TokenStreamer``.
     """
     input_ids = inputs["input_ids"]
     if input_ids.dim() != 2:
@@ -113,7 +115,8 @@ def generate_sequences(
         raise ValueError("generate_sequences: the batch must be LEFT-padded (a row has padding in its last column)")
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    out = model.generate(**inputs, **settings.generate_kwargs(eos_token_id, pad_token_id))
+    extra = {} if streamer is None else {"streamer": streamer}
+    out = model.generate(**inputs, **settings.generate_kwargs(eos_token_id, pad_token_id), **extra)
     prompt_len = input_ids.shape[1]
     new_ids = out.sequences[:, prompt_len:]  # (B, T)
     # raw logits of every step: T x (B, V) -> (B, T, V) probabilities of the chosen tokens

@@ -38,7 +38,7 @@ from citrus_v.config import CitrusVConfig
 from citrus_v.infer.conversation import Conversation
 from citrus_v.infer.generation import GeneratedSequence, GenerationSettings, generate_sequences
 from citrus_v.infer.session import ImageSession, decode_seg_states, encode_sessions
-from citrus_v.infer.text import parse_report, split_reasoning
+from citrus_v.infer.text import label_masks, parse_report, split_reasoning
 from citrus_v.infer.types import Box, LogitsMask, Mask, Prediction
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image | ImageSession
@@ -172,16 +172,21 @@ class Predictor:
         return self.predict_batch([(images, prompt)], settings=settings)[0]
 
     @torch.no_grad()
-    def predict_batch(self, requests: Sequence[Request], settings: GenerationSettings | None = None) -> list[Prediction]:
+    def predict_batch(
+        self, requests: Sequence[Request], settings: GenerationSettings | None = None, streamer=None
+    ) -> list[Prediction]:
         """Predict several requests in one generation call (left padding).
 
         Greedy decoding gives the same tokens as one-by-one calls (tested). Every row keeps
         its own images; the rows that emit ``[SEG]`` share ONE teacher-forced pass, their images
-        one image-encoder call and their [SEG]s one mask-decoder call.
+        one image-encoder call and their [SEG]s one mask-decoder call. ``streamer`` (one request
+        only; ``citrus_v.infer.streaming.TokenStreamer``) receives the text while it is generated.
         """
         if not requests:
             return []
         settings = settings or self.settings
+        if streamer is not None and (len(requests) != 1 or settings.fast):
+            raise ValueError("predict_batch: a streamer takes one request, decoded by generate (fast=False)")
         encoded = [self._encode(images, prompt, where=f"request {i}") for i, (images, prompt) in enumerate(requests)]
         if settings.fast:  # the fast greedy path keeps the [SEG] states while decoding (citrus_v/infer/fast.py)
             from citrus_v.infer.fast import generate_rows_fast
@@ -189,11 +194,14 @@ class Predictor:
             generated, seg_states = generate_rows_fast(self, encoded, settings)
         else:
             generated = generate_sequences(
-                self.model, self._left_padded(encoded), settings, self.eos_token_id, self.pad_token_id
+                self.model, self._left_padded(encoded), settings, self.eos_token_id, self.pad_token_id, streamer
             )
             seg_states = self._seg_states(encoded, generated)
         masks = self._masks(encoded, seg_states)
         predictions = [self._read_out(enc, gen, row_masks) for enc, gen, row_masks in zip(encoded, generated, masks)]
+        for (_, prompt), prediction in zip(requests, predictions):
+            if isinstance(prompt, str):  # a mask is named after the structure the prompt asks for
+                label_masks(prediction.masks, prompt)
         if self.tighten_boxes:
             self._tighten(encoded, predictions)
         return predictions
@@ -401,6 +409,7 @@ class Predictor:
             report=parse_report(answer, boxes),
             mean_token_prob=gen.mean_token_prob,
             num_generated_tokens=len(gen.ids),
+            num_prompt_tokens=len(enc.input_ids),
         )
 
     # ------------------------------------------------------------------ step 5: tighten boxes

@@ -21,12 +21,21 @@ class Box:
     text_bbox: list[float] | None = None
     score: float | None = None
 
+    def __post_init__(self) -> None:
+        self.score = iou_score(self.score)
+
     def to_dict(self) -> dict:
         out: dict = {"bbox": _rounded(self.bbox), "label": self.label}
         if self.text_bbox is not None:
             out["text_bbox"] = _rounded(self.text_bbox)
             out["score"] = None if self.score is None else round(float(self.score), 4)
         return out
+
+
+def iou_score(value: float | None) -> float | None:
+    """A segmenter's predicted IoU as an IoU: clipped to [0, 1]. SAM's IoU head is a regression
+    (no sigmoid): on an out-of-domain prompt it says 2.06 or -0.02, which no IoU is."""
+    return None if value is None else min(max(float(value), 0.0), 1.0)
 
 
 def _rounded(bbox: list[float]) -> list[float]:
@@ -45,8 +54,7 @@ class Mask:
     low_res: np.ndarray | None = None  # (256, 256) bool; None where only the full-size mask is known
 
     def __post_init__(self) -> None:
-        # SAM's IoU head is a regression: it can say 1.01 or -0.02, which no IoU is
-        self.score = min(max(float(self.score), 0.0), 1.0)
+        self.score = iou_score(self.score)
 
 
 class LogitsMask(Mask):
@@ -99,3 +107,4 @@ class Prediction:
     report: Report | None = None
     mean_token_prob: float | None = None  # confidence of the generated text
     num_generated_tokens: int = 0
+    num_prompt_tokens: int = 0  # the encoded prompt's length (image tokens included); 0 where unknown

@@ -28,7 +28,7 @@ from citrus_v.serve.budget import PixelBudget
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
 from citrus_v.serve.settings import ServeConfig, host_allowed
-from citrus_v.serve.streaming import sse_chunks
+from citrus_v.serve.streaming import ChunkWriter, sse_stream
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -56,15 +56,18 @@ def create_app(
     predictor: BatchPredictor | None = None,
     config: ServeConfig | None = None,
     loader: Callable[[], BatchPredictor] | None = None,
+    on_load_error: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The app. Pass a ready ``predictor``, or a ``loader`` that builds one (run in a thread at startup)."""
+    """The app. Pass a ready ``predictor``, or a ``loader`` that builds one (run in a thread at startup).
+    ``on_load_error(message)`` is called when the loader fails (``citrus-v serve`` stops and exits non-zero);
+    without it the app stays up and ``/readyz`` says why."""
     if (predictor is None) == (loader is None):
         raise ValueError("create_app: pass exactly one of predictor= or loader=")
     state = ServerState(config or ServeConfig())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        load_task = asyncio.create_task(_start(state, predictor, loader))
+        load_task = asyncio.create_task(_start(state, predictor, loader, on_load_error))
         yield
         load_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -79,6 +82,18 @@ def create_app(
     _add_guards(app, state)
     _add_status_routes(app, state)
 
+    _add_chat_route(app, state)
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_chat_route(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/chat/completions: checks, the pixel lease, then a completion or its stream."""
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         _check_auth(request, state.config)
@@ -99,26 +114,20 @@ def create_app(
             chat = await asyncio.to_thread(parse_chat_request, body, state.config, reserve=lease.take)
             del body  # its base64 strings (up to max_request_bytes): from here the decoded images are what is held
             _check_with_model(state.queue.predictor, chat)
-            prediction = await _predict(state, chat)
             cid = completion_id()
             name = state.model_name()
             if chat.stream:
+                stream = await _start_stream(state, chat, ChunkWriter(chat, name, cid))
                 release_now = False  # the stream still reads the images (return_images): released when sent
                 return StreamingResponse(
-                    sse_chunks(prediction, chat, name, cid), media_type="text/event-stream",
+                    stream, media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, background=BackgroundTask(lease.release),
                 )
+            prediction = await _predict(state, chat)
             return JSONResponse(build_completion(prediction, chat, name, cid))
         finally:
             if release_now:
                 lease.release()
-
-    @app.get("/")
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def _add_guards(app: FastAPI, state: ServerState) -> None:
@@ -145,6 +154,44 @@ def _add_guards(app: FastAPI, state: ServerState) -> None:
         if err.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
+
+    _add_openai_error_shape(app)
+
+
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 429: "rate_limited"}
+
+
+def _add_openai_error_shape(app: FastAPI) -> None:
+    """Every error the framework raises (unknown route, wrong method, a validation error, a crash)
+    in OpenAI's ``{"error": {"message", "type", "param", "code"}}`` rather than FastAPI's ``{"detail"}``:
+    OpenAI clients read ``error.message``."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+        status = err.status_code if 400 <= err.status_code < 600 else 500
+        if status == 404:
+            message = f"no route {request.method} {request.url.path} (see GET /v1/models, POST /v1/chat/completions)"
+        elif status == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(err.detail)
+        body = RequestError(status, message, code=HTTP_ERROR_CODES.get(status, "http_error")).to_body()
+        return JSONResponse(body, status_code=status, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = (err.errors() or [{}])[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+        body = RequestError(422, str(first.get("msg", "invalid request")), where, code="validation_error").to_body()
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = RequestError(500, f"internal error: {type(err).__name__}", code="internal_error").to_body()
+        return JSONResponse(body, status_code=500)
 
 
 def _add_status_routes(app: FastAPI, state: ServerState) -> None:
@@ -176,12 +223,15 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
         }
 
 
-async def _start(state: ServerState, predictor: BatchPredictor | None, loader: Callable[[], BatchPredictor] | None) -> None:
+async def _start(state: ServerState, predictor: BatchPredictor | None, loader: Callable[[], BatchPredictor] | None,
+                 on_load_error: Callable[[str], None] | None = None) -> None:
     try:
         model = predictor if predictor is not None else await asyncio.to_thread(loader)
-    except Exception as err:  # surfaced by /readyz; the process stays up to say why
+    except Exception as err:  # surfaced by /readyz, and to on_load_error (serve exits)
         log.exception("model failed to load")
         state.load_error = f"{type(err).__name__}: {err}"
+        if on_load_error is not None:
+            on_load_error(state.load_error)
         return
     state.config = _limit_tokens_to_context(state.config, model)
     queue = BatchQueue(model, state.config)
@@ -222,10 +272,32 @@ def _check_with_model(predictor: BatchPredictor, chat: ChatRequest) -> None:
                 raise RequestError(400, str(err), "messages", code="unsupported_image_size") from None
 
 
-async def _predict(state: ServerState, chat: ChatRequest):
+async def _start_stream(state: ServerState, chat: ChatRequest, writer: ChunkWriter) -> AsyncIterator[str]:
+    """Queue a streamed request and wait for its first text piece (or its end): an error before
+    any text still gets its own status code; after it, the stream carries it."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[str] = asyncio.Queue()
+    arrived = asyncio.Event()
+
+    def put(piece: str) -> None:  # on the event loop
+        events.put_nowait(piece)
+        arrived.set()
+
+    task = asyncio.create_task(_predict(state, chat, lambda piece: loop.call_soon_threadsafe(put, piece)))
+    waiter = asyncio.ensure_future(arrived.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+    if task.done() and events.empty() and task.exception() is not None:
+        raise task.exception()
+    return sse_stream(writer, events, task)
+
+
+async def _predict(state: ServerState, chat: ChatRequest, on_text: Callable[[str], None] | None = None):
     try:
         return await asyncio.wait_for(
-            state.queue.submit([image.pixels for image in chat.images], chat.text_input, chat.sampling, chat.prompts),
+            state.queue.submit([image.pixels for image in chat.images], chat.text_input, chat.sampling, chat.prompts,
+                               on_text),
             timeout=state.config.request_timeout_s,
         )
     except QueueFull:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +48,15 @@ class RefinePredictor(BatchPredictor, Protocol):
     def refine(self, image: np.ndarray, text: str, prompts: PromptSpec, settings: SamplingParams) -> Prediction: ...
 
 
+@runtime_checkable
+class StreamPredictor(BatchPredictor, Protocol):
+    """A model that hands one request's text over while it decodes (``on_text(piece)``, from its thread)."""
+
+    def predict_stream(
+        self, images: list[np.ndarray], text, settings: SamplingParams, on_text: Callable[[str], None]
+    ) -> Prediction: ...
+
+
 class QueueFull(Exception):
     """More requests are waiting than ``ServeConfig.max_queue``."""
 
@@ -59,6 +68,7 @@ class _Pending:
     sampling: SamplingParams
     future: asyncio.Future
     prompts: PromptSpec | None = None
+    on_text: Callable[[str], None] | None = None  # a streamed request: its text pieces as they are generated
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -100,13 +110,14 @@ class BatchQueue:
         self._worker = None
 
     async def submit(
-        self, images: list[np.ndarray], prompt: str | Conversation, sampling: SamplingParams, prompts: PromptSpec | None = None
+        self, images: list[np.ndarray], prompt: str | Conversation, sampling: SamplingParams,
+        prompts: PromptSpec | None = None, on_text: Callable[[str], None] | None = None,
     ) -> Prediction:
         if self._queue is None or not self.running:
             raise RuntimeError("BatchQueue.submit: the worker is not running (call start() first)")
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(images, prompt, sampling, future, prompts))
+            self._queue.put_nowait(_Pending(images, prompt, sampling, future, prompts, on_text))
         except asyncio.QueueFull:
             raise QueueFull(f"{self.config.max_queue} requests are already waiting") from None
         return await future
@@ -127,14 +138,24 @@ class BatchQueue:
             live = [p for p in batch if not p.future.done()]  # clients that gave up are skipped
             for p in [p for p in live if p.prompts is not None]:
                 await self._refine(p)
-            for group in _group_by_sampling([p for p in live if p.prompts is None]):
+            for p in [p for p in live if self._streams(p)]:
+                await self._one(p, self.predictor.predict_stream, p.images, p.prompt, p.sampling, p.on_text)
+            for group in _group_by_sampling([p for p in live if p.prompts is None and not self._streams(p)]):
                 await self._predict(group)
 
+    def _streams(self, p: _Pending) -> bool:
+        """A streamed request runs alone (its tokens go out as they come) when the model can stream."""
+        return p.prompts is None and p.on_text is not None and isinstance(self.predictor, StreamPredictor)
+
     async def _refine(self, p: _Pending) -> None:
+        await self._one(p, self.predictor.refine, p.images[0], p.prompt, p.prompts, p.sampling)
+
+    async def _one(self, p: _Pending, call, *args) -> None:
+        """One request alone (refine, stream): its own answer or its own error."""
         try:
-            prediction = await asyncio.to_thread(self.predictor.refine, p.images[0], p.prompt, p.prompts, p.sampling)
+            prediction = await asyncio.to_thread(call, *args)
         except Exception as err:  # as in _predict: fail this request, keep the worker
-            log.exception("refine failed")
+            log.exception("%s failed", getattr(call, "__name__", "predict"))
             self.stats.failures += 1
             if not p.future.done():
                 p.future.set_exception(err)

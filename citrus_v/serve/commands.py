@@ -85,8 +85,19 @@ def run_serve(args: argparse.Namespace) -> int:
     from citrus_v.infer.commands import model_kwargs_from_args
 
     model_kwargs = model_kwargs_from_args(args)  # a bad flag fails now, before the server starts
-    app = create_app(config=config, loader=lambda: _load(args.model, model_kwargs))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    failures: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def stop(message: str) -> None:  # a model that cannot be loaded ends the server, not a 503 forever
+        failures.append(message)
+        server.should_exit = True
+
+    app = create_app(config=config, loader=lambda: _load(args.model, model_kwargs), on_load_error=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+    server.run()
+    if failures:
+        where = f"--model {args.model}" if args.model is not None else "the default model"
+        raise UserError(f"{where}: the model could not be loaded ({failures[0].splitlines()[0][:300]})")
     return 0
 
 

@@ -23,6 +23,38 @@ DICOM_PIXEL_CHARGE = 2
 def decode_dicom(data: bytes, config: ServeConfig, param: str, reserve=None) -> np.ndarray:
     """``reserve(pixels, param)``: count the frame's pixels (from the header, each as
     ``DICOM_PIXEL_CHARGE``) before decoding them."""
+    return decode_dicom_image(data, config, param, reserve).pixels
+
+
+def decode_dicom_image(data: bytes, config: ServeConfig, param: str, reserve=None):
+    """A ``DecodedImage``: the display (what the model sees) and, for a monochrome file, its modality
+    values with the window they are shown with (the viewer's window/level works on them)."""
+    from citrus_v.serve.images import DecodedImage
+
+    image = _read(data, config, param, reserve)
+    display = _display(image, param)
+    if image.is_color:
+        return DecodedImage(display, "DICOM")
+    values = image.hu
+    if np.array_equal(values, np.rint(values)) and values.min() >= -32768 and values.max() <= 32767:
+        values = values.astype(np.int16)  # CT and most MR: integers; half the bytes of float32
+    unit = "HU" if image.modality == "CT" else "modality"
+    invert = image.photometric == "MONOCHROME1"
+    return DecodedImage(display, "DICOM", values, unit, _shown_window(image), invert)
+
+
+def _shown_window(image) -> tuple[float, float]:
+    """(center, width) close to how the display shows the values: the file's window, CT's soft tissue
+    window, else the 1st..99th percentile (the display rule of ``DicomImage.display``)."""
+    if image.file_window is not None:
+        return tuple(float(v) for v in image.file_window)
+    if image.modality == "CT":
+        return (40.0, 400.0)
+    lo, hi = (float(v) for v in np.percentile(image.hu, [1, 99]))
+    return ((lo + hi) / 2, max(hi - lo, 1.0))
+
+
+def _read(data: bytes, config: ServeConfig, param: str, reserve=None):
     from citrus_v.data.dicom_io import UnsupportedDicomError, dcmread, read_dicom
     from citrus_v.data.windowing import MedicalIOError
 
@@ -34,10 +66,21 @@ def decode_dicom(data: bytes, config: ServeConfig, param: str, reserve=None) -> 
     if reserve is not None:
         reserve(DICOM_PIXEL_CHARGE * int(header.Rows) * int(header.Columns), param)
     try:
-        return read_dicom(data, name=param).display(frame=0)
+        return read_dicom(data, name=param)
     except UnsupportedDicomError as err:
         problem = err.problem.replace("cannot decode transfer syntax", "unsupported DICOM transfer syntax")
         raise RequestError(415, problem, param, code="unsupported_dicom") from None
+    except MedicalIOError as err:
+        raise RequestError(400, f"cannot decode DICOM ({err.problem})", param, code="corrupt_image") from None
+    except Exception as err:  # noqa: BLE001 - odd header values (non-numeric windows, LUTs) are the client's bytes
+        raise RequestError(400, f"cannot decode DICOM ({type(err).__name__}: {err})", param, code="corrupt_image") from None
+
+
+def _display(image, param: str) -> np.ndarray:
+    from citrus_v.data.windowing import MedicalIOError
+
+    try:
+        return image.display(frame=0)
     except MedicalIOError as err:
         raise RequestError(400, f"cannot decode DICOM ({err.problem})", param, code="corrupt_image") from None
     except Exception as err:  # noqa: BLE001 - odd header values (non-numeric windows, LUTs) are the client's bytes

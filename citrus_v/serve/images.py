@@ -31,6 +31,11 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 class DecodedImage:
     pixels: np.ndarray  # (H, W, 3) uint8
     source_format: str  # "PNG" | "JPEG" | "DICOM"
+    # a monochrome DICOM's modality values (H, W) (Hounsfield units for CT): the viewer windows them
+    values: np.ndarray | None = None
+    unit: str | None = None  # "HU" for CT, else "modality"
+    window: tuple[float, float] | None = None  # (center, width) the values are shown with by default
+    invert: bool = False  # MONOCHROME1: high values are shown dark
 
     @property
     def size(self) -> tuple[int, int]:
@@ -126,9 +131,9 @@ def decode_image_bytes(data: bytes, config: ServeConfig, param: str, reserve: Re
     if kind is None:
         raise RequestError(415, "bytes are not a PNG, JPEG or DICOM image", param, code="unsupported_image")
     if kind == "DICOM":
-        from citrus_v.serve.dicom import decode_dicom  # pydicom only when a DICOM arrives
+        from citrus_v.serve.dicom import decode_dicom_image  # pydicom only when a DICOM arrives
 
-        return DecodedImage(decode_dicom(data, config, param, reserve), "DICOM")
+        return decode_dicom_image(data, config, param, reserve)
     return DecodedImage(_decode_pil(data, config, param, reserve), kind)
 
 
@@ -197,6 +202,16 @@ def _band_to_rgb8(band: Image.Image, extrema: tuple | None) -> np.ndarray:
         background = Image.new("RGBA", band.size, (0, 0, 0, 255))  # transparent -> black, as scanners pad
         band = Image.alpha_composite(background, band)
     return np.asarray(band if band.mode == "RGB" else band.convert("RGB"), dtype=np.uint8)
+
+
+def encode_values(image: DecodedImage) -> dict | None:
+    """A monochrome DICOM's modality values for the viewer's window/level: little-endian raw bytes,
+    base64; None for an image without them (PNG, JPEG, colour DICOM)."""
+    if image.values is None:
+        return None
+    values = image.values.astype(image.values.dtype.newbyteorder("<"), copy=False)
+    return {"unit": image.unit, "dtype": values.dtype.name, "shape": list(values.shape), "invert": image.invert,
+            "window": [round(float(v), 3) for v in image.window], "data": base64.b64encode(values.tobytes()).decode("ascii")}
 
 
 def encode_png_data_url(pixels: np.ndarray) -> str:

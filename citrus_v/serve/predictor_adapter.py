@@ -56,6 +56,14 @@ class PredictorAdapter:
         finally:
             self.sessions.release_pixels()  # the requests' pixels are charged to them only while they run
 
+    def predict_stream(self, images: list[np.ndarray], text, settings: SamplingParams, on_text) -> Prediction:
+        """One request, its answer's text handed to ``on_text`` piece by piece while it is generated."""
+        from citrus_v.infer.streaming import TokenStreamer
+
+        request = ([self.sessions.get(images[0]), *images[1:]] if images else images, text)
+        streamer = TokenStreamer(self.predictor.tokenizer, on_text)
+        return self.predictor.predict_batch([request], settings=self.generation_settings(settings), streamer=streamer)[0]
+
     def generation_settings(self, sampling: SamplingParams):
         """The request's settings over the model's defaults (``Predictor.settings``)."""
         return to_generation_settings(sampling, self.defaults)

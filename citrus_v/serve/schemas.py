@@ -18,7 +18,7 @@ from typing import Any
 from citrus_v.infer.types import Prediction
 from citrus_v.serve.errors import RequestError, finite_number, json_kind
 from citrus_v.infer.conversation import Conversation
-from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url
+from citrus_v.serve.images import DecodedImage, decode_image_url, encode_png_data_url, encode_values
 from citrus_v.serve.messages import parse_messages
 from citrus_v.serve.prompts import PromptSpec, check_prompts_on_image, parse_prompts
 from citrus_v.serve.rle import encode_box, encode_mask, mask_grid
@@ -56,6 +56,7 @@ class ChatRequest:
     prompts: PromptSpec | None = None  # extension: point/box prompts -> Predictor.refine on the one image
     # a system message or earlier turns: the whole chat, rendered as the chat template does (None: one user turn)
     conversation: Conversation | None = None
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with usage (empty choices)
 
     @property
     def text_input(self) -> str | Conversation:
@@ -89,7 +90,22 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
     if prompts is not None and images:
         check_prompts_on_image(prompts, images[0].size, "prompts")
     return ChatRequest(model, parsed.prompt, images, sampling, stream, return_images, parsed.system_text, prompts,
-                       parsed.conversation)
+                       parsed.conversation, _include_usage(body, stream))
+
+
+def _include_usage(body: dict, stream: bool) -> bool:
+    """``stream_options: {"include_usage": bool}``, which OpenAI takes only with ``stream: true``."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise RequestError(400, "is only allowed when stream is true", "stream_options")
+    if not isinstance(options, dict):
+        raise RequestError(400, f"must be an object, got {json_kind(options)}", "stream_options")
+    value = options.get("include_usage")
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(400, f"must be boolean, got {json_kind(value)}", "stream_options.include_usage")
+    return bool(value)
 
 
 def _parse_sampling(body: dict, config: ServeConfig) -> SamplingParams:
@@ -157,6 +173,23 @@ def encode_prediction_box(box, size: tuple[int, int] | None) -> dict:
     return out
 
 
+def mask_labels(prediction: Prediction, request: ChatRequest) -> list[str]:
+    """Each mask's label: its own, else the structure the prompt names ("Please segment the liver.")."""
+    from copy import copy
+
+    from citrus_v.infer.text import label_masks
+
+    masks = [copy(m) for m in prediction.masks]  # the prediction itself is left as the model returned it
+    label_masks(masks, request.prompt)
+    return [m.label for m in masks]
+
+
+def usage_of(prediction: Prediction) -> dict:
+    """OpenAI's ``usage``: the encoded prompt's tokens (image tokens included) and the generated ones."""
+    prompt, completion = prediction.num_prompt_tokens, prediction.num_generated_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
     """The fields beyond OpenAI's: masks as COCO RLE at the original size, boxes in original pixels."""
     sizes = [image.size for image in request.images]
@@ -169,7 +202,8 @@ def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
         "raw_response": {"seg_masks_rle": [encode_mask(mask_grid(m.mask, m.low_res)) for m in prediction.masks]},
         "seg_masks_rle": [encode_mask(m.mask) for m in prediction.masks],
         "seg_masks_info": [
-            {"score": round(float(m.score), 4), "label": m.label, "image_index": m.image_index} for m in prediction.masks
+            {"score": round(float(m.score), 4), "label": label, "image_index": m.image_index}
+            for m, label in zip(prediction.masks, mask_labels(prediction, request))
         ],
         "boxes": [encode_prediction_box(b, size_of(b.image_index)) for b in prediction.boxes],
         "reasoning": prediction.reasoning,
@@ -179,6 +213,8 @@ def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
     }
     if request.return_images:
         extras["images"] = [encode_png_data_url(image.pixels) for image in request.images]
+        # a monochrome DICOM's own values (HU for CT), so that the viewer windows them: None for others
+        extras["image_values"] = [encode_values(image) for image in request.images]
     return extras
 
 
@@ -192,10 +228,6 @@ def build_completion(prediction: Prediction, request: ChatRequest, model_name: s
         "created": int(time.time()),
         "model": model_name,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(prediction, request.sampling)}],
-        "usage": {
-            "prompt_tokens": 0,  # the predictor does not report it; 0 rather than a guess
-            "completion_tokens": prediction.num_generated_tokens,
-            "total_tokens": prediction.num_generated_tokens,
-        },
+        "usage": usage_of(prediction),
         **prediction_extras(prediction, request),
     }

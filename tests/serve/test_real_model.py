@@ -202,3 +202,82 @@ def test_an_answer_and_the_clicks_after_it_encode_the_image_once(adapter, image_
     assert calls == [1]  # the viewer sent the image three times; the segmenter encoded it once
     direct = adapter.predictor.refine(pixels, points=[(40, 30, 1), (100, 70, 0)])
     np.testing.assert_array_equal(decode_mask(again.json()["seg_masks_rle"][0]), direct.masks[0].mask)
+
+
+def test_tokens_stream_while_the_real_model_decodes(adapter, image_png):
+    """TokenStreamer inside generate: each piece is handed over when only part of the answer's
+    tokens exist; the pieces concatenate to the answer."""
+    pixels, _ = image_png
+    pieces: list[tuple[str, int]] = []
+    from citrus_v.infer import streaming
+
+    made = []
+    real = streaming.TokenStreamer
+
+    def spy(tokenizer, on_text):
+        made.append(real(tokenizer, lambda piece: pieces.append((piece, len(made[0].ids)))))
+        return made[0]
+
+    try:
+        script(adapter, "Sure, the liver is [SEG] here.")
+        streaming.TokenStreamer = spy
+        prediction = adapter.predict_stream([pixels], "Please segment the liver.", SamplingParams(30), lambda p: None)
+    finally:
+        streaming.TokenStreamer = real
+        unscript(adapter)
+    total = prediction.num_generated_tokens
+    assert "".join(p for p, _ in pieces) == prediction.answer == "Sure, the liver is [SEG] here."
+    assert len(pieces) >= 4 and pieces[0][1] < total // 2  # the first piece came with under half the tokens
+    assert prediction.masks[0].label == "liver"  # named after the prompt's structure
+
+
+def test_openai_client_example_against_the_real_model(adapter, image_png, tmp_path):
+    pytest.importorskip("openai")
+    import io
+
+    from openai import OpenAI
+
+    from examples.openai_client import ask, describe
+    from tests.serve.conftest import LiveServer, png_bytes
+
+    image = tmp_path / "scan.png"
+    image.write_bytes(png_bytes(90, 130))
+    pixels, _ = image_png
+    expected = adapter.predictor._encode([pixels], "Please segment the liver.", "test").input_ids
+    with LiveServer(create_app(adapter, ServeConfig())) as server:
+        try:
+            script(adapter, "Sure, it is [SEG].")
+            out = io.StringIO()
+            result = ask(OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0), image,
+                         "Please segment the liver.", max_tokens=20, out=out)
+        finally:
+            unscript(adapter)
+    assert result["answer"] == "Sure, it is [SEG]."
+    assert result["usage"]["prompt_tokens"] == len(expected) > 0  # the encoded prompt, image tokens included
+    assert result["usage"]["completion_tokens"] == len(adapter.predictor.tokenizer.encode("Sure, it is [SEG].", add_special_tokens=False)) + 1
+    assert result["extras"]["seg_masks_info"][0]["label"] == "liver"
+    assert result["extras"]["seg_masks_rle"][0]["size"] == [90, 130]
+    describe(result, out)
+    assert "mask 'liver': 90x130" in out.getvalue()
+
+
+def test_serve_exits_non_zero_when_the_model_cannot_load(tiny_dir, tmp_path):
+    """A folder that passes the early checks but whose weights are broken: the server stops and
+    says why in one line, rather than staying up answering 503."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.serve.conftest import free_port
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    run = subprocess.run(
+        [sys.executable, "-m", "citrus_v.cli", "serve", "--model", str(broken), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"citrus-v serve: --model {broken}: the model could not be loaded"), last

@@ -1,9 +1,15 @@
-// The viewer: upload an image, ask, draw the answer's masks and boxes over the image;
-// then a click on the image is a point prompt (shift-click: a negative point) sent with "prompts".
+// The viewer: upload an image, ask, read the answer (a report as Findings / Impression, its boxes
+// linked to the overlay) over the image's masks and boxes; then refine with points (click,
+// shift-click: negative) or a drawn box, undo and reset, adjust window/level and mask opacity,
+// name and colour each structure, download the masks (PNG) and the report. A refinement replaces
+// the masks only: the answer, its report and its boxes stay.
 "use strict";
 
-const COLORS = [[255, 64, 64], [64, 160, 255], [64, 220, 120], [255, 200, 40], [200, 90, 255], [255, 120, 200]];
-const state = { image: null, masks: [], boxes: [], visible: [], url: null, points: [] };
+const state = {
+  url: null, base: null, values: null, answer: null, masks: [], boxes: [], highlight: -1,
+  prompts: { points: [], box: null }, history: [], colors: {}, wl: [256, 128], opacity: 0.5,
+  tool: "point", drag: null, dragStart: null,
+};
 
 const $ = (id) => document.getElementById(id);
 
@@ -16,42 +22,24 @@ function readAsDataURL(file) {
   });
 }
 
-function loadImage(src) {
-  return new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error("the browser cannot show the decoded image"));
-    img.src = src;
+async function loadPixels(src) {
+  const img = await new Promise((resolve, reject) => {
+    const el = new Image();
+    el.onload = () => resolve(el);
+    el.onerror = () => reject(new Error("the browser cannot show the decoded image"));
+    el.src = src;
   });
+  const c = document.createElement("canvas");
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  return ctx.getImageData(0, 0, c.width, c.height);
 }
 
 function setStatus(text, isError) {
   const el = $("status");
   el.textContent = text;
   el.className = isError ? "error" : "muted";
-}
-
-async function ask(event) {
-  event.preventDefault();
-  const file = $("image-input").files[0];
-  const prompt = $("prompt-input").value;
-  if (!file) { setStatus("Choose an image first.", true); return; }
-  $("submit-button").disabled = true;
-  setStatus("Running…", false);
-  try {
-    let url = await readAsDataURL(file);
-    // FileReader gives "data:;base64," for unknown types (.dcm): the server sniffs the bytes anyway
-    url = url.replace(/^data:;base64,/, "data:application/dicom;base64,");
-    state.url = url;
-    state.points = [];  // clicks belong to one image and one answer
-    const data = await complete(url, prompt, null);
-    await show(data);
-    setStatus("Done: " + data.seg_masks_rle.length + " mask(s), " + data.boxes.length + " box(es).", false);
-  } catch (err) {
-    setStatus("Error: " + err.message, true);
-  } finally {
-    $("submit-button").disabled = false;
-  }
 }
 
 function requestBody(url, text, prompts) {
@@ -76,118 +64,202 @@ async function complete(url, text, prompts) {
   return data;
 }
 
-async function click(event) {
-  if (!state.url || !state.image) return;
+async function ask(event) {
+  event.preventDefault();
+  const file = $("image-input").files[0];
+  const prompt = $("prompt-input").value;
+  if (!file) { setStatus("Choose an image first.", true); return; }
+  $("submit-button").disabled = true;
+  setStatus("Running…", false);
+  try {
+    let url = await readAsDataURL(file);
+    // FileReader gives "data:;base64," for unknown types (.dcm): the server sniffs the bytes anyway
+    url = url.replace(/^data:;base64,/, "data:application/dicom;base64,");
+    const data = await complete(url, prompt, null);
+    state.url = url;
+    state.prompts = { points: [], box: null };  // prompts belong to one image and one answer
+    state.history = [];
+    state.base = await loadPixels(data.images[0]);
+    state.values = decodeValues((data.image_values || [])[0]);
+    fillPresets();
+    asSent();
+    state.answer = { ...data, prompt };
+    showAnswer(state.answer);
+    setMasks(data);
+    setStatus("Done: " + data.seg_masks_rle.length + " mask(s), " + data.boxes.length + " box(es).", false);
+  } catch (err) {
+    setStatus("Error: " + err.message, true);
+  } finally {
+    $("submit-button").disabled = false;
+  }
+}
+
+function colorOf(label, i) {
+  const key = label || "mask " + (i + 1);
+  if (!state.colors[key]) state.colors[key] = PALETTE[Object.keys(state.colors).length % PALETTE.length];
+  return state.colors[key];
+}
+
+function setMasks(data) {
+  state.masks = data.seg_masks_rle.map((rle, i) => {
+    const info = data.seg_masks_info[i] || {};
+    return { bits: rleDecode(rle), size: rle.size, info, visible: true, color: colorOf(info.label, i) };
+  });
+  renderMaskList();
+  $("result").hidden = false;
+  draw();
+}
+
+function draw() {
+  if (!state.base) return;
+  render($("overlay-canvas"), { base: state.base, values: state.values, masks: state.masks, boxes: state.boxes, highlight: state.highlight,
+                                prompts: state.prompts, drag: state.drag, wl: state.wl, opacity: state.opacity });
+}
+
+async function refine(action) {
+  if (!state.url || !state.base) return;
+  const { points, box } = state.prompts;
+  if (!points.length && !box) {  // every prompt undone: the answer's own masks again
+    setMasks(state.answer);
+    setStatus("Done: the answer's " + state.answer.seg_masks_rle.length + " mask(s).", false);
+    return;
+  }
+  const what = (points.length ? points.length + " point(s)" : "") + (points.length && box ? " and " : "") + (box ? "a box" : "");
+  setStatus(action + " with " + what + "…", false);
+  try {
+    // the prompts alone make the mask (text empty): SAM-style refinement through the same API
+    const data = await complete(state.url, "", box ? { points, box } : { points });
+    setMasks(data);
+    setStatus("Done: " + data.seg_masks_rle.length + " mask(s) from " + what + ".", false);
+  } catch (err) {
+    undoPrompt();
+    draw();
+    setStatus("Error: " + err.message, true);
+  }
+}
+
+function pushPrompt(change) {
+  state.history.push({ points: state.prompts.points.slice(), box: state.prompts.box });
+  change(state.prompts);
+  refine("Refining");
+}
+
+function undoPrompt() {
+  const previous = state.history.pop();
+  if (previous) state.prompts = previous;
+  return previous !== undefined;
+}
+
+function toImagePixel(event) {
   const canvas = $("overlay-canvas");
   const rect = canvas.getBoundingClientRect();
   // the canvas is drawn at the image's own size and may be shown scaled: back to image pixels
   const x = Math.min(canvas.width - 1, Math.max(0, Math.floor((event.clientX - rect.left) * canvas.width / rect.width)));
   const y = Math.min(canvas.height - 1, Math.max(0, Math.floor((event.clientY - rect.top) * canvas.height / rect.height)));
-  state.points.push([x, y, event.shiftKey ? 0 : 1]);
-  setStatus("Refining with " + state.points.length + " point(s)…", false);
-  try {
-    // the clicks alone make the mask (text empty): SAM-style refinement through the same API
-    const data = await complete(state.url, "", { points: state.points });
-    await show(data);
-    setStatus("Done: " + data.seg_masks_rle.length + " mask(s) from " + state.points.length + " point(s).", false);
-  } catch (err) {
-    state.points.pop();
-    setStatus("Error: " + err.message, true);
-  }
+  return [x, y];
 }
 
-async function show(data) {
-  state.image = await loadImage(data.images[0]);
-  state.masks = data.seg_masks_rle.map((rle, i) => ({ rle, bits: rleDecode(rle), info: data.seg_masks_info[i] || {} }));
-  state.boxes = data.boxes;
-  state.visible = state.masks.map(() => true);
-  $("answer").textContent = data.choices[0].message.content;
-  $("reasoning").textContent = data.reasoning || "(none)";
-  renderMaskList();
-  renderBoxList();
-  $("result").hidden = false;
+function onClick(event) {
+  if (state.tool !== "point" || !state.base) return;
+  const [x, y] = toImagePixel(event);
+  pushPrompt((p) => p.points.push([x, y, event.shiftKey ? 0 : 1]));
+}
+
+function onDown(event) {
+  if (state.tool === "point" || !state.base) return;
+  state.dragStart = { xy: toImagePixel(event), client: [event.clientX, event.clientY], wl: state.wl && state.wl.slice() };
+}
+
+function onMove(event) {
+  const start = state.dragStart;
+  if (!start) return;
+  if (state.tool === "box") {
+    const [x, y] = toImagePixel(event);
+    state.drag = [Math.min(x, start.xy[0]), Math.min(y, start.xy[1]), Math.max(x, start.xy[0]) + 1, Math.max(y, start.xy[1]) + 1];
+  } else {
+    dragWindow(start, event.clientX - start.client[0], event.clientY - start.client[1]);
+  }
   draw();
 }
 
-function renderMaskList() {
-  const list = $("mask-list");
-  list.replaceChildren();
-  if (!state.masks.length) { list.textContent = "(none)"; return; }
-  state.masks.forEach((m, i) => {
-    const [r, g, b] = COLORS[i % COLORS.length];
-    const li = document.createElement("li");
-    const box = document.createElement("input");
-    box.type = "checkbox"; box.checked = true; box.id = "mask-toggle-" + i;
-    box.addEventListener("change", () => { state.visible[i] = box.checked; draw(); });
-    const label = document.createElement("label");
-    label.htmlFor = box.id;
-    const swatch = document.createElement("span");
-    swatch.className = "swatch"; swatch.style.background = `rgb(${r},${g},${b})`;
-    const area = m.bits.reduce((s, v) => s + v, 0);
-    label.append(swatch, `mask ${i + 1}${m.info.label ? " (" + m.info.label + ")" : ""}: ${area} px, score ${m.info.score ?? "?"}`);
-    li.append(box, label);
-    list.append(li);
-  });
+function onUp() {
+  const box = state.drag;
+  state.dragStart = null;
+  state.drag = null;
+  if (state.tool === "box" && box && box[2] - box[0] >= 2 && box[3] - box[1] >= 2) pushPrompt((p) => { p.box = box; });
+  else draw();
 }
 
-function renderBoxList() {
-  const list = $("box-list");
-  list.replaceChildren();
-  if (!state.boxes.length) { list.textContent = "(none)"; return; }
-  for (const b of state.boxes) {
-    const li = document.createElement("li");
-    li.textContent = `${b.label || "box"}: [${b.bbox.join(", ")}]`
-      + (b.text_bbox ? ` (as written [${b.text_bbox.join(", ")}], tightened by the segmenter, predicted IoU ${b.score})` : "");
-    list.append(li);
-  }
+function presets() {
+  return state.values ? (state.values.unit === "HU" ? HU_PRESETS : { "As sent": null }) : WL_PRESETS;
 }
 
-function draw() {
+function fillPresets() {
+  $("wl-preset").replaceChildren(...Object.keys(presets()).map((name) => new Option(name, name)));
+  const v = state.values;  // the sliders span the values' range (a DICOM), or the grey levels 0..255
+  const [wMax, lMin, lMax] = v ? [Math.max(2, 2 * (v.max - v.min)), Math.floor(v.min), Math.ceil(v.max)] : [512, 0, 255];
+  Object.assign($("wl-width"), { min: 1, max: wMax });
+  Object.assign($("wl-level"), { min: lMin, max: lMax });
+}
+
+function setWindow(width, level) {
+  const v = state.values;
+  const [wMax, lMin, lMax] = v ? [+$("wl-width").max, +$("wl-level").min, +$("wl-level").max] : [512, 0, 255];
+  state.wl = [Math.min(wMax, Math.max(1, width)), Math.min(lMax, Math.max(lMin, level))];
+  $("wl-width").value = state.wl[0];
+  $("wl-level").value = state.wl[1];
+  $("wl-readout").textContent = `W ${state.wl[0]} L ${state.wl[1]}` + (v ? " " + (v.unit === "HU" ? "HU" : "(modality units)") : "");
+}
+
+function asSent() {
+  $("wl-preset").value = "As sent";
+  if (!state.values) { setWindow(256, 128); return; }
+  state.wl = null;  // the server's own display of the file
+  const [c, w] = state.values.window;
+  $("wl-readout").textContent = `as sent (about W ${Math.round(w)} L ${Math.round(c)} ${state.values.unit === "HU" ? "HU" : ""})`.replace(" )", ")");
+}
+
+function applyPreset() {
+  const chosen = presets()[$("wl-preset").value];
+  if (chosen) setWindow(...chosen); else asSent();
+  draw();
+}
+
+function dragWindow(start, dx, dy) {
+  // right widens the window, down raises the level (darker), as PACS viewers; a DICOM's values move
+  // by about its range / 256 per CSS pixel
+  const v = state.values;
+  const step = v ? Math.max(1, Math.round((v.max - v.min) / 256)) : 1;
+  const from = start.wl || (v ? [v.window[1], v.window[0]] : [256, 128]);
+  setWindow(Math.round(from[0] + dx * step), Math.round(from[1] - dy * step));
+}
+
+function reset() {
+  state.prompts = { points: [], box: null };
+  state.history = [];
+  state.highlight = -1;
+  asSent();
+  state.opacity = 0.5;
+  $("opacity").value = 50;
+  if (state.answer) { setMasks(state.answer); setStatus("Reset: the answer's masks, no prompts.", false); }
+}
+
+function bindControls() {
+  $("ask-form").addEventListener("submit", ask);
   const canvas = $("overlay-canvas");
-  const img = state.image;
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  const frame = ctx.getImageData(0, 0, canvas.width, canvas.height);
-  const px = frame.data;
-  state.masks.forEach((m, i) => {
-    if (!state.visible[i]) return;
-    const [h, w] = m.rle.size;
-    if (h !== canvas.height || w !== canvas.width) return;  // a mask for another image of the request
-    const [r, g, b] = COLORS[i % COLORS.length];
-    for (let p = 0; p < m.bits.length; p++) {
-      if (!m.bits[p]) continue;
-      // 50 % blend keeps the anatomy under the mask readable
-      px[4 * p] = (px[4 * p] + r) >> 1;
-      px[4 * p + 1] = (px[4 * p + 1] + g) >> 1;
-      px[4 * p + 2] = (px[4 * p + 2] + b) >> 1;
-    }
-  });
-  ctx.putImageData(frame, 0, 0);
-  ctx.lineWidth = Math.max(1, Math.round(canvas.width / 256));
-  ctx.font = `${Math.max(10, Math.round(canvas.width / 40))}px sans-serif`;
-  state.boxes.forEach((b, i) => {
-    if ((b.image_index || 0) !== 0) return;
-    const [x1, y1, x2, y2] = b.bbox;
-    const [r, g, bl] = COLORS[(i + 3) % COLORS.length];
-    ctx.strokeStyle = ctx.fillStyle = `rgb(${r},${g},${bl})`;
-    if (b.text_bbox) {  // the box as the model wrote it, dashed, under the tightened one
-      const [t1, u1, t2, u2] = b.text_bbox;
-      ctx.setLineDash([4 * ctx.lineWidth, 4 * ctx.lineWidth]);
-      ctx.strokeRect(t1, u1, t2 - t1, u2 - u1);
-      ctx.setLineDash([]);
-    }
-    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    if (b.label) ctx.fillText(b.label, x1 + 2, Math.max(y1 - 3, 10));
-  });
-  for (const [x, y, label] of state.points) {
-    ctx.beginPath();
-    ctx.arc(x + 0.5, y + 0.5, Math.max(2, Math.round(canvas.width / 100)), 0, 2 * Math.PI);
-    ctx.fillStyle = label ? "rgb(40,220,40)" : "rgb(230,30,30)";
-    ctx.fill();
-  }
-  canvas.dataset.drawn = String(Date.now());
+  canvas.addEventListener("click", onClick);
+  canvas.addEventListener("mousedown", onDown);
+  window.addEventListener("mousemove", onMove);
+  window.addEventListener("mouseup", onUp);
+  for (const tool of ["point", "box", "wl"]) $("tool-" + tool).addEventListener("change", () => { state.tool = tool; });
+  fillPresets();
+  $("wl-preset").addEventListener("change", applyPreset);
+  $("wl-width").addEventListener("input", () => { setWindow(+$("wl-width").value, +$("wl-level").value); draw(); });
+  $("wl-level").addEventListener("input", () => { setWindow(+$("wl-width").value, +$("wl-level").value); draw(); });
+  $("opacity").addEventListener("input", () => { state.opacity = +$("opacity").value / 100; draw(); });
+  $("undo-button").addEventListener("click", () => { if (undoPrompt()) refine("Undone; refining"); });
+  $("reset-button").addEventListener("click", reset);
+  $("download-report").addEventListener("click", downloadReport);
 }
 
 async function loadModelName() {
@@ -198,6 +270,5 @@ async function loadModelName() {
   } catch (err) { /* the header is decoration; asking still works */ }
 }
 
-$("ask-form").addEventListener("submit", ask);
-$("overlay-canvas").addEventListener("click", click);
+bindControls();
 loadModelName();
