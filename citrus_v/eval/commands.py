@@ -122,6 +122,11 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             "limit": args.limit, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "tighten_boxes": getattr(predictor, "tighten_boxes", args.tighten_boxes),
             "pixels": getattr(predictor, "pixel_range", None)}
+    import torch  # loaded already: a model ran or was given
+
+    if isinstance(getattr(predictor, "model", None), torch.nn.Module):  # where and in what precision it ran
+        param = next(predictor.model.parameters())
+        meta["device"], meta["dtype"] = str(param.device), str(param.dtype).removeprefix("torch.")
     if protocol is not None:  # the protocol sets the pixel range, decoding and tightening (meta["protocol"])
         meta["tighten_boxes"] = False
         result, meta["protocol"] = _evaluate_protocol(protocol, predictor, records, args)

@@ -119,7 +119,7 @@ class Predictor:
         path: str | os.PathLike | None = None,
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         settings: GenerationSettings | None = None,
         window: str | None = None,
         config: CitrusVConfig | None = None,
@@ -149,6 +149,10 @@ class Predictor:
                 "(train it with `citrus-v train` or pass --model DIR)"
             )
         settings = _default_settings(model_dir, settings, generation or {})
+        if isinstance(dtype, str):  # "bfloat16", as --dtype spells it
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16)")
+            dtype = getattr(torch, dtype)
         model, tokenizer, template = load_model_and_tokenizer(
             model_dir, device=device, dtype=dtype, config=config, min_pixels=min_pixels, max_pixels=max_pixels
         )

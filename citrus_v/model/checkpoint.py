@@ -214,8 +214,8 @@ def piece_shape(shape: tuple[int, ...], index: int, pieces: int) -> tuple[int, .
 
 
 def _check_complete(source: str, missing: list[str], unexpected: list[str], bad_shape: list[str]) -> None:
-    if missing or unexpected or bad_shape:
-        raise ValueError(
+    if missing or unexpected or bad_shape:  # the folder's weights are not this model's: the user's folder, one line
+        raise ModelFolderError(
             f"{source}: {len(missing)} missing tensor(s) {missing[:20]}, {len(unexpected)} unexpected "
             f"tensor(s) {unexpected[:20]}, {len(bad_shape)} shape mismatch(es) {bad_shape[:20]}"
         )

@@ -112,7 +112,8 @@ def _read_allowed_file(path: Path, config: ServeConfig, param: str) -> bytes:
     except (OSError, RuntimeError, ValueError):
         resolved = None
     if resolved is None or not any(resolved.is_relative_to(root) for root in config.allowed_image_dirs):
-        raise RequestError(403, "image path is outside the allowed directories", param, code="forbidden_path")
+        where = "" if path.is_absolute() else " (a relative path is read from the server's working directory)"
+        raise RequestError(403, f"image path is outside the allowed directories{where}", param, code="forbidden_path")
     try:
         resolved = path.resolve(strict=True)
     except (OSError, RuntimeError, ValueError):

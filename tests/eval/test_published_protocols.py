@@ -269,6 +269,8 @@ def test_a_real_predictor_runs_detection_p1_with_the_published_settings(tiny_pre
     assert row["scores"]["published_p1_hit"] in (0.0, 1.0)
     meta = json.loads((tmp_path / "o" / "eval.json").read_text())["meta"]
     assert meta["protocol"]["n"] == 1 and meta["tighten_boxes"] is False
+    assert (meta["device"], meta["dtype"]) == ("cpu", "float32")  # where and in what precision it ran
+    assert meta["pixels"]["source"].startswith("--protocol detection-p1")
 
 
 def test_a_real_predictor_gets_the_filled_prompt(tiny_predictor, tmp_path):

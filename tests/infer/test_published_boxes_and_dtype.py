@@ -102,8 +102,10 @@ def test_a_half_precision_checkpoint_loads_into_float32_exactly(tmp_path, tiny_d
     on_disk = load_file(str(tmp_path / "model.safetensors"))
     loaded = to_published_state_dict(CitrusV.from_pretrained(tmp_path).state_dict())
     assert all(torch.equal(loaded[k], on_disk[k].float()) for k in on_disk if on_disk[k].is_floating_point())
-    predictor = Predictor.from_pretrained(tmp_path, dtype=torch.bfloat16, device="cpu")
+    predictor = Predictor.from_pretrained(tmp_path, dtype="bfloat16", device="cpu")  # as --dtype spells it
     assert next(predictor.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype 'bf16' is not a torch dtype"):
+        Predictor.from_pretrained(tmp_path, dtype="bf16", device="cpu")
 
 
 def test_a_truncated_shard_is_named(tmp_path, tiny_dir):

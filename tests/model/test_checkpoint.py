@@ -10,6 +10,7 @@ from citrus_v.config import CitrusVConfig
 from citrus_v.model.build import build_model
 from citrus_v.model.checkpoint import (
     INDEX_FILE,
+    ModelFolderError,
     TIED_ALIAS,
     load_state_into,
     published_shapes,
@@ -88,7 +89,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path, tiny_model):
     tensors.pop("seg_projector.2.bias")
     tensors["grounding_encoder.sam2_model.extra"] = torch.zeros(1)
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"1 missing tensor\(s\) \['seg_projector.2.bias'\], 1 unexpected .*sam2_model.extra"):
+    with pytest.raises(ModelFolderError, match=r"1 missing tensor\(s\) \['seg_projector.2.bias'\], 1 unexpected .*sam2_model.extra"):
         CitrusV.from_pretrained(tmp_path)
 
 
