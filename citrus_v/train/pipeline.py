@@ -193,20 +193,14 @@ def _write_beside(out: Path, fill: Any) -> Path:
 
 def _fill_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any, dtype: Any) -> None:
     """Weights + config (save_pretrained, floating-point tensors stored as ``dtype`` when given),
-    tokenizer.json, and the image sizing the model was trained with (preprocessor_config.json), so
-    inference resizes images the same way."""
+    the tokenizer's files with its chat template, and the image sizing the model was trained with
+    (preprocessor_config.json), so inference resizes images the same way."""
+    from citrus_v.model.loading import write_preprocessor_config
+
     out.mkdir(parents=True, exist_ok=True)
-    tok_file = out / "tokenizer.json"
-    tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place
-    model.save_pretrained(out, tokenizer_file=None, dtype=dtype)
+    model.save_pretrained(out, dtype=dtype, tokenizer=tokenizer)
     if image_cfg is not None:
-        import json
-
-        from citrus_v.model.loading import PREPROCESSOR_FILE
-
-        pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
-               "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}
-        (out / PREPROCESSOR_FILE).write_text(json.dumps(pre, indent=2) + "\n", encoding="utf-8")
+        write_preprocessor_config(out, image_cfg)
 
 
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
