@@ -206,7 +206,7 @@ def _fill_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any, dt
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
               preset: str = "tiny", resume: bool = False, dist_ctx: DistContext | None = None, progress: bool = True,
               lora: bool = False, loader_workers: int = 0, time_budget_s: float | None = None,
-              allow_outside: bool = False, template_style: str = "auto") -> TrainResult:
+              allow_outside: bool = False, template_style: str = "auto", report_to: Sequence[str] = ()) -> TrainResult:
     """One stage from files: returns the recipe's result; ``out_dir/final`` holds the model."""
     from citrus_v.data.collate import make_collate_fn
 
@@ -228,7 +228,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
         apply_lora(model, settings)
         adjust = restrict_to_lora
     result = train(stage, model, dataset, collate, out_dir, resume=resume, dist_ctx=ctx, progress=progress,
-                   adjust_trainable=adjust, loader_workers=loader_workers, time_budget_s=time_budget_s)
+                   adjust_trainable=adjust, loader_workers=loader_workers, time_budget_s=time_budget_s, report_to=report_to)
     if ctx.is_main:
         export_final(result.final_dir, model.config, tokenizer, out_dir / "final",
                      lora_scaling=settings.scaling if settings else None, image_cfg=template.image_cfg)
@@ -239,7 +239,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
 def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | Path], out_dir: str | Path,
                    init: str | Path | None = None, preset: str = "tiny", resume: bool = False,
                    dist_ctx: DistContext | None = None, progress: bool = True, lora: bool = False,
-                   allow_outside: bool = False, template_style: str = "auto") -> list[TrainResult]:
+                   allow_outside: bool = False, template_style: str = "auto", report_to: Sequence[str] = ()) -> list[TrainResult]:
     """Stages in order, each starting from the previous stage's ``final`` folder."""
     results = []
     for stage in stages:
@@ -250,6 +250,6 @@ def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | 
             continue
         results.append(run_stage(stage, data_files=data_files, out_dir=sub, init=init, preset=preset, resume=resume,
                                  dist_ctx=dist_ctx, progress=progress, lora=lora, allow_outside=allow_outside,
-                                 template_style=template_style))
+                                 template_style=template_style, report_to=report_to))
         init = sub / "final"
     return results
