@@ -24,20 +24,26 @@ MODEL_TYPE = "citrus_v"
 
 
 class CitrusVHFConfig(PretrainedConfig):
-    """config.json of a citrus_v folder as a transformers config; :meth:`citrus_config` gives the
+    """config.json of a citrus_v folder as a transformers config; :meth:`to_citrus_config` gives the
     validated :class:`~citrus_v.config.CitrusVConfig` the model is built from."""
 
     model_type = MODEL_TYPE
 
     def __init__(self, **kwargs: Any) -> None:
+        # the published M-RoPE sections (rope_scaling) are kept as written, under the name transformers
+        # now gives them (rope_parameters), without its standardisation, which has no 'mrope' type to check
+        # and warned on every load; to_citrus_config reads them from either name
+        rope = kwargs.pop("rope_scaling", None) or kwargs.pop("rope_parameters", None)
         super().__init__(**kwargs)
+        if rope is not None:
+            self.rope_parameters = rope
 
     @property
     def layout(self) -> str:
         """``"citrus_v"`` (ours) or ``"published"``."""
         return "citrus_v" if getattr(self, "format_version", None) is not None else "published"
 
-    def citrus_config(self):
+    def to_citrus_config(self):
         """-> CitrusVConfig (the one ``citrus_v.model.loading`` reads from the same file)."""
         from citrus_v.config import CitrusVConfig
         from citrus_v.model.loading import published_config
@@ -73,14 +79,16 @@ class CitrusVForConditionalGeneration:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *args: Any, config: Any = None, device: Any = "cpu",
-                        dtype: Any = None, torch_dtype: Any = None, **hub_kwargs: Any):
+                        dtype: Any = None, torch_dtype: Any = None, citrus_config: Any = None, **hub_kwargs: Any):
         """``AutoModel`` passes the hub arguments it read (revision, trust_remote_code, ...): a folder
-        on disk needs none of them. The weights load into ``dtype`` (None / "auto": float32) on ``device``."""
+        on disk needs none of them. The weights load into ``dtype`` (None / "auto": float32) on ``device``.
+        ``citrus_config`` (a CitrusVConfig) must agree with the folder's; for a published folder it
+        supplies the SAM2 shapes, as ``Predictor.from_pretrained(config=...)`` does."""
         from citrus_v.model.citrus_v import CitrusV
         from citrus_v.model.loading import folder_config, resolve_model_path
 
         folder = resolve_model_path(directory)
-        loaded, _ = folder_config(folder)
+        loaded, _ = folder_config(folder, citrus_config)
         return CitrusV.from_pretrained(folder, device=device, config=loaded, dtype=_torch_dtype(dtype or torch_dtype))
 
     @classmethod
@@ -88,7 +96,7 @@ class CitrusVForConditionalGeneration:
         """A randomly initialised CitrusV of ``config`` (``AutoModel.from_config``)."""
         from citrus_v.model.citrus_v import CitrusV
 
-        return CitrusV(config.citrus_config())
+        return CitrusV(config.to_citrus_config())
 
     from_config = _from_config
 

@@ -67,16 +67,31 @@ def test_automodel_loads_our_folder_with_the_same_weights(tiny_dir):
     assert isinstance(auto, CitrusV) and not auto.training
     a, b = auto.state_dict(), ours.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert AutoConfig.from_pretrained(tiny_dir).citrus_config() == ours.config
+    assert AutoConfig.from_pretrained(tiny_dir).to_citrus_config() == ours.config
 
 
 def test_autoconfig_reads_a_published_layout_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(published_config_dict(tiny_config())))
     config = AutoConfig.from_pretrained(tmp_path)
     assert config.model_type == "citrus_v" and config.layout == "published"
-    read = config.citrus_config()
+    read = config.to_citrus_config()
     expected = tiny_config()
     assert (read.llm, read.vision, read.tokens) == (expected.llm, expected.vision, expected.tokens)
+
+
+def test_automodel_loads_a_published_layout_folder(tiny_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from citrus_v.model.checkpoint import to_published_state_dict
+
+    ours = CitrusV.from_pretrained(tiny_dir)
+    save_file(to_published_state_dict(ours.state_dict()), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(published_config_dict(tiny_config())))
+    (tmp_path / "tokenizer.json").write_bytes((tiny_dir / "tokenizer.json").read_bytes())
+    # the published config names SAM2-L's yaml; the tiny segmenter's shapes come with citrus_config
+    auto = AutoModel.from_pretrained(tmp_path, citrus_config=tiny_config())
+    a, b = auto.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------- chat template
