@@ -224,3 +224,15 @@ def test_cli_names_the_download_command_for_an_uncached_hub_id(tmp_path, image_f
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"hf download {HUB_ID}" in lines[0]
+
+
+def test_a_failed_registration_is_a_warning_not_an_import_error(monkeypatch):
+    from citrus_v import _auto_hook
+    from citrus_v.model import hf_auto
+
+    def broken() -> None:
+        raise RuntimeError("registry changed")
+
+    monkeypatch.setattr(hf_auto, "register_config", broken)
+    with pytest.warns(UserWarning, match="could not register with transformers' Auto classes .registry changed."):
+        _auto_hook._register("register_config")
