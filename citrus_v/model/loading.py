@@ -173,10 +173,17 @@ def pixel_range(
     return low, high, source
 
 
+# the transformers image processor ImageProcessor.qwen runs: AutoImageProcessor builds it from the file
+QWEN_IMAGE_PROCESSOR = "Qwen2VLImageProcessorPil"
+
+
 def write_preprocessor_config(directory: Path, image_cfg) -> Path:
-    """preprocessor_config.json: the image sizing ``pixel_range`` reads back."""
-    pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
-           "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}
+    """preprocessor_config.json: the image sizing ``pixel_range`` reads back, written so that
+    ``AutoImageProcessor.from_pretrained(directory)`` is the ViT side of our processor (same patches)."""
+    pre = {"image_processor_type": QWEN_IMAGE_PROCESSOR,
+           "min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
+           "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size,
+           "size": {"shortest_edge": image_cfg.min_pixels, "longest_edge": image_cfg.max_pixels}}
     path = Path(directory) / PREPROCESSOR_FILE
     path.write_text(json.dumps(pre, indent=2) + "\n", encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 import citrus_v  # noqa: F401  (registers citrus_v with the Auto classes)
 from citrus_v.config import tiny_config
@@ -152,6 +152,7 @@ def test_apply_chat_template_ids_equal_our_template_on_a_training_conversation(p
 def test_the_shipped_default_carries_the_template_for_autotokenizer():
     folder = default_model_dir()
     assert (folder / "chat_template.jinja").is_file() and (folder / "tokenizer_config.json").is_file()
+    assert type(AutoImageProcessor.from_pretrained(folder)).__name__ == "Qwen2VLImageProcessorPil"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -173,6 +174,11 @@ def test_predictor_save_pretrained_writes_a_folder_that_loads_back_whole(predict
     a = predictor.predict([image_file], "What organ is shown?")
     b = back.predict([image_file], "What organ is shown?")
     assert a.raw_text == b.raw_text and a.mean_token_prob == pytest.approx(b.mean_token_prob)
+    # the processor side: AutoImageProcessor gives the ViT patches our processor gives
+    image = np.asarray(Image.open(image_file).convert("RGB"))
+    hf = AutoImageProcessor.from_pretrained(saved)(images=[image], return_tensors="pt")
+    pixels, grid = back.template.processor.qwen([image])
+    assert torch.equal(hf["image_grid_thw"], grid) and torch.equal(hf["pixel_values"].float(), pixels)
     tokenizer = AutoTokenizer.from_pretrained(saved)
     messages = [{"role": "user", "content": "Please segment the liver."}]
     assert tokenizer.apply_chat_template(messages, return_dict=False) == predictor.tokenizer.apply_chat_template(
