@@ -46,3 +46,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+# AutoConfig / AutoModel learn "citrus_v" when transformers loads them (citrus_v/_auto_hook.py)
+from citrus_v import _auto_hook  # noqa: E402
+
+_auto_hook.install()

@@ -121,6 +121,35 @@ def _qwen_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     )
 
 
+# Our ChatML (citrus_v/data/template.py) as a transformers chat template, so
+# ``tokenizer.apply_chat_template(messages)`` renders what ``ChatTemplate`` renders: the default
+# system prompt when the first message is not a system one, ``<|im_start|>role\ncontent<|im_end|>\n``
+# per message, one ``<|vision_start|><|image_pad|><|vision_end|>`` per image (an ``<image>`` in a
+# string content, or an ``{"type": "image"}`` part as Qwen2.5-VL writes it; a processor then repeats
+# the pad once per merged patch, as ``ChatTemplate`` does), and ``<|im_start|>assistant\n`` last
+# with ``add_generation_prompt``.
+CHAT_TEMPLATE = (
+    "{%- set image = '<|vision_start|><|image_pad|><|vision_end|>' -%}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string -%}"
+    "{{ message['content'] | replace('<image>', image) }}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] in ('image', 'image_url') -%}{{ image }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] | replace('<image>', image) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """Give a raw ``tokenizers.Tokenizer`` the Qwen2.5 instruct roles of its special tokens."""
     fast = PreTrainedTokenizerFast(
@@ -133,6 +162,7 @@ def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
         model_max_length=131072,
     )
     fast.padding_side = "right"
+    fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
@@ -309,4 +339,6 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     missing = [t for t in CITRUS_TOKENS if t not in vocab]
     if missing:
         tok.add_tokens([_citrus(t) for t in missing])
+    if tok.chat_template is None:  # a folder saved before the template travelled with it
+        tok.chat_template = CHAT_TEMPLATE
     return tok

@@ -24,7 +24,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     add_input_arguments(p)
     p.add_argument("--prompt", required=True, help='the question or instruction, e.g. "Please segment the liver."')
-    p.add_argument("--model", default=None, help="model folder (ours or the published checkpoint); default: embedded")
+    p.add_argument("--model", default=None,
+                   help="model folder (ours or the published checkpoint), or a hub id already in the local Hugging Face "
+                        "cache (e.g. jdh-algo/Citrus-V-8B; never downloaded); default: embedded")
     p.add_argument("--out", default=None, help="folder for overlay.png and mask_<i>.png")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer text")
     add_generation_arguments(p)

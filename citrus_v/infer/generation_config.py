@@ -97,3 +97,18 @@ def _stop_ids(data: dict[str, Any], where: str) -> tuple[int, ...]:
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
         raise GenerationConfigError(f"{where}: eos_token_id must be a token id or a list of them, got {eos!r}")
     return tuple(ids)
+
+
+def write_generation_config(model_dir: str | Path, settings: GenerationSettings) -> Path:
+    """``settings`` as the folder's ``generation_config.json`` (read back by :func:`read_generation_config`;
+    ``seed`` and ``fast`` are run-time choices and not written)."""
+    data: dict[str, Any] = {
+        "do_sample": settings.do_sample, "temperature": settings.temperature, "top_p": settings.top_p,
+        "top_k": settings.top_k or None, "repetition_penalty": settings.repetition_penalty,
+        "max_new_tokens": settings.max_new_tokens,
+    }  # fmt: skip
+    if settings.stop_token_ids:
+        data["eos_token_id"] = list(settings.stop_token_ids)
+    path = Path(model_dir) / FILE_NAME
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path

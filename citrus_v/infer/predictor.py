@@ -140,9 +140,9 @@ class Predictor:
         (``citrus_v/infer/generation_config.py``), else greedy; ``generation`` (GenerationSettings field
         -> value, None = unset) then replaces single fields, as command-line flags do.
         """
-        from citrus_v.model.loading import load_model_and_tokenizer
+        from citrus_v.model.loading import load_model_and_tokenizer, resolve_model_path
 
-        model_dir = default_model_dir() if path is None else Path(path)
+        model_dir = default_model_dir() if path is None else resolve_model_path(path)
         if path is None and not (model_dir / "config.json").is_file():
             raise FileNotFoundError(
                 f"the embedded default model is missing: {model_dir} has no config.json "
@@ -157,6 +157,19 @@ class Predictor:
             model_dir, device=device, dtype=dtype, config=config, min_pixels=min_pixels, max_pixels=max_pixels
         )
         return cls(model, tokenizer, template, settings=settings, window=window, tighten_boxes=tighten_boxes)
+
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """The whole folder: weights and config, the tokenizer with its chat template, the image
+        sizing (preprocessor_config.json) and the generation defaults (generation_config.json), so
+        ``Predictor.from_pretrained(directory)`` and transformers' Auto classes load it back."""
+        from citrus_v.infer.generation_config import write_generation_config
+        from citrus_v.model.loading import write_preprocessor_config
+
+        directory = Path(directory)
+        self.model.save_pretrained(directory, dtype=dtype, tokenizer=self.tokenizer)
+        write_preprocessor_config(directory, self.template.image_cfg)
+        write_generation_config(directory, self.settings)
+        return directory
 
     @property
     def device(self) -> torch.device:

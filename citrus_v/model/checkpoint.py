@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -274,16 +275,27 @@ def save_pretrained(
     directory: str | Path,
     tokenizer_file: str | Path | None = None,
     dtype: torch.dtype | None = None,
+    *,
+    tokenizer: Any = None,
+    weights_only: bool = False,
 ) -> Path:
-    """config.json + model.safetensors (published names; no pickle) [+ tokenizer.json].
+    """config.json + model.safetensors (published names; no pickle) + the tokenizer files.
 
     ``dtype`` (torch.float16 / torch.bfloat16) writes every floating-point tensor at that
     precision (half the bytes: how the tiny default stays under its size budget); the loader
-    copies them into the model's own (fp32) parameters.
+    copies them into the model's own (fp32) parameters. The tokenizer comes from ``tokenizer`` (its
+    ``save_pretrained``: tokenizer.json, tokenizer_config.json, chat_template.jinja), else
+    ``tokenizer_file``, else must already lie in ``directory``: a folder that cannot load back is
+    refused before anything is written, unless ``weights_only``.
     """
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"save_pretrained: dtype must be a floating-point dtype, got {dtype}")
     directory = Path(directory)
+    if tokenizer is None and tokenizer_file is None and not weights_only and not (directory / TOKENIZER_FILE).is_file():
+        raise ValueError(
+            f"save_pretrained: {directory} would have no {TOKENIZER_FILE}; pass tokenizer= (or tokenizer_file=), "
+            "or weights_only=True for a folder that is not meant to load on its own"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     config: CitrusVConfig = model.config
     payload = {"model_type": "citrus_v", "format_version": FORMAT_VERSION, **config.to_dict()}
@@ -292,9 +304,20 @@ def save_pretrained(
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "layout": "citrus_v_published"})
-    if tokenizer_file is not None:
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, directory)
+    elif tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, directory / TOKENIZER_FILE)
     return directory
+
+
+def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """The tokenizer's own files, carrying our chat template when it has none."""
+    from citrus_v.data.tokenizer import CHAT_TEMPLATE
+
+    if getattr(tokenizer, "chat_template", None) is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(directory))
 
 
 def read_config(directory: str | Path) -> CitrusVConfig:

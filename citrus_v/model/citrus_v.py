@@ -284,11 +284,15 @@ class CitrusV(nn.Module):
 
     # ------------------------------------------------------------- persistence
     def save_pretrained(
-        self, directory: str | Path, tokenizer_file: str | Path | None = None, dtype: torch.dtype | None = None
+        self, directory: str | Path, tokenizer_file: str | Path | None = None, dtype: torch.dtype | None = None,
+        *, tokenizer=None, weights_only: bool = False,
     ) -> Path:
         """``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision; loading
-        casts them back to the model's own dtype."""
-        return save_pretrained(self, directory, tokenizer_file=tokenizer_file, dtype=dtype)
+        casts them back to the model's own dtype. The folder gets ``tokenizer``'s files (with the chat
+        template); without one it must already hold tokenizer.json, unless ``weights_only``
+        (``citrus_v.model.checkpoint.save_pretrained``). ``Predictor.save_pretrained`` writes the whole folder."""
+        return save_pretrained(self, directory, tokenizer_file=tokenizer_file, dtype=dtype, tokenizer=tokenizer,
+                               weights_only=weights_only)
 
     @classmethod
     def from_pretrained(

@@ -173,6 +173,22 @@ def pixel_range(
     return low, high, source
 
 
+# the transformers image processor ImageProcessor.qwen runs: AutoImageProcessor builds it from the file
+QWEN_IMAGE_PROCESSOR = "Qwen2VLImageProcessorPil"
+
+
+def write_preprocessor_config(directory: Path, image_cfg) -> Path:
+    """preprocessor_config.json: the image sizing ``pixel_range`` reads back, written so that
+    ``AutoImageProcessor.from_pretrained(directory)`` is the ViT side of our processor (same patches)."""
+    pre = {"image_processor_type": QWEN_IMAGE_PROCESSOR,
+           "min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
+           "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size,
+           "size": {"shortest_edge": image_cfg.min_pixels, "longest_edge": image_cfg.max_pixels}}
+    path = Path(directory) / PREPROCESSOR_FILE
+    path.write_text(json.dumps(pre, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def image_config_for(
     directory: Path, config: CitrusVConfig, layout: str, min_pixels: int | None = None, max_pixels: int | None = None
 ):
@@ -198,6 +214,44 @@ def image_config_for(
         raise ModelFolderError(f"pixel range from {source}: {err}") from None
 
 
+def resolve_model_path(name: str | Path) -> Path:
+    """A model folder on disk as it is; a hub id (``org/name``) that is no folder here -> its
+    snapshot in the local Hugging Face cache (never downloaded at run time); otherwise a one-line
+    FileNotFoundError that says how to download it."""
+    path = Path(name)
+    text = str(name)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/")):
+        return path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        raise FileNotFoundError(
+            f"{text}: no such folder, and the hub model {text} is not in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); download it first with `hf download {text}` (nothing is fetched "
+            "at run time), or pass a model folder"
+        ) from None
+
+
+def folder_config(directory: Path, config: CitrusVConfig | None = None) -> tuple[CitrusVConfig, str]:
+    """(the folder's CitrusVConfig, its layout) for either layout; ``config``, when given, must agree
+    with the folder's (for a published folder it supplies the SAM2 shapes)."""
+    from citrus_v.model.checkpoint import read_config
+
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such model folder")
+    layout = checkpoint_layout(directory)
+    if layout == "published":
+        loaded = published_config(_read_json(directory / CONFIG_FILE), config.segmenter if config else None, str(directory / CONFIG_FILE))
+    else:
+        loaded = read_config(directory)
+    if config is not None:
+        _check_same(loaded, config, directory)
+    return loaded, layout
+
+
 def load_model_and_tokenizer(
     directory: str | Path,
     device: str | torch.device = "cpu",
@@ -211,19 +265,10 @@ def load_model_and_tokenizer(
     from citrus_v.data.template import ChatTemplate
     from citrus_v.data.tokenizer import TokenIds as TokenizerIds
     from citrus_v.data.tokenizer import load_tokenizer
-    from citrus_v.model.checkpoint import read_config
     from citrus_v.model.citrus_v import CitrusV
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such model folder")
-    layout = checkpoint_layout(directory)
-    if layout == "published":
-        loaded = published_config(_read_json(directory / CONFIG_FILE), config.segmenter if config else None, str(directory / CONFIG_FILE))
-    else:
-        loaded = read_config(directory)
-    if config is not None:
-        _check_same(loaded, config, directory)
+    directory = resolve_model_path(directory)
+    loaded, layout = folder_config(directory, config)
     model = CitrusV.from_pretrained(directory, device=device, config=loaded, dtype=dtype)
     tokenizer = load_tokenizer(directory)
     ids = TokenizerIds.from_tokenizer(tokenizer)

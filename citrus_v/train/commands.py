@@ -54,6 +54,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="how <ref-object>/<bbox>/<boxes> placeholders become text: 'published' is the text the released "
                         "8B was trained on (docs/published_checkpoint.md); auto: published for a published-layout --init "
                         "and the 8b preset, ours otherwise")
+    p.add_argument("--report-to", nargs="+", default=["none"], metavar="{none,tensorboard,wandb}",
+                   help="also send the metrics to TensorBoard (<out>/tensorboard; pip install 'citrus-v[tensorboard]') "
+                        "and/or Weights & Biases (wandb), beside metrics.jsonl and loss_curve.png")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--allow-outside", action="store_true",
                    help="allow image/mask paths outside each JSONL file's folder (as `citrus-v data validate --allow-outside`)")
@@ -174,10 +177,16 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--workers {args.workers}: must be 0 or more")
     if args.time_budget_min is not None and args.time_budget_min <= 0:
         raise SystemExit(f"--time-budget-min {args.time_budget_min}: must be positive")
+    from citrus_v.train.metrics_log import check_report_to
+
+    check_report_to(args.report_to)  # before any work: a missing package is one line now, not after the data loads
 
 
 def run_train(args: argparse.Namespace) -> int:
     if (entry := _own_data_stage(args)) is not None:
+        if any(r != "none" for r in args.report_to):
+            raise SystemExit(f"--report-to applies to stages 1-4 on --data records, not to --stage {args.stage}"
+                             f"{' --cached' if args.cached else ''} (its metrics are in its own report)")
         return entry(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _check_train_args(args)
@@ -196,7 +205,8 @@ def run_train(args: argparse.Namespace) -> int:
         # the held-out split holds absolute paths by design; write_split checked them against their own folders
         outside = args.allow_outside or (val_file is not None and args.val is None)  # our own split
         common = dict(data_files=data, init=args.init, preset=args.config, resume=args.resume, dist_ctx=ctx,
-                      progress=not args.no_progress, lora=args.lora, allow_outside=outside, template_style=args.template)
+                      progress=not args.no_progress, lora=args.lora, allow_outside=outside, template_style=args.template,
+                      report_to=tuple(args.report_to))
         if len(stages) == 1:
             s = stages[0]
             if ctx.is_main:

@@ -193,26 +193,20 @@ def _write_beside(out: Path, fill: Any) -> Path:
 
 def _fill_model_folder(model: Any, tokenizer: Any, out: Path, image_cfg: Any, dtype: Any) -> None:
     """Weights + config (save_pretrained, floating-point tensors stored as ``dtype`` when given),
-    tokenizer.json, and the image sizing the model was trained with (preprocessor_config.json), so
-    inference resizes images the same way."""
+    the tokenizer's files with its chat template, and the image sizing the model was trained with
+    (preprocessor_config.json), so inference resizes images the same way."""
+    from citrus_v.model.loading import write_preprocessor_config
+
     out.mkdir(parents=True, exist_ok=True)
-    tok_file = out / "tokenizer.json"
-    tokenizer.backend_tokenizer.save(str(tok_file))  # before save_pretrained, which copies it in place
-    model.save_pretrained(out, tokenizer_file=None, dtype=dtype)
+    model.save_pretrained(out, dtype=dtype, tokenizer=tokenizer)
     if image_cfg is not None:
-        import json
-
-        from citrus_v.model.loading import PREPROCESSOR_FILE
-
-        pre = {"min_pixels": image_cfg.min_pixels, "max_pixels": image_cfg.max_pixels, "patch_size": image_cfg.patch_size,
-               "merge_size": image_cfg.merge_size, "temporal_patch_size": image_cfg.temporal_patch_size}
-        (out / PREPROCESSOR_FILE).write_text(json.dumps(pre, indent=2) + "\n", encoding="utf-8")
+        write_preprocessor_config(out, image_cfg)
 
 
 def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: str | Path, init: str | Path | None = None,
               preset: str = "tiny", resume: bool = False, dist_ctx: DistContext | None = None, progress: bool = True,
               lora: bool = False, loader_workers: int = 0, time_budget_s: float | None = None,
-              allow_outside: bool = False, template_style: str = "auto") -> TrainResult:
+              allow_outside: bool = False, template_style: str = "auto", report_to: Sequence[str] = ()) -> TrainResult:
     """One stage from files: returns the recipe's result; ``out_dir/final`` holds the model."""
     from citrus_v.data.collate import make_collate_fn
 
@@ -234,7 +228,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
         apply_lora(model, settings)
         adjust = restrict_to_lora
     result = train(stage, model, dataset, collate, out_dir, resume=resume, dist_ctx=ctx, progress=progress,
-                   adjust_trainable=adjust, loader_workers=loader_workers, time_budget_s=time_budget_s)
+                   adjust_trainable=adjust, loader_workers=loader_workers, time_budget_s=time_budget_s, report_to=report_to)
     if ctx.is_main:
         export_final(result.final_dir, model.config, tokenizer, out_dir / "final",
                      lora_scaling=settings.scaling if settings else None, image_cfg=template.image_cfg)
@@ -245,7 +239,7 @@ def run_stage(stage: StageConfig, *, data_files: Sequence[str | Path], out_dir: 
 def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | Path], out_dir: str | Path,
                    init: str | Path | None = None, preset: str = "tiny", resume: bool = False,
                    dist_ctx: DistContext | None = None, progress: bool = True, lora: bool = False,
-                   allow_outside: bool = False, template_style: str = "auto") -> list[TrainResult]:
+                   allow_outside: bool = False, template_style: str = "auto", report_to: Sequence[str] = ()) -> list[TrainResult]:
     """Stages in order, each starting from the previous stage's ``final`` folder."""
     results = []
     for stage in stages:
@@ -256,6 +250,6 @@ def run_all_stages(stages: Sequence[StageConfig], *, data_files: Sequence[str | 
             continue
         results.append(run_stage(stage, data_files=data_files, out_dir=sub, init=init, preset=preset, resume=resume,
                                  dist_ctx=dist_ctx, progress=progress, lora=lora, allow_outside=allow_outside,
-                                 template_style=template_style))
+                                 template_style=template_style, report_to=report_to))
         init = sub / "final"
     return results

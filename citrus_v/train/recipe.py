@@ -190,6 +190,7 @@ def train(
     time_budget_s: float | None = None,
     objective: nn.Module | None = None,
     on_step: Callable[[int, int], dict[str, Any]] | None = None,
+    report_to: Sequence[str] = (),
 ) -> TrainResult:
     """Train ``model`` for one stage; see the module docstring.
 
@@ -204,7 +205,8 @@ def train(
     settles on is checkpointed. ``objective`` (stages whose ``StageConfig.objective`` is not
     ``lm_mask``) scores a batch in place of the model's ``Objective``; it holds ``model`` as
     ``.model`` and may own parameters of its own (stage 0's dense heads), which train, count and
-    checkpoint with the model's. ``on_step(step, end)`` runs on the main process after each optimizer
+    checkpoint with the model's. ``report_to`` ("tensorboard", "wandb") sends the metrics rows there
+    too (``citrus_v.train.metrics_log``). ``on_step(step, end)`` runs on the main process after each optimizer
     step (cached stage 4's validation); what it returns joins that step's metrics row.
     """
     if (objective is None) != (stage.objective == "lm_mask"):
@@ -235,7 +237,7 @@ def train(
         elif ctx.is_main:
             log.info("no checkpoint under %s: starting from scratch", ckpt_root)
 
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if step else None) if ctx.is_main else None
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if step else None, report_to=report_to) if ctx.is_main else None
     window_size = stage.micro_batch_size * stage.grad_accum * ctx.world_size
     params = [p for p in owner.parameters() if p.requires_grad]
     autocast = (
@@ -314,6 +316,7 @@ def _finish(stage: StageConfig, metrics: MetricsLog | None, out_dir: Path, skipp
                  "segmenter trains)", stage.name, skipped)
     plot_path = metrics_path = None
     if metrics is not None:
+        metrics.close()
         metrics_path = metrics.path
         if metrics_path.stat().st_size:
             plot_path = plot_loss_curve(metrics_path, out_dir / "loss_curve.png", title=stage.name)

@@ -96,7 +96,7 @@ def test_weights_load_straight_into_the_dtype(published_tiny, tiny_dir, dtype):
 def test_a_half_precision_checkpoint_loads_into_float32_exactly(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setattr(checkpoint, "READ_BLOCK_BYTES", 1000)  # converted in many blocks, tensors cut mid-row
     half = CitrusV.from_pretrained(tiny_dir)
-    half.save_pretrained(tmp_path, dtype=torch.bfloat16)
+    half.save_pretrained(tmp_path, dtype=torch.bfloat16, weights_only=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_dir / name, tmp_path / name)
     on_disk = load_file(str(tmp_path / "model.safetensors"))

@@ -40,7 +40,7 @@ def test_describe_prints_parts_and_plain_total(capsys):
 
 
 def test_save_and_load_round_trip_is_bit_exact(tmp_path, tiny_model, batch):
-    tiny_model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path, weights_only=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = CitrusV.from_pretrained(tmp_path)
     assert loaded.config == tiny_model.config
@@ -84,7 +84,7 @@ def test_published_layout_sharded_with_legacy_names_loads_identically(tmp_path, 
 
 
 def test_missing_and_unexpected_tensors_are_listed(tmp_path, tiny_model):
-    tiny_model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path, weights_only=True)
     tensors = load_file(str(tmp_path / "model.safetensors"))
     tensors.pop("seg_projector.2.bias")
     tensors["grounding_encoder.sam2_model.extra"] = torch.zeros(1)
@@ -94,7 +94,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path, tiny_model):
 
 
 def test_bad_config_file_names_the_file_and_field(tmp_path, tiny_model):
-    tiny_model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path, weights_only=True)
     data = json.loads((tmp_path / "config.json").read_text())
     data["segmenter"]["image_size"] = 100
     (tmp_path / "config.json").write_text(json.dumps(data))

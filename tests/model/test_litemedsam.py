@@ -157,8 +157,8 @@ def test_freeze_plans_train_exactly_their_parts(config):
 def test_save_load_round_trip_full_and_half_precision(tmp_path, config):
     model = build_model(config, seed=3)
     state = model.state_dict()
-    full = model.save_pretrained(tmp_path / "fp32")
-    half = model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    full = model.save_pretrained(tmp_path / "fp32", weights_only=True)
+    half = model.save_pretrained(tmp_path / "fp16", dtype=torch.float16, weights_only=True)
     with safe_open(str(half / WEIGHTS_FILE), framework="pt") as f:
         keys = list(f.keys())
         seg_keys = [k for k in keys if k.startswith(PUBLISHED_LITEMEDSAM)]
@@ -180,7 +180,7 @@ def test_save_load_round_trip_full_and_half_precision(tmp_path, config):
         expected = state[k].half().to(state[k].dtype) if state[k].is_floating_point() else state[k]
         assert torch.equal(v, expected), k
     with pytest.raises(ValueError, match=r"floating-point dtype"):
-        model.save_pretrained(tmp_path / "bad", dtype=torch.int8)
+        model.save_pretrained(tmp_path / "bad", dtype=torch.int8, weights_only=True)
 
 
 def test_pixel_norm_is_a_validated_segmenter_field_the_images_follow(config):

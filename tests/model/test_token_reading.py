@@ -78,7 +78,7 @@ def test_the_head_is_in_training_state_but_never_in_a_model_folder(tiny_config, 
     model.set_token_reading(1.0)
     assert {k for k in model.state_dict() if k.startswith("token_reading.")} == {"token_reading.proj.weight", "token_reading.proj.bias"}
     assert model.parameter_counts()["reading_head"] == tiny_config.llm.hidden_size * SLOTS * 95 + SLOTS * 95
-    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m", weights_only=True)
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
         assert not any("reading" in k for k in f.keys())
     type(model).from_pretrained(tmp_path / "m")  # loads strictly without it
