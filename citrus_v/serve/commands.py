@@ -79,6 +79,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(_flag_names(str(err))) from None
     if args.model is not None:  # a wrong folder is the user's error now, not a server that never gets ready
+        from citrus_v.model.loading import resolve_model_path
+
+        args.model = resolve_model_path(args.model)  # a hub id -> its snapshot in the local cache, or one line
         if not args.model.is_dir():
             raise FileNotFoundError(f"--model {args.model}: no such model folder")
         checkpoint_layout(args.model)  # reads config.json: names the file when it is missing or not a model's

@@ -232,6 +232,17 @@ def test_cli_names_the_download_command_for_an_uncached_hub_id(tmp_path, image_f
     assert len(lines) == 1 and f"hf download {HUB_ID}" in lines[0]
 
 
+def test_serve_names_the_download_command_for_an_uncached_hub_id(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from citrus_v.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["serve", "--model", HUB_ID, "--port", "1"]) == 2  # refused before any server starts
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"hf download {HUB_ID}" in lines[0], lines
+
+
 def test_a_failed_registration_is_a_warning_not_an_import_error(monkeypatch):
     from citrus_v import _auto_hook
     from citrus_v.model import hf_auto
