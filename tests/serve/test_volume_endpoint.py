@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from citrus_v.infer.types import Mask, Prediction
 from citrus_v.serve.app import create_app
@@ -118,3 +119,63 @@ def test_chat_endpoint_still_answers(client):
 
     r = client.post("/v1/chat/completions", json=chat_body(data_url(png_bytes())))
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+
+
+class EachAnswerScripted(torch.nn.Module):
+    """Forces the k-th call's last position to ``script[k]``, counted from the last ``restart()``
+    (``script_each_batch`` restarts it at every ``predict_batch``: every answer then says the script)."""
+
+    def __init__(self, head, script: list[int]):
+        super().__init__()
+        self.head, self.script, self.step = head, script, 0
+
+    def forward(self, hidden):
+        logits = self.head(hidden)  # (B, L, V)
+        if self.step < len(self.script):
+            logits[:, -1, self.script[self.step]] += 1e4
+        self.step += 1
+        return logits
+
+
+def script_each_batch(predictor, text: str) -> None:
+    ids = predictor.tokenizer.encode(text, add_special_tokens=False) + [predictor.eos_token_id]
+    head = EachAnswerScripted(predictor.model.mllm.lm_head, ids)
+    predictor.model.mllm.lm_head = head
+    plain = predictor.predict_batch
+
+    def predict_batch(*args, **kwargs):
+        head.step = 0
+        return plain(*args, **kwargs)
+
+    predictor.predict_batch = predict_batch
+
+
+def test_real_tiny_model_endpoint_equals_the_volume_pipeline(tmp_path):
+    """The endpoint on the REAL Predictor (tiny random CitrusV, its answer scripted to carry one [SEG])
+    gives the same 3D labels as ``segment_volume`` called directly on the same model."""
+    from citrus_v.config import tiny_config
+    from citrus_v.data.medical_io import read_volume
+    from citrus_v.data.tokenizer import train_tiny_tokenizer
+    from citrus_v.model.citrus_v import CitrusV
+    from citrus_v.serve.predictor_adapter import load_predictor
+    from citrus_v.volume.inference import segment_volume
+    from tests.infer.conftest import SENTENCES
+
+    model_dir = tmp_path / "tiny"
+    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(model_dir))
+    torch.manual_seed(0)
+    CitrusV(tiny_config()).eval().save_pretrained(model_dir)
+    adapter = load_predictor(model_dir)
+    script_each_batch(adapter.predictor, "Sure, it is [SEG].")
+    cube_nifti(tmp_path / "cube.nii.gz")
+    direct = segment_volume(adapter.predictor, read_volume(tmp_path / "cube.nii.gz"), "Segment the liver.", batch_size=1)
+    with local_client(create_app(adapter, ServeConfig(max_batch=1, batch_wait_ms=1))) as c:
+        r = c.post("/v1/volumes/segment", json=body_for([tmp_path / "cube.nii.gz"]))
+    assert r.status_code == 200, r.text
+    nifti = tmp_path / "seg.nii.gz"
+    nifti.write_bytes(base64.b64decode(r.json()["files"]["nifti"].split(",", 1)[1]))
+    served = np.asarray(nib.load(str(nifti)).dataobj)
+    assert served.shape == direct.labels.shape and np.array_equal(served, direct.labels)
+    assert r.json()["names"] == direct.names
+    assert all(answer == "Sure, it is [SEG]." for answer in direct.answers.values())
+    assert all(direct.masks[0].any(axis=(0, 1)))  # a mask on every slice: the comparison is not of empty masks
