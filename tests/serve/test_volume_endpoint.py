@@ -179,3 +179,22 @@ def test_real_tiny_model_endpoint_equals_the_volume_pipeline(tmp_path):
     assert r.json()["names"] == direct.names
     assert all(answer == "Sure, it is [SEG]." for answer in direct.answers.values())
     assert all(direct.masks[0].any(axis=(0, 1)))  # a mask on every slice: the comparison is not of empty masks
+
+
+def test_volume_route_keeps_the_api_key_and_json_only(tmp_path):
+    cube_nifti(tmp_path / "cube.nii.gz")
+    app = create_app(BrightEcho(), ServeConfig(api_key="secret", max_batch=8, batch_wait_ms=1))
+    with local_client(app) as c:
+        body = body_for([tmp_path / "cube.nii.gz"])
+        assert c.post("/v1/volumes/segment", json=body).status_code == 401
+        r = c.post("/v1/volumes/segment", content=b"{}", headers={"Authorization": "Bearer secret", "Content-Type": "text/plain"})
+        assert r.status_code == 415 and r.json()["error"]["param"] == "Content-Type"
+        r = c.post("/v1/volumes/segment", json=body, headers={"Authorization": "Bearer secret"})
+        assert r.status_code == 200 and len(r.json()["slices"]) == 6
+
+
+def test_nifti_with_other_files_is_refused(client, tmp_path):
+    cube_nifti(tmp_path / "cube.nii.gz")
+    body = body_for([tmp_path / "cube.nii.gz", tmp_path / "cube.nii.gz"])
+    r = client.post("/v1/volumes/segment", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "files" and "alone" in r.json()["error"]["message"]
