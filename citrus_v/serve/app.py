@@ -83,6 +83,7 @@ def create_app(
     _add_status_routes(app, state)
 
     _add_chat_route(app, state)
+    _add_volume_route(app, state)
 
     @app.get("/")
     async def index() -> FileResponse:
@@ -128,6 +129,32 @@ def _add_chat_route(app: FastAPI, state: ServerState) -> None:
         finally:
             if release_now:
                 lease.release()
+
+
+def _add_volume_route(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/volumes/segment: a NIfTI or DICOM series segmented slice by slice (``citrus_v.serve.volumes``)."""
+    from citrus_v.serve.schemas import SamplingParams
+    from citrus_v.serve.volumes import QueuedSlices, parse_volume_request, segment_upload
+
+    @app.post("/v1/volumes/segment")
+    async def segment_volume_route(request: Request) -> Response:
+        _check_auth(request, state.config)
+        if not state.ready:
+            raise RequestError(503, "the model is still loading" if not state.load_error else "the model failed to load",
+                               code="not_ready")
+        _check_content_type(request)
+        body = await _read_json(request, state.config)
+        _check_model_name(body, state)
+        volume_request = await asyncio.to_thread(parse_volume_request, body)
+        del body
+        sampling = SamplingParams(max_tokens=state.config.default_max_tokens)
+        slices = QueuedSlices(state.queue, asyncio.get_running_loop(), sampling, state.config.request_timeout_s)
+        lease = state.pixels.lease()  # the voxels are counted from the headers, before decoding
+        try:
+            answer = await asyncio.to_thread(segment_upload, volume_request, slices, lease.take)
+            return JSONResponse({"model": state.model_name(), **answer})
+        finally:
+            lease.release()
 
 
 def _add_guards(app: FastAPI, state: ServerState) -> None:
