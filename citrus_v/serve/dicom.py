@@ -29,7 +29,7 @@ def decode_dicom(data: bytes, config: ServeConfig, param: str, reserve=None) -> 
 def decode_dicom_image(data: bytes, config: ServeConfig, param: str, reserve=None):
     """A ``DecodedImage``: the display (what the model sees) and, for a monochrome file, its modality
     values with the window they are shown with (the viewer's window/level works on them)."""
-    from citrus_v.serve.images import DecodedImage
+    from citrus_v.serve.decoded import DecodedImage
 
     image = _read(data, config, param, reserve)
     display = _display(image, param)

@@ -13,33 +13,18 @@ import binascii
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
 
+from citrus_v.serve.decoded import DecodedImage  # noqa: F401 - re-exported: the type decode_image_bytes returns
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.settings import ServeConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-@dataclass
-class DecodedImage:
-    pixels: np.ndarray  # (H, W, 3) uint8
-    source_format: str  # "PNG" | "JPEG" | "DICOM"
-    # a monochrome DICOM's modality values (H, W) (Hounsfield units for CT): the viewer windows them
-    values: np.ndarray | None = None
-    unit: str | None = None  # "HU" for CT, else "modality"
-    window: tuple[float, float] | None = None  # (center, width) the values are shown with by default
-    invert: bool = False  # MONOCHROME1: high values are shown dark
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
 def sniff_format(data: bytes) -> str | None:
