@@ -154,12 +154,17 @@ class ChatTemplate:
             prompt = IMAGE_PLACEHOLDER * len(images) + prompt
         elif n_ph != len(images):
             raise ValueError(f"prompt has {n_ph} '<image>' placeholders but {len(images)} images were given")
-        imgs = self._images(list(images))
         msgs = ([Message("system", system)] if system is not None else []) + [Message("user", prompt)]
-        ids, labels = self._encode_messages(msgs, imgs.n_tokens, add_generation_prompt=True, use_default_system=False)
+        return self.encode_messages_prompt(msgs, images, "prompt")
+
+    def encode_messages_prompt(self, msgs: Sequence[Message], images: Sequence[ImageInput], what: str = "prompt") -> Example:
+        """``msgs`` (system first if any; one ``<image>`` per image, in order) rendered as they are, ending
+        in ``<|im_start|>assistant\n``; labels all -100. ``what`` names the input in a TooLongError."""
+        imgs = self._images(list(images))
+        ids, labels = self._encode_messages(list(msgs), imgs.n_tokens, add_generation_prompt=True, use_default_system=False)
         self._check_counts(ids, imgs.n_tokens, None)
         if self.max_length is not None and len(ids) > self.max_length:
-            raise TooLongError(f"prompt is {len(ids)} tokens, max_length is {self.max_length}")
+            raise TooLongError(f"{what} is {len(ids)} tokens, max_length is {self.max_length}")
         return Example(
             torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
             imgs.pixel_values, imgs.grid, imgs.sam, torch.zeros(0, MASK_SIZE, MASK_SIZE), imgs.orig_hw, imgs.resized_hw,

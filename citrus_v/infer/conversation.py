@@ -80,20 +80,7 @@ def encode_conversation(template, images: Sequence, conversation: Conversation):
 
     ``images`` are (H, W, 3) uint8 arrays, one per ``<image>`` in the conversation, in order.
     """
-    import torch
-
-    from citrus_v.data.image_processing import MASK_SIZE
-    from citrus_v.data.template import Example, TooLongError
-
     if conversation.num_images() != len(images):
         raise ValueError(f"the conversation has {conversation.num_images()} images but {len(images)} were given")
-    imgs = template._images(list(images))  # (P, C) patches, (n_img, 3) grids, SAM inputs, token counts
     msgs = conversation_messages(conversation, template.default_system)
-    ids, labels = template._encode_messages(msgs, imgs.n_tokens, add_generation_prompt=True, use_default_system=False)
-    template._check_counts(ids, imgs.n_tokens, None)
-    if template.max_length is not None and len(ids) > template.max_length:
-        raise TooLongError(f"conversation is {len(ids)} tokens, max_length is {template.max_length}")
-    return Example(
-        torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
-        imgs.pixel_values, imgs.grid, imgs.sam, torch.zeros(0, MASK_SIZE, MASK_SIZE), imgs.orig_hw, imgs.resized_hw,
-    )  # fmt: skip
+    return template.encode_messages_prompt(msgs, images, "conversation")
