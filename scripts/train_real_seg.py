@@ -9,13 +9,16 @@ own split (file order; CVC-ClinicDB's val frames are whole blocks of the convert
 a thinned val stays out of the train frames) plus the synthetic suite's segmentation records as
 a replay slice, and ``val_<source>.jsonl`` per source for ``citrus-v eval``. The test splits
 are never read. ``table`` prints Dice per source (n, mean, median) from ``citrus-v eval``'s
-predictions. The whole run is ``scripts/train_real_seg.sh``.
+predictions (the model's own answers: a record answered without [SEG] scores 0); ``cached``
+the same from the run's cached val set (the reference answer's [SEG] states), cheap enough to
+score any model folder on the same masks. The whole run is ``scripts/train_real_seg.sh``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -103,6 +106,42 @@ def dice_table(data: Path, predictions: Path) -> dict[str, dict[str, float]]:
     return {s: {"n": len(v), "dice_mean": float(np.mean(v)), "dice_median": float(np.median(v))} for s, v in sorted(per.items())}
 
 
+def cached_table(data: Path, run: Path, model_dir: Path, image_cache: Path | None = None) -> dict[str, dict[str, float]]:
+    """Dice per source on the cached val set of ``run`` (train-seg-cached's OUT): the [SEG] states of
+    the reference answer (teacher-forced, as training sees them), decoded by ``model_dir``."""
+    import torch
+
+    from citrus_v.model.loading import load_model_and_tokenizer
+    from citrus_v.train.cached_seg import dice_of_picked
+    from citrus_v.train.feature_cache import load_cached_set, shards
+
+    records = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    sources = [source_of(r) for r in records for _ in r["masks"]]  # one per mask, cache order
+    val = load_cached_set((image_cache or run / "image_cache") / "val", run / "states" / "val", len(shards(list(range(len(records))))))
+    model, _, _ = load_model_and_tokenizer(model_dir)
+    model.eval()
+    with torch.inference_mode():
+        dice = dice_of_picked(model, val)
+    per: dict[str, list[float]] = defaultdict(list)
+    for src, d in zip(sources, dice, strict=True):
+        per[src].append(d)
+    return {s: {"n": len(v), "dice_mean": float(np.mean(v)), "dice_median": float(np.median(v))} for s, v in sorted(per.items())}
+
+
+def train(args: argparse.Namespace) -> None:
+    """``citrus-v train-seg-cached`` with a short warm-up (its CLI keeps the default 100 steps, more
+    than a CPU run of a few dozen steps has): the same stage, loss and best-on-val pick."""
+    import torch
+
+    from citrus_v.train.cached_seg import CachedSegConfig, run_cached_stage4
+
+    cfg = CachedSegConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                          val_every=args.val_every, save_every=args.val_every, max_records=None)
+    report = run_cached_stage4(cfg, init=args.init, data=args.data, out_dir=args.out, val_data=args.val,
+                               image_cache=args.image_cache, save_dtype=torch.float16, resume=args.resume, progress=False)
+    print(f"val Dice before {report['val_dice_before']:.4f}, best {report['best']['dice']:.4f} at step {report['best']['step']}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -110,11 +149,36 @@ def main() -> None:
     s.add_argument("--real", type=Path, required=True)
     s.add_argument("--synthetic", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
+    tr = sub.add_parser("train", help="cached stage 4 with a short warm-up")
+    for flag in ("init", "data", "val", "out"):
+        tr.add_argument(f"--{flag}", type=Path, required=True)
+    tr.add_argument("--image-cache", type=Path, default=None)
+    tr.add_argument("--steps", type=int, default=72)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--warmup", type=int, default=8)
+    tr.add_argument("--val-every", type=int, default=24)
+    tr.add_argument("--resume", action="store_true")
+    c = sub.add_parser("cached", help="Dice per source on the cached val set (teacher-forced [SEG] states)")
+    c.add_argument("data", type=Path, help="the val JSONL the run cached")
+    c.add_argument("run", type=Path, help="train-seg-cached's --out")
+    c.add_argument("model", type=Path, nargs="+", help="model folder(s) to score")
+    c.add_argument("--image-cache", type=Path, default=None, help="the run's --image-cache, if it had one")
     t = sub.add_parser("table")
     t.add_argument("data", type=Path, nargs="+", help="data file(s) then the predictions.jsonl")
     args = p.parse_args()
     if args.cmd == "subsets":
         print(json.dumps(subsets(args.real, args.synthetic, args.out), indent=1))
+        return
+    if args.cmd == "train":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        train(args)
+        return
+    if args.cmd == "cached":
+        for model in args.model:
+            print(f"{model}:")
+            for src, r in cached_table(args.data, args.run, model, args.image_cache).items():
+                print(f"| {src} | {r['n']} | {r['dice_mean']:.3f} | {r['dice_median']:.3f} |")
         return
     *datas, preds = args.data
     for data in datas:
