@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 21, segmentation side: cached stage 4 of the shipped default on the real suite's masks
+# (CVC-ClinicDB polyps, COVID lung masks, MoNuSeg nuclei, DRIVE vessels) plus a synthetic replay slice,
+# measured per source on VALIDATION records only (the test splits are not read).
+# Usage: bash scripts/train_real_seg.sh REAL_SUITE [RUN_DIR]
+#   REAL_SUITE: the folder `citrus-v data real-suite` wrote (one subfolder per source)
+# Time and memory on the 2-core development machine: docs/default_model.md, "Real data (issue 21)".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REAL=${1:?usage: bash scripts/train_real_seg.sh REAL_SUITE [RUN_DIR]}
+RUN=${2:-runs/realseg}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p "$RUN"
+if [ ! -f "$RUN/suite/val.jsonl" ]; then
+  citrus-v data phantoms --out "$RUN/suite" --n 400 --n-val 100 --n-test 1 --seed 7 --size 224
+fi
+if [ ! -f "$RUN/data/val.jsonl" ]; then
+  python scripts/train_real_seg.py subsets --real "$REAL" --synthetic "$RUN/suite" --out "$RUN/data"
+fi
+if [ ! -f "$RUN/eval_before/eval.json" ]; then
+  citrus-v eval --data "$RUN/data/val.jsonl" --model citrus_v/assets/default --out "$RUN/eval_before" --no-progress
+fi
+if [ ! -f "$RUN/stage4/final/config.json" ]; then
+  # cached stage 4 (as citrus-v train-seg-cached) with 8 warm-up steps: batch 8, lr 5e-4, 72 steps, val every 24;
+  # --resume continues an interrupted run (finished cache shards and checkpoints are kept)
+  python scripts/train_real_seg.py train --init citrus_v/assets/default --data "$RUN/data/train.jsonl" \
+    --val "$RUN/data/val.jsonl" --out "$RUN/stage4" --resume
+fi
+if [ ! -f "$RUN/eval_after/eval.json" ]; then
+  citrus-v eval --data "$RUN/data/val.jsonl" --model "$RUN/stage4/final" --out "$RUN/eval_after" --no-progress
+fi
+echo "val Dice per source on the cached features (reference [SEG] states): before, after"
+python scripts/train_real_seg.py cached "$RUN/data/val.jsonl" "$RUN/stage4" citrus_v/assets/default "$RUN/stage4/final"
+for k in before after; do
+  echo "val Dice per source, $k (source | masks | mean | median):"
+  python scripts/train_real_seg.py table "$RUN/data/val.jsonl" "$RUN/eval_$k/predictions.jsonl"
+done
