@@ -57,7 +57,11 @@ def describe(result: dict, out=sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from openai import OpenAI, OpenAIError
+    try:
+        from openai import OpenAI, OpenAIError
+    except ImportError:  # citrus-v does not need it; this example does
+        print("this example needs the openai package: pip install openai", file=sys.stderr)
+        return 2
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", type=Path)
