@@ -66,28 +66,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace, predictor=None) -> int:
     """The handler; ``predictor`` lets tests inject one instead of loading ``--model``."""
     from citrus_v.data.schema import read_jsonl
-    from citrus_v.eval.runner import evaluate, read_predictions
+    from citrus_v.eval.runner import evaluate
 
     if args.from_predictions is not None:
-        given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
-                                          ("--max-new-tokens", args.max_new_tokens)) if value is not None]
-        given += [f"--{flag.replace('_', '-')}" for flag in ("device", "dtype", "min_pixels", "max_pixels")
-                  if getattr(args, flag) is not None]
-        given += [] if args.tighten_boxes is None else ["--tighten-boxes" if args.tighten_boxes else "--text-boxes"]
-        given += ["--protocol"] if getattr(args, "protocol", None) else []
-        if given:
-            raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} "
-                            "would not apply")
-        try:
-            result = read_predictions(args.from_predictions)
-        except (FileNotFoundError, ValueError) as err:
-            raise UserError(str(err)) from None
-        meta = {"from_predictions": str(args.from_predictions)}
-        beside = args.from_predictions.parent / "eval.json"  # the run that made them, when it is still there
-        if beside.is_file():
-            with contextlib.suppress(ValueError, AttributeError):
-                meta["predicted_by"] = json.loads(beside.read_text(encoding="utf-8")).get("meta")
-        return _write(result, args.out, meta)
+        return _rescore(args)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
@@ -101,32 +83,8 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
                 raise UserError(f"--{flag.replace('_', '-')}: --protocol {protocol} sets the published value; "
                                 "give one of the two")
     records = read_jsonl(args.data)
-    if predictor is None:
-        # heavy import (torch, transformers) only when a model is really needed
-        try:
-            from citrus_v.infer.predictor import Predictor
-        except ModuleNotFoundError as err:
-            if err.name != "citrus_v.infer.predictor":
-                raise
-            raise UserError("no predictor in this install (citrus_v/infer/predictor.py)") from None
-        if args.max_new_tokens is not None:
-            from citrus_v.infer.generation import GenerationSettings
-
-            GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value before the model loads
-        from citrus_v.infer.commands import model_kwargs_from_args
-
-        # the folder's generation_config.json sets the defaults; --max-new-tokens replaces that one field
-        predictor = Predictor.from_pretrained(args.model, generation={"max_new_tokens": args.max_new_tokens},
-                                              **model_kwargs_from_args(args))
-    meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
-            "limit": args.limit, "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens, "tighten_boxes": getattr(predictor, "tighten_boxes", args.tighten_boxes),
-            "pixels": getattr(predictor, "pixel_range", None)}
-    import torch  # loaded already: a model ran or was given
-
-    if isinstance(getattr(predictor, "model", None), torch.nn.Module):  # where and in what precision it ran
-        param = next(predictor.model.parameters())
-        meta["device"], meta["dtype"] = str(param.device), str(param.dtype).removeprefix("torch.")
+    predictor = predictor if predictor is not None else _eval_predictor(args)
+    meta = _run_meta(args, predictor)
     if protocol is not None:  # the protocol sets the pixel range, decoding and tightening (meta["protocol"])
         meta["tighten_boxes"] = False
         result, meta["protocol"] = _evaluate_protocol(protocol, predictor, records, args)
@@ -141,6 +99,62 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
     except ValueError as err:  # a record whose placeholders cannot be filled, named by index
         raise UserError(f"--data {args.data}: {err}") from None
     return _write(result, args.out, meta)
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    """``--from-predictions``: score a predictions.jsonl again, no model; model flags are refused."""
+    from citrus_v.eval.runner import read_predictions
+
+    given = [flag for flag, value in (("--model", args.model), ("--limit", args.limit),
+                                      ("--max-new-tokens", args.max_new_tokens)) if value is not None]
+    given += [f"--{flag.replace('_', '-')}" for flag in ("device", "dtype", "min_pixels", "max_pixels")
+              if getattr(args, flag) is not None]
+    given += [] if args.tighten_boxes is None else ["--tighten-boxes" if args.tighten_boxes else "--text-boxes"]
+    given += ["--protocol"] if getattr(args, "protocol", None) else []
+    if given:
+        raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} would not apply")
+    try:
+        result = read_predictions(args.from_predictions)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    meta = {"from_predictions": str(args.from_predictions)}
+    beside = args.from_predictions.parent / "eval.json"  # the run that made them, when it is still there
+    if beside.is_file():
+        with contextlib.suppress(ValueError, AttributeError):
+            meta["predicted_by"] = json.loads(beside.read_text(encoding="utf-8")).get("meta")
+    return _write(result, args.out, meta)
+
+
+def _eval_predictor(args: argparse.Namespace):  # -> Predictor
+    """``--model`` with the model flags; the folder's generation_config.json under ``--max-new-tokens``."""
+    # heavy import (torch, transformers) only when a model is really needed
+    try:
+        from citrus_v.infer.predictor import Predictor
+    except ModuleNotFoundError as err:
+        if err.name != "citrus_v.infer.predictor":
+            raise
+        raise UserError("no predictor in this install (citrus_v/infer/predictor.py)") from None
+    from citrus_v.infer.commands import model_kwargs_from_args
+    from citrus_v.infer.generation import GenerationSettings
+
+    if args.max_new_tokens is not None:
+        GenerationSettings(max_new_tokens=args.max_new_tokens)  # validates the value before the model loads
+    return Predictor.from_pretrained(args.model, generation={"max_new_tokens": args.max_new_tokens},
+                                     **model_kwargs_from_args(args))
+
+
+def _run_meta(args: argparse.Namespace, predictor) -> dict:  # noqa: ANN001
+    """What eval.json says of the run: data, model, limits, boxes, image range, device and dtype."""
+    import torch  # loaded already: a model ran or was given
+
+    meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
+            "limit": args.limit, "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens, "tighten_boxes": getattr(predictor, "tighten_boxes", args.tighten_boxes),
+            "pixels": getattr(predictor, "pixel_range", None)}
+    if isinstance(getattr(predictor, "model", None), torch.nn.Module):  # where and in what precision it ran
+        param = next(predictor.model.parameters())
+        meta["device"], meta["dtype"] = str(param.device), str(param.dtype).removeprefix("torch.")
+    return meta
 
 
 def _filler(predictor, args: argparse.Namespace):  # noqa: ANN001
