@@ -374,8 +374,6 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
     ``max_pixels``: refuse, from the header and before decoding, a file of more rows x columns x frames.
     A header that disagrees with its pixel data, or pixels that are NaN/infinite, are refused.
     """
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
-
     ds = dcmread(source, name=name)
     # what errors and DicomImage.path name: the file, or the given name for bytes
     path = (name or BYTES_NAME) if isinstance(source, (bytes, bytearray, memoryview)) else source
@@ -385,24 +383,7 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
     raw = decode_pixels(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    try:
-        if photometric == "PALETTE COLOR":
-            rgb = apply_color_lut(raw, ds)
-            # 16-bit palette entries are scaled to 8 bits
-            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-            pixels = rgb.astype(np.float32) / (257.0 if bits == 16 else 1.0)
-            samples = 3
-        elif samples == 3:
-            pixels = raw.astype(np.float32)
-            if raw.dtype.itemsize > 1:  # 16/32-bit colour (e.g. RLE 16 bit): scale to 0..255
-                pixels = pixels / float(2 ** int(ds.BitsStored) - 1) * 255.0
-        else:
-            pixels = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
-    except MedicalIOError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a LUT that does not fit the data is a bad file
-        raise MedicalIOError(path, f"cannot apply the modality/colour LUT: {err}") from None
+    pixels, samples = _to_units(ds, raw, photometric, path)
     # normalise to a leading frame axis: (F, H, W) or (F, H, W, 3)
     per_frame_ndim = 3 if samples == 3 else 2
     if pixels.ndim == per_frame_ndim:
@@ -431,6 +412,28 @@ def read_dicom(source: DicomSource, *, name: str | None = None, max_pixels: int 
         voi_function=voi_function,
         _voi_header=voi_header,
     )
+
+
+def _to_units(ds, raw: np.ndarray, photometric: str, path) -> tuple[np.ndarray, int]:  # noqa: ANN001
+    """Decoded stored values -> (float32 pixels in modality units or 0..255 RGB, samples per pixel)."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    try:
+        if photometric == "PALETTE COLOR":
+            rgb = apply_color_lut(raw, ds)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])  # 16-bit palette entries are scaled to 8 bits
+            return rgb.astype(np.float32) / (257.0 if bits == 16 else 1.0), 3
+        if samples == 3:
+            pixels = raw.astype(np.float32)
+            if raw.dtype.itemsize > 1:  # 16/32-bit colour (e.g. RLE 16 bit): scale to 0..255
+                pixels = pixels / float(2 ** int(ds.BitsStored) - 1) * 255.0
+            return pixels, 3
+        return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32), samples
+    except MedicalIOError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a LUT that does not fit the data is a bad file
+        raise MedicalIOError(path, f"cannot apply the modality/colour LUT: {err}") from None
 
 
 def _plain(v: Any) -> Any:
