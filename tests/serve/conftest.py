@@ -120,3 +120,18 @@ def live_echo_server(echo_predictor):
 
     with LiveServer(create_app(echo_predictor, ServeConfig(max_batch=8, batch_wait_ms=10))) as server:
         yield server
+
+
+def write_tiny_model(directory):
+    """A tiny random CitrusV (seed 0) with a small trained tokenizer saved in ``directory``; returns it."""
+    import torch
+
+    from citrus_v.config import tiny_config
+    from citrus_v.data.tokenizer import train_tiny_tokenizer
+    from citrus_v.model.citrus_v import CitrusV
+    from tests.infer.conftest import SENTENCES
+
+    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(directory))
+    torch.manual_seed(0)
+    CitrusV(tiny_config()).eval().save_pretrained(directory)
+    return directory

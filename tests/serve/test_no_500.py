@@ -11,18 +11,14 @@ import json
 
 import httpx
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from citrus_v.config import tiny_config
-from citrus_v.data.tokenizer import train_tiny_tokenizer
 from citrus_v.model.citrus_v import CitrusV
 from citrus_v.serve.app import create_app
 from citrus_v.serve.predictor_adapter import load_predictor
 from citrus_v.serve.settings import ServeConfig
-from tests.infer.conftest import SENTENCES
-from tests.serve.conftest import LiveServer, chat_body, data_url, png_bytes
+from tests.serve.conftest import LiveServer, chat_body, data_url, png_bytes, write_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
@@ -31,11 +27,7 @@ MAX_PIXELS = 4096  # keeps every example small: a 1-thread CPU runs the tiny mod
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("no500_tiny_model")
-    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(directory))
-    torch.manual_seed(0)
-    CitrusV(tiny_config()).eval().save_pretrained(directory)
-    return directory
+    return write_tiny_model(tmp_path_factory.mktemp("no500_tiny_model"))
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,16 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from citrus_v.config import tiny_config
-from citrus_v.data.tokenizer import train_tiny_tokenizer
 from citrus_v.infer.generation import GenerationSettings
-from citrus_v.model.citrus_v import CitrusV
 from citrus_v.serve.app import create_app
 from citrus_v.serve.predictor_adapter import PredictorAdapter, load_predictor
 from citrus_v.serve.rle import mask_grid
 from citrus_v.serve.settings import ServeConfig
-from tests.infer.conftest import SENTENCES, ScriptedHead
-from tests.serve.conftest import EchoPredictor, data_url, local_client, png_bytes
+from tests.infer.conftest import ScriptedHead
+from tests.serve.conftest import EchoPredictor, data_url, local_client, png_bytes, write_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
@@ -45,11 +41,7 @@ def published_request(url: str, text: str, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("published_contract_model")
-    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(directory))
-    torch.manual_seed(0)
-    CitrusV(tiny_config()).eval().save_pretrained(directory)
-    return directory
+    return write_tiny_model(tmp_path_factory.mktemp("published_contract_model"))
 
 
 @pytest.fixture(scope="module")

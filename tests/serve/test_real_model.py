@@ -6,10 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
-from citrus_v.config import tiny_config
-from citrus_v.data.tokenizer import train_tiny_tokenizer
 from citrus_v.infer.generation import GenerationSettings
 from citrus_v.model.citrus_v import CitrusV
 from citrus_v.serve.app import create_app
@@ -17,19 +14,15 @@ from citrus_v.serve.predictor_adapter import PredictorAdapter, load_predictor, t
 from citrus_v.serve.rle import decode_mask, encode_box
 from citrus_v.serve.schemas import SamplingParams
 from citrus_v.serve.settings import ServeConfig
-from tests.infer.conftest import SENTENCES, ScriptedHead
-from tests.serve.conftest import chat_body, data_url, local_client
+from tests.infer.conftest import ScriptedHead
+from tests.serve.conftest import chat_body, data_url, local_client, write_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("serve_tiny_model")
-    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(directory))
-    torch.manual_seed(0)
-    CitrusV(tiny_config()).eval().save_pretrained(directory)
-    return directory
+    return write_tiny_model(tmp_path_factory.mktemp("serve_tiny_model"))
 
 
 @pytest.fixture(scope="module")

@@ -153,19 +153,13 @@ def script_each_batch(predictor, text: str) -> None:
 def test_real_tiny_model_endpoint_equals_the_volume_pipeline(tmp_path):
     """The endpoint on the REAL Predictor (tiny random CitrusV, its answer scripted to carry one [SEG])
     gives the same 3D labels as ``segment_volume`` called directly on the same model."""
-    from citrus_v.config import tiny_config
     from citrus_v.data.medical_io import read_volume
-    from citrus_v.data.tokenizer import train_tiny_tokenizer
-    from citrus_v.model.citrus_v import CitrusV
     from citrus_v.serve.predictor_adapter import load_predictor
     from citrus_v.volume.inference import segment_volume
-    from tests.infer.conftest import SENTENCES
+    from tests.serve.conftest import write_tiny_model
 
-    model_dir = tmp_path / "tiny"
-    train_tiny_tokenizer(SENTENCES, vocab_size=400).save_pretrained(str(model_dir))
-    torch.manual_seed(0)
-    CitrusV(tiny_config()).eval().save_pretrained(model_dir)
-    adapter = load_predictor(model_dir)
+    (tmp_path / "tiny").mkdir()
+    adapter = load_predictor(write_tiny_model(tmp_path / "tiny"))
     script_each_batch(adapter.predictor, "Sure, it is [SEG].")
     cube_nifti(tmp_path / "cube.nii.gz")
     direct = segment_volume(adapter.predictor, read_volume(tmp_path / "cube.nii.gz"), "Segment the liver.", batch_size=1)
