@@ -98,9 +98,7 @@ def _add_chat_route(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         _check_auth(request, state.config)
-        if not state.ready:
-            raise RequestError(503, "the model is still loading" if not state.load_error else "the model failed to load",
-                               code="not_ready")
+        _check_ready(state)
         # refuse before decoding images when the queue is already full: decoding is the costly part
         if state.queue.is_full():
             raise RequestError(503, "server busy: request queue is full, retry later", code="queue_full")
@@ -131,6 +129,12 @@ def _add_chat_route(app: FastAPI, state: ServerState) -> None:
                 lease.release()
 
 
+def _check_ready(state: ServerState) -> None:
+    if not state.ready:
+        raise RequestError(503, "the model is still loading" if not state.load_error else "the model failed to load",
+                           code="not_ready")
+
+
 def _add_volume_route(app: FastAPI, state: ServerState) -> None:
     """POST /v1/volumes/segment: a NIfTI or DICOM series segmented slice by slice (``citrus_v.serve.volumes``)."""
     from citrus_v.serve.schemas import SamplingParams
@@ -139,9 +143,7 @@ def _add_volume_route(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/volumes/segment")
     async def segment_volume_route(request: Request) -> Response:
         _check_auth(request, state.config)
-        if not state.ready:
-            raise RequestError(503, "the model is still loading" if not state.load_error else "the model failed to load",
-                               code="not_ready")
+        _check_ready(state)
         _check_content_type(request)
         body = await _read_json(request, state.config)
         _check_model_name(body, state)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from citrus_v.data.schema import IMAGE_PLACEHOLDER, SEG_TOKEN, Message, Record
+from citrus_v.data.schema import Record
 from citrus_v.data.sources.common import SourceError, save_array_png
+from citrus_v.data.sources.masks import segmentation_record
 
 QUESTION = "Please segment the polyp."
-ANSWER = f"Sure, it is {SEG_TOKEN}."
 _EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _FOLDERS = (("images", "masks"), ("Original", "Ground Truth"))
 
@@ -94,14 +94,7 @@ def load_cvc_clinicdb(src: str | Path, *, image_dir: str | Path, frames: set[int
         mask = (grey >= 128).astype(np.uint8) * 255
         img_path = save_array_png(rgb, image_dir / f"cvc_{frame:03d}.png")
         mask_path = save_array_png(mask, image_dir / f"cvc_{frame:03d}_polyp.png")
-        records.append(
-            Record(
-                messages=[Message("user", f"{IMAGE_PLACEHOLDER}{QUESTION}"), Message("assistant", ANSWER)],
-                images=[str(img_path)],
-                masks=[str(mask_path)],
-                task="segmentation",
-                modality="endoscopy",
-                meta={"source": "cvc-clinicdb", "frame": frame, "sequence": sequence, "split": split_of(frame)},
-            )
-        )
+        records.append(segmentation_record(img_path, mask_path, QUESTION, "endoscopy",
+                                           {"source": "cvc-clinicdb", "frame": frame, "sequence": sequence,
+                                            "split": split_of(frame)}))
     return records

@@ -19,6 +19,14 @@ from citrus_v.data.sources.common import SourceError, save_array_png
 SEG_ANSWER = f"Sure, it is {SEG_TOKEN}."
 
 
+def segmentation_record(image: Path, mask: Path, question: str, modality: str, meta: dict[str, Any]) -> Record:
+    """One image, one mask, "<question>" -> "Sure, it is [SEG].": every real segmentation source's record."""
+    return Record(
+        messages=[Message("user", f"{IMAGE_PLACEHOLDER}{question}"), Message("assistant", SEG_ANSWER)],
+        images=[str(image)], masks=[str(mask)], task="segmentation", modality=modality, meta=meta,
+    )
+
+
 def read_rgb_and_mask(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 image and (H, W) bool mask (grey >= 128); sizes must agree."""
     from PIL import Image
@@ -66,14 +74,6 @@ def tiled_seg_records(
         name = stem if grid == 1 else f"{stem}_t{k:02d}"
         img_path = save_array_png(rgb[y0:y1, x0:x1], image_dir / f"{name}.png")
         mask_path = save_array_png(tile_mask.astype(np.uint8) * 255, image_dir / f"{name}_mask.png")
-        records.append(
-            Record(
-                messages=[Message("user", f"{IMAGE_PLACEHOLDER}{question}"), Message("assistant", SEG_ANSWER)],
-                images=[str(img_path)],
-                masks=[str(mask_path)],
-                task="segmentation",
-                modality=modality,
-                meta={**meta, "tile": [y0, y1, x0, x1]} if grid > 1 else dict(meta),
-            )
-        )
+        records.append(segmentation_record(img_path, mask_path, question, modality,
+                                           {**meta, "tile": [y0, y1, x0, x1]} if grid > 1 else dict(meta)))
     return records
