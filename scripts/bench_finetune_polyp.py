@@ -49,8 +49,10 @@ def cli(*args: str) -> tuple[list[str], float]:
 
 
 def write_blocks(data: Path) -> dict[str, Path]:
-    """``train/val/test.jsonl`` beside ``data`` (same folder, so relative image paths hold)."""
+    """``train/val/test.jsonl`` beside ``data`` (same folder, so relative image paths hold): the
+    segmentation records only (the converter also writes a "locate" record per frame)."""
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["task"] == "segmentation"]
     out = {}
     for split, (lo, hi) in BLOCKS.items():
         path = data.parent / f"{split}.jsonl"

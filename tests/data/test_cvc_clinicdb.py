@@ -35,9 +35,10 @@ BOXES = {30: (4, 12, 6, 20), 1: (10, 20, 10, 20), 26: (0, 8, 0, 8)}
 def test_frames_become_polyp_records_with_binary_masks_and_sequences(tmp_path: Path):
     src = fake_set(tmp_path / "CVC-ClinicDB", BOXES)
     jsonl, records = convert("cvc-clinicdb", src, tmp_path / "out")
-    assert [r.meta["frame"] for r in records] == [1, 26, 30]  # frame order, not file-system order
-    assert [r.meta["sequence"] for r in records] == [1, 2, 2]
-    again = read_jsonl(jsonl)
+    assert [(r.meta["frame"], r.task) for r in records] == [
+        (f, t) for f in (1, 26, 30) for t in ("segmentation", "detection")]  # frame order, not file-system order
+    assert [r.meta["sequence"] for r in records[::2]] == [1, 2, 2]
+    again = [r for r in read_jsonl(jsonl) if r.task == "segmentation"]
     assert [r.messages[0].content for r in again] == ["<image>Please segment the polyp."] * 3
     assert [r.messages[1].content for r in again] == ["Sure, it is [SEG]."] * 3
     assert {r.task for r in again} == {"segmentation"} and {r.modality for r in again} == {"endoscopy"}
@@ -54,19 +55,35 @@ def test_frames_become_polyp_records_with_binary_masks_and_sequences(tmp_path: P
 def test_cli_converts_a_folder_and_the_result_validates(tmp_path: Path, capsys):
     src = fake_set(tmp_path / "cvc", {5: (2, 9, 2, 9), 6: (3, 9, 3, 9)})
     assert main(["data", "convert", "--format", "cvc-clinicdb", str(src), "--out", str(tmp_path / "out")]) == 0
-    assert "wrote 2 records" in capsys.readouterr().out
+    assert "wrote 4 records" in capsys.readouterr().out
     assert main(["data", "validate", str(tmp_path / "out" / "data.jsonl")]) == 0
 
 
 def test_frames_filter_and_refusals(tmp_path: Path):
     src = fake_set(tmp_path / "cvc", BOXES)
     _, records = convert("cvc-clinicdb", src, tmp_path / "out", frames={26, 30, 999})
-    assert [r.meta["frame"] for r in records] == [26, 30]
+    assert [r.meta["frame"] for r in records] == [26, 26, 30, 30]
     (src / "masks" / "26.jpg").unlink()
     with pytest.raises(SourceError, match=r"masks: no mask for frame\(s\) \[26\]"):
         convert("cvc-clinicdb", src, tmp_path / "out2")
     with pytest.raises(SourceError, match="expected the folders images/ and masks/"):
         convert("cvc-clinicdb", tmp_path / "out", tmp_path / "out3")
+
+
+def test_locate_records_carry_each_component_box_top_to_bottom(tmp_path: Path):
+    src = fake_set(tmp_path / "cvc", {7: (10, 20, 2, 9)})
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[10:20, 2:9] = 255  # the fake polyp
+    mask[1:5, 20:30] = 255  # a second one, higher up
+    mask[30, 30] = 255  # one pixel of dust: no box
+    Image.fromarray(mask).save(src / "masks" / "7.png")
+    (src / "masks" / "7.jpg").unlink()
+    _, records = convert("cvc-clinicdb", src, tmp_path / "out")
+    det = [r for r in records if r.task == "detection"]
+    assert len(det) == 1 and det[0].messages[0].content == "<image>Please locate the polyp."
+    assert det[0].messages[1].content == "<boxes>" and det[0].objects.ref == ["polyp", "polyp"]
+    assert det[0].objects.bbox == [[20.0, 1.0, 30.0, 5.0], [2.0, 10.0, 9.0, 20.0]]
+    assert det[0].images == [r for r in records if r.task == "segmentation"][0].images
 
 
 def test_sequence_table_edges():

@@ -55,7 +55,7 @@ def test_suite_writes_splits_per_source_and_merged(tmp_path: Path, capsys):
         assert {r.meta["split"] for r in merged} <= {split}
         assert main(["data", "validate", str(out / f"{split}.jsonl")]) == 0  # merged paths resolve from OUT
     cvc = {s: [r.meta["frame"] for r in read_jsonl(out / "cvc-clinicdb" / f"{s}.jsonl")] for s in ("train", "val", "test")}
-    assert cvc == {"train": [400], "val": [410], "test": [500]}
+    assert cvc == {"train": [400, 400], "val": [410, 410], "test": [500, 500]}  # segment + locate
     line = next(ln for ln in printed.splitlines() if ln.startswith("monuseg"))
     assert line.split()[1:] == ["3", "3", "3"]
 

@@ -3,9 +3,11 @@
 The folder layout read here is ``images/<frame>.<ext>`` and ``masks/<frame>.<ext>`` with the same
 frame numbers (1..612; the original release ships ``Original/`` and ``Ground Truth/`` TIFFs, which
 are accepted too). Each frame becomes one segmentation record, "Please segment the polyp." ->
-"Sure, it is [SEG].", like the default model's own segmentation records. Masks are thresholded at
-half their range and written as binary PNGs, because re-saved copies are often JPEGs whose edges
-carry compression noise.
+"Sure, it is [SEG].", like the default model's own segmentation records, and one detection record,
+"Please locate the polyp." -> "<boxes>", whose boxes are those of the mask's connected components
+(top to bottom; specks under ``MIN_BOX_AREA`` pixels left out), as issue 21 scores the written box.
+Masks are thresholded at half their range and written as binary PNGs, because re-saved copies are
+often JPEGs whose edges carry compression noise.
 
 Frames of one video sequence are near duplicates, so any split must keep a sequence on one side:
 ``meta.sequence`` carries it (the frame -> sequence table of the set's README), and ``meta.split``
@@ -19,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from citrus_v.data.schema import Record
+from citrus_v.data.placeholders import BOXES_PLACEHOLDER
+from citrus_v.data.schema import IMAGE_PLACEHOLDER, Message, Objects, Record
 from citrus_v.data.sources.common import SourceError, save_array_png
 from citrus_v.data.sources.masks import segmentation_record
 
 QUESTION = "Please segment the polyp."
+LOCATE = "Please locate the polyp."
+MIN_BOX_AREA = 16  # pixels: a component smaller than this is compression dust, not a polyp
 _EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _FOLDERS = (("images", "masks"), ("Original", "Ground Truth"))
 
@@ -63,9 +68,33 @@ def _folders(src: Path) -> tuple[Path, Path]:
     raise SourceError(src, "expected the folders images/ and masks/ (or Original/ and Ground Truth/)")
 
 
-def load_cvc_clinicdb(src: str | Path, *, image_dir: str | Path, frames: set[int] | None = None) -> list[Record]:
-    """One record per frame of the CVC-ClinicDB folder ``src`` (only ``frames`` if given), in frame
-    order; images and binary masks are written as PNG under ``image_dir``."""
+def mask_boxes(mask: np.ndarray) -> list[list[float]]:
+    """``[x1, y1, x2, y2]`` (pixel edges) of each connected component of a (H, W) bool mask of at
+    least ``MIN_BOX_AREA`` pixels, top to bottom then left to right."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    boxes = []
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is not None and int((labels[sl] == k).sum()) >= MIN_BOX_AREA:
+            boxes.append([float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop)])
+    return sorted(boxes, key=lambda b: (b[1], b[0]))
+
+
+def _locate_record(img_path: Path, mask: np.ndarray, meta: dict) -> Record | None:
+    boxes = mask_boxes(mask)
+    if not boxes:
+        return None
+    return Record(messages=[Message("user", f"{IMAGE_PLACEHOLDER}{LOCATE}"), Message("assistant", BOXES_PLACEHOLDER)],
+                  images=[str(img_path)], objects=Objects(["polyp"] * len(boxes), boxes), task="detection",
+                  modality="endoscopy", meta=meta)
+
+
+def load_cvc_clinicdb(src: str | Path, *, image_dir: str | Path, frames: set[int] | None = None,
+                      locate: bool = True) -> list[Record]:
+    """Records of each frame of the CVC-ClinicDB folder ``src`` (only ``frames`` if given), in frame
+    order: the segmentation record, then (``locate``) the detection record; images and binary
+    masks are written as PNG under ``image_dir``."""
     from PIL import Image
 
     src = Path(src)
@@ -94,7 +123,8 @@ def load_cvc_clinicdb(src: str | Path, *, image_dir: str | Path, frames: set[int
         mask = (grey >= 128).astype(np.uint8) * 255
         img_path = save_array_png(rgb, image_dir / f"cvc_{frame:03d}.png")
         mask_path = save_array_png(mask, image_dir / f"cvc_{frame:03d}_polyp.png")
-        records.append(segmentation_record(img_path, mask_path, QUESTION, "endoscopy",
-                                           {"source": "cvc-clinicdb", "frame": frame, "sequence": sequence,
-                                            "split": split_of(frame)}))
+        meta = {"source": "cvc-clinicdb", "frame": frame, "sequence": sequence, "split": split_of(frame)}
+        records.append(segmentation_record(img_path, mask_path, QUESTION, "endoscopy", meta))
+        located = _locate_record(img_path, mask > 0, dict(meta)) if locate else None
+        records += [located] if located is not None else []
     return records
