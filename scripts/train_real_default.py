@@ -140,14 +140,15 @@ def _absolute(rows: list[dict], base: Path) -> list[dict]:
     return rows
 
 
-def mix(pack_dir: Path, synthetic: Path, out: Path, n_synthetic: int, n_synthetic_val: int, seed: int) -> dict:
+def mix(pack_dir: Path, synthetic: Path, out: Path, n_synthetic: int, n_synthetic_val: int, seed: int,
+        vqa_repeat: int = 1) -> dict:
     rng = random.Random(seed)
     train, val, counts = [], [], {}
     for source in SOURCES:
         if not (pack_dir / f"{source}_train.jsonl").exists():
             continue
         rows = _absolute(read(pack_dir / f"{source}_train.jsonl"), pack_dir)
-        rows = balanced(rows, seed) if source == "vqa-rad" else rows * REPEAT.get(source, 1)
+        rows = balanced(rows, seed) * vqa_repeat if source == "vqa-rad" else rows * REPEAT.get(source, 1)
         train += rows
         val += _absolute(read(pack_dir / f"{source}_val.jsonl"), pack_dir)
         counts[source] = len(rows)
@@ -223,6 +224,7 @@ def main(argv=None) -> None:
     m.add_argument("--n-synthetic", type=int, default=4000)
     m.add_argument("--n-synthetic-val", type=int, default=300)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--vqa-repeat", type=int, default=1, help="VQA-RAD's balanced train records, this many times")
     for name in ("table", "pick"):
         t = sub.add_parser(name)
         t.add_argument("--data", type=Path, required=True)
@@ -232,7 +234,8 @@ def main(argv=None) -> None:
         thin = {k: int(v) for k, v in (t.split("=") for t in args.thin)}
         print(json.dumps(pack(args.real, args.out, args.max_side, args.quality, thin)))
     elif args.cmd == "mix":
-        print(json.dumps(mix(args.pack, args.synthetic, args.out, args.n_synthetic, args.n_synthetic_val, args.seed)))
+        print(json.dumps(mix(args.pack, args.synthetic, args.out, args.n_synthetic, args.n_synthetic_val, args.seed,
+                             args.vqa_repeat)))
     else:
         marks = print_table(args.data, args.runs)
         if args.cmd == "pick":

@@ -11,7 +11,7 @@
 # Usage: bash scripts/train_real_default.sh REAL_SUITE RUN [INIT]
 # Knobs (environment): LRS ("2e-4 5e-4"), EPOCHS (8), BUDGET_MIN (unset: no time budget per run),
 #   N_SYNTH (4000 synthetic replay records), WORKERS (2 batch readers per run), SYNTH_WORKERS (WORKERS),
-#   MAX_SIDE/QUALITY/THIN (pack; 0/90/none),
+#   VQA_REPEAT (1: VQA-RAD's balanced train records per epoch), MAX_SIDE/QUALITY/THIN (pack; 0/90/none),
 #   PARALLEL (1: the stage-3 runs side by side, for a GPU), EVAL_BATCH (1), PYTHON (python).
 # Time: docs/default_model.md, "Real data (issue 21)" (a lent H200 ran it with BUDGET_MIN=4).
 set -euo pipefail
@@ -37,7 +37,7 @@ if [ ! -f "$RUN/suite_real/val.jsonl" ]; then
 fi
 if [ ! -f "$RUN/real_mix/counts.jsonl" ]; then
   "$PY" scripts/train_real_default.py mix --pack "$RUN/real_pack" --synthetic "$RUN/suite_real" --out "$RUN/real_mix" \
-    --n-synthetic "${N_SYNTH:-4000}"
+    --n-synthetic "${N_SYNTH:-4000}" --vqa-repeat "${VQA_REPEAT:-1}"
 fi
 
 stage3() {  # one stage-3 run at learning rate $1, then its score on the real val records
