@@ -80,6 +80,9 @@ def test_only_rebuilds_its_sources_and_keeps_the_others(tmp_path: Path, capsys):
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parent != out}
     merged = {s: read_jsonl(out / f"{s}.jsonl") for s in ("train", "val", "test")}
     (src / "totalseg" / "example_mr_sm.nii.gz").unlink(missing_ok=True)  # the rebuilt source changes
+    first = json.loads((out / "counts.json").read_text())
+    first["sources"].pop("covid-chestxray")  # as if another run's counts.json had dropped it: the folder decides
+    (out / "counts.json").write_text(json.dumps(first))
     assert main(["data", "real-suite", "--sources", str(src), "--out", str(out), "--only", "totalseg,dcmqi"]) == 0
     printed = capsys.readouterr().out
     assert "kept bccd:" in printed and "kept drive" not in printed  # drive was never converted
@@ -88,6 +91,7 @@ def test_only_rebuilds_its_sources_and_keeps_the_others(tmp_path: Path, capsys):
     assert others and all(after[p] == before[p] for p in others)  # untouched
     counts = json.loads((out / "counts.json").read_text())
     assert counts["kept"] == ["vqa-rad", "covid-chestxray", "cvc-clinicdb", "monuseg", "bccd"]
+    assert counts["sources"]["covid-chestxray"]["left_out"] == {} and counts["sources"]["bccd"]["left_out"]
     for split in ("train", "val", "test"):
         now = read_jsonl(out / f"{split}.jsonl")
         assert [r.to_dict() for r in now if r.meta["source"] not in ("totalseg", "dcmqi")] == \

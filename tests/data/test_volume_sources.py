@@ -52,9 +52,13 @@ def test_totalseg_slices_are_radiological_and_windowed(tmp_path: Path):
         assert xs.mean() < mask.shape[1] / 2 and ys.mean() < mask.shape[0] / 2  # patient's right on the left, front up
     ct = next(r for r in records if r.meta["volume"] == "ct" and r.meta["organ"] == "liver")
     image, mask = _png(tmp_path, Path(ct.images[0]).name), _png(tmp_path, Path(ct.masks[0]).name) > 0
-    assert image.shape == (12, 16)  # (y, x) of the 16 x 12 slice, no resize
-    assert set(np.unique(image[mask])) == {int((60 + 160) / 400 * 255)}  # 60 HU through L40 W400
-    assert set(np.unique(image[~mask & (image > 0)])) <= {int((-100 + 160) / 400 * 255), int((45 + 160) / 400 * 255)}
+    assert image.shape == mask.shape == (224, 224)  # a 16 x 12 slice is padded to a square and enlarged
+    assert not image[:20].any() and not image[-20:].any()  # the padding above and below the 12 rows is black
+    ys, xs = np.nonzero(mask)
+    inside = image[int(np.median(ys)) - 5:int(np.median(ys)) + 5, int(np.median(xs)) - 5:int(np.median(xs)) + 5]
+    assert set(np.unique(inside)) == {int((60 + 160) / 400 * 255)}  # 60 HU through L40 W400
+    area = mask.sum() / (224 / 16) ** 2  # back in voxels of the 16-px-wide slice
+    assert 5 * 5 * 0.8 < area < 5 * 5 * 1.2  # the 5 x 5 liver box
 
 
 @pytest.mark.parametrize("n_z", [30, 20])  # the reference CT and MR (and the DICOM CT)

@@ -100,6 +100,11 @@ def _square(arr: np.ndarray, size: int, resample: int, jitter: tuple[float, floa
     return np.asarray(im.transform((size, size), Image.EXTENT, box, resample=resample, fillcolor=0))
 
 
+def square_slice(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
+    """The slice as the suite shows it, without jitter: padded to a centred square, resized to ``size``."""
+    return _square(arr, size, resample, (1.0, 0.0, 0.0))
+
+
 @dataclass
 class SliceSample:
     image: np.ndarray  # (S, S) uint8

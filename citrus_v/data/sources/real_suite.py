@@ -105,11 +105,14 @@ def _source_summary(name: str, by_split: dict[str, list[Record]], skipped: Count
     }
 
 
-def _kept(out: Path, name: str, previous: dict) -> dict[str, list[Record]] | None:
-    """The records of a source converted by an earlier run into ``out/name`` (None if there is none)."""
-    if name not in previous.get("sources", {}) or not all((out / name / f"{s}.jsonl").is_file() for s in SPLITS):
+def _kept(out: Path, name: str, previous: dict) -> tuple[dict[str, list[Record]], dict] | None:
+    """The records a run converted earlier into ``out/name`` and their summary (counted again from the
+    files; what was left out as the earlier counts.json says, if it says); None if there are none."""
+    if not all((out / name / f"{s}.jsonl").is_file() for s in SPLITS):
         return None
-    return {split: read_jsonl(out / name / f"{split}.jsonl") for split in SPLITS}
+    by_split = {split: read_jsonl(out / name / f"{split}.jsonl") for split in SPLITS}
+    left_out = previous.get("sources", {}).get(name, {}).get("left_out", {})
+    return by_split, _source_summary(name, by_split, Counter(left_out))
 
 
 def build_suite(sources_dir: Path, out: Path, only: tuple[str, ...] = NAMES, log: Callable[[str], None] = print) -> dict:
@@ -122,10 +125,10 @@ def build_suite(sources_dir: Path, out: Path, only: tuple[str, ...] = NAMES, log
     for source in SOURCES:
         src = sources_dir / source.name
         if source.name not in only:
-            by_split = _kept(out, source.name, previous)
-            if by_split is None:
+            kept = _kept(out, source.name, previous)
+            if kept is None:
                 continue
-            summary["sources"][source.name] = previous["sources"][source.name]
+            by_split, summary["sources"][source.name] = kept
             summary["kept"].append(source.name)
             log(f"kept {source.name}: {out / source.name} from an earlier run (not in --only)")
         elif not src.is_dir():

@@ -6,7 +6,10 @@ a 20-slice 512 x 512 DICOM CT series of another patient with its label NIfTI. Ea
 becomes one record per organ of ``ORGANS`` whose cross-section is large enough:
 "Please segment the <organ>." -> "Sure, it is [SEG].", the slice windowed as the synthetic suite
 windows these volumes (CT: L40 W400; MR: 1st-99.5th percentile of the volume) and shown the same way
-(anterior up, the patient's right on the image left), at its own pixel size.
+(anterior up, the patient's right on the image left). Slices smaller than 224 px (the 3 mm CT and MR,
+about 120 x 100) are padded to a centred square and resized to 224 x 224 as the suite shows them
+(``phantoms.totalseg.square_slice``, no jitter); the 512 x 512 DICOM CT keeps its size. Chosen on val
+(docs/default_model.md): at their own 122 x 101 px the shipped default's val Dice was 0.38 on CT.
 
 Split (``splits.RULES["totalseg"]``): contiguous slice blocks with gaps, ``splits.slice_blocks`` per
 volume, the blocks the synthetic suite draws its real slices from; gap slices are left out (counted).
@@ -23,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from citrus_v.data.phantoms.totalseg import ORGANS, axial_stack, default_dir, organ_text, window01
+from citrus_v.data.phantoms.totalseg import ORGANS, axial_stack, default_dir, organ_text, square_slice, window01
 from citrus_v.data.schema import Record
 from citrus_v.data.sources.common import SourceError, save_array_png
 from citrus_v.data.sources.masks import segmentation_record
 from citrus_v.data.sources.splits import slice_split
 
-MIN_AREA_FRAC = 0.004  # of the slice's longer side squared: the synthetic suite's MIN_PIXELS_FRAC before its resize
+MIN_AREA_FRAC = 0.004  # of the slice's longer side squared: the synthetic suite's MIN_PIXELS_FRAC (200 px at 224)
+SMALL_SIDE = 224  # slices whose longer side is below this are shown as the synthetic suite shows them
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,21 @@ def _organ_values(vol: RefVolume) -> dict[str, int]:
     return {name: int(value) for value, name in table.items() if name in ORGANS}
 
 
+def presented(plane: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) 0..1 slice and its labels -> the uint8 image and labels written (squared to 224 if small)."""
+    from PIL import Image
+
+    image = (plane * 255).astype(np.uint8)
+    if max(image.shape) >= SMALL_SIDE:
+        return image, lab
+    labels = lab.astype(np.uint8)  # TotalSegmentator's label values are below 256
+    return square_slice(image, SMALL_SIDE, Image.BILINEAR), square_slice(labels, SMALL_SIDE, Image.NEAREST)
+
+
 def slice_records(image: np.ndarray, labels: np.ndarray, z: int, vol: RefVolume, split: str, image_dir: Path,
                   skipped: Counter | None) -> list[Record]:
     """The records of slice ``z``: one per organ of ``ORGANS`` with at least MIN_AREA_FRAC of the slice."""
-    plane, lab = image[z], labels[z]  # (H, W) 0..1, (H, W)
+    plane, lab = presented(image[z], labels[z])  # (S, S) uint8 and labels, or (H, W) as read
     min_area = MIN_AREA_FRAC * max(plane.shape) ** 2
     present = [(o, lab == v) for o, v in _organ_values(vol).items() if (lab == v).sum() >= min_area]
     if not present:
@@ -95,7 +110,7 @@ def slice_records(image: np.ndarray, labels: np.ndarray, z: int, vol: RefVolume,
             skipped[f"{vol.name} slice without a large enough cross-section of {'/'.join(ORGANS)}"] += 1
         return []
     stem = f"totalseg_{vol.name}_z{z:03d}"
-    img_path = save_array_png((plane * 255).astype(np.uint8), image_dir / f"{stem}.png")
+    img_path = save_array_png(plane, image_dir / f"{stem}.png")
     records = []
     for organ, mask in present:
         mask_path = save_array_png(mask.astype(np.uint8) * 255, image_dir / f"{stem}_{organ}.png")
