@@ -9,7 +9,7 @@ windows these volumes (CT: L40 W400; MR: 1st-99.5th percentile of the volume) an
 (anterior up, the patient's right on the image left). Slices smaller than 224 px (the 3 mm CT and MR,
 about 120 x 100) are padded to a centred square and resized to 224 x 224 as the suite shows them
 (``phantoms.totalseg.square_slice``, no jitter); the 512 x 512 DICOM CT keeps its size. Chosen on val
-(docs/default_model.md): at their own 122 x 101 px the shipped default's val Dice was 0.38 on CT.
+(docs/default_model.md): at their own size the shipped default's val Dice was 0.29 on the 3 mm CT.
 
 Split (``splits.RULES["totalseg"]``): contiguous slice blocks with gaps, ``splits.slice_blocks`` per
 volume, the blocks the synthetic suite draws its real slices from; gap slices are left out (counted).
