@@ -33,7 +33,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("convert", help="convert a public dataset file to DIR/data.jsonl + images")
     p.add_argument("--format", required=True, dest="fmt", help="vqa-rad, slake, pathvqa, pmc-vqa, mecovqa-g(-plus), medsegbench, medxray-cot, meddocbench; "
-                   "folders: cvc-clinicdb, covid-chestxray, monuseg, drive, bccd")
+                   "folders: cvc-clinicdb, covid-chestxray, monuseg, drive, bccd, totalseg, dcmqi")
     p.add_argument("src", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--images-root", type=Path, default=None, help="folder the set's image paths are relative to")
@@ -42,9 +42,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "real-suite", help="convert every real source (issue 21) found under a folder into train/val/test JSONL",
         description="SOURCES holds one subfolder per source: vqa-rad, covid-chestxray, cvc-clinicdb, monuseg, drive, "
-        "bccd (docs/default_model.md, 'Real data (issue 21)', says what to fetch for each). Writes OUT/<source>/"
+        "bccd, totalseg, dcmqi (docs/default_model.md, 'Real data (issue 21)', says what to fetch for each). Writes OUT/<source>/"
         "{train,val,test}.jsonl, the merged OUT/{train,val,test}.jsonl and OUT/counts.json; the splits are fixed in "
-        "citrus_v/data/sources/splits.py. A missing source is skipped with a note.",
+        "citrus_v/data/sources/splits.py. A missing source is skipped with a note; with --only, the other "
+        "sources already converted in OUT are kept and merged again.",
     )
     p.add_argument("--sources", required=True, type=Path, help="folder with one subfolder per source")
     p.add_argument("--out", required=True, type=Path)
@@ -144,7 +145,7 @@ def run_real_suite(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--only: unknown source(s) {', '.join(unknown)}; known: {', '.join(NAMES)}")
     summary = build_suite(args.sources, args.out, only)
-    if not summary["sources"]:
+    if not set(summary["sources"]) - set(summary["kept"]):
         raise UserError(f"--sources {args.sources}: none of the sources {', '.join(only)} is there (see the notes above)")
     print("\n".join(format_counts(summary)))
     print(f"wrote {args.out}/{{train,val,test}}.jsonl and {args.out}/counts.json")

@@ -4,6 +4,7 @@ counts it prints, the note for a missing source, and the VQA-RAD and CVC-ClinicD
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tests.data.real_fixtures import bccd_set, covid_set, monuseg_set
 from tests.data.test_cvc_clinicdb import fake_set
 
 VQA_IMAGES = [f"synpic{i}.jpg" for i in range(40)]
+VOLUME_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real_sources"
 
 
 def vqa_rad_set(root: Path) -> Path:
@@ -37,6 +39,8 @@ def sources(root: Path) -> Path:
     fake_set(root / "cvc-clinicdb", {400: (2, 9, 2, 9), 410: (3, 9, 3, 9), 500: (1, 5, 1, 5)})
     monuseg_set(root / "monuseg")
     bccd_set(root / "bccd")
+    for name in ("totalseg", "dcmqi"):
+        shutil.copytree(VOLUME_FIXTURES / name, root / name)
     return root
 
 
@@ -68,6 +72,32 @@ def test_vqa_rad_val_is_a_slice_of_train_by_image_and_test_is_its_own(tmp_path: 
     assert split["val"] and split["train"]  # 40 images: both sides hold some
     for s in ("train", "val"):
         assert {vqa_rad_split(VQA_IMAGES[r.meta["qid"]]) for r in split[s]} == {s}
+
+
+def test_only_rebuilds_its_sources_and_keeps_the_others(tmp_path: Path, capsys):
+    src, out = sources(tmp_path / "src"), tmp_path / "suite"
+    assert main(["data", "real-suite", "--sources", str(src), "--out", str(out)]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parent != out}
+    merged = {s: read_jsonl(out / f"{s}.jsonl") for s in ("train", "val", "test")}
+    (src / "totalseg" / "example_mr_sm.nii.gz").unlink(missing_ok=True)  # the rebuilt source changes
+    first = json.loads((out / "counts.json").read_text())
+    first["sources"].pop("covid-chestxray")  # as if another run's counts.json had dropped it: the folder decides
+    (out / "counts.json").write_text(json.dumps(first))
+    assert main(["data", "real-suite", "--sources", str(src), "--out", str(out), "--only", "totalseg,dcmqi"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept bccd:" in printed and "kept drive" not in printed  # drive was never converted
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parent != out}
+    others = {p for p in before if p.parts[0] not in ("totalseg", "dcmqi")}
+    assert others and all(after[p] == before[p] for p in others)  # untouched
+    counts = json.loads((out / "counts.json").read_text())
+    assert counts["kept"] == ["vqa-rad", "covid-chestxray", "cvc-clinicdb", "monuseg", "bccd"]
+    assert counts["sources"]["covid-chestxray"]["left_out"] == {} and counts["sources"]["bccd"]["left_out"]
+    for split in ("train", "val", "test"):
+        now = read_jsonl(out / f"{split}.jsonl")
+        assert [r.to_dict() for r in now if r.meta["source"] not in ("totalseg", "dcmqi")] == \
+            [r.to_dict() for r in merged[split] if r.meta["source"] not in ("totalseg", "dcmqi")]
+        assert not any(r.meta.get("volume") == "mr" for r in now)  # totalseg was rebuilt without its MR
+        assert len(now) == sum(c["records"][split] for c in counts["sources"].values())
 
 
 def test_refusals_are_one_line(tmp_path: Path, capsys):

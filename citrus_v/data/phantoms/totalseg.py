@@ -2,6 +2,8 @@
 
 Slices are split by contiguous z blocks with gaps between them, so no test slice
 neighbours a train slice (3 mm slices look alike): [train_a | gap | test | gap | val | gap | train_b].
+The blocks are ``citrus_v.data.sources.splits.slice_blocks``, which the real-data ``totalseg`` source
+splits by too: the suite's train split never draws a slice that source holds out for val or test.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "stomach")
 SEG_Q = "Please segment the {organ}."
 VISIBLE_Q = "Is the {organ} visible in this slice?"
 MIN_PIXELS_FRAC = 0.004  # at 224 px: 200 pixels; smaller organ cuts are neither asked nor segmented
-GAP = 2
 
 
 def default_dir() -> Path:
@@ -34,24 +35,6 @@ def organ_text(name: str) -> str:
     """'kidney_right' -> 'right kidney'."""
     parts = name.split("_")
     return " ".join(parts[::-1]) if parts[-1] in ("left", "right") else " ".join(parts)
-
-
-def slice_blocks(n_z: int, gap: int = GAP) -> dict[str, list[int]]:
-    """Slice indices per split; blocks are separated by ``gap`` unused slices."""
-    usable = n_z - 3 * gap
-    n_test, n_val = max(1, round(usable * 0.2)), max(1, round(usable * 0.1))
-    n_train = usable - n_test - n_val
-    if n_train < 2:
-        raise ValueError(f"a volume of {n_z} slices is too short for three blocks with gap {gap}")
-    a = n_train // 2
-    test0 = a + gap
-    val0 = test0 + n_test + gap
-    b0 = val0 + n_val + gap
-    return {
-        "train": list(range(0, a)) + list(range(b0, n_z)),
-        "test": list(range(test0, test0 + n_test)),
-        "val": list(range(val0, val0 + n_val)),
-    }
 
 
 @dataclass
@@ -77,17 +60,32 @@ def load(root: str, which: str) -> Volume:
     s = np.asarray(seg.dataobj).astype(np.uint8)
     if a.shape != s.shape:
         raise ValueError(f"totalseg: {img_file} {a.shape} and {seg_file} {s.shape} differ in shape")
-    if modality == "ct":
-        lo, hi = 40 - 200, 40 + 200  # abdomen window L40 W400
-    else:
-        lo, hi = np.percentile(a, [1, 99.5])
-    a = np.clip((a - lo) / (hi - lo), 0, 1)
-    # (X, Y, Z) RAS -> (Z, Y, X), then flip both so anterior is up and the patient's right is left
-    a = a.transpose(2, 1, 0)[:, ::-1, ::-1]
-    s = s.transpose(2, 1, 0)[:, ::-1, ::-1]
+    a, s = axial_stack(window01(a, modality)), axial_stack(s)
     table = json.loads((root_p / "labels.json").read_text())[key]
     names = {v: int(k) for k, v in table.items() if v in ORGANS}
     return Volume(np.ascontiguousarray(a), np.ascontiguousarray(s), names, modality)
+
+
+def slice_blocks(n_z: int) -> dict[str, list[int]]:
+    """Slice indices per split: ``citrus_v.data.sources.splits.slice_blocks`` (imported on call: the
+    sources package imports this module for the real-data converters)."""
+    from citrus_v.data.sources.splits import slice_blocks as blocks
+
+    return blocks(n_z)
+
+
+def window01(a: np.ndarray, modality: str) -> np.ndarray:
+    """Voxels -> 0..1: CT through the abdomen window L40 W400, MR between its 1st and 99.5th percentile."""
+    if modality == "ct":
+        lo, hi = 40 - 200, 40 + 200
+    else:
+        lo, hi = np.percentile(a, [1, 99.5])
+    return np.clip((a - lo) / (hi - lo), 0, 1)
+
+
+def axial_stack(a: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) RAS -> (Z, Y, X) flipped so anterior is up and the patient's right is on the image left."""
+    return a.transpose(2, 1, 0)[:, ::-1, ::-1]
 
 
 def _square(arr: np.ndarray, size: int, resample: int, jitter: tuple[float, float, float]) -> np.ndarray:
@@ -100,6 +98,11 @@ def _square(arr: np.ndarray, size: int, resample: int, jitter: tuple[float, floa
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
     im = Image.fromarray(arr)
     return np.asarray(im.transform((size, size), Image.EXTENT, box, resample=resample, fillcolor=0))
+
+
+def square_slice(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
+    """The slice as the suite shows it, without jitter: padded to a centred square, resized to ``size``."""
+    return _square(arr, size, resample, (1.0, 0.0, 0.0))
 
 
 @dataclass

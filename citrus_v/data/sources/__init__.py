@@ -18,10 +18,12 @@ from citrus_v.data.sources.bccd import load_bccd
 from citrus_v.data.sources.common import SourceError
 from citrus_v.data.sources.covid_cxr import load_covid_chestxray
 from citrus_v.data.sources.cvc_clinicdb import load_cvc_clinicdb
+from citrus_v.data.sources.dcmqi import load_dcmqi
 from citrus_v.data.sources.drive import load_drive
 from citrus_v.data.sources.monuseg import load_monuseg
 from citrus_v.data.sources.reports import load_meddocbench, load_medxray_cot
 from citrus_v.data.sources.seg import load_mecovqa_g, load_medsegbench
+from citrus_v.data.sources.totalseg import load_totalseg
 from citrus_v.data.sources.vqa import load_pathvqa, load_pmc_vqa, load_slake, load_vqa_rad
 
 # name -> (loader, whether it needs an image_dir for embedded images)
@@ -38,6 +40,8 @@ FORMATS: dict[str, tuple[Callable[..., list[Record]], bool]] = {
     "monuseg": (load_monuseg, True),  # a folder: Train_Folder/ Val_Folder/ Test_Folder/
     "drive": (load_drive, True),  # a folder: training/ + test/
     "bccd": (load_bccd, False),  # a folder: Annotations/ JPEGImages/ ImageSets/
+    "totalseg": (load_totalseg, True),  # TotalSegmentator's tests/reference_files/: NIfTI volumes + a DICOM series
+    "dcmqi": (load_dcmqi, True),  # dcmqi's data/segmentations/: a CT series + its DICOM SEG
     "medxray-cot": (load_medxray_cot, False),
     "meddocbench": (load_meddocbench, True),
 }

@@ -5,6 +5,8 @@ data (issue 21)", says what to fetch and where it goes). For each source found t
 ``OUT/<source>/{train,val,test}.jsonl`` (+ ``images/``) and, merged over the sources,
 ``OUT/{train,val,test}.jsonl`` (paths relative to ``OUT``), and ``OUT/counts.json``. A missing source is
 skipped with a one-line note; the splits are those of ``splits.RULES``, fixed before any training.
+With ``only`` a subset, the other sources' folders already in ``OUT`` are left as they are and merged
+again with their earlier counts, so converting one new source does not drop the others.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from citrus_v.data.schema import Record, write_jsonl
+from citrus_v.data.schema import Record, read_jsonl, write_jsonl
 from citrus_v.data.sources import place_files
 from citrus_v.data.sources.bccd import load_bccd
 from citrus_v.data.sources.common import SourceError
 from citrus_v.data.sources.covid_cxr import load_covid_chestxray
 from citrus_v.data.sources.cvc_clinicdb import load_cvc_clinicdb
+from citrus_v.data.sources.dcmqi import load_dcmqi
 from citrus_v.data.sources.drive import load_drive
 from citrus_v.data.sources.monuseg import load_monuseg
 from citrus_v.data.sources.splits import RULES, SPLITS, hash_split
+from citrus_v.data.sources.totalseg import load_totalseg
 from citrus_v.data.sources.vqa import load_vqa_rad
 
 Builder = Callable[[Path, Path, Counter], list[Record]]  # (source folder, image_dir, skipped) -> records with meta.split
@@ -67,6 +71,11 @@ SOURCES = (
                 "(training/, test/)", lambda s, d, k: load_drive(s, image_dir=d, skipped=k)),
     SuiteSource("bccd", "fetch github:Shenggan/BCCD_Dataset; put the contents of BCCD/ here "
                 "(Annotations/, JPEGImages/, ImageSets/)", lambda s, d, k: load_bccd(s, skipped=k)),
+    SuiteSource("totalseg", "fetch github:wasserth/TotalSegmentator; put the contents of tests/reference_files/ here "
+                "(example_ct_sm.nii.gz, example_seg.nii.gz, example_mr_sm.nii.gz, example_seg_mr.nii.gz, "
+                "example_ct_dicom/, example_seg_dicom.nii.gz)", lambda s, d, k: load_totalseg(s, image_dir=d, skipped=k)),
+    SuiteSource("dcmqi", "fetch github:QIICR/dcmqi; put the contents of data/segmentations/ here (ct-3slice/, liver.dcm)",
+                lambda s, d, k: load_dcmqi(s, image_dir=d, skipped=k)),
 )
 NAMES = tuple(s.name for s in SOURCES)
 
@@ -87,31 +96,54 @@ def _prefixed(rec: Record, folder: str) -> Record:
     return replace(rec, images=[f"{folder}/{p}" for p in rec.images], masks=[f"{folder}/{p}" for p in rec.masks])
 
 
+def _source_summary(name: str, by_split: dict[str, list[Record]], skipped: Counter) -> dict:
+    return {
+        "rule": RULES[name],
+        "records": {split: len(recs) for split, recs in by_split.items()},
+        "tasks": {split: dict(sorted(Counter(r.task for r in recs).items())) for split, recs in by_split.items()},
+        "left_out": dict(sorted(skipped.items())),
+    }
+
+
+def _kept(out: Path, name: str, previous: dict) -> tuple[dict[str, list[Record]], dict] | None:
+    """The records a run converted earlier into ``out/name`` and their summary (counted again from the
+    files; what was left out as the earlier counts.json says, if it says); None if there are none."""
+    if not all((out / name / f"{s}.jsonl").is_file() for s in SPLITS):
+        return None
+    by_split = {split: read_jsonl(out / name / f"{split}.jsonl") for split in SPLITS}
+    left_out = previous.get("sources", {}).get(name, {}).get("left_out", {})
+    return by_split, _source_summary(name, by_split, Counter(left_out))
+
+
 def build_suite(sources_dir: Path, out: Path, only: tuple[str, ...] = NAMES, log: Callable[[str], None] = print) -> dict:
-    """Every source of ``only`` found under ``sources_dir``; returns (and writes to OUT/counts.json) the counts."""
+    """Every source of ``only`` found under ``sources_dir`` (sources outside ``only`` already converted in
+    ``out`` are kept and merged again); returns (and writes to OUT/counts.json) the counts."""
+    counts = out / "counts.json"
+    previous = json.loads(counts.read_text(encoding="utf-8")) if counts.is_file() else {}
     merged: dict[str, list[Record]] = {split: [] for split in SPLITS}
-    summary: dict = {"sources": {}, "missing": {}}
+    summary: dict = {"sources": {}, "missing": {}, "kept": []}
     for source in SOURCES:
-        if source.name not in only:
-            continue
         src = sources_dir / source.name
-        if not src.is_dir():
+        if source.name not in only:
+            kept = _kept(out, source.name, previous)
+            if kept is None:
+                continue
+            by_split, summary["sources"][source.name] = kept
+            summary["kept"].append(source.name)
+            log(f"kept {source.name}: {out / source.name} from an earlier run (not in --only)")
+        elif not src.is_dir():
             summary["missing"][source.name] = source.fetch
             log(f"skipped {source.name}: no folder {src} ({source.fetch})")
             continue
-        by_split, skipped = build_source(source, src, out / source.name)
+        else:
+            by_split, skipped = build_source(source, src, out / source.name)
+            summary["sources"][source.name] = _source_summary(source.name, by_split, skipped)
         for split, recs in by_split.items():
             merged[split] += [_prefixed(r, source.name) for r in recs]
-        summary["sources"][source.name] = {
-            "rule": RULES[source.name],
-            "records": {split: len(recs) for split, recs in by_split.items()},
-            "tasks": {split: dict(sorted(Counter(r.task for r in recs).items())) for split, recs in by_split.items()},
-            "left_out": dict(sorted(skipped.items())),
-        }
     for split, recs in merged.items():
         write_jsonl(recs, out / f"{split}.jsonl")
     summary["merged"] = {split: len(recs) for split, recs in merged.items()}
-    (out / "counts.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    counts.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
 
 
