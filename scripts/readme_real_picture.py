@@ -42,7 +42,7 @@ class Row:
     source: str  # the real suite's folder
     task: str  # "segmentation" | "detection"
     prompt: str | None  # the question, without <image>; None: any question of the task
-    modality: str | None = None  # keep only records of this modality (records without one pass)
+    modality: str | None = None  # keep only records of this modality, any case (records without one pass)
 
 
 ROWS = (
@@ -80,8 +80,8 @@ def first_records(path: Path, row: Row, n: int) -> list:
     for rec in read_jsonl(path):
         if task_of(rec) != row.task or (row.prompt is not None and question(prompt_of(rec)) != row.prompt):
             continue
-        if row.modality is not None and rec.modality not in (None, row.modality):
-            continue
+        if row.modality is not None and rec.modality is not None and rec.modality.lower() != row.modality.lower():
+            continue  # converters spell it "CT" or "ct"
         picked.append(rec)
         if len(picked) == n:
             break

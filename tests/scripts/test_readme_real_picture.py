@@ -47,7 +47,9 @@ def suite(tmp_path):
                             ("Please locate the right lung.", "c", "detection", "X-ray"),
                             ("Please segment the lungs.", "d", "segmentation", "CT"),
                             ("Please locate the left lung.", "e", "detection", "X-ray"),
-                            ("Please segment the lungs.", "f", "segmentation", None)],
+                            ("Please segment the lungs.", "f", "segmentation", None),
+                            ("Please segment the lungs.", "g", "segmentation", "ct"),
+                            ("Please segment the lungs.", "h", "segmentation", "mr")],
     }.items():
         folder = tmp_path / source / "images"
         folder.mkdir(parents=True)
@@ -72,10 +74,10 @@ def test_rows_take_the_first_records_of_their_question_in_file_order(script, sui
                            ("endoscopy", "chest X-ray: lung masks", "chest X-ray: right-lung box"))
     names = lambda recs: [Path(r.images[0]).stem for r in recs]  # noqa: E731
     assert names(script.first_records(suite / "cvc-clinicdb" / "val.jsonl", polyp, 3)) == ["cvc_5", "cvc_3", "cvc_9"]
-    assert names(script.first_records(suite / "covid-chestxray" / "val.jsonl", lungs, 5)) == ["b", "d", "f"]
+    assert names(script.first_records(suite / "covid-chestxray" / "val.jsonl", lungs, 3)) == ["b", "d", "f"]
     assert names(script.first_records(suite / "covid-chestxray" / "val.jsonl", boxes, 5)) == ["c"]  # not the left lung
     ct_only = script.Row("ct", "covid-chestxray", "segmentation", None, "CT")
-    assert names(script.first_records(suite / "covid-chestxray" / "val.jsonl", ct_only, 5)) == ["d", "f"]  # f has none
+    assert names(script.first_records(suite / "covid-chestxray" / "val.jsonl", ct_only, 5)) == ["d", "f", "g"]  # f has none
     assert script.first_records(suite / "cvc-clinicdb" / "test.jsonl", polyp, 3) == []  # that split is not there
 
 
@@ -116,3 +118,18 @@ def test_bad_flags_are_one_line_errors(script, tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.parse(["--suite", str(tmp_path), "--split", "val", "--n", "0"])
     assert "--n must be >= 1" in capsys.readouterr().err
+
+
+def test_a_totalseg_source_gives_the_ct_row_without_a_note(script, suite):
+    folder = suite / "totalseg" / "images"
+    folder.mkdir(parents=True)
+    lines = []
+    for name, modality in (("mr_1", "mr"), ("ct_7", "ct"), ("ct_2", "ct")):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f"{name}.png")
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / f"{name}_liver.png")
+        lines.append(json.dumps(_record("Please segment the liver.", f"images/{name}.png", "segmentation",
+                                        masks=[f"images/{name}_liver.png"], modality=modality)))
+    (suite / "totalseg" / "val.jsonl").write_text("\n".join(lines) + "\n")
+    rows, notes = script.pick_cases(suite, "val", 3)
+    assert [c.name for c in rows[0][1]] == ["ct_7.png", "ct_2.png"] and rows[0][1][0].truth_masks[0].all()
+    assert notes == []
