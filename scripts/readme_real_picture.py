@@ -145,7 +145,8 @@ def caption(n: int, split: str, model: str, notes: list[str]) -> list[str]:
         f"Not chosen by hand: the first {n} of the {split} split, file order, for each row's question "
         f"(real suite of `citrus-v data real-suite`). Model: {model}.",
         "Colour: the model's mask / box (box tightened by its segmenter; IoU as written beside it). "
-        "White outline: the ground truth (the lung masks are model-generated, lungVAE).",
+        "White outline: the ground truth (model-generated: the lung masks by lungVAE, the CT labels by "
+        "TotalSegmentator).",
         *notes,
     ]
 
