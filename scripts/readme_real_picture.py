@@ -197,8 +197,8 @@ def text_block(lines: list[str], width: int, max_lines: int | None = None) -> Im
 
 def stack(images: list[Image.Image], gap: int = GAP) -> Image.Image:
     """The images top to bottom on white, left-aligned, ``gap`` px apart."""
-    canvas = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images) + gap * (len(images) - 1)),
-                       "white")
+    height = sum(im.height for im in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (max(im.width for im in images), height), "white")
     y = 0
     for im in images:
         canvas.paste(im, (0, y))
