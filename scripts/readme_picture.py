@@ -1,11 +1,13 @@
 """The README picture from the demo's overlays: run `bash scripts/demo.sh` first, then
 `python scripts/readme_picture.py` writes docs/images/demo_overlays.png (four panels side by side,
-each scaled to 300 px high: the real CT's liver, the phantom's liver, lesion mask and lesion box)."""
+each scaled to 300 px high: the real CT's liver, the phantom's liver, lesion mask and lesion box).
+`side_by_side` is also what scripts/readme_real_picture.py lays its real-image grid out with."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from PIL import Image
 
@@ -14,19 +16,26 @@ PANELS = ("ct_liver", "phantom_liver", "phantom_segment", "phantom_detect")
 HEIGHT, GAP = 300, 8
 
 
+def side_by_side(images: Sequence[Image.Image], height: int = HEIGHT, gap: int = GAP) -> Image.Image:
+    """The images left to right on white, each scaled (aspect kept) to ``height`` px, ``gap`` px apart."""
+    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height), Image.BILINEAR)
+              if im.height != height else im.convert("RGB") for im in images]
+    canvas = Image.new("RGB", (sum(im.width for im in scaled) + gap * (len(scaled) - 1), height), "white")
+    x = 0
+    for im in scaled:
+        canvas.paste(im, (x, 0))
+        x += im.width + gap
+    return canvas
+
+
 def main(demo_dir: Path = ROOT / "out" / "demo", out: Path = ROOT / "docs" / "images" / "demo_overlays.png") -> int:
     images = []
     for name in PANELS:
         path = demo_dir / name / "overlay.png"
         if not path.is_file():
             raise SystemExit(f"readme_picture: {path} is missing; run `bash scripts/demo.sh` first")
-        im = Image.open(path).convert("RGB")
-        images.append(im.resize((round(im.width * HEIGHT / im.height), HEIGHT), Image.BILINEAR))
-    canvas = Image.new("RGB", (sum(im.width for im in images) + GAP * (len(images) - 1), HEIGHT), "white")
-    x = 0
-    for im in images:
-        canvas.paste(im, (x, 0))
-        x += im.width + GAP
+        images.append(Image.open(path))
+    canvas = side_by_side(images)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     print(f"wrote {out} ({canvas.width} x {canvas.height})")
