@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Rebuild the embedded default model from nothing: the synthetic suite (+ real TotalSegmentator
 # slices), a tiny tokenizer, stage 0 (dense vision warm-up: a from-scratch ViT needs it, see
-# docs/default_model.md), the four Citrus-V stages and the held-out evaluation. Usage: bash scripts/train_default.sh [RUN_DIR]
+# docs/default_model.md), the four Citrus-V stages and the held-out evaluation, then (with SNAPSHOTS)
+# the real-data tail of issue 21. Usage: bash scripts/train_default.sh [RUN_DIR [SNAPSHOTS]]
+#   SNAPSHOTS: one folder per real public source, as `citrus-v data real-suite --sources` reads it
+#   (docs/default_model.md, "Real data (issue 21)", says what to fetch and where to put it; a missing
+#   folder is skipped with a line saying what to fetch). Every step resumes where it stopped.
 # Time on the 2-core development machine: see docs/default_model.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,3 +78,14 @@ if [ ! -f "$RUN/stage4/final/config.json" ]; then
     --box-align-steps 3000 --val-every 50 --save-every 100 --resume --no-progress
 fi
 citrus-v eval --data "$RUN/suite/test.jsonl" --model "$RUN/stage4/final" --out "$RUN/eval" --batch-size 8 --max-new-tokens 160
+# Issue 21: the real-data tail (scripts/train_real_default.sh) from the model above: the real sources'
+# train/val splits (test.jsonl is never read) with a synthetic replay slice, stage 3r at two learning
+# rates, the best on the real val records kept as RUN/real_tail/best. The settings are those of the
+# shipped run on a lent H200 (docs/default_model.md): what travelled there was shrunk to 256 px JPEGs
+# with every second CVC-ClinicDB frame and MoNuSeg tile, and a 3-minute budget per run settled the steps.
+SNAP=${2:-}
+if [ -n "$SNAP" ]; then
+  [ -f "$RUN/real/counts.json" ] || citrus-v data real-suite --sources "$SNAP" --out "$RUN/real"
+  LRS="2e-4:302 6e-4:289" N_SYNTH=3000 MAX_SIDE=256 QUALITY=80 THIN="cvc-clinicdb=2 monuseg=2" \
+    bash scripts/train_real_default.sh "$RUN/real" "$RUN/real_tail" "$RUN/stage4/final"
+fi

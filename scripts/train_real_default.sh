@@ -9,7 +9,8 @@
 # command again resumes it.
 #
 # Usage: bash scripts/train_real_default.sh REAL_SUITE RUN [INIT]
-# Knobs (environment): LRS ("2e-4 5e-4"), EPOCHS (8), BUDGET_MIN (unset: no time budget per run),
+# Knobs (environment): LRS ("2e-4 5e-4"; an item LR:STEPS runs that many steps instead of EPOCHS), EPOCHS (8),
+#   BUDGET_MIN (unset: no time budget per run),
 #   N_SYNTH (4000 synthetic replay records), WORKERS (2 batch readers per run), SYNTH_WORKERS (WORKERS),
 #   VQA_REPEAT (1: VQA-RAD's balanced train records per epoch), MAX_SIDE/QUALITY/THIN (pack; 0/90/none),
 #   PARALLEL (1: the stage-3 runs side by side, for a GPU), EVAL_BATCH (1), PYTHON (python).
@@ -40,11 +41,12 @@ if [ ! -f "$RUN/real_mix/counts.jsonl" ]; then
     --n-synthetic "${N_SYNTH:-4000}" --vqa-repeat "${VQA_REPEAT:-1}"
 fi
 
-stage3() {  # one stage-3 run at learning rate $1, then its score on the real val records
-  local out="$RUN/stage3r_lr$1"
+stage3() {  # one stage-3 run, $1 = LR or LR:STEPS, then its score on the real val records
+  local lr=${1%%:*} out="$RUN/stage3r_lr${1%%:*}" length=(--epochs "${EPOCHS:-8}")
+  [[ $1 == *:* ]] && length=(--steps "${1#*:}")
   if [ ! -f "$out/final/config.json" ]; then
     cv train --stage 3 --stage-config configs/default/stage3r.json --data "$RUN/real_mix/train.jsonl" --init "$INIT" \
-      --out "$out" --lr "$1" --epochs "${EPOCHS:-8}" ${BUDGET_MIN:+--time-budget-min "$BUDGET_MIN"} \
+      --out "$out" --lr "$lr" "${length[@]}" ${BUDGET_MIN:+--time-budget-min "$BUDGET_MIN"} \
       --workers "$WORKERS" --resume --allow-outside --no-progress
   fi
   if [ ! -f "$out/eval_val/eval.json" ]; then
@@ -53,11 +55,11 @@ stage3() {  # one stage-3 run at learning rate $1, then its score on the real va
   fi
 }
 for lr in $LRS; do
-  if [ "${PARALLEL:-0}" = 1 ]; then stage3 "$lr" > "$RUN/stage3r_lr$lr.log" 2>&1 & else stage3 "$lr"; fi
+  if [ "${PARALLEL:-0}" = 1 ]; then stage3 "$lr" > "$RUN/stage3r_lr${lr%%:*}.log" 2>&1 & else stage3 "$lr"; fi
 done
 wait
 evals=()
-for lr in $LRS; do evals+=("$RUN/stage3r_lr$lr/eval_val"); done
+for lr in $LRS; do evals+=("$RUN/stage3r_lr${lr%%:*}/eval_val"); done
 "$PY" scripts/train_real_default.py pick --data "$RUN/real_mix/val_real.jsonl" "${evals[@]}" | tee "$RUN/pick.md"
 best=$(tail -n 1 "$RUN/pick.md")
 rm -rf "$RUN/best" && cp -r "$(dirname "$best")/final" "$RUN/best"
