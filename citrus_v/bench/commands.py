@@ -28,7 +28,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, default=None, help="repeats per timing (best kept)")
     p.add_argument("--new-tokens", type=int, default=None, help="decode length for tok/s")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train,sam2,request,b8")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train,sam2,request,b8,job")
+    p.add_argument("--job-reps", type=int, default=7, help="repeats of the README's main job (median kept; with --model)")
     p.add_argument("--compile", action="store_true", help="also time the fast path with torch.compile (compile time separate)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what else ran on the machine)")
     p.set_defaults(func=run_bench)
@@ -76,7 +77,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = {s for s in args.skip.split(",") if s}
-    unknown = skip - {"train", "sam2", "request", "b8"}
+    unknown = skip - {"train", "sam2", "request", "b8", "job"}
     if unknown:
         raise UserError(f"--skip has unknown part(s) {sorted(unknown)}")
     sizes = measure.BenchSizes.for_size(cpu_sized=get_preset(args.config).cpu_sized and not args.model)
@@ -112,6 +113,8 @@ def run_bench(args: argparse.Namespace) -> int:
         result["predict_with_mask_s"] = req["fast_s"]
         result["predict_with_mask_plain_s"] = req["plain_s"]
         result["fast_vs_plain_request_ratio"] = round(req["plain_s"] / req["fast_s"], 3)
+    if args.model and "job" not in skip:  # a trained model answers the README's main job itself
+        result["main_job"] = measure.main_job(predictor, args.job_reps, device)
     if "sam2" not in skip:
         result.update(measure.sam2_times(model, sizes, device, dtype))
     if "train" not in skip:
@@ -150,12 +153,20 @@ def format_table(r: dict) -> str:
     if "segmentation_request" in r:
         q = r["segmentation_request"]
         rows.append((f"segmentation request ({q['answer_tokens']} tok + mask), s", q["plain_s"], "-", q["fast_s"]))
+    if "main_job" in r:
+        j = r["main_job"]
+        rows.append(("README main job, predict with a mask, s", j["predict_with_mask_s"], "-", j["predict_with_mask_fast_s"]))
     lines = [f"{'':44s} {'HF generate':>12s} {'HF static':>10s} {'citrus-v fast':>14s}"]
     lines += [f"{name:44s} {str(a):>12s} {str(b):>10s} {str(c):>14s}" for name, a, b, c in rows]
     if "train" in r:
         t = r["train"]
         lines.append(f"train text {t['text_tokens']} tok: {t['text_tok_s']} tok/s, {t['text_TFLOPs']} TFLOP/s; "
                      f"image+text {t['mm_tokens']} tok: {t['mm_tok_s']} tok/s, {t['mm_TFLOPs']} TFLOP/s")  # fmt: skip
+    if "main_job" in r:
+        j = r["main_job"]
+        lines.append(f"README main job ({j['image']}, {j['prompt']!r}, median of {j['reps']}): predict with a mask "
+                     f"{j['predict_with_mask_s']} s (fast path {j['predict_with_mask_fast_s']} s), plain generate alone "
+                     f"{j['generate_alone_s']} s: x{j['with_mask_vs_generate_ratio']}")  # fmt: skip
     if "sam2_encoder_ms" in r:
         lines.append(f"SAM2 encoder {r['sam2_encoder_ms']} ms, decoder {r['sam2_decoder_ms']} ms")
     lines.append(f"fast/plain decode ratio (batch 1): {r['fast_vs_plain_decode_ratio']}")

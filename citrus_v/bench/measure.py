@@ -8,14 +8,20 @@ one. Decode rates use the anchors' method: (time for N new tokens - time for 1) 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from citrus_v.bench.flops import multimodal_train_flops, train_flops
+
+if TYPE_CHECKING:
+    from citrus_v.infer.types import Prediction
 
 
 @dataclass
@@ -44,19 +50,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_times(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
-    """Seconds per call, best of ``reps``, the callables interleaved; one warm-up each."""
+def all_times(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each of ``reps`` calls, the callables interleaved; one warm-up each."""
     for fn in fns.values():
         fn()
-    best = {name: float("inf") for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def best_times(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
+    """Seconds per call, best of ``reps``, the callables interleaved; one warm-up each."""
+    return {name: min(t) for name, t in all_times(fns, reps, device).items()}
 
 
 def synthetic_inputs(model: nn.Module, batch: int, side: int, n_text: int, device: torch.device, dtype: torch.dtype):
@@ -159,6 +170,43 @@ def segmentation_request(predictor, sizes: BenchSizes, device: torch.device) -> 
 
     t = best_times({"plain": lambda: run(False), "fast": lambda: run(True)}, sizes.reps, device)
     return {"plain_s": round(t["plain"], 4), "fast_s": round(t["fast"], 4), "answer_tokens": len(script)}
+
+
+# The README's main job (scripts/demo.sh): the bundled real CT slice and the prompt it is asked
+MAIN_JOB_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "ct_abdomen_liver.dcm"
+MAIN_JOB_PROMPT = "Please segment the liver."
+
+
+def main_job(predictor, reps: int, device: torch.device) -> dict[str, object]:
+    """The README's main job as a user runs it: ``Predictor.predict`` on the bundled DICOM slice, the
+    model's own answer (nothing forced). Median seconds over ``reps`` interleaved calls of: predict
+    with the mask through plain ``generate`` (the default path) and through the fast path, and plain
+    ``generate`` alone (reading the image and the same answer's text, no mask)."""
+    from citrus_v.infer.generation import generate_sequences
+
+    settings = {fast: replace(predictor.settings, fast=fast) for fast in (False, True)}
+    answers: dict[str, Prediction] = {}
+
+    def predict(name: str, fast: bool) -> None:
+        answers[name] = predictor.predict([MAIN_JOB_IMAGE], MAIN_JOB_PROMPT, settings=settings[fast])
+
+    def generate_alone() -> None:
+        encoded = predictor._encode([MAIN_JOB_IMAGE], MAIN_JOB_PROMPT, where="main job")
+        with torch.no_grad():
+            generate_sequences(predictor.model, predictor._left_padded([encoded]), settings[False],
+                               predictor.eos_token_id, predictor.pad_token_id)  # fmt: skip
+
+    fns = {"with_mask_plain": lambda: predict("plain", False), "with_mask_fast": lambda: predict("fast", True),
+           "generate_alone": generate_alone}  # fmt: skip
+    t = {name: statistics.median(v) for name, v in all_times(fns, reps, device).items()}
+    return {
+        "image": MAIN_JOB_IMAGE.name, "prompt": MAIN_JOB_PROMPT, "reps": reps, "aggregate": "median",
+        "answer": answers["plain"].answer, "masks": len(answers["plain"].masks),
+        "predict_with_mask_s": round(t["with_mask_plain"], 4), "predict_with_mask_fast_s": round(t["with_mask_fast"], 4),
+        "generate_alone_s": round(t["generate_alone"], 4),
+        "with_mask_vs_generate_ratio": round(t["with_mask_plain"] / t["generate_alone"], 2),
+        "same_answer_fast": answers["fast"].answer == answers["plain"].answer,
+    }  # fmt: skip
 
 
 def train_steps(model: nn.Module, sizes: BenchSizes, device: torch.device, dtype: torch.dtype) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """One image, its segmenter features computed once, and every way the model makes a mask on it.
 
 As sam2's ``SAM2ImagePredictor.set_image``: the segmenter's image encoder is the expensive part
-(SAM2-L: 26 ms on an H200; the default's LiteMedSAM: about 1.5 s per image on a CPU), the prompt encoder and mask
+(SAM2-L: 26 ms on an H200; the default's LiteMedSAM: about 0.75 s per image on 2 CPU threads), the prompt encoder and mask
 decoder are cheap. An ``ImageSession`` encodes its image on first need and keeps the features, so
 the [SEG] masks of an answer, the tightening of the boxes it wrote and any number of clicks after
 it share one encoder pass::

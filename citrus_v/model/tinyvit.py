@@ -74,8 +74,27 @@ class _ConvBN(nn.Module):
         self.c = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False)
         self.bn = _FrozenStatsBatchNorm(c_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.c(x))
+    def forward(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> torch.Tensor:
+        """``padding`` (rows, cols), inference only: a strip of rows pads its own rows (``_conv_rows``)."""
+        if torch.is_grad_enabled():
+            return self.bn(self.c(x))
+        # inference: the BatchNorm is a fixed per-channel affine map, folded into the conv (one pass
+        # over the feature map instead of two; the same values up to rounding)
+        weight, bias = self.folded()
+        if self.c.kernel_size == (1, 1) and self.c.groups == 1 and self.c.stride == (1, 1):
+            # a pointwise conv is a matmul over channels; on a channels-last map the (n, H, W, C)
+            # view is free, and the matmul beats the conv kernel (which adds the bias in a second pass)
+            out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # (n, H, W, C_out)
+            return out.permute(0, 3, 1, 2)  # (n, C_out, H, W), channels-last in memory
+        return F.conv2d(x, weight, bias, self.c.stride, padding or self.c.padding, groups=self.c.groups)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv weight and bias with the BatchNorm folded in (weight in channels-last layout:
+        the depthwise kernels run about twice as fast on channels-last maps with it)."""
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
+        weight = self.c.weight * scale[:, None, None, None]  # (C_out, C_in / groups, k, k)
+        return weight.contiguous(memory_format=torch.channels_last), bn.bias - bn.running_mean * scale
 
 
 class _FrozenStatsBatchNorm(nn.Module):
@@ -116,6 +135,57 @@ class _PatchEmbed(nn.Module):
         return self.seq(x)
 
 
+# ---------------------------------------------------------------------- inference in strips of rows
+# Stage 0 runs at the full input resolution: its 256-channel maps are 64 MiB each at 256 x 256,
+# and every such fresh allocation costs page faults (about as much as the convs themselves on a
+# CPU). Inference therefore runs stage 0 on horizontal strips of rows whose maps stay small; the
+# 3 x 3 convs see the real neighbouring rows (each strip carries a halo of rows recomputed), so
+# the result equals the whole-map forward up to rounding (tested).
+_STRIP_ROWS = 16  # output rows of stage 0 per strip
+# The attention stages' large intermediates (q/k/v of every window, the MLP's hidden layer) are
+# made chunk by chunk for the same reason.
+_CHUNK_VALUES = 1 << 20
+
+
+@dataclass
+class _Strip:
+    """Rows [top, top + h) of an (n, C, rows, W) map of ``rows`` rows."""
+
+    x: torch.Tensor  # (n, C, h, W)
+    top: int
+    rows: int
+
+
+def _conv_rows(conv: _ConvBN, s: _Strip) -> _Strip:
+    """A k x k conv (padding k // 2, stride 1 or 2) on a strip: zero rows only at the map's own
+    top and bottom; the output keeps the rows whose whole window lies in the strip."""
+    k, stride = conv.c.kernel_size[0], conv.c.stride[0]
+    p = k // 2
+    pad_top = p if s.top == 0 else 0
+    pad_bottom = p if s.top + s.x.shape[2] == s.rows else 0
+    x = F.pad(s.x, (0, 0, pad_top, pad_bottom))
+    start = s.top - pad_top  # map row of x's first row
+    first = -(-(start + p) // stride)  # the first output row whose window starts inside x
+    y = conv(x[:, :, first * stride - p - start :], padding=(0, conv.c.padding[1]))
+    return _Strip(y, first, -(-s.rows // stride))
+
+
+def _chunked(fn, x: torch.Tensor, per_item: int, out_dim: int) -> torch.Tensor:
+    """fn over chunks of x's first dim, each chunk's widest intermediate (``per_item`` values per
+    item) kept near 4 MiB (inference; fn must treat the items independently)."""
+    step = max(1, _CHUNK_VALUES // per_item)
+    if torch.is_grad_enabled() or x.shape[0] <= step:
+        return fn(x)
+    out = x.new_empty(*x.shape[:-1], out_dim)
+    for i in range(0, x.shape[0], step):
+        out[i : i + step] = fn(x[i : i + step])
+    return out
+
+
+def _gelu(s: _Strip) -> _Strip:
+    return _Strip(F.gelu(s.x), s.top, s.rows)
+
+
 class _MBConv(nn.Module):
     """Inverted residual: expand 1x1, depthwise 3x3, project 1x1, add, GELU."""
 
@@ -130,6 +200,13 @@ class _MBConv(nn.Module):
         y = F.gelu(self.conv1(x))
         y = F.gelu(self.conv2(y))
         return F.gelu(x + self.conv3(y))
+
+    def forward_strip(self, s: _Strip) -> _Strip:
+        """``forward`` on a strip of rows (inference): one row fewer on each inner edge."""
+        y = _gelu(_conv_rows(self.conv2, _Strip(F.gelu(self.conv1(s.x)), s.top, s.rows)))
+        skip = y.top - s.top
+        x = s.x[:, :, skip : skip + y.x.shape[2]]
+        return _Strip(F.gelu(x + self.conv3(y.x)), y.top, y.rows)
 
 
 class _PatchMerging(nn.Module):
@@ -151,6 +228,11 @@ class _PatchMerging(nn.Module):
         x = self.conv3(x)
         return x.flatten(2).transpose(1, 2)  # (n, H'*W', C')
 
+    def forward_strip(self, s: _Strip) -> _Strip:
+        """``forward`` on a strip of rows of a (n, C, H, W) map, kept as a map (inference)."""
+        y = _gelu(_conv_rows(self.conv2, _Strip(F.gelu(self.conv1(s.x)), s.top, s.rows)))
+        return _Strip(self.conv3(y.x), y.top, y.rows)
+
 
 class _ConvStage(nn.Module):
     def __init__(self, dim: int, depth: int, expand_ratio: int, downsample: _PatchMerging | None) -> None:
@@ -159,9 +241,28 @@ class _ConvStage(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and self.downsample is not None:
+            return self._forward_in_strips(x)
         for block in self.blocks:
             x = block(x)
         return self.downsample(x) if self.downsample is not None else x
+
+    def _forward_in_strips(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, C, H, W) -> tokens (n, H'*W', C'), strip by strip (see ``_STRIP_ROWS``)."""
+        assert self.downsample is not None
+        rows, stride = x.shape[2], self.downsample.conv2.c.stride[0]
+        halo = len(self.blocks) + 1  # one row per 3 x 3 conv on each side
+        out_rows = -(-rows // stride)
+        parts = []
+        for r0 in range(0, out_rows, _STRIP_ROWS):
+            r1 = min(r0 + _STRIP_ROWS, out_rows)
+            lo, hi = max(0, r0 * stride - halo), min(rows, (r1 - 1) * stride + 1 + halo)
+            s = _Strip(x[:, :, lo:hi], lo, rows)
+            for block in self.blocks:
+                s = block.forward_strip(s)
+            s = self.downsample.forward_strip(s)
+            parts.append(s.x[:, :, r0 - s.top : r1 - s.top])  # (n, C', r1 - r0, W')
+        return torch.cat(parts, dim=2).flatten(2).transpose(1, 2)  # (n, H'*W', C')
 
 
 class _WindowAttention(nn.Module):
@@ -190,7 +291,9 @@ class _WindowAttention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)  # per head: [q | k | v]
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=-1)  # each (b, heads, n, head_dim)
-        bias = self.attention_biases[:, self.bias_index]  # (heads, n, n)
+        bias = self.attention_biases[:, self.bias_index][None]  # (1, heads, n, n)
+        # a 4-D mask lets CPU inference take the fused (flash) kernel; a 3-D one falls back to
+        # the unfused math path, 2-4x slower here (same values up to rounding)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (b, heads, n, head_dim)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -203,6 +306,12 @@ class _Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C), token by token."""
+        rows = x.reshape(-1, x.shape[-1])  # (tokens, C)
+        out = _chunked(self._mlp, rows, self.fc1.out_features, self.fc2.out_features)
+        return out.view(x.shape)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.norm(x))))
 
 
@@ -223,7 +332,7 @@ class _TinyViTBlock(nn.Module):
         grid = F.pad(x.view(n, s, s, c), (0, 0, 0, pad, 0, pad))  # (n, S+pad, S+pad, C), zeros bottom/right
         k = (s + pad) // w
         windows = grid.view(n, k, w, k, w, c).transpose(2, 3).reshape(n * k * k, w * w, c)
-        windows = self.attn(windows)  # (n*k*k, w*w, C)
+        windows = _chunked(self.attn, windows, 3 * w * w * c, c)  # (n*k*k, w*w, C), a few windows at a time
         grid = windows.view(n, k, k, w, w, c).transpose(2, 3).reshape(n, k * w, k * w, c)
         x = x + grid[:, :s, :s].reshape(n, length, c)
         x = self.local_conv(x.transpose(1, 2).reshape(n, c, s, s)).flatten(2).transpose(1, 2)  # (n, S*S, C)
@@ -275,6 +384,8 @@ class TinyViT(nn.Module):
         side = self.config.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, side, side):
             raise ValueError(f"TinyViT input must be (n, 3, {side}, {side}), got {tuple(images.shape)}")
+        if not torch.is_grad_enabled():  # channels-last convs are faster on CPU; the tokens come out contiguous
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(images)  # (n, C0, S, S)
         for stage in self.layers:
             x = stage(x)  # stage 0 maps (n, C0, S, S) -> tokens; later stages stay tokens (n, H*W, C)

@@ -59,3 +59,31 @@ def test_decode_rate_arithmetic(monkeypatch):
 def test_unknown_skip_is_refused(tmp_path, capsys):
     assert main(["bench", "--config", "tiny", "--out", str(tmp_path), "--skip", "decode"]) == 2
     assert capsys.readouterr().err == "citrus-v bench: --skip has unknown part(s) ['decode']\n"
+
+
+def test_main_job_reports_medians_and_their_ratio(monkeypatch):
+    """The README's main job on the bench's tiny random model: every figure present, medians of the
+    interleaved calls, the ratio computed from them (the timer is faked after one real call each)."""
+    import argparse
+
+    from citrus_v.bench.commands import _load
+
+    _, predictor, _ = _load(argparse.Namespace(model=None, config="tiny"), torch.device("cpu"), torch.float32)
+    predictor.settings = type(predictor.settings)(max_new_tokens=4)  # a random model need not stop early
+    fake = {"with_mask_plain": [0.9, 0.5, 0.7], "with_mask_fast": [0.4, 0.6, 0.5], "generate_alone": [0.2, 0.1, 0.3]}
+
+    def one_real_call_each(fns, reps, device):
+        for fn in fns.values():
+            fn()
+        return {name: fake[name] for name in fns}
+
+    monkeypatch.setattr(measure, "all_times", one_real_call_each)
+    job = measure.main_job(predictor, 3, torch.device("cpu"))
+    assert job["image"] == "ct_abdomen_liver.dcm" and job["prompt"] == "Please segment the liver."
+    assert (job["predict_with_mask_s"], job["predict_with_mask_fast_s"], job["generate_alone_s"]) == (0.7, 0.5, 0.2)
+    assert job["with_mask_vs_generate_ratio"] == 3.5
+    assert job["aggregate"] == "median" and job["same_answer_fast"] is True and isinstance(job["answer"], str)
+    from citrus_v.bench.commands import format_table
+
+    table = format_table({"prefill_ms_b1": 1.0, "fast_vs_plain_decode_ratio": 2.0, "main_job": job})
+    assert "README main job, predict with a mask, s" in table and "plain generate alone 0.2 s: x3.5" in table
