@@ -1,0 +1,110 @@
+"""scripts/train_real_default.py without training: pack never reads test and keeps boxes right when it
+shrinks images, thinning keeps whole images, mix counts, and the per-source scores and pick."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def script():
+    sys.path.insert(0, str(SCRIPTS))  # it imports train_vqa_rad, as it does when run from scripts/
+    try:
+        spec = importlib.util.spec_from_file_location("train_real_default", SCRIPTS / "train_real_default.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _suite(root: Path) -> Path:
+    """A real-suite folder: bccd (a 400 x 200 image with one pixel box) and cvc-clinicdb (3 frames with
+    masks, each a segment and a locate record); every test.jsonl is garbage, so reading it fails."""
+    (root / "bccd" / "images").mkdir(parents=True)
+    Image.new("RGB", (400, 200), (200, 10, 10)).save(root / "bccd" / "images" / "b.jpg")
+    box = {"messages": [{"role": "user", "content": "<image>Please locate the white blood cell."},
+                        {"role": "assistant", "content": "<boxes>"}], "images": ["images/b.jpg"], "task": "detection",
+           "objects": {"ref": ["white blood cell"], "bbox": [[100.0, 50.0, 300.0, 150.0]]}, "meta": {"source": "bccd"}}
+    for split in ("train", "val"):
+        _write(root / "bccd" / f"{split}.jsonl", [box])
+    cvc = root / "cvc-clinicdb"
+    (cvc / "images").mkdir(parents=True)
+    rows = []
+    for k in range(3):
+        Image.fromarray(np.full((64, 64, 3), 40 * k, np.uint8)).save(cvc / "images" / f"f{k}.png")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10:30, 20:40] = 255
+        Image.fromarray(mask).save(cvc / "images" / f"f{k}_m.png")
+        seg = {"messages": [{"role": "user", "content": "<image>Please segment the polyp."},
+                            {"role": "assistant", "content": "Sure, it is [SEG]."}], "images": [f"images/f{k}.png"],
+               "masks": [f"images/f{k}_m.png"], "task": "segmentation", "meta": {"source": "cvc-clinicdb"}}
+        rows += [seg, {**seg, "masks": [], "task": "detection"}]
+    for split in ("train", "val"):
+        _write(cvc / f"{split}.jsonl", rows)
+    for source in ("bccd", "cvc-clinicdb"):
+        (root / source / "test.jsonl").write_text("not json: the pack must never read me\n")
+    return root
+
+
+def test_pack_shrinks_images_keeps_boxes_as_fractions_and_never_reads_test(script, tmp_path: Path):
+    real, out = _suite(tmp_path / "real"), tmp_path / "pack"
+    counts = script.pack(real, out, max_side=100, quality=90, thin={"cvc-clinicdb": 2})
+    assert counts == {"bccd/train": 1, "bccd/val": 1, "cvc-clinicdb/train": 4, "cvc-clinicdb/val": 6}
+    (rec,) = script.read(out / "bccd_train.jsonl")
+    with Image.open(out / rec["images"][0]) as im:
+        assert im.size == (100, 50) and im.format == "JPEG"
+    assert rec["objects"]["bbox_type"] == "norm1" and rec["objects"]["bbox"] == [[0.25, 0.25, 0.75, 0.75]]
+    train = script.read(out / "cvc-clinicdb_train.jsonl")
+    assert sorted({Path(r["images"][0]).stem for r in train}) == ["f0", "f2"]  # whole images: both records of each
+    seg = next(r for r in train if r["task"] == "segmentation")
+    with Image.open(out / seg["masks"][0]) as m, Image.open(out / seg["images"][0]) as im:
+        assert m.size == im.size == (64, 64) and set(np.unique(np.asarray(m))) <= {0, 255}  # not larger: kept
+
+
+def test_mix_balances_repeats_and_adds_the_synthetic_slice(script, tmp_path: Path):
+    real, pack, synth = _suite(tmp_path / "real"), tmp_path / "pack", tmp_path / "synth"
+    script.pack(real, pack, max_side=0, quality=90, thin={})
+    synth.mkdir()
+    one = {"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
+           "images": ["x.png"], "task": "caption"}
+    _write(synth / "train.jsonl", [one] * 10)
+    _write(synth / "val.jsonl", [one] * 5)
+    counts = script.mix(pack, synth, tmp_path / "mix", n_synthetic=4, n_synthetic_val=2, seed=0)
+    assert counts == {"cvc-clinicdb": 6, "bccd": 1, "synthetic": 4, "train": 11, "val_real": 7}
+    train = script.read(tmp_path / "mix" / "train.jsonl")
+    assert len(train) == 11 and all(Path(p).is_absolute() for r in train for p in r["images"])
+    assert len(script.read(tmp_path / "mix" / "val_synthetic.jsonl")) == 2
+
+
+def test_scores_per_source_and_pick(script, tmp_path: Path):
+    data = tmp_path / "val.jsonl"
+    _write(data, [{"meta": {"source": "vqa-rad"}}, {"meta": {"source": "vqa-rad"}}, {"meta": {"source": "cvc-clinicdb"}}])
+    runs = []
+    for name, correct, dice in (("a", 1.0, 0.4), ("b", 0.0, 0.9)):
+        run = tmp_path / name / "eval_val"
+        run.mkdir(parents=True)
+        _write(run / "predictions.jsonl", [
+            {"index": 0, "task": "vqa_closed", "scores": {"correct": correct}, "dice": []},
+            {"index": 1, "task": "vqa_open", "scores": {"recall": 0.35}, "dice": []},
+            {"index": 2, "task": "segmentation", "scores": {}, "dice": [dice, dice]}])
+        runs.append(run)
+    table = script.scores(data, runs[0])
+    assert table == {"vqa-rad": {"closed_acc": (1.0, 1), "open_recall": (0.35, 1)}, "cvc-clinicdb": {"dice": (0.4, 2)}}
+    # a: closed 1/0.7 capped 1.25, open 1.0, dice 0.5 -> 0.917; b: 0, 1.0, 1.125 -> 0.708
+    assert script.score_of(table) == pytest.approx((1.25 + 1.0 + 0.5) / 3)
+    marks = script.print_table(data, runs)
+    assert marks[0] > marks[1]
