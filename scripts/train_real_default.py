@@ -6,6 +6,7 @@ The real-data tail of the default's rebuild (``scripts/train_real_default.sh``),
     python scripts/train_real_default.py mix --pack RUN/real_pack --synthetic RUN/suite_real --out RUN/real_mix
     python scripts/train_real_default.py table --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py pick --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
+    python scripts/train_real_default.py soup --base INIT --tuned RUN/best --alpha 0.7 --out RUN/soup
 
 ``pack`` copies the train and val splits of each source that ``citrus-v data real-suite`` wrote
 (never ``test.jsonl``) with every image re-encoded as JPEG, shrunk to ``--max-side`` pixels when
@@ -17,7 +18,10 @@ with closed yes/no answers balanced (``scripts/train_vqa_rad.py``), every other 
 record ``REPEAT`` times, and a replay slice of a synthetic suite; ``val_real.jsonl`` (all real val
 records) and ``val_synthetic.jsonl``. ``table`` prints per source the scores of ``citrus-v eval``
 runs on ``val_real.jsonl`` and ``pick`` the run with the best mean of the issue's targets, each
-divided by its bar (capped at 1.25, so one source cannot buy another).
+divided by its bar (capped at 1.25, so one source cannot buy another). ``soup`` writes the model
+whose every weight is ``(1 - alpha) * base + alpha * tuned`` (weight-space interpolation between the
+start and the fine-tuned model, as WiSE-FT does; Wortsman et al. 2022): it keeps more of what the start
+model could do than the fine-tuned end point does.
 """
 from __future__ import annotations
 
@@ -207,6 +211,30 @@ def print_table(data: Path, runs: list[Path]) -> list[float]:
     return marks
 
 
+def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
+    """A model folder at ``out``: ``base``'s files, weights interpolated towards ``tuned`` by ``alpha``."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    if not 0.0 <= alpha <= 1.0:
+        raise SystemExit(f"--alpha must be in [0, 1], got {alpha}")
+    a, b = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    if set(a) != set(b):
+        raise SystemExit(f"{tuned}: its weights are not {base}'s ({len(set(a) ^ set(b))} names differ)")
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            shutil.copy(f, out / f.name)
+    mixed = {k: ((1 - alpha) * a[k].float() + alpha * b[k].float()).to(a[k].dtype) if a[k].is_floating_point() else b[k]
+             for k in a}
+    save_file(mixed, out / "model.safetensors", metadata=metadata)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -229,8 +257,15 @@ def main(argv=None) -> None:
         t = sub.add_parser(name)
         t.add_argument("--data", type=Path, required=True)
         t.add_argument("runs", type=Path, nargs="+", help="citrus-v eval --out folders on --data")
+    w = sub.add_parser("soup")
+    w.add_argument("--base", type=Path, required=True, help="the start model folder")
+    w.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
+    w.add_argument("--alpha", type=float, required=True, help="0: base, 1: tuned")
+    w.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.cmd == "pack":
+    if args.cmd == "soup":
+        print(soup(args.base, args.tuned, args.alpha, args.out))
+    elif args.cmd == "pack":
         thin = {k: int(v) for k, v in (t.split("=") for t in args.thin)}
         print(json.dumps(pack(args.real, args.out, args.max_side, args.quality, thin)))
     elif args.cmd == "mix":

@@ -13,7 +13,8 @@
 #   BUDGET_MIN (unset: no time budget per run),
 #   N_SYNTH (4000 synthetic replay records), WORKERS (2 batch readers per run), SYNTH_WORKERS (WORKERS),
 #   VQA_REPEAT (1: VQA-RAD's balanced train records per epoch), MAX_SIDE/QUALITY/THIN (pack; 0/90/none),
-#   PARALLEL (1: the stage-3 runs side by side, for a GPU), EVAL_BATCH (1), PYTHON (python).
+#   PARALLEL (1: the stage-3 runs side by side, for a GPU), EVAL_BATCH (1), PYTHON (python),
+#   SOUP_ALPHA (unset: none; else RUN/soup = INIT moved towards RUN/best by this fraction of the way).
 # Time: docs/default_model.md, "Real data (issue 21)" (a lent H200 ran it with BUDGET_MIN=4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,3 +65,6 @@ for lr in $LRS; do evals+=("$RUN/stage3r_lr${lr%%:*}/eval_val"); done
 best=$(tail -n 1 "$RUN/pick.md")
 rm -rf "$RUN/best" && cp -r "$(dirname "$best")/final" "$RUN/best"
 echo "best on val: $best -> $RUN/best"
+if [ -n "${SOUP_ALPHA:-}" ]; then  # weight-space interpolation between INIT and the best run (keeps more of INIT)
+  "$PY" scripts/train_real_default.py soup --base "$INIT" --tuned "$RUN/best" --alpha "$SOUP_ALPHA" --out "$RUN/soup"
+fi

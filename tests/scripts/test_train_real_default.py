@@ -108,3 +108,24 @@ def test_scores_per_source_and_pick(script, tmp_path: Path):
     assert script.score_of(table) == pytest.approx((1.25 + 1.0 + 0.5) / 3)
     marks = script.print_table(data, runs)
     assert marks[0] > marks[1]
+
+
+def test_soup_interpolates_every_weight_and_keeps_the_base_files(script, tmp_path: Path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    for folder, w in ((base, 0.0), (tuned, 1.0)):
+        folder.mkdir()
+        save_file({"w": torch.full((2, 2), w, dtype=torch.float16), "n": torch.tensor([3])},
+                  folder / "model.safetensors", metadata={"format": "pt", "layout": "x"})
+    (base / "config.json").write_text("{}")
+    out = script.soup(base, tuned, 0.7, tmp_path / "soup")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt", "layout": "x"}
+        w, n = f.get_tensor("w"), f.get_tensor("n")
+    assert w.dtype == torch.float16 and torch.allclose(w.float(), torch.full((2, 2), 0.7), atol=1e-3)
+    assert n.tolist() == [3] and (out / "config.json").is_file()
+    with pytest.raises(SystemExit, match="alpha"):
+        script.soup(base, tuned, 1.5, tmp_path / "bad")
