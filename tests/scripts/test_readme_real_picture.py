@@ -3,7 +3,6 @@ nothing chosen), what its caption says, the bundled CT slice's truth, and its sc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,23 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.scripts.conftest import load_script
+
 from citrus_v.infer.types import Box, Mask, Prediction
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(SCRIPTS))  # it imports readme_picture, as it does when run from scripts/
-    try:
-        spec = importlib.util.spec_from_file_location("readme_real_picture", SCRIPTS / "readme_real_picture.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["readme_real_picture"] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPTS))
-        sys.modules.pop("readme_real_picture", None)
+    yield from load_script("readme_real_picture")
 
 
 def _record(prompt: str, image: str, task: str, **extra) -> dict:

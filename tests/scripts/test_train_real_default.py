@@ -3,28 +3,18 @@ shrinks images, thinning keeps whole images, mix counts, and the per-source scor
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
+from tests.scripts.conftest import load_script
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(SCRIPTS))  # it imports train_vqa_rad, as it does when run from scripts/
-    try:
-        spec = importlib.util.spec_from_file_location("train_real_default", SCRIPTS / "train_real_default.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    yield from load_script("train_real_default")
 
 
 def _write(path: Path, rows: list[dict]) -> None:
