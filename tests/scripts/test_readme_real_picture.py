@@ -4,7 +4,6 @@ nothing chosen), what its caption says, the bundled CT slice's truth, and its sc
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
