@@ -220,6 +220,9 @@ def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
 
     if not 0.0 <= alpha <= 1.0:
         raise SystemExit(f"--alpha must be in [0, 1], got {alpha}")
+    for folder in (base, tuned):
+        if not (folder / "model.safetensors").is_file():
+            raise SystemExit(f"{folder}: no model.safetensors (expected a model folder)")
     a, b = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
     if set(a) != set(b):
         raise SystemExit(f"{tuned}: its weights are not {base}'s ({len(set(a) ^ set(b))} names differ)")

@@ -119,3 +119,5 @@ def test_soup_interpolates_every_weight_and_keeps_the_base_files(script, tmp_pat
     assert n.tolist() == [3] and (out / "config.json").is_file()
     with pytest.raises(SystemExit, match="alpha"):
         script.soup(base, tuned, 1.5, tmp_path / "bad")
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        script.soup(base, tmp_path / "missing", 0.5, tmp_path / "bad")
