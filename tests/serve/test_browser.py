@@ -8,6 +8,7 @@ The screenshot is kept in ``$CITRUS_V_ARTIFACTS`` (default: the test's tmp dir).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -28,6 +29,20 @@ GREY = 100
 MASK0_RGB = ((GREY + 255) >> 1, (GREY + 64) >> 1, (GREY + 64) >> 1)  # 50 % blend with the first colour
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+@contextlib.contextmanager
+def viewer_page(p, server, **page_args):
+    """Headless Chromium on the viewer at ``server``: -> (page, the console's error messages); closed after."""
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    try:
+        page = browser.new_page(**page_args)
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server.url + "/", wait_until="load")
+        yield page, errors
+    finally:
+        browser.close()
 
 
 def need_browser():
@@ -58,12 +73,7 @@ def test_viewer_upload_overlay_toggle_screenshot(tmp_path):
     shot = artifacts / "viewer.png"
 
     with LiveServer(create_app(EchoPredictor(), ServeConfig())) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            console_errors: list[str] = []
-            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server, viewport={"width": 1200, "height": 800}) as (page, console_errors):
             page.wait_for_function("document.getElementById('model-name').textContent.includes('citrus-v-test-double')")
             page.set_input_files("#image-input", str(image_path))
             page.fill("#prompt-input", "Please segment the lesion.")
@@ -94,8 +104,6 @@ def test_viewer_upload_overlay_toggle_screenshot(tmp_path):
             page.check("#mask-toggle-0")
             assert (canvas_pixels(page)[H // 4 + 3 : H // 2 - 3, W // 4 + 3 : W // 2 - 3] == MASK0_RGB).all()
             assert console_errors == []
-        finally:
-            browser.close()
 
     # the screenshot artifact: right size, not blank, and the overlay colour is on it
     image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
@@ -110,18 +118,13 @@ def test_viewer_shows_api_errors(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a PNG signature and nothing valid after it
     with LiveServer(create_app(EchoPredictor(), ServeConfig())) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(server.url + "/")
+        with viewer_page(p, server) as (page, _):
             page.set_input_files("#image-input", str(bad))
             page.click("#submit-button")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('Error')", timeout=20_000)
             status = page.text_content("#status")
             assert "messages[0].content[0].image_url.url" in status and "image header" in status
             assert page.get_attribute("#status", "class") == "error"
-        finally:
-            browser.close()
 
 
 def test_viewer_click_is_a_point_prompt(tmp_path):
@@ -132,10 +135,7 @@ def test_viewer_click_is_a_point_prompt(tmp_path):
     Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
     model = RefiningEcho()
     with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server, viewport={"width": 1200, "height": 800}) as (page, _):
             page.set_input_files("#image-input", str(image_path))
             page.click("#submit-button")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=20_000)
@@ -159,5 +159,3 @@ def test_viewer_click_is_a_point_prompt(tmp_path):
             click_at(20, 10, shift=True)
             page.wait_for_function("document.getElementById('status').textContent.includes('from 2 point')", timeout=20_000)
             assert [pt[2] for pt in model.refined[1][2].points] == [1, 0]  # the shift-click removes
-        finally:
-            browser.close()

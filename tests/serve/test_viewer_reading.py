@@ -18,7 +18,7 @@ from citrus_v.infer.types import Box, Mask, Prediction
 from citrus_v.serve.app import create_app
 from citrus_v.serve.settings import ServeConfig
 from tests.serve.conftest import EchoPredictor, LiveServer, png_bytes
-from tests.serve.test_browser import CHROMIUM, CHROMIUM_ARGS, canvas_pixels, need_browser
+from tests.serve.test_browser import canvas_pixels, need_browser, viewer_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 H, W, GREY = 96, 128, 100
@@ -65,12 +65,7 @@ def test_viewer_is_a_reading_tool(tmp_path):
     artifacts.mkdir(parents=True, exist_ok=True)
     model = ReportingEcho()
     with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820}, accept_downloads=True)
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server, viewport={"width": 1200, "height": 820}, accept_downloads=True) as (page, errors):
             page.set_input_files("#image-input", str(image_path))
             page.fill("#prompt-input", "Write a report.")
             page.click("#submit-button")
@@ -82,8 +77,6 @@ def test_viewer_is_a_reading_tool(tmp_path):
             downloads(page, tmp_path)
             prompts_undo_reset(page, model)
             assert errors == []
-        finally:
-            browser.close()
     shot = np.asarray(Image.open(artifacts / "viewer_report.png").convert("RGB")).astype(int)
     assert shot.std() > 10 and (np.abs(shot - [0, 255, 0]).sum(axis=2) <= 6).sum() >= 1000  # the recoloured liver
 
@@ -187,10 +180,7 @@ def test_viewer_shows_box_json_as_boxes_not_as_text(tmp_path):
     image_path = tmp_path / "grey.png"
     Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
     with LiveServer(create_app(GroundingEcho(), ServeConfig())) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server) as (page, _):
             page.set_input_files("#image-input", str(image_path))
             page.click("#submit-button")
             wait_status(page, "Done")
@@ -198,8 +188,6 @@ def test_viewer_shows_box_json_as_boxes_not_as_text(tmp_path):
             assert page.text_content("#box-list") == "liver: [10, 10, 50, 40]"
             assert page.is_hidden("#report") and "```json" in page.text_content("#raw-answer-text")
             assert not page.is_hidden("#raw-answer")
-        finally:
-            browser.close()
 
 
 class PlainEcho(EchoPredictor):
@@ -219,10 +207,7 @@ def test_viewer_windows_a_ct_in_hounsfield_units(tmp_path):
     hu, shown = ct.hu.astype(np.float64), ct.display(frame=0)
     lung = np.clip(np.floor((hu - (-600 - 750)) / 1500 * 255 + 0.5), 0, 255)  # Math.round: half up
     with LiveServer(create_app(PlainEcho(), ServeConfig())) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820})
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server, viewport={"width": 1200, "height": 820}) as (page, _):
             page.set_input_files("#image-input", str(CT_SLICE))
             page.click("#submit-button")
             wait_status(page, "Done")
@@ -237,8 +222,6 @@ def test_viewer_windows_a_ct_in_hounsfield_units(tmp_path):
             assert drawn.shape == hu.shape and np.abs(drawn - lung).max() <= 1 and (drawn == lung).mean() > 0.99
             assert not np.array_equal(drawn, shown[..., 0])  # a different window than the one sent
             page.screenshot(path=str(Path(os.environ.get("CITRUS_V_ARTIFACTS", tmp_path)) / "viewer_ct_lung.png"))
-        finally:
-            browser.close()
 
 
 def test_a_ct_dicom_carries_its_hounsfield_values_for_the_viewer():

@@ -18,7 +18,7 @@ from PIL import Image
 from citrus_v.serve.app import create_app
 from citrus_v.serve.settings import ServeConfig
 from tests.serve.conftest import LiveServer
-from tests.serve.test_browser import CHROMIUM, CHROMIUM_ARGS, need_browser
+from tests.serve.test_browser import need_browser, viewer_page
 from tests.serve.test_volume_endpoint import CT_SERIES, BrightEcho, cube_nifti
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -71,12 +71,7 @@ def test_viewer_browses_a_ct_series_with_its_mask(tmp_path):
     artifacts = Path(os.environ.get("CITRUS_V_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     with LiveServer(create_app(BrightEcho(), ServeConfig(max_batch=8, batch_wait_ms=5))) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 1400}, accept_downloads=True)
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server, viewport={"width": 1100, "height": 1400}, accept_downloads=True) as (page, errors):
             segment(page, sorted(CT_SERIES.iterdir()))
             first = page.evaluate("vol.index")
             shown = {}
@@ -89,8 +84,6 @@ def test_viewer_browses_a_ct_series_with_its_mask(tmp_path):
             page.locator("#volume-section").screenshot(path=str(artifacts / "viewer_volume_full.png"))
             check_downloads(page, tmp_path, slice_area=int(shown[10].sum()))
             assert not errors, errors
-        finally:
-            browser.close()
 
 
 def check_downloads(page, folder: Path, slice_area: int) -> None:
@@ -109,10 +102,7 @@ def test_viewer_nifti_volume_has_no_dicom_seg_link(tmp_path):
     sync_playwright = need_browser()
     data = cube_nifti(tmp_path / "cube.nii.gz")
     with LiveServer(create_app(BrightEcho(), ServeConfig(max_batch=8, batch_wait_ms=5))) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(accept_downloads=True)
-            page.goto(server.url + "/", wait_until="load")
+        with viewer_page(p, server, accept_downloads=True) as (page, _):
             segment(page, [tmp_path / "cube.nii.gz"])
             areas = []
             for k in (0, 5):
@@ -120,5 +110,3 @@ def test_viewer_nifti_volume_has_no_dicom_seg_link(tmp_path):
                 areas.append(int(masked(volume_canvas(page)).sum()))
             assert areas == [int((data[..., k] > 0).sum()) for k in (0, 5)]
             assert page.is_hidden("#download-volume-seg") and page.is_visible("#download-volume-nifti")
-        finally:
-            browser.close()
