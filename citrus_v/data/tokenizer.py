@@ -26,9 +26,11 @@ the answer a user reads.
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -211,6 +213,94 @@ def train_tiny_tokenizer(
         if got != i:  # the model config hard-codes these ids
             raise RuntimeError(f"special token {t!r} got id {got}, expected {i}")
     return _wrap(tok)
+
+
+def _words(tok: PreTrainedTokenizerFast, texts: Iterable[str]) -> collections.Counter[str]:
+    """Pre-tokenized units (byte-level strings, as the BPE model sees them) of ``texts`` with counts;
+    the text of added tokens ([SEG], <|im_end|>, ...) is left out, as encode leaves it out."""
+    backend = tok.backend_tokenizer
+    added = sorted((t.content for t in backend.get_added_tokens_decoder().values()), key=len, reverse=True)
+    cut = re.compile("|".join(re.escape(t) for t in added)) if added else None
+    words: collections.Counter[str] = collections.Counter()
+    for text in texts:
+        for chunk in cut.split(text) if cut else [text]:
+            if chunk:
+                normal = backend.normalizer.normalize_str(chunk) if backend.normalizer else chunk
+                words.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normal))
+    return words
+
+
+def extend_tiny_tokenizer(
+    tok: PreTrainedTokenizerFast, texts: Iterable[str], keep_texts: Iterable[str], *, max_new: int,
+    min_frequency: int = 2,
+) -> tuple[PreTrainedTokenizerFast, dict[int, list[int]]]:
+    """``tok`` with up to ``max_new`` BPE merges learned on ``texts`` appended after its last id.
+
+    Every existing id keeps its string, and every text of ``keep_texts`` (the corpus a model was trained
+    on) encodes to exactly the ids it had: a merge is never learned for a pair of tokens that stand side
+    by side in ``keep_texts``' encoding. New merges rank after the old ones, so they only join what the
+    old merges left in pieces (``pneumothorax``, 8 pieces in the synthetic-suite tokenizer, becomes one
+    token). Returns the new tokenizer and, per new id, the old ids that spelled it (to start its
+    embedding rows from).
+    """
+    if max_new < 0 or min_frequency < 1:
+        raise ValueError(f"max_new must be >= 0 and min_frequency >= 1, got {max_new} and {min_frequency}")
+    data = json.loads(tok.backend_tokenizer.to_str())
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"expected a BPE tokenizer, got {model.get('type')!r}")
+    vocab: dict[str, int] = model["vocab"]
+    bpe = tok.backend_tokenizer.model
+    freq = _words(tok, texts)
+    segs = {w: tuple(t.value for t in bpe.tokenize(w)) for w in freq}
+    forbidden = {
+        pair for w in _words(tok, keep_texts) for pieces in [tuple(t.value for t in bpe.tokenize(w))]
+        for pair in zip(pieces, pieces[1:])
+    }
+    # Pair counts over the distinct words, with an index of which words hold each pair.
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    where: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    for w, pieces in segs.items():
+        for pair in zip(pieces, pieces[1:]):
+            counts[pair] += freq[w]
+            where[pair].add(w)
+    merges: list[tuple[str, str]] = []
+    next_id = max(max(vocab.values()), max((a["id"] for a in data["added_tokens"]), default=-1)) + 1
+    spelled: dict[int, list[int]] = {}
+    while len(spelled) < max_new:
+        best = max(((c, p) for p, c in counts.items() if c >= min_frequency and p not in forbidden), default=None)
+        if best is None:
+            break
+        pair = best[1]
+        merged = pair[0] + pair[1]
+        merges.append(pair)
+        if merged not in vocab:
+            vocab[merged] = next_id
+            spelled[next_id] = [vocab[t.value] for t in bpe.tokenize(merged)]
+            next_id += 1
+        for w in list(where.pop(pair, ())):
+            old = segs[w]
+            for p in zip(old, old[1:]):
+                counts[p] -= freq[w]
+                if counts[p] <= 0:
+                    del counts[p]
+            new: list[str] = []
+            i = 0
+            while i < len(old):
+                if i + 1 < len(old) and (old[i], old[i + 1]) == pair:
+                    new.append(merged)
+                    i += 2
+                else:
+                    new.append(old[i])
+                    i += 1
+            segs[w] = tuple(new)
+            for p in zip(new, new[1:]):
+                counts[p] += freq[w]
+                where[p].add(w)
+        counts.pop(pair, None)
+    model["merges"] = [list(m) for m in model["merges"]] + [list(m) for m in merges]
+    extended = Tokenizer.from_str(json.dumps(data))
+    return _wrap(extended), spelled
 
 
 # --------------------------------------------------------------------------- Qwen2.5

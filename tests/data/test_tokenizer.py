@@ -15,6 +15,7 @@ from citrus_v.data.tokenizer import (
     TINY_SPECIAL_TOKENS,
     TokenIds,
     build_qwen25_tokenizer,
+    extend_tiny_tokenizer,
     load_tokenizer,
     train_tiny_tokenizer,
 )
@@ -182,3 +183,45 @@ def test_tiny_learns_the_template_text(tiny_tok):
     assert n == 10  # <|im_start|> system \n You are a helpful assistant . <|im_end|>: one token per word
     bare = train_tiny_tokenizer(["abc def"] * 5, vocab_size=300, template_text_weight=0)
     assert len(bare.encode("You are a helpful assistant.", add_special_tokens=False)) >= 20  # bytes, no merges
+
+
+# --------------------------------------------------------------------------- extending the tiny one
+
+MEDICAL = [
+    "Is there evidence of a pneumothorax?", "No", "Is there cardiomegaly?", "Yes",
+    "What is the location of the pneumoperitoneum?", "Under the right hemidiaphragm",
+    "Which plane is this image taken in?", "Axial", "Are the ventricles enlarged?", "No",
+] * 3
+
+
+def test_extend_tiny_keeps_every_old_id_and_the_kept_texts(tiny_tok):
+    keep = list(iter_texts(n=40))  # what tiny_tok was trained on
+    new, spelled = extend_tiny_tokenizer(tiny_tok, MEDICAL, keep, max_new=200)
+    old_vocab = tiny_tok.get_vocab()
+    assert {t: new.get_vocab()[t] for t in old_vocab} == old_vocab
+    assert len(new) == len(tiny_tok) + len(spelled) and 0 < len(spelled) <= 200
+    assert sorted(spelled) == list(range(len(tiny_tok), len(new)))
+    for text in keep + list(iter_texts(n=20, seed=3)):  # the generator's texts, another seed too
+        assert new.encode(text, add_special_tokens=False) == tiny_tok.encode(text, add_special_tokens=False), text
+    word = "Is there evidence of a pneumothorax?"
+    assert len(new.encode(word, add_special_tokens=False)) < len(tiny_tok.encode(word, add_special_tokens=False))
+    assert "Ġpneumothorax" in new.get_vocab()
+    for new_id, pieces in spelled.items():  # the old ids spell the new token's text
+        assert all(i < len(tiny_tok) for i in pieces)
+        assert tiny_tok.decode(pieces) == new.decode([new_id])
+    import unicodedata
+
+    for text in MEDICAL + VARIED:
+        assert new.decode(new.encode(text, add_special_tokens=False)) == unicodedata.normalize("NFC", text)
+    assert new.chat_template == tiny_tok.chat_template and new.eos_token_id == tiny_tok.eos_token_id
+
+
+def test_extend_tiny_respects_max_new_and_min_frequency(tiny_tok):
+    few, spelled = extend_tiny_tokenizer(tiny_tok, MEDICAL, [], max_new=3)
+    assert len(spelled) == 3 and len(few) == len(tiny_tok) + 3
+    same, none = extend_tiny_tokenizer(tiny_tok, MEDICAL, [], max_new=0)
+    assert none == {} and same.get_vocab() == tiny_tok.get_vocab()
+    rare, _ = extend_tiny_tokenizer(tiny_tok, ["zyxwv"], [], max_new=10, min_frequency=2)  # seen once: no merge
+    assert rare.get_vocab() == tiny_tok.get_vocab()
+    with pytest.raises(ValueError, match="max_new"):
+        extend_tiny_tokenizer(tiny_tok, MEDICAL, [], max_new=-1)
