@@ -7,6 +7,8 @@ The real-data tail of the default's rebuild (``scripts/train_real_default.sh``),
     python scripts/train_real_default.py table --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py pick --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py soup --base INIT --tuned RUN/best --alpha 0.7 --out RUN/soup
+    python scripts/train_real_default.py vocab --base INIT --texts RUN/real_pack/*/train.jsonl \
+        --out RUN/init_vocab
 
 ``pack`` copies the train and val splits of each source that ``citrus-v data real-suite`` wrote
 (never ``test.jsonl``) with every image re-encoded as JPEG, shrunk to ``--max-side`` pixels when
@@ -21,7 +23,12 @@ runs on ``val_real.jsonl`` and ``pick`` the run with the best mean of the issue'
 divided by its bar (capped at 1.25, so one source cannot buy another). ``soup`` writes the model
 whose every weight is ``(1 - alpha) * base + alpha * tuned`` (weight-space interpolation between the
 start and the fine-tuned model, as WiSE-FT does; Wortsman et al. 2022): it keeps more of what the start
-model could do than the fine-tuned end point does.
+model could do than the fine-tuned end point does. ``vocab`` gives the tiny model's tokenizer the words of
+the real train texts (``citrus_v.data.tokenizer.extend_tiny_tokenizer``: new ids in the embedding rows
+the tokenizer left unused; the texts of ``--keep``, the synthetic suite it was trained on, encode to the
+same ids as before) and starts each new token's input and output rows at the mean of the rows of the
+pieces that spelled it, so the model's greedy answers do not change until it is trained (a mean of
+logits is never above their maximum).
 """
 from __future__ import annotations
 
@@ -238,6 +245,67 @@ def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
     return out
 
 
+def texts_of(files: list[Path]) -> list[str]:
+    """Every message's text in the JSONL ``files``."""
+    from citrus_v.data.schema import read_jsonl
+
+    return [m.content for f in files for r in read_jsonl(f) for m in r.messages if isinstance(m.content, str)]
+
+
+def vocab(base: Path, texts: list[Path], keep: list[Path], out: Path, max_new: int | None, min_frequency: int,
+          keep_synthetic: int = 2000) -> dict:
+    """A model folder at ``out``: ``base`` with its tokenizer extended on ``texts`` and the new tokens'
+    embedding and output rows set to the mean of their pieces' rows. What encodes as before: the
+    texts of ``keep``, the chat template's own strings, and every text the synthetic suite's generator
+    makes for ``keep_synthetic`` samples per split (its questions come from templates; a suite of a
+    few hundred records leaves some out)."""
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from citrus_v.data.phantoms.suite import iter_texts
+    from citrus_v.data.tokenizer import TEMPLATE_TEXTS, extend_tiny_tokenizer, load_tokenizer
+
+    if not (base / "model.safetensors").is_file():
+        raise SystemExit(f"{base}: no model.safetensors (expected a model folder)")
+    name = json.loads((base / "config.json").read_text()).get("name", "") if (base / "config.json").is_file() else ""
+    if not name.startswith("tiny"):
+        raise SystemExit(f"{base}: vocab extends a tiny-preset model's own tokenizer, this is {name or 'not one'} "
+                         "(the 8b reads Qwen2.5's tokenizer, which has the words already)")
+    weights = load_file(base / "model.safetensors")
+    rows = {k: v for k, v in weights.items() if k.endswith(("embed_tokens.weight", "lm_head.weight"))}
+    if len(rows) != 2:
+        raise SystemExit(f"{base}: expected one embed_tokens and one lm_head weight, found {sorted(rows)}")
+    n_rows = min(v.shape[0] for v in rows.values())
+    tok = load_tokenizer(base)
+    room = n_rows - len(tok)
+    if max_new is None or max_new > room:
+        max_new = room
+    new_tok, spelled = extend_tiny_tokenizer(tok, texts_of(texts), [*texts_of(keep), *TEMPLATE_TEXTS, *iter_texts(n=keep_synthetic, size=224)],
+                                             max_new=max_new, min_frequency=min_frequency)
+    for name, w in rows.items():
+        w = w.clone()
+        for new_id, pieces in spelled.items():
+            w[new_id] = w[torch.tensor(pieces)].float().mean(0).to(w.dtype)
+        weights[name] = w
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    partial = out.with_name(out.name + ".partial")  # renamed into place when whole: a killed run leaves no half
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for f in base.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            shutil.copy(f, partial / f.name)
+    new_tok.save_pretrained(str(partial))
+    save_file(weights, partial / "model.safetensors", metadata=metadata)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return {"out": str(out), "tokens_before": len(tok), "tokens_after": len(new_tok), "new": len(spelled),
+            "embedding_rows": n_rows}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -265,8 +333,21 @@ def main(argv=None) -> None:
     w.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
     w.add_argument("--alpha", type=float, required=True, help="0: base, 1: tuned")
     w.add_argument("--out", type=Path, required=True)
+    v = sub.add_parser("vocab")
+    v.add_argument("--base", type=Path, required=True, help="the start model folder (a tiny-preset model)")
+    v.add_argument("--texts", type=Path, nargs="+", required=True, help="JSONL files whose words get tokens")
+    v.add_argument("--keep", type=Path, nargs="*", default=[],
+                   help="JSONL files of text the model was trained on: they encode exactly as before")
+    v.add_argument("--keep-synthetic", type=int, default=2000,
+                   help="the synthetic generator's texts for this many samples per split encode as before too")
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--max-new", type=int, default=None, help="at most this many new tokens (default: every unused row)")
+    v.add_argument("--min-frequency", type=int, default=2, help="a merge is learned only when seen this often")
     args = p.parse_args(argv)
-    if args.cmd == "soup":
+    if args.cmd == "vocab":
+        print(json.dumps(vocab(args.base, args.texts, args.keep, args.out, args.max_new, args.min_frequency,
+                               args.keep_synthetic)))
+    elif args.cmd == "soup":
         print(soup(args.base, args.tuned, args.alpha, args.out))
     elif args.cmd == "pack":
         thin = {k: int(v) for k, v in (t.split("=") for t in args.thin)}

@@ -121,3 +121,47 @@ def test_soup_interpolates_every_weight_and_keeps_the_base_files(script, tmp_pat
         script.soup(base, tuned, 1.5, tmp_path / "bad")
     with pytest.raises(SystemExit, match="no model.safetensors"):
         script.soup(base, tmp_path / "missing", 0.5, tmp_path / "bad")
+
+
+def test_vocab_gives_real_words_tokens_and_leaves_the_default_s_answers_unchanged(script, tmp_path: Path):
+    """The extended default: old ids and rows untouched, each new row the mean of its pieces' rows, and
+    (the point of the mean) the same greedy answers to synthetic questions, [SEG] mask included."""
+    from safetensors.torch import load_file
+
+    from citrus_v.data.phantoms.suite import SuiteConfig, make_sample
+    from citrus_v.data.tokenizer import load_tokenizer
+    from citrus_v.infer.predictor import Predictor, default_model_dir
+
+    real = tmp_path / "real.jsonl"
+    qa = [("Is there evidence of a pneumothorax?", "No"), ("Is there cardiomegaly?", "Yes, there is cardiomegaly"),
+          ("Where is the pneumoperitoneum?", "Under the right hemidiaphragm")]
+    _write(real, [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "task": "vqa_open"}
+                  for q, a in qa * 2])
+    base = default_model_dir()
+    info = script.vocab(base, [real], [], tmp_path / "ext", None, 2, keep_synthetic=100)
+    old_tok, new_tok = load_tokenizer(base), load_tokenizer(tmp_path / "ext")
+    assert info["tokens_before"] == len(old_tok) < info["tokens_after"] == len(new_tok) <= info["embedding_rows"]
+    assert "Ġcardiomegaly" in new_tok.get_vocab()
+    a, b = load_file(base / "model.safetensors"), load_file(tmp_path / "ext" / "model.safetensors")
+    n = len(old_tok)
+    for name in ("mllm.lm_head.weight", "mllm.model.language_model.embed_tokens.weight"):
+        assert torch_equal(a[name][:n], b[name][:n]) and torch_equal(a[name][len(new_tok):], b[name][len(new_tok):])
+        new_id = new_tok.convert_tokens_to_ids("Ġcardiomegaly")
+        pieces = old_tok.encode(" cardiomegaly", add_special_tokens=False)
+        assert len(pieces) > 1
+        expected = a[name][pieces].float().mean(0)
+        assert (b[name][new_id].float() - expected).abs().max() < 1e-2  # fp16 storage
+    assert all(torch_equal(a[k], b[k]) for k in a if "lm_head" not in k and "embed_tokens" not in k)
+    sample = make_sample(SuiteConfig(seed=3, size=224), "val", 0)
+    old, new = Predictor.from_pretrained(base), Predictor.from_pretrained(tmp_path / "ext")
+    for prompt in (sample.question, "Please segment the liver."):
+        p, q = old.predict(sample.image, prompt), new.predict(sample.image, prompt)
+        assert p.raw_text == q.raw_text and p.num_prompt_tokens == q.num_prompt_tokens, prompt
+        assert len(p.masks) == len(q.masks) and all((m.mask == k.mask).all() for m, k in zip(p.masks, q.masks))
+    assert "[SEG]" in p.raw_text and p.masks  # the segment prompt checked a mask, not only text
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return x.shape == y.shape and bool(torch.equal(x, y))
