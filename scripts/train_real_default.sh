@@ -14,7 +14,9 @@
 #   N_SYNTH (4000 synthetic replay records), WORKERS (2 batch readers per run), SYNTH_WORKERS (WORKERS),
 #   VQA_REPEAT (1: VQA-RAD's balanced train records per epoch), MAX_SIDE/QUALITY/THIN (pack; 0/90/none),
 #   PARALLEL (1: the stage-3 runs side by side, for a GPU), EVAL_BATCH (1), PYTHON (python),
-#   SOUP_ALPHA (unset: none; else RUN/soup = INIT moved towards RUN/best by this fraction of the way).
+#   SOUP_ALPHA (unset: none; else RUN/soup = the start moved towards RUN/best by this fraction of the way),
+#   VOCAB (1: stage 3 starts from INIT with the real train texts' words added to its tokenizer, RUN/init_vocab;
+#   0: from INIT as it is).
 # Time: docs/default_model.md, "Real data (issue 21)" (a lent H200 ran it with BUDGET_MIN=4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,11 +44,20 @@ if [ ! -f "$RUN/real_mix/counts.jsonl" ]; then
     --n-synthetic "${N_SYNTH:-4000}" --vqa-repeat "${VQA_REPEAT:-1}"
 fi
 
+START=$INIT
+if [ "${VOCAB:-1}" != 0 ]; then  # the real train texts' words get tokens (the synthetic text encodes as before)
+  if [ ! -f "$RUN/init_vocab/model.safetensors" ]; then
+    "$PY" scripts/train_real_default.py vocab --base "$INIT" --texts "$RUN"/real_pack/*_train.jsonl \
+      --keep "$RUN/suite_real/train.jsonl" --out "$RUN/init_vocab"
+  fi
+  START=$RUN/init_vocab
+fi
+
 stage3() {  # one stage-3 run, $1 = LR or LR:STEPS, then its score on the real val records
   local lr=${1%%:*} out="$RUN/stage3r_lr${1%%:*}" length=(--epochs "${EPOCHS:-8}")
   [[ $1 == *:* ]] && length=(--steps "${1#*:}")
   if [ ! -f "$out/final/config.json" ]; then
-    cv train --stage 3 --stage-config configs/default/stage3r.json --data "$RUN/real_mix/train.jsonl" --init "$INIT" \
+    cv train --stage 3 --stage-config configs/default/stage3r.json --data "$RUN/real_mix/train.jsonl" --init "$START" \
       --out "$out" --lr "$lr" "${length[@]}" ${BUDGET_MIN:+--time-budget-min "$BUDGET_MIN"} \
       --workers "$WORKERS" --resume --allow-outside --no-progress
   fi
@@ -65,6 +76,6 @@ for lr in $LRS; do evals+=("$RUN/stage3r_lr${lr%%:*}/eval_val"); done
 best=$(tail -n 1 "$RUN/pick.md")
 rm -rf "$RUN/best" && cp -r "$(dirname "$best")/final" "$RUN/best"
 echo "best on val: $best -> $RUN/best"
-if [ -n "${SOUP_ALPHA:-}" ]; then  # weight-space interpolation between INIT and the best run (keeps more of INIT)
-  "$PY" scripts/train_real_default.py soup --base "$INIT" --tuned "$RUN/best" --alpha "$SOUP_ALPHA" --out "$RUN/soup"
+if [ -n "${SOUP_ALPHA:-}" ]; then  # weight-space interpolation between the start and the best run (keeps more of the start)
+  "$PY" scripts/train_real_default.py soup --base "$START" --tuned "$RUN/best" --alpha "$SOUP_ALPHA" --out "$RUN/soup"
 fi
