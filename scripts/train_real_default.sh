@@ -15,8 +15,8 @@
 #   VQA_REPEAT (1: VQA-RAD's balanced train records per epoch), MAX_SIDE/QUALITY/THIN (pack; 0/90/none),
 #   PARALLEL (1: the stage-3 runs side by side, for a GPU), EVAL_BATCH (1), PYTHON (python),
 #   SOUP_ALPHA (unset: none; else RUN/soup = the start moved towards RUN/best by this fraction of the way),
-#   VOCAB (1: stage 3 starts from INIT with the real train texts' words added to its tokenizer, RUN/init_vocab;
-#   0: from INIT as it is).
+#   VOCAB (0: stage 3 starts from INIT as it is; 1: from INIT with the real train texts' words added to its
+#   tokenizer, RUN/init_vocab: on VQA-RAD val it raised open recall and lowered closed accuracy, docs/default_model.md).
 # Time: docs/default_model.md, "Real data (issue 21)" (a lent H200 ran it with BUDGET_MIN=4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,7 @@ if [ ! -f "$RUN/real_mix/counts.jsonl" ]; then
 fi
 
 START=$INIT
-if [ "${VOCAB:-1}" != 0 ]; then  # the real train texts' words get tokens (the synthetic text encodes as before)
+if [ "${VOCAB:-0}" = 1 ]; then  # the real train texts' words get tokens (the synthetic text encodes as before)
   if [ ! -f "$RUN/init_vocab/model.safetensors" ]; then
     "$PY" scripts/train_real_default.py vocab --base "$INIT" --texts "$RUN"/real_pack/*_train.jsonl \
       --keep "$RUN/suite_real/train.jsonl" --out "$RUN/init_vocab"

@@ -6,7 +6,8 @@
 writes WORK/train_balanced.jsonl (yes/no closed questions resampled to equal counts, every other
 record kept once), WORK/val_blank.jsonl (val with every image replaced by a black image of the same
 size), runs `citrus-v train --stage 3` once per --lr from --init, then `citrus-v eval` of the start
-model and of each run on val and on blank val, and writes WORK/summary.json and a Markdown table.
+model and of each run on val and on blank val, and writes WORK/summary.json and a Markdown table (with two
+baselines: the train split's majority closed answer, and the answer of the nearest train question, text only).
 It never reads test.jsonl: the test split is scored once, after a setting is chosen here.
 """
 from __future__ import annotations
@@ -81,6 +82,29 @@ def majority_closed(train: list[dict], val: list[dict]) -> dict:
     return {"answer": top, "closed_acc": acc, "n_closed": len(closed)}
 
 
+def nearest_question(train: list[dict], val: list[dict]) -> dict:
+    """A text-only baseline: each val question gets the answer of the train question sharing the most
+    words with it (Jaccard; the first in file order on a tie), scored as ``citrus-v eval`` scores."""
+    from citrus_v.eval.metrics.vqa import answer_tokens, token_recall
+    from citrus_v.eval.parsing import closed_answer_correct
+
+    def words(rec: dict) -> set[str]:
+        return set(answer_tokens(rec["messages"][0]["content"].replace("<image>", "")))
+
+    bank = [(words(r), r["messages"][-1]["content"]) for r in train]
+    closed, recall = [], []
+    for rec in val:
+        q = words(rec)
+        guess = max(bank, key=lambda b: len(q & b[0]) / max(len(q | b[0]), 1))[1]
+        ref = rec["messages"][-1]["content"]
+        if rec["task"] == "vqa_closed":
+            closed.append(closed_answer_correct(guess, ref))
+        else:
+            recall.append(token_recall(guess, ref))
+    return {"closed_acc": sum(closed) / max(len(closed), 1), "n_closed": len(closed),
+            "open_recall": sum(recall) / max(len(recall), 1), "n_open": len(recall)}
+
+
 def evaluate(model: str, data: Path, out: Path, max_new_tokens: int) -> dict:
     """`citrus-v eval` on one JSONL; closed accuracy, open recall and the share of yes/no answers."""
     if not (out / "eval.json").exists():
@@ -116,6 +140,9 @@ def table(summary: dict) -> str:
     maj = summary["majority"]
     rows.append(f"| always '{maj['answer']}' (train majority) | {maj['closed_acc']:.3f} ({maj['n_closed']}) "
                 f"| 0 | - | {maj['closed_acc']:.3f} |")
+    near = summary["nearest_question"]
+    rows.append(f"| answer of the nearest train question (text only) | {near['closed_acc']:.3f} ({near['n_closed']}) "
+                f"| {near['open_recall']:.3f} ({near['n_open']}) | - | - |")
     for name, r in summary["models"].items():
         v, b = r["val"], r["blank"]
         rows.append(f"| {name} | {v['closed_acc']:.3f} ({v['n_closed']}) | {v['open_recall']:.3f} ({v['n_open']}) "
@@ -138,7 +165,7 @@ def main(argv=None) -> None:
     data = write_records(balanced(train, args.seed), args.work / "train_balanced.jsonl")
     val_path = write_records(val, args.work / "val.jsonl")
     blank_path = write_records(blanked(val, args.work / "blank_images"), args.work / "val_blank.jsonl")
-    summary = {"majority": majority_closed(train, val), "models": {}}
+    summary = {"majority": majority_closed(train, val), "nearest_question": nearest_question(train, val), "models": {}}
     models = {"default (no fine-tune)": args.init}
     models.update({f"stage 3, lr {lr}": finetune(args, data, val_path, lr) for lr in args.lr})
     for i, (name, model) in enumerate(models.items()):
