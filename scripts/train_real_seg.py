@@ -69,7 +69,8 @@ def _write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def subsets(real: Path, synthetic: Path, out: Path) -> dict[str, dict[str, int]]:
+def subsets(real: Path, synthetic: Path, out: Path, synthetic_train: int | None = SYNTHETIC_SEG[0]) -> dict[str, dict[str, int]]:
+    """``synthetic_train``: how many of the suite's train segmentation records replay (None: all)."""
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, int]] = {}
     for split, k in (("train", 0), ("val", 1)):
@@ -80,7 +81,7 @@ def subsets(real: Path, synthetic: Path, out: Path) -> dict[str, dict[str, int]]
             picked += rows
             if split == "val":
                 _write(out / f"val_{source}.jsonl", rows)
-        synth = _every_kth(_seg_records(synthetic / f"{split}.jsonl"), SYNTHETIC_SEG[k])
+        synth = _every_kth(_seg_records(synthetic / f"{split}.jsonl"), synthetic_train if split == "train" else SYNTHETIC_SEG[1])
         _copy_files(synth, out, f"{SYNTHETIC}-{split}")
         picked += synth
         if split == "val":
@@ -149,6 +150,8 @@ def main() -> None:
     s.add_argument("--real", type=Path, required=True)
     s.add_argument("--synthetic", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--synthetic-train", type=int, default=SYNTHETIC_SEG[0],
+                   help="synthetic train segmentation records in the replay slice (0 or less: all of them)")
     tr = sub.add_parser("train", help="cached stage 4 with a short warm-up")
     for flag in ("init", "data", "val", "out"):
         tr.add_argument(f"--{flag}", type=Path, required=True)
@@ -168,7 +171,8 @@ def main() -> None:
     t.add_argument("data", type=Path, nargs="+", help="data file(s) then the predictions.jsonl")
     args = p.parse_args()
     if args.cmd == "subsets":
-        print(json.dumps(subsets(args.real, args.synthetic, args.out), indent=1))
+        n_synth = args.synthetic_train if args.synthetic_train > 0 else None
+        print(json.dumps(subsets(args.real, args.synthetic, args.out, n_synth), indent=1))
         return
     if args.cmd == "train":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1,0 +1,52 @@
+"""scripts/train_real_seg.py subsets: per-source picks, the synthetic replay's size, and test never read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.scripts.conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def script():
+    yield from load_script("train_real_seg")
+
+
+def _folder(root: Path, n: dict[str, int], source: str | None) -> Path:
+    """A split folder: n[split] segmentation records (image + mask) and one VQA record per split."""
+    (root / "images").mkdir(parents=True)
+    for split, count in n.items():
+        rows = []
+        for k in range(count):
+            Image.new("RGB", (16, 16)).save(root / "images" / f"{split}{k}.png")
+            Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "images" / f"{split}{k}_m.png")
+            rows.append({"messages": [{"role": "user", "content": "<image>Please segment it."},
+                                      {"role": "assistant", "content": "Sure, it is [SEG]."}],
+                         "images": [f"images/{split}{k}.png"], "masks": [f"images/{split}{k}_m.png"],
+                         "task": "segmentation", "meta": {"source": source} if source else {}})
+        rows.append({"messages": [{"role": "user", "content": "Yes?"}, {"role": "assistant", "content": "No"}],
+                     "images": [], "task": "vqa_closed"})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "test.jsonl").write_text("not json: never read\n")
+    return root
+
+
+def test_subsets_take_the_replay_size_asked_and_never_read_test(script, tmp_path: Path):
+    real = tmp_path / "real"
+    for source in script.REAL_SEG:
+        _folder(real / source, {"train": 3, "val": 2}, source)
+    synthetic = _folder(tmp_path / "suite", {"train": 6, "val": 2}, None)
+    some = script.subsets(real, synthetic, tmp_path / "some", synthetic_train=4)
+    every = script.subsets(real, synthetic, tmp_path / "all", synthetic_train=None)
+    assert some["train"]["synthetic"] == 4 and every["train"]["synthetic"] == 6
+    for counts in (some, every):
+        assert all(counts["train"][s] == 3 and counts["val"][s] == 2 for s in script.REAL_SEG)
+        assert counts["val"]["synthetic"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "all" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * len(script.REAL_SEG) + 6 and all(r["masks"] for r in rows)
+    assert all((tmp_path / "all" / p).is_file() for r in rows for p in r["images"] + r["masks"])
