@@ -69,14 +69,22 @@ def _write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def subsets(real: Path, synthetic: Path, out: Path, synthetic_train: int | None = SYNTHETIC_SEG[0]) -> dict[str, dict[str, int]]:
-    """``synthetic_train``: how many of the suite's train segmentation records replay (None: all)."""
+def subsets(real: Path, synthetic: Path, out: Path, synthetic_train: int | None = SYNTHETIC_SEG[0],
+            train_counts: dict[str, int | None] | None = None) -> dict[str, dict[str, int]]:
+    """``synthetic_train``: how many of the suite's train segmentation records replay (None: all);
+    ``train_counts``: train records per real source instead of ``REAL_SEG``'s (None: all; a source not in
+    ``REAL_SEG`` joins train only, so the val set stays the same)."""
+    sizes = dict(REAL_SEG)
+    for source, n in (train_counts or {}).items():
+        sizes[source] = (n, sizes.get(source, (0, 0))[1])
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, int]] = {}
     for split, k in (("train", 0), ("val", 1)):
         picked: list[dict] = []
-        for source, sizes in REAL_SEG.items():
-            rows = _every_kth(_seg_records(real / source / f"{split}.jsonl"), sizes[k])
+        for source, (n_train, n_val) in sizes.items():
+            if (n_train, n_val)[k] == 0:
+                continue
+            rows = _every_kth(_seg_records(real / source / f"{split}.jsonl"), (n_train, n_val)[k])
             _copy_files(rows, out, source)
             picked += rows
             if split == "val":
@@ -152,6 +160,8 @@ def main() -> None:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--synthetic-train", type=int, default=SYNTHETIC_SEG[0],
                    help="synthetic train segmentation records in the replay slice (0 or less: all of them)")
+    s.add_argument("--train-count", nargs="*", default=[], metavar="SOURCE=N",
+                   help="train records of a real source (N <= 0: all); a source new to the list joins train only")
     tr = sub.add_parser("train", help="cached stage 4 with a short warm-up")
     for flag in ("init", "data", "val", "out"):
         tr.add_argument(f"--{flag}", type=Path, required=True)
@@ -172,7 +182,8 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "subsets":
         n_synth = args.synthetic_train if args.synthetic_train > 0 else None
-        print(json.dumps(subsets(args.real, args.synthetic, args.out, n_synth), indent=1))
+        counts = {src: (int(n) if int(n) > 0 else None) for src, n in (t.split("=") for t in args.train_count)}
+        print(json.dumps(subsets(args.real, args.synthetic, args.out, n_synth, counts), indent=1))
         return
     if args.cmd == "train":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -50,3 +50,16 @@ def test_subsets_take_the_replay_size_asked_and_never_read_test(script, tmp_path
     rows = [json.loads(line) for line in (tmp_path / "all" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * len(script.REAL_SEG) + 6 and all(r["masks"] for r in rows)
     assert all((tmp_path / "all" / p).is_file() for r in rows for p in r["images"] + r["masks"])
+
+
+def test_a_train_count_for_a_new_source_adds_train_records_and_leaves_val_as_it_was(script, tmp_path: Path):
+    real = tmp_path / "real"
+    for source in script.REAL_SEG:
+        _folder(real / source, {"train": 3, "val": 2}, source)
+    _folder(real / "totalseg", {"train": 5, "val": 2}, "totalseg")
+    synthetic = _folder(tmp_path / "suite", {"train": 6, "val": 2}, None)
+    plain = script.subsets(real, synthetic, tmp_path / "plain")
+    more = script.subsets(real, synthetic, tmp_path / "more", train_counts={"totalseg": None, "drive": 1})
+    assert "totalseg" not in plain["train"] and more["train"]["totalseg"] == 5 and more["train"]["drive"] == 1
+    assert more["val"] == plain["val"] and "totalseg" not in more["val"]
+    assert (tmp_path / "more" / "val.jsonl").read_text() == (tmp_path / "plain" / "val.jsonl").read_text()
