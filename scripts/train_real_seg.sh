@@ -4,6 +4,10 @@
 # measured per source on VALIDATION records only (the test splits are not read).
 # Usage: bash scripts/train_real_seg.sh REAL_SUITE [RUN_DIR]
 #   REAL_SUITE: the folder `citrus-v data real-suite` wrote (one subfolder per source)
+# Knobs (environment): SYNTH_TRAIN (24 synthetic replay records; 0: the suite's whole train split),
+#   TRAIN_COUNT ("": REAL_SEG's counts; e.g. "totalseg=0" adds every TotalSegmentator train slice),
+#   STEPS (72), VAL_EVERY (24). The run that kept the phantoms and the real CT/MR slices:
+#   SYNTH_TRAIN=0 TRAIN_COUNT=totalseg=0 STEPS=288 VAL_EVERY=48 (docs/default_model.md, "larger replay").
 # Time and memory on the 2-core development machine: docs/default_model.md, "Real data (issue 21)".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,16 +19,18 @@ if [ ! -f "$RUN/suite/val.jsonl" ]; then
   citrus-v data phantoms --out "$RUN/suite" --n 400 --n-val 100 --n-test 1 --seed 7 --size 224
 fi
 if [ ! -f "$RUN/data/val.jsonl" ]; then
-  python scripts/train_real_seg.py subsets --real "$REAL" --synthetic "$RUN/suite" --out "$RUN/data"
+  # shellcheck disable=SC2086
+  python scripts/train_real_seg.py subsets --real "$REAL" --synthetic "$RUN/suite" --out "$RUN/data" \
+    --synthetic-train "${SYNTH_TRAIN:-24}" --train-count ${TRAIN_COUNT:-}
 fi
 if [ ! -f "$RUN/eval_before/eval.json" ]; then
   citrus-v eval --data "$RUN/data/val.jsonl" --model citrus_v/assets/default --out "$RUN/eval_before" --no-progress
 fi
 if [ ! -f "$RUN/stage4/final/config.json" ]; then
-  # cached stage 4 (as citrus-v train-seg-cached) with 8 warm-up steps: batch 8, lr 5e-4, 72 steps, val every 24;
+  # cached stage 4 (as citrus-v train-seg-cached) with 8 warm-up steps: batch 8, lr 5e-4, STEPS steps, val every VAL_EVERY;
   # --resume continues an interrupted run (finished cache shards and checkpoints are kept)
   python scripts/train_real_seg.py train --init citrus_v/assets/default --data "$RUN/data/train.jsonl" \
-    --val "$RUN/data/val.jsonl" --out "$RUN/stage4" --resume
+    --val "$RUN/data/val.jsonl" --out "$RUN/stage4" --steps "${STEPS:-72}" --val-every "${VAL_EVERY:-24}" --resume
 fi
 if [ ! -f "$RUN/eval_after/eval.json" ]; then
   citrus-v eval --data "$RUN/data/val.jsonl" --model "$RUN/stage4/final" --out "$RUN/eval_after" --no-progress
