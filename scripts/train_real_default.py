@@ -345,8 +345,13 @@ def main(argv=None) -> None:
     v.add_argument("--min-frequency", type=int, default=2, help="a merge is learned only when seen this often")
     args = p.parse_args(argv)
     if args.cmd == "vocab":
-        print(json.dumps(vocab(args.base, args.texts, args.keep, args.out, args.max_new, args.min_frequency,
-                               args.keep_synthetic)))
+        from citrus_v.data.schema import RecordError
+
+        try:
+            made = vocab(args.base, args.texts, args.keep, args.out, args.max_new, args.min_frequency, args.keep_synthetic)
+        except (RecordError, FileNotFoundError) as e:  # a bad or missing --texts / --keep file: its name and line
+            raise SystemExit(f"vocab: {e}") from None
+        print(json.dumps(made))
     elif args.cmd == "soup":
         print(soup(args.base, args.tuned, args.alpha, args.out))
     elif args.cmd == "pack":

@@ -165,3 +165,21 @@ def torch_equal(x, y) -> bool:
     import torch
 
     return x.shape == y.shape and bool(torch.equal(x, y))
+
+
+def test_vocab_names_a_bad_texts_file_and_its_line_in_one_line(script, tmp_path: Path, capsys):
+    from citrus_v.infer.predictor import default_model_dir
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\nnot json\n')
+    with pytest.raises(SystemExit, match=r"bad\.jsonl:(1|2)"):
+        script.main(["vocab", "--base", str(default_model_dir()), "--texts", str(bad), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="missing.jsonl"):
+        script.main(["vocab", "--base", str(default_model_dir()), "--texts", str(tmp_path / "missing.jsonl"),
+                     "--out", str(tmp_path / "o")])
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "big" / "config.json").write_text('{"name": "8b"}')
+    with pytest.raises(SystemExit, match="tiny-preset"):
+        script.vocab(tmp_path / "big", [bad], [], tmp_path / "o", None, 2)
+    assert not (tmp_path / "o").exists()
