@@ -7,7 +7,7 @@ The real-data tail of the default's rebuild (``scripts/train_real_default.sh``),
     python scripts/train_real_default.py table --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py pick --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py soup --base INIT --tuned RUN/best --alpha 0.7 --out RUN/soup
-    python scripts/train_real_default.py vocab --base INIT --texts RUN/real_pack/*/train.jsonl \
+    python scripts/train_real_default.py vocab --base INIT --texts RUN/real_pack/*_train.jsonl \
         --out RUN/init_vocab
 
 ``pack`` copies the train and val splits of each source that ``citrus-v data real-suite`` wrote
@@ -283,13 +283,13 @@ def vocab(base: Path, texts: list[Path], keep: list[Path], out: Path, max_new: i
     room = n_rows - len(tok)
     if max_new is None or max_new > room:
         max_new = room
-    new_tok, spelled = extend_tiny_tokenizer(tok, texts_of(texts), [*texts_of(keep), *TEMPLATE_TEXTS, *iter_texts(n=keep_synthetic, size=224)],
-                                             max_new=max_new, min_frequency=min_frequency)
-    for name, w in rows.items():
+    kept = [*texts_of(keep), *TEMPLATE_TEXTS, *iter_texts(n=keep_synthetic, size=224)]
+    new_tok, spelled = extend_tiny_tokenizer(tok, texts_of(texts), kept, max_new=max_new, min_frequency=min_frequency)
+    for key, w in rows.items():
         w = w.clone()
         for new_id, pieces in spelled.items():
             w[new_id] = w[torch.tensor(pieces)].float().mean(0).to(w.dtype)
-        weights[name] = w
+        weights[key] = w
     with safe_open(str(base / "model.safetensors"), "pt") as f:
         metadata = f.metadata()
     partial = out.with_name(out.name + ".partial")  # renamed into place when whole: a killed run leaves no half
@@ -348,7 +348,8 @@ def main(argv=None) -> None:
         from citrus_v.data.schema import RecordError
 
         try:
-            made = vocab(args.base, args.texts, args.keep, args.out, args.max_new, args.min_frequency, args.keep_synthetic)
+            made = vocab(args.base, args.texts, args.keep, args.out, args.max_new, args.min_frequency,
+                         args.keep_synthetic)
         except (RecordError, FileNotFoundError) as e:  # a bad or missing --texts / --keep file: its name and line
             raise SystemExit(f"vocab: {e}") from None
         print(json.dumps(made))

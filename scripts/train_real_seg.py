@@ -81,15 +81,16 @@ def subsets(real: Path, synthetic: Path, out: Path, synthetic_train: int | None 
     counts: dict[str, dict[str, int]] = {}
     for split, k in (("train", 0), ("val", 1)):
         picked: list[dict] = []
-        for source, (n_train, n_val) in sizes.items():
-            if (n_train, n_val)[k] == 0:
+        for source, counts_of in sizes.items():
+            if counts_of[k] == 0:  # a source added for train only
                 continue
-            rows = _every_kth(_seg_records(real / source / f"{split}.jsonl"), (n_train, n_val)[k])
+            rows = _every_kth(_seg_records(real / source / f"{split}.jsonl"), counts_of[k])
             _copy_files(rows, out, source)
             picked += rows
             if split == "val":
                 _write(out / f"val_{source}.jsonl", rows)
-        synth = _every_kth(_seg_records(synthetic / f"{split}.jsonl"), synthetic_train if split == "train" else SYNTHETIC_SEG[1])
+        n_synth = synthetic_train if split == "train" else SYNTHETIC_SEG[1]
+        synth = _every_kth(_seg_records(synthetic / f"{split}.jsonl"), n_synth)
         _copy_files(synth, out, f"{SYNTHETIC}-{split}")
         picked += synth
         if split == "val":
