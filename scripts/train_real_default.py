@@ -218,12 +218,34 @@ def print_table(data: Path, runs: list[Path]) -> list[float]:
     return marks
 
 
-def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
-    """A model folder at ``out``: ``base``'s files, weights interpolated towards ``tuned`` by ``alpha``."""
+def write_beside(base: Path, weights: dict, out: Path, tokenizer=None) -> Path:
+    """A model folder at ``out``: ``base``'s other files (then ``tokenizer``'s, when given) and ``weights``
+    saved with ``base``'s safetensors metadata. Written beside ``out`` and renamed into place when whole,
+    so a killed run leaves no half-written folder."""
     import shutil
 
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for f in base.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            shutil.copy(f, partial / f.name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(partial))
+    save_file(weights, partial / "model.safetensors", metadata=metadata)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
+    """A model folder at ``out``: ``base``'s files, weights interpolated towards ``tuned`` by ``alpha``."""
+    from safetensors.torch import load_file
 
     if not 0.0 <= alpha <= 1.0:
         raise SystemExit(f"--alpha must be in [0, 1], got {alpha}")
@@ -233,16 +255,9 @@ def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
     a, b = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
     if set(a) != set(b):
         raise SystemExit(f"{tuned}: its weights are not {base}'s ({len(set(a) ^ set(b))} names differ)")
-    with safe_open(str(base / "model.safetensors"), "pt") as f:
-        metadata = f.metadata()
-    out.mkdir(parents=True, exist_ok=True)
-    for f in base.iterdir():
-        if f.is_file() and f.name != "model.safetensors":
-            shutil.copy(f, out / f.name)
     mixed = {k: ((1 - alpha) * a[k].float() + alpha * b[k].float()).to(a[k].dtype) if a[k].is_floating_point() else b[k]
              for k in a}
-    save_file(mixed, out / "model.safetensors", metadata=metadata)
-    return out
+    return write_beside(base, mixed, out)
 
 
 def texts_of(files: list[Path]) -> list[str]:
@@ -259,11 +274,8 @@ def vocab(base: Path, texts: list[Path], keep: list[Path], out: Path, max_new: i
     texts of ``keep``, the chat template's own strings, and every text the synthetic suite's generator
     makes for ``keep_synthetic`` samples per split (its questions come from templates; a suite of a
     few hundred records leaves some out)."""
-    import shutil
-
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from citrus_v.data.phantoms.suite import iter_texts
     from citrus_v.data.tokenizer import TEMPLATE_TEXTS, extend_tiny_tokenizer, load_tokenizer
@@ -290,18 +302,7 @@ def vocab(base: Path, texts: list[Path], keep: list[Path], out: Path, max_new: i
         for new_id, pieces in spelled.items():
             w[new_id] = w[torch.tensor(pieces)].float().mean(0).to(w.dtype)
         weights[key] = w
-    with safe_open(str(base / "model.safetensors"), "pt") as f:
-        metadata = f.metadata()
-    partial = out.with_name(out.name + ".partial")  # renamed into place when whole: a killed run leaves no half
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for f in base.iterdir():
-        if f.is_file() and f.name != "model.safetensors":
-            shutil.copy(f, partial / f.name)
-    new_tok.save_pretrained(str(partial))
-    save_file(weights, partial / "model.safetensors", metadata=metadata)
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
+    write_beside(base, weights, out, tokenizer=new_tok)
     return {"out": str(out), "tokens_before": len(tok), "tokens_after": len(new_tok), "new": len(spelled),
             "embedding_rows": n_rows}
 
