@@ -1,5 +1,5 @@
 """scripts/train_real_default.py without training: pack never reads test and keeps boxes right when it
-shrinks images, thinning keeps whole images, mix counts, and the per-source scores and pick."""
+shrinks images, thinning keeps whole images, mix counts, blank images, and the per-source scores and pick."""
 
 from __future__ import annotations
 
@@ -98,6 +98,30 @@ def test_scores_per_source_and_pick(script, tmp_path: Path):
     assert script.score_of(table) == pytest.approx((1.25 + 1.0 + 0.5) / 3)
     marks = script.print_table(data, runs)
     assert marks[0] > marks[1]
+
+
+def test_scores_keep_bccd_platelets_apart_from_the_white_cells(script, tmp_path: Path):
+    data = tmp_path / "val.jsonl"
+    _write(data, [{"messages": [{"role": "user", "content": f"<image>Please locate the {what}."}], "meta": {"source": "bccd"}}
+                  for what in ("white blood cell", "platelets", "white blood cell")])
+    run = tmp_path / "eval_val"
+    run.mkdir()
+    _write(run / "predictions.jsonl", [
+        {"index": i, "task": "detection", "scores": {"p50_hit": hit, "p50_text_hit": hit}, "dice": []}
+        for i, hit in enumerate((1.0, 0.0, 0.0))])
+    table = script.scores(data, run)
+    assert table["bccd"]["p50_text"] == (0.5, 2)  # the bar's question only
+    assert table["bccd platelets"]["p50_text"] == (0.0, 1)
+
+
+def test_blank_writes_the_same_records_on_black_images_of_the_same_size(script, tmp_path: Path):
+    suite = _suite(tmp_path / "real")
+    assert script.main(["blank", "--data", str(suite / "bccd" / "val.jsonl"), "--out", str(tmp_path / "blank")]) is None
+    (rec,) = script.read(tmp_path / "blank" / "data.jsonl")
+    (original,) = script.read(suite / "bccd" / "val.jsonl")
+    assert {k: v for k, v in rec.items() if k != "images"} == {k: v for k, v in original.items() if k != "images"}
+    with Image.open(rec["images"][0]) as im:
+        assert im.size == (400, 200) and not np.asarray(im).any()
 
 
 def test_soup_interpolates_every_weight_and_keeps_the_base_files(script, tmp_path: Path):
