@@ -2,7 +2,9 @@
 # Rebuild the embedded default model from nothing: the synthetic suite (+ real TotalSegmentator
 # slices), a tiny tokenizer, stage 0 (dense vision warm-up: a from-scratch ViT needs it, see
 # docs/default_model.md), the four Citrus-V stages and the held-out evaluation, then (with SNAPSHOTS)
-# the real-data tail of issue 21. Usage: bash scripts/train_default.sh [RUN_DIR [SNAPSHOTS]]
+# issue 21's stage on real masks, whose output RUN/realseg/stage4/final is the shipped default (without
+# SNAPSHOTS the chain ends at the default before it, RUN/stage4/final).
+# Usage: bash scripts/train_default.sh [RUN_DIR [SNAPSHOTS]]
 #   SNAPSHOTS: one folder per real public source, as `citrus-v data real-suite --sources` reads it
 #   (docs/default_model.md, "Real data (issue 21)", says what to fetch and where to put it; a missing
 #   folder is skipped with a line saying what to fetch). Every step resumes where it stopped.
@@ -78,16 +80,29 @@ if [ ! -f "$RUN/stage4/final/config.json" ]; then
     --box-align-steps 3000 --val-every 50 --save-every 100 --resume --no-progress
 fi
 citrus-v eval --data "$RUN/suite/test.jsonl" --model "$RUN/stage4/final" --out "$RUN/eval" --batch-size 8 --max-new-tokens 160
-# Issue 21: the real-data tail (scripts/train_real_default.sh) from the model above: the real sources'
-# train/val splits (test.jsonl is never read) with a synthetic replay slice, stage 3r at two learning
-# rates, the best on the real val records kept as RUN/real_tail/best, and its interpolation with the
-# model above as RUN/real_tail/soup. The settings are those of the runs on a lent H200 in
-# docs/default_model.md ("Stage 3r"): what travelled there was shrunk to 256 px JPEGs with every second
-# CVC-ClinicDB frame and MoNuSeg tile, and a 3-minute budget per run settled the steps. Those runs are
-# candidates: none passed validation, so the shipped default does not include this tail yet.
+# Issue 21, the shipped default's last stage (with SNAPSHOTS): the real sources' train/val splits converted
+# (test.jsonl is never read for training), then a cached stage 4 from the model above on real masks (polyps,
+# lungs, nuclei, vessels, TotalSegmentator train slices) with the synthetic suite's train masks as replay:
+# run D of docs/default_model.md ("Cached stage 4 with a larger replay"). RUN/realseg/stage4/final is the
+# shipped default, scored once on the synthetic and the real test splits.
 SNAP=${2:-}
 if [ -n "$SNAP" ]; then
   [ -f "$RUN/real/counts.json" ] || citrus-v data real-suite --sources "$SNAP" --out "$RUN/real"
-  LRS="2e-4:302 6e-4:289" N_SYNTH=3000 MAX_SIDE=256 QUALITY=80 THIN="cvc-clinicdb=2 monuseg=2" SOUP_ALPHA=0.7 \
-    bash scripts/train_real_default.sh "$RUN/real" "$RUN/real_tail" "$RUN/stage4/final"
+  SYNTH_TRAIN=0 TRAIN_COUNT=totalseg=0 STEPS=288 VAL_EVERY=48 \
+    bash scripts/train_real_seg.sh "$RUN/real" "$RUN/realseg" "$RUN/stage4/final"
+  final="$RUN/realseg/stage4/final"
+  [ -f "$RUN/eval_final/eval.json" ] || citrus-v eval --data "$RUN/suite/test.jsonl" --model "$final" \
+    --out "$RUN/eval_final" --batch-size 4 --no-progress
+  [ -f "$RUN/eval_real_test/eval.json" ] || citrus-v eval --data "$RUN/real/test.jsonl" --model "$final" \
+    --out "$RUN/eval_real_test" --batch-size 4 --max-new-tokens 48 --no-progress
+  python scripts/train_real_default.py table --data "$RUN/real/test.jsonl" "$RUN/eval_real_test"
+  # Candidates, not shipped (RUN_STAGE3R=1): stage 3r on all real sources with a synthetic replay, at two
+  # learning rates, the best on the real val records kept as RUN/real_tail/best and its interpolation with
+  # the synthetic chain's model as RUN/real_tail/soup, with the settings of the runs on a lent H200
+  # (docs/default_model.md, "Stage 3r": 256 px JPEGs, every second CVC-ClinicDB frame and MoNuSeg tile, a
+  # 3-minute budget per run settled the steps). None passed validation.
+  if [ "${RUN_STAGE3R:-0}" = 1 ]; then
+    LRS="2e-4:302 6e-4:289" N_SYNTH=3000 MAX_SIDE=256 QUALITY=80 THIN="cvc-clinicdb=2 monuseg=2" SOUP_ALPHA=0.7 \
+      bash scripts/train_real_default.sh "$RUN/real" "$RUN/real_tail" "$RUN/stage4/final"
+  fi
 fi
