@@ -2,7 +2,8 @@
 (lung masks and right-lung boxes) and an endoscopy frame, each the model's mask or box filled in
 colour beside the plain image, the ground truth outlined in white, with the question, the answer
 and the Dice / IoU. Nothing is chosen by hand: each row holds the first N records of its question in
-the split's file order, and the picture's caption says so.
+the split's file order whose image may be shown in this repository (``redistributable``), and the
+picture's caption says so; docs/images/NOTICE.md gives the shown images' terms.
 
     python scripts/readme_real_picture.py --model DIR --suite REAL_SUITE --split test --n 3 \\
         --out docs/images/real_examples.png
@@ -63,14 +64,27 @@ class Case:
     prompt: str
     truth_masks: list[np.ndarray] = field(default_factory=list)  # each (H, W) bool
     truth_boxes: list[list[float]] = field(default_factory=list)  # [x1, y1, x2, y2] pixels
+    licence: str | None = None  # the image's own licence, when its source gives one per image
 
 
 def question(prompt: str) -> str:
     return prompt.replace("<image>", " ").strip()
 
 
+def redistributable(meta: dict) -> bool:
+    """Whether a record's own image licence lets an overlay drawn on it go into this repository: records of
+    a source with one licence for the whole set carry no ``license`` key and pass (the README names their
+    terms); a per-image licence must be CC0 or a CC BY licence that allows derivatives (not ND). The COVID
+    set's journal figures state none and stay out. The cell names each shown image's licence."""
+    if "license" not in meta:
+        return True
+    name = (meta["license"] or "").upper()
+    return name.startswith("CC0") or (name.startswith("CC BY") and "ND" not in name)
+
+
 def first_records(path: Path, row: Row, n: int) -> list:
-    """The first ``n`` records of ``path`` (file order) that ask ``row``'s question; [] without the file."""
+    """The first ``n`` records of ``path`` (file order) that ask ``row``'s question and whose image may be
+    shown here (``redistributable``); [] without the file."""
     from citrus_v.data.schema import read_jsonl
     from citrus_v.eval.runner import prompt_of, task_of
 
@@ -82,6 +96,8 @@ def first_records(path: Path, row: Row, n: int) -> list:
             continue
         if row.modality is not None and rec.modality is not None and rec.modality.lower() != row.modality.lower():
             continue  # converters spell it "CT" or "ct"
+        if not redistributable(rec.meta):
+            continue
         picked.append(rec)
         if len(picked) == n:
             break
@@ -94,7 +110,7 @@ def case_of(rec, base_dir: Path) -> Case:  # noqa: ANN001 (a citrus_v Record)
 
     image = resolve(rec.images[0], base_dir)
     return Case(image.name, str(image), prompt_of(rec), [load_mask(resolve(m, base_dir)) for m in rec.masks],
-                gt_boxes(rec, base_dir) if rec.task == "detection" else [])
+                gt_boxes(rec, base_dir) if rec.task == "detection" else [], rec.meta.get("license"))
 
 
 def bundled_ct_case() -> Case:
@@ -143,7 +159,8 @@ def caption(n: int, split: str, model: str, notes: list[str]) -> list[str]:
     """The lines above the grid: how the records were picked, what the colours mean."""
     return [
         f"Not chosen by hand: the first {n} of the {split} split, file order, for each row's question "
-        f"(real suite of `citrus-v data real-suite`). Model: {model}.",
+        f"(real suite of `citrus-v data real-suite`) whose image licence allows showing it here (a per-image "
+        f"licence must be CC0 or CC BY without ND; named after the file name). Model: {model}.",
         "Colour: the model's mask / box (box tightened by its segmenter; IoU as written beside it). "
         "White outline: the ground truth (model-generated: the lung masks by lungVAE, the CT labels by "
         "TotalSegmentator).",
@@ -214,7 +231,8 @@ def cell(case: Case, image: np.ndarray, pred, score_line: str) -> Image.Image:  
     width = max(2, round(2 * max(image.shape[:2]) / PANEL))  # about 2 px once scaled to the panel
     drawn = outline(drawn, masks=case.truth_masks, boxes=case.truth_boxes, width=width)
     pair = side_by_side([Image.fromarray(image), Image.fromarray(drawn)], PANEL, GAP)
-    text = [case.name, f"Q: {question(case.prompt)}", f"A: {pred.answer}", score_line]
+    name = case.name if case.licence is None else f"{case.name} ({case.licence})"
+    text = [name, f"Q: {question(case.prompt)}", f"A: {pred.answer}", score_line]
     return stack([pair, text_block(text, pair.width, TEXT_LINES)], gap=2)
 
 

@@ -342,6 +342,8 @@ def main(argv=None) -> None:
         t = sub.add_parser(name)
         t.add_argument("--data", type=Path, required=True)
         t.add_argument("runs", type=Path, nargs="+", help="citrus-v eval --out folders on --data")
+        t.add_argument("--json", type=Path, default=None,
+                       help="also write {run: {source: {metric: [mean, n]}}} to this file")
     w = sub.add_parser("soup")
     w.add_argument("--base", type=Path, required=True, help="the start model folder")
     w.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
@@ -379,6 +381,8 @@ def main(argv=None) -> None:
                              args.vqa_repeat)))
     else:
         marks = print_table(args.data, args.runs)
+        if args.json is not None:
+            args.json.write_text(json.dumps({str(r): scores(args.data, r) for r in args.runs}, indent=1) + "\n")
         if args.cmd == "pick":
             print(args.runs[int(np.argmax(marks))])
 

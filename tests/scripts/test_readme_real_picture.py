@@ -70,6 +70,26 @@ def test_rows_take_the_first_records_of_their_question_in_file_order(script, sui
     assert script.first_records(suite / "cvc-clinicdb" / "test.jsonl", polyp, 3) == []  # that split is not there
 
 
+def test_rows_skip_images_whose_own_licence_does_not_allow_showing_them(script, tmp_path):
+    folder = tmp_path / "covid-chestxray"
+    (folder / "images").mkdir(parents=True)
+    licences = {"a": None, "b": "CC BY-NC-SA 4.0", "c": "CC BY 3.0", "d": "CC BY-NC-ND", "e": "CC BY-SA", "f": "CC0"}
+    lines = []
+    for name, licence in licences.items():
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "images" / f"{name}.png")
+        lines.append(json.dumps(_record("Please locate the right lung.", f"images/{name}.png", "detection",
+                                        objects={"ref": ["lung"], "bbox": [[1.0, 1.0, 5.0, 7.0]]},
+                                        meta={"license": licence})))
+    lines.append(json.dumps(_record("Please locate the right lung.", "images/a.png", "detection",
+                                    objects={"ref": ["lung"], "bbox": [[1.0, 1.0, 5.0, 7.0]]})))  # a set-wide licence
+    (folder / "val.jsonl").write_text("\n".join(lines) + "\n")
+    boxes = next(r for r in script.ROWS if r.title == "chest X-ray: right-lung box")
+    picked = script.first_records(folder / "val.jsonl", boxes, 5)
+    assert [(Path(r.images[0]).stem, r.meta.get("license", "set")) for r in picked] == [
+        ("b", "CC BY-NC-SA 4.0"), ("c", "CC BY 3.0"), ("e", "CC BY-SA"), ("f", "CC0"), ("a", "set")]
+    assert script.case_of(picked[0], folder).licence == "CC BY-NC-SA 4.0"
+
+
 def test_pick_cases_falls_back_to_the_bundled_ct_slice_and_says_so(script, suite):
     rows, notes = script.pick_cases(suite, "val", 2)
     titles = [row.title for row, _ in rows]

@@ -98,6 +98,9 @@ def test_scores_per_source_and_pick(script, tmp_path: Path):
     assert script.score_of(table) == pytest.approx((1.25 + 1.0 + 0.5) / 3)
     marks = script.print_table(data, runs)
     assert marks[0] > marks[1]
+    script.main(["table", "--data", str(data), *map(str, runs), "--json", str(tmp_path / "t.json")])
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert written[str(runs[1])]["cvc-clinicdb"]["dice"] == [0.9, 2]
 
 
 def test_scores_keep_bccd_platelets_apart_from_the_white_cells(script, tmp_path: Path):
