@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: install citrus-v in a fresh venv, then run the embedded default model on a
-# bundled real CT slice (DICOM) and on a synthetic phantom: answer, reasoning, boxes, masks, overlays.
+# bundled real CT slice (DICOM), a bundled real chest X-ray and a synthetic phantom: answer, reasoning,
+# boxes, masks, overlays.
 # Outputs land in out/demo/ (overlay.png, mask_*.png, prediction.json per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ PY
 }
 mkdir -p out/demo
 run ct_liver "$EX/ct_abdomen_liver.dcm" "Please segment the liver."
+run cxr_lungs "$EX/chest_xray_pa.jpg" "Please segment the lungs."
 run phantom_liver "$EX/phantom_ct_lesion.png" "Please segment the liver."
 run phantom_segment "$EX/phantom_ct_lesion.png" "Please segment the lesion."
 run phantom_reasoning "$EX/phantom_ct_lesion.png" "Is the lesion in the liver or the spleen? Think step by step."

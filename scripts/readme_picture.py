@@ -1,6 +1,7 @@
 """The README picture from the demo's overlays: run `bash scripts/demo.sh` first, then
-`python scripts/readme_picture.py` writes docs/images/demo_overlays.png (four panels side by side,
-each scaled to 300 px high: the real CT's liver, the phantom's liver, lesion mask and lesion box).
+`python scripts/readme_picture.py` writes docs/images/demo_overlays.png (five panels side by side,
+each scaled to 300 px high: the real CT's liver, the real chest X-ray's lungs, the phantom's liver,
+lesion mask and lesion box).
 `side_by_side` is also what scripts/readme_real_picture.py lays its real-image grid out with."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Sequence
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PANELS = ("ct_liver", "phantom_liver", "phantom_segment", "phantom_detect")
+PANELS = ("ct_liver", "cxr_lungs", "phantom_liver", "phantom_segment", "phantom_detect")
 HEIGHT, GAP = 300, 8
 
 

@@ -40,6 +40,18 @@ def test_segmentation_prompt_on_the_real_ct_slice_gives_one_mask_per_seg(default
     assert 0.0 < pred.mean_token_prob <= 1.0
 
 
+def test_lung_prompt_on_the_bundled_real_chest_xray_covers_both_sides_of_the_chest(default):
+    # a real PA X-ray the default never trained on (NOTICE.md); its lungs fill about 0.36 of the image,
+    # 0.37 of the left half and 0.34 of the right, and nothing of the bottom eighth (measured on this machine)
+    pred = default.predict([EXAMPLES / "chest_xray_pa.jpg"], "Please segment the lungs.")
+    assert pred.answer.count("[SEG]") == len(pred.masks) == 1
+    mask = pred.masks[0].mask
+    h, w = mask.shape
+    assert (h, w) == (512, 512)
+    assert mask[:, : w // 2].mean() > 0.2 and mask[:, w // 2 :].mean() > 0.2  # both lungs, not one
+    assert mask.mean() < 0.6 and mask[7 * h // 8 :].mean() < 0.05  # not the whole image, not below the chest
+
+
 def test_detection_answer_is_valid_box_json_in_original_pixels(default):
     image = np.asarray(Image.open(EXAMPLES / "phantom_ct_lesion.png").convert("RGB"))
     pred = default.predict([image], "Please locate the lesion.")
