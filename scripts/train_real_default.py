@@ -370,7 +370,11 @@ def main(argv=None) -> None:
             raise SystemExit(f"vocab: {e}") from None
         print(json.dumps(made))
     elif args.cmd == "blank":
-        print(write_records(blanked(read_records(args.data), args.out / "images"), args.out / "data.jsonl"))
+        try:
+            records = read_records(args.data)
+        except (OSError, ValueError) as e:  # a missing file, a line that is not JSON: one line naming it
+            raise SystemExit(f"blank: {args.data}: {e}") from None
+        print(write_records(blanked(records, args.out / "images"), args.out / "data.jsonl"))
     elif args.cmd == "soup":
         print(soup(args.base, args.tuned, args.alpha, args.out))
     elif args.cmd == "pack":

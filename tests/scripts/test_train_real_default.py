@@ -125,6 +125,8 @@ def test_blank_writes_the_same_records_on_black_images_of_the_same_size(script, 
     assert {k: v for k, v in rec.items() if k != "images"} == {k: v for k, v in original.items() if k != "images"}
     with Image.open(rec["images"][0]) as im:
         assert im.size == (400, 200) and not np.asarray(im).any()
+    with pytest.raises(SystemExit, match="blank: .*test.jsonl: Expecting value: line 1"):
+        script.main(["blank", "--data", str(suite / "bccd" / "test.jsonl"), "--out", str(tmp_path / "b2")])
 
 
 def test_soup_interpolates_every_weight_and_keeps_the_base_files(script, tmp_path: Path):
