@@ -213,8 +213,11 @@ def score_of(table: dict[str, dict[str, tuple[float, int]]]) -> float:
     return float(np.mean(parts)) if parts else 0.0
 
 
-def print_table(data: Path, runs: list[Path]) -> list[float]:
-    tables = [scores(data, r) for r in runs]
+def print_table(data: Path, runs: list[Path], tables: list[dict] | None = None) -> list[float]:
+    """Print the per-source table of ``runs`` (their ``scores``, computed here unless given) and return
+    each run's ``score_of``."""
+    if tables is None:
+        tables = [scores(data, r) for r in runs]
     print("| source | metric | n | " + " | ".join(r.parent.name for r in runs) + " | bar |")
     print("|---|---|---|" + "---|" * len(runs) + "---|")
     for src in sorted({s for t in tables for s in t}):
@@ -384,9 +387,10 @@ def main(argv=None) -> None:
         print(json.dumps(mix(args.pack, args.synthetic, args.out, args.n_synthetic, args.n_synthetic_val, args.seed,
                              args.vqa_repeat)))
     else:
-        marks = print_table(args.data, args.runs)
+        tables = [scores(args.data, r) for r in args.runs]
+        marks = print_table(args.data, args.runs, tables)
         if args.json is not None:
-            args.json.write_text(json.dumps({str(r): scores(args.data, r) for r in args.runs}, indent=1) + "\n")
+            args.json.write_text(json.dumps(dict(zip(map(str, args.runs), tables)), indent=1) + "\n")
         if args.cmd == "pick":
             print(args.runs[int(np.argmax(marks))])
 
