@@ -153,14 +153,15 @@ def _absolute(rows: list[dict], base: Path) -> list[dict]:
 
 
 def mix(pack_dir: Path, synthetic: Path, out: Path, n_synthetic: int, n_synthetic_val: int, seed: int,
-        vqa_repeat: int = 1) -> dict:
+        vqa_repeat: int = 1, repeat: dict[str, int] | None = None) -> dict:
+    repeat = REPEAT | (repeat or {})
     rng = random.Random(seed)
     train, val, counts = [], [], {}
     for source in SOURCES:
         if not (pack_dir / f"{source}_train.jsonl").exists():
             continue
         rows = _absolute(read(pack_dir / f"{source}_train.jsonl"), pack_dir)
-        rows = balanced(rows, seed) * vqa_repeat if source == "vqa-rad" else rows * REPEAT.get(source, 1)
+        rows = balanced(rows, seed) * vqa_repeat if source == "vqa-rad" else rows * repeat.get(source, 1)
         train += rows
         val += _absolute(read(pack_dir / f"{source}_val.jsonl"), pack_dir)
         counts[source] = len(rows)
@@ -320,6 +321,17 @@ def vocab(base: Path, texts: list[Path], keep: list[Path], out: Path, max_new: i
             "embedding_rows": n_rows}
 
 
+def _counts(items: list[str], flag: str) -> dict[str, int]:
+    """``["drive=1", ...]`` -> ``{"drive": 1}``; a malformed item or an unknown source is one line naming it."""
+    out = {}
+    for item in items:
+        name, _, k = item.partition("=")
+        if name not in SOURCES or not k.isdigit():
+            raise SystemExit(f"{flag} {item!r}: expected SOURCE=N with SOURCE one of {', '.join(SOURCES)}")
+        out[name] = int(k)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -338,6 +350,8 @@ def main(argv=None) -> None:
     m.add_argument("--n-synthetic-val", type=int, default=300)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--vqa-repeat", type=int, default=1, help="VQA-RAD's balanced train records, this many times")
+    m.add_argument("--repeat", nargs="*", default=[], metavar="SOURCE=N",
+                   help=f"another source's train records this many times per epoch (default {REPEAT}, others 1)")
     b = sub.add_parser("blank", help="the same records with every image replaced by a black one (does the model read it?)")
     b.add_argument("--data", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True, help="a folder: data.jsonl and images/")
@@ -381,11 +395,11 @@ def main(argv=None) -> None:
     elif args.cmd == "soup":
         print(soup(args.base, args.tuned, args.alpha, args.out))
     elif args.cmd == "pack":
-        thin = {k: int(v) for k, v in (t.split("=") for t in args.thin)}
+        thin = _counts(args.thin, "--thin")
         print(json.dumps(pack(args.real, args.out, args.max_side, args.quality, thin)))
     elif args.cmd == "mix":
         print(json.dumps(mix(args.pack, args.synthetic, args.out, args.n_synthetic, args.n_synthetic_val, args.seed,
-                             args.vqa_repeat)))
+                             args.vqa_repeat, _counts(args.repeat, "--repeat"))))
     else:
         tables = [scores(args.data, r) for r in args.runs]
         marks = print_table(args.data, args.runs, tables)

@@ -78,6 +78,16 @@ def test_mix_balances_repeats_and_adds_the_synthetic_slice(script, tmp_path: Pat
     train = script.read(tmp_path / "mix" / "train.jsonl")
     assert len(train) == 11 and all(Path(p).is_absolute() for r in train for p in r["images"])
     assert len(script.read(tmp_path / "mix" / "val_synthetic.jsonl")) == 2
+    again = script.mix(pack, synth, tmp_path / "mix3", n_synthetic=0, n_synthetic_val=2, seed=0,
+                       repeat={"cvc-clinicdb": 3, "bccd": 0})
+    assert again == {"cvc-clinicdb": 18, "bccd": 0, "synthetic": 0, "train": 18, "val_real": 7}
+
+
+def test_mix_repeat_names_a_malformed_item_in_one_line(script, capsys):
+    for bad in ("drve=1", "drive", "drive=x"):
+        with pytest.raises(SystemExit) as e:
+            script.main(["mix", "--pack", "p", "--synthetic", "s", "--out", "o", "--repeat", bad])
+        assert repr(bad) in str(e.value) and "SOURCE=N" in str(e.value)
 
 
 def test_scores_per_source_and_pick(script, tmp_path: Path):
