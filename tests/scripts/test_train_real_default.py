@@ -83,7 +83,7 @@ def test_mix_balances_repeats_and_adds_the_synthetic_slice(script, tmp_path: Pat
     assert again == {"cvc-clinicdb": 18, "bccd": 0, "synthetic": 0, "train": 18, "val_real": 7}
 
 
-def test_mix_repeat_names_a_malformed_item_in_one_line(script, capsys):
+def test_mix_repeat_names_a_malformed_item_in_one_line(script):
     for bad in ("drve=1", "drive", "drive=x"):
         with pytest.raises(SystemExit) as e:
             script.main(["mix", "--pack", "p", "--synthetic", "s", "--out", "o", "--repeat", bad])
