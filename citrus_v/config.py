@@ -73,9 +73,20 @@ class LLMConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+VISION_SOURCES = ("vit", "segmenter", "vit+segmenter")
+
+
 @dataclass
 class VisionConfig:
-    """The Qwen2.5-VL ViT and its patch merger."""
+    """The Qwen2.5-VL ViT and its patch merger.
+
+    ``source`` says where the image tokens come from: ``"vit"`` (the published architecture: the
+    Qwen2.5-VL ViT and merger), ``"segmenter"`` (a documented deviation for the tiny preset only:
+    the segmenter's pretrained LiteMedSAM image encoder, pooled to the ViT's merged grid and
+    projected by a merger of its own; citrus_v.model.segmenter_vision) or ``"vit+segmenter"`` (the
+    sum of both, token by token). With ``"segmenter"`` the ViT fields still set the patch geometry
+    the processor uses; the ViT itself is not built.
+    """
 
     depth: int
     hidden_size: int
@@ -87,9 +98,11 @@ class VisionConfig:
     spatial_merge_size: int = 2
     window_size: int = 112
     tokens_per_second: int = 2
+    source: str = "vit"
 
     def __post_init__(self) -> None:
         w = "VisionConfig"
+        _require(self.source in VISION_SOURCES, f"{w}.source", f"must be one of {VISION_SOURCES}, got {self.source!r}")
         _positive(
             w,
             depth=self.depth,
@@ -286,6 +299,11 @@ class CitrusVConfig:
             elif not isinstance(value, cls):
                 raise ValueError(f"CitrusVConfig.{key}: expected {cls.__name__} or dict, got {type(value).__name__}")
         _require(self.seg_grad_scale >= 0, "CitrusVConfig.seg_grad_scale", f"must be >= 0, got {self.seg_grad_scale}")
+        _require(
+            self.vision.source == "vit" or self.segmenter.kind == "litemedsam",
+            "CitrusVConfig.vision.source",
+            f"{self.vision.source!r} needs segmenter.kind 'litemedsam' (a TinyViT to read images with), got {self.segmenter.kind!r}",
+        )
         _require(isinstance(self.tighten_boxes, bool), "CitrusVConfig.tighten_boxes", f"must be true or false, got {self.tighten_boxes!r}")
         vocab = self.llm.vocab_size
         for f in dataclasses.fields(self.tokens):

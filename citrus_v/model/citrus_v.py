@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from citrus_v.model import token_reading
 from citrus_v.model.token_reading import TokenReading
 from citrus_v.model.seg_projector import build_seg_projector, scale_grad
 from citrus_v.model.litemedsam import LiteMedSAMSegmenter
+from citrus_v.model.segmenter_vision import use_segmenter_vision
 from citrus_v.model.segmenter import MASK_SIZE, Sam2Segmenter, SegmenterFeatures, pick_masks
 from citrus_v.model.vlm import build_mllm, with_mm_token_types
 
@@ -26,7 +28,7 @@ from citrus_v.model.vlm import build_mllm, with_mm_token_types
 # segmenter.prompt_encoder, segmenter.mask_decoder), so stage configs work for either kind;
 # sam2_memory is empty for LiteMedSAM.
 PARTS: dict[str, tuple[str, ...]] = {
-    "merger": ("mllm.model.visual.merger.",),
+    "merger": ("mllm.model.visual.merger.", "mllm.model.visual_segmenter."),
     "vision_encoder": ("mllm.model.visual.",),
     "llm": ("mllm.model.language_model.",),
     "lm_head": ("mllm.lm_head.",),
@@ -84,6 +86,8 @@ class CitrusV(nn.Module):
         self.config = config
         self.mllm = build_mllm(config)
         self.segmenter = build_segmenter(config)
+        if config.vision.source != "vit":  # the tiny preset's deviation: image tokens from the segmenter's encoder
+            use_segmenter_vision(self.mllm, config, self.segmenter.image_encoder)
         self.seg_projector = build_seg_projector(config.llm.hidden_size, self.segmenter.prompt_dim)
         self.copy_attention: CopyAttention | None = None  # a training target, set by a stage (set_copy_attention)
         self.token_reading: TokenReading | None = None  # idem (set_token_reading); a submodule only while on
@@ -318,6 +322,28 @@ class CitrusV(nn.Module):
                 param.data = param.data.to(dtype or torch.float32)
         # float32 rotary tables (inv_freq, not stored) stay float32, as transformers loads them
         return model.eval()
+
+
+def with_segmenter_vision(model: CitrusV, source: str = "segmenter") -> CitrusV:
+    """A copy of a ``vision.source="vit"`` CitrusV whose image tokens come from its segmenter's encoder
+    (``source`` "segmenter") or from both (``"vit+segmenter"``). Every other tensor is carried over; a
+    new merger starts from random (zero last layer beside the ViT); "segmenter" drops the ViT."""
+    if model.config.vision.source != "vit":
+        raise ValueError(f"with_segmenter_vision: the model already reads images with its segmenter's encoder "
+                         f"(vision.source {model.config.vision.source!r})")
+    config = copy.deepcopy(model.config)
+    config.vision.source = source
+    config.vision.__post_init__()
+    config.__post_init__()  # the litemedsam check
+    new = CitrusV(config).to(next(model.parameters()).device)
+    new_merger = "mllm.model.visual.merger." if source == "segmenter" else "mllm.model.visual_segmenter."
+    drop_vit = source == "segmenter"
+    state = {k: v for k, v in model.state_dict().items() if not (drop_vit and k.startswith("mllm.model.visual."))}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    left = [k for k in missing if not k.startswith(new_merger)]
+    if left or unexpected:
+        raise RuntimeError(f"with_segmenter_vision: {len(left)} tensor(s) not carried over {left[:5]}, {len(unexpected)} unexpected {unexpected[:5]}")
+    return new.train(model.training)
 
 
 @contextlib.contextmanager
