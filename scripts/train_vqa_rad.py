@@ -9,6 +9,11 @@ size), runs `citrus-v train --stage 3` once per --lr from --init, then `citrus-v
 model and of each run on val and on blank val, and writes WORK/summary.json and a Markdown table (with two
 baselines: the train split's majority closed answer, and the answer of the nearest train question, text only).
 It never reads test.jsonl: the test split is scored once, after a setting is chosen here.
+
+--stage-config FILE trains that stage file's parts (with the fine-tune schedule, every record of the data);
+--segmenter-vision SOURCE first converts --init to that ``VisionConfig.source`` (image tokens from its
+segmenter's LiteMedSAM encoder instead of or beside its ViT; WORK/init_<source>); --tag names the runs so
+that several settings share one WORK (docs/default_model.md, "Image tokens from LiteMedSAM's encoder").
 """
 from __future__ import annotations
 
@@ -121,13 +126,36 @@ def evaluate(model: str, data: Path, out: Path, max_new_tokens: int) -> dict:
     }
 
 
+def segmenter_vision_init(init: str, source: str, out: Path) -> str:
+    """--init with its image tokens read by its segmenter's encoder (vision.source ``source``, a new merger)."""
+    if not (out / "config.json").exists():
+        import shutil
+
+        import torch
+
+        from citrus_v.model.citrus_v import CitrusV, with_segmenter_vision
+
+        torch.manual_seed(0)
+        model = with_segmenter_vision(CitrusV.from_pretrained(init), source)
+        model.save_pretrained(out, tokenizer_file=Path(init) / "tokenizer.json", weights_only=True)
+        for f in Path(init).iterdir():  # the chat template and processor settings, as --init has them
+            if f.is_file() and not (out / f.name).exists():
+                shutil.copy(f, out / f.name)
+    return str(out)
+
+
 def finetune(args, data: Path, val: Path, lr: str) -> str:
     """One stage-3 fine-tune from --init; returns the final model folder."""
-    out = args.work / f"ft_lr{lr}"
+    out = args.work / f"ft{args.tag}_lr{lr}"
     final = out / "final"
     if not final.exists():
         cmd = CLI + ["train", "--stage", "3", "--data", str(data), "--val", str(val), "--init", args.init,
-                     "--out", str(out), "--lr", lr, "--epochs", str(args.epochs), "--no-progress", "--allow-outside"]
+                     "--out", str(out), "--lr", lr, "--no-progress", "--allow-outside", "--resume"]
+        cmd += ["--steps", str(args.steps)] if args.steps else ["--epochs", str(args.epochs)]
+        if args.stage_config:  # its parts; every record of the data trains, as with the built-in stage
+            stage = args.work / f"stage{args.tag}.json"
+            stage.write_text(json.dumps({"base": str(args.stage_config.resolve()), "mixture": [[str(data), 1.0]]}))
+            cmd += ["--stage-config", str(stage), "--schedule", "finetune"]
         if args.time_budget_min:
             cmd += ["--time-budget-min", str(args.time_budget_min)]
         subprocess.run(cmd, check=True)
@@ -157,6 +185,13 @@ def main(argv=None) -> None:
     p.add_argument("--init", default="citrus_v/assets/default")
     p.add_argument("--lr", nargs="+", default=["2e-4", "5e-4"])
     p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (instead of --epochs)")
+    p.add_argument("--stage-config", type=Path, default=None,
+                   help="a stage file for its trainable parts (run with the fine-tune schedule)")
+    p.add_argument("--segmenter-vision", choices=["segmenter", "vit+segmenter"], default=None,
+                   help="start from --init with this vision.source: image tokens from its segmenter's encoder instead of "
+                        "or beside its ViT, through a new merger (written to WORK/init_<source>)")
+    p.add_argument("--tag", default="", help="appended to the run folders' names (ft<tag>_lr<lr>)")
     p.add_argument("--time-budget-min", type=float, default=None, help="passed to citrus-v train per run")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -166,13 +201,17 @@ def main(argv=None) -> None:
     val_path = write_records(val, args.work / "val.jsonl")
     blank_path = write_records(blanked(val, args.work / "blank_images"), args.work / "val_blank.jsonl")
     summary = {"majority": majority_closed(train, val), "nearest_question": nearest_question(train, val), "models": {}}
-    models = {"default (no fine-tune)": args.init}
-    models.update({f"stage 3, lr {lr}": finetune(args, data, val_path, lr) for lr in args.lr})
-    for i, (name, model) in enumerate(models.items()):
+    if args.segmenter_vision:
+        args.init = segmenter_vision_init(args.init, args.segmenter_vision,
+                                          args.work / f"init_{args.segmenter_vision.replace('+', '_')}")
+    models = {f"start ({args.init})": args.init}
+    models.update({f"stage 3{args.tag}, lr {lr}": finetune(args, data, val_path, lr) for lr in args.lr})
+    for name, model in models.items():
+        slug = "".join(c if c.isalnum() or c in "-." else "_" for c in str(Path(model).resolve()))[-60:]
         summary["models"][name] = {
             "path": model,
-            "val": evaluate(model, val_path, args.work / f"eval{i}_val", args.max_new_tokens),
-            "blank": evaluate(model, blank_path, args.work / f"eval{i}_blank", args.max_new_tokens)}
+            "val": evaluate(model, val_path, args.work / f"eval_{slug}_val", args.max_new_tokens),
+            "blank": evaluate(model, blank_path, args.work / f"eval_{slug}_blank", args.max_new_tokens)}
     (args.work / "summary.json").write_text(json.dumps(summary, indent=2))
     (args.work / "summary.md").write_text(table(summary))
     print(table(summary))
