@@ -40,7 +40,7 @@ from citrus_v.data.image_processing import IMAGENET_MEAN, IMAGENET_STD
 # what Qwen2VLImageProcessor normalises with (OpenAI CLIP's mean and std); tests hold them to the processor's
 QWEN_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 QWEN_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-CACHE_IMAGES = 8192  # pooled maps kept (fp16, C*h*w each: 128 KiB for a 16x16 grid at C=256)
+CACHE_IMAGES = 2048  # pooled maps kept, least recently used dropped (fp16, C*h*w each: 128 KiB for a 16x16 grid at C=256, 256 MiB in all)
 
 
 def unpatchify(rows: torch.Tensor, grid_thw: tuple[int, int, int], patch: int, merge: int, temporal: int) -> torch.Tensor:
