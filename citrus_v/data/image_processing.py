@@ -210,12 +210,18 @@ def sam_preprocess(
     rgb = _as_rgb_uint8(image)
     stretched = Image.fromarray(rgb).resize((size, size), resample)
     x = torch.from_numpy(np.asarray(stretched, dtype=np.float32) / 255.0)  # (S, S, 3)
+    return scale_sam_pixels(x.permute(2, 0, 1), pixel_norm).contiguous()  # (3, S, S)
+
+
+def scale_sam_pixels(x: torch.Tensor, pixel_norm: str) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> the segmenter's scaling (``sam_preprocess``): the image's own minimum -> 0
+    and maximum -> 1 (``"minmax"``), or ImageNet mean/std (``"imagenet"``)."""
     if pixel_norm == "minmax":
         lo, hi = x.min(), x.max()
-        return ((x - lo) / (hi - lo).clamp_min(1e-8)).permute(2, 0, 1).contiguous()  # (3, S, S)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
-    return ((x - mean) / std).permute(2, 0, 1).contiguous()  # (3, S, S)
+        return (x - lo) / (hi - lo).clamp_min(1e-8)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
 
 
 def load_mask(mask: ImageInput, size: int = MASK_SIZE) -> torch.Tensor:

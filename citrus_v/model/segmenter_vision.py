@@ -35,7 +35,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from citrus_v.config import CitrusVConfig
-from citrus_v.data.image_processing import IMAGENET_MEAN, IMAGENET_STD
+from citrus_v.data.image_processing import scale_sam_pixels
 
 # what Qwen2VLImageProcessor normalises with (OpenAI CLIP's mean and std); tests hold them to the processor's
 QWEN_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -81,9 +81,6 @@ class SegmenterVision(nn.Module):
     @property
     def encoder(self) -> nn.Module:
         return self._encoder[0]
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
 
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:  # noqa: ANN003
@@ -147,13 +144,7 @@ class SegmenterVision(nn.Module):
         img = (img * std + mean).clamp(0, 1)  # (3, H, W) in [0, 1]
         s = self.image_size
         img = F.interpolate(img[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
-        if self.pixel_norm == "minmax":
-            lo, hi = img.min(), img.max()
-            return (img - lo) / (hi - lo).clamp_min(1e-8)
-        return (img - torch.tensor(IMAGENET_MEAN, device=img.device).view(3, 1, 1)) / torch.tensor(
-            IMAGENET_STD, device=img.device
-        ).view(3, 1, 1)
-
+        return scale_sam_pixels(img, self.pixel_norm)
 
 def use_segmenter_vision(mllm: nn.Module, config: CitrusVConfig, encoder: nn.Module) -> SegmenterVision:
     """Give ``mllm`` (Qwen2_5_VLForConditionalGeneration) the image tokens ``config.vision.source`` names.
