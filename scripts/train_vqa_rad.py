@@ -129,18 +129,15 @@ def evaluate(model: str, data: Path, out: Path, max_new_tokens: int) -> dict:
 def segmenter_vision_init(init: str, source: str, out: Path) -> str:
     """--init with its image tokens read by its segmenter's encoder (vision.source ``source``, a new merger)."""
     if not (out / "config.json").exists():
-        import shutil
-
         import torch
 
-        from citrus_v.model.citrus_v import CitrusV, with_segmenter_vision
+        from citrus_v import Predictor
+        from citrus_v.model.citrus_v import with_segmenter_vision
 
         torch.manual_seed(0)
-        model = with_segmenter_vision(CitrusV.from_pretrained(init), source)
-        model.save_pretrained(out, tokenizer_file=Path(init) / "tokenizer.json", weights_only=True)
-        for f in Path(init).iterdir():  # the chat template and processor settings, as --init has them
-            if f.is_file() and not (out / f.name).exists():
-                shutil.copy(f, out / f.name)
+        predictor = Predictor.from_pretrained(init)  # its folder's tokenizer, template and image sizing travel along
+        predictor.model = with_segmenter_vision(predictor.model, source).eval()
+        predictor.save_pretrained(out)
     return str(out)
 
 
