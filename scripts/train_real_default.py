@@ -6,6 +6,8 @@ The real-data tail of the default's rebuild (``scripts/train_real_default.sh``),
     python scripts/train_real_default.py mix --pack RUN/real_pack --synthetic RUN/suite_real --out RUN/real_mix
     python scripts/train_real_default.py table --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py pick --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
+    python scripts/train_real_default.py judge --data REAL/val.jsonl --shipped REAL_EVAL SYN_EVAL \
+        --candidate REAL_EVAL BLACK_EVAL SYN_EVAL
     python scripts/train_real_default.py blank --data REAL/vqa-rad/test.jsonl --out RUN/vqa-rad_test_blank
     python scripts/train_real_default.py soup --base INIT --tuned RUN/best --alpha 0.7 --out RUN/soup
     python scripts/train_real_default.py vocab --base INIT --texts RUN/real_pack/*_train.jsonl \
@@ -21,7 +23,9 @@ with closed yes/no answers balanced (``scripts/train_vqa_rad.py``), every other 
 record ``REPEAT`` times, and a replay slice of a synthetic suite; ``val_real.jsonl`` (all real val
 records) and ``val_synthetic.jsonl``. ``table`` prints per source the scores of ``citrus-v eval``
 runs on ``val_real.jsonl`` and ``pick`` the run with the best mean of the issue's targets, each
-divided by its bar (capped at 1.25, so one source cannot buy another). ``soup`` writes the model
+divided by its bar (capped at 1.25, so one source cannot buy another). ``judge`` applies the rule a
+candidate must pass on validation to replace the shipped default (the constants above ``judge``; each check
+printed with its value and bound, exit 1 if one fails). ``soup`` writes the model
 whose every weight is ``(1 - alpha) * base + alpha * tuned`` (weight-space interpolation between the
 start and the fine-tuned model, as WiSE-FT does; Wortsman et al. 2022): it keeps more of what the start
 model could do than the fine-tuned end point does. ``vocab`` gives the tiny model's tokenizer the words of
@@ -232,6 +236,53 @@ def print_table(data: Path, runs: list[Path], tables: list[dict] | None = None) 
     return marks
 
 
+# The rule a candidate must pass on validation to replace the shipped default (docs/default_model.md, "Stage 3m"):
+# (1) the synthetic bars on a synthetic val split no run trained on, the written boxes at most 0.05 below the
+# shipped model's; (2) the TotalSegmentator val slices at the level the shipped default kept; (3) on the real
+# val records a higher pick score, VQA-RAD closed accuracy 0.15 above the shipped model's and 0.08 above the
+# candidate's own on the same questions with black images.
+SYNTHETIC_BARS = {"seg_dice_mean": 0.80, "vqa_closed_acc": 0.90, "report_rougeL": 0.50, "doc_exact": 0.80}
+RULE_BOX_SLACK, RULE_TOTALSEG, RULE_VQA_GAIN, RULE_BLACK_GAP = 0.05, 0.762, 0.15, 0.08
+
+
+def _eval_value(eval_dir: Path, metric: str) -> float:
+    """``metric``'s value in a ``citrus-v eval`` folder's eval.json; one line naming the folder if absent."""
+    path = eval_dir / "eval.json"
+    try:
+        return float(json.loads(path.read_text())[metric]["value"])
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"judge: {path}: {e}") from None
+    except KeyError:
+        raise SystemExit(f"judge: {path}: no {metric!r} (is it the eval of the right split?)") from None
+
+
+def judge(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path, Path]) -> list[dict]:
+    """The rule's checks for ``candidate`` = (real val eval, black-image VQA-RAD val eval, synthetic val eval)
+    against ``shipped`` = (its real val eval, its synthetic val eval), every eval on the same records.
+    -> one dict per check: name, value, bound, passed."""
+    real_d, syn_d = shipped
+    real_c, black_c, syn_c = candidate
+    table_d, table_c = scores(data, real_d), scores(data, real_c)
+
+    def real(table: dict, source: str, metric: str, run: Path) -> float:
+        if metric not in table.get(source, {}):
+            raise SystemExit(f"judge: {run}: no {source} {metric} on {data} (is it the eval of that file?)")
+        return table[source][metric][0]
+
+    checks = [(f"synthetic {m}", _eval_value(syn_c, m), bar) for m, bar in SYNTHETIC_BARS.items()]
+    checks.append(("synthetic written box P@0.5 (shipped - 0.05)", _eval_value(syn_c, "det_p50_text"),
+                   _eval_value(syn_d, "det_p50_text") - RULE_BOX_SLACK))
+    checks.append(("TotalSegmentator val Dice", real(table_c, "totalseg", "dice", real_c), RULE_TOTALSEG))
+    closed = real(table_c, "vqa-rad", "closed_acc", real_c)
+    checks.append(("VQA-RAD closed (shipped + 0.15)", closed, real(table_d, "vqa-rad", "closed_acc", real_d) + RULE_VQA_GAIN))
+    checks.append(("VQA-RAD closed, 0.08 above black images", closed, _eval_value(black_c, "vqa_closed_acc") + RULE_BLACK_GAP))
+    out = [{"check": name, "value": value, "bound": bound, "passed": bool(value >= bound - 1e-9)}
+           for name, value, bound in checks]
+    pick_c, pick_d = score_of(table_c), score_of(table_d)
+    out.append({"check": "pick score (above shipped)", "value": pick_c, "bound": pick_d, "passed": bool(pick_c > pick_d)})
+    return out
+
+
 def write_beside(base: Path, weights: dict, out: Path, tokenizer=None) -> Path:
     """A model folder at ``out``: ``base``'s other files (then ``tokenizer``'s, when given) and ``weights``
     saved with ``base``'s safetensors metadata. Written beside ``out`` and renamed into place when whole,
@@ -361,6 +412,11 @@ def main(argv=None) -> None:
         t.add_argument("runs", type=Path, nargs="+", help="citrus-v eval --out folders on --data")
         t.add_argument("--json", type=Path, default=None,
                        help="also write {run: {source: {metric: [mean, n]}}} to this file")
+    j = sub.add_parser("judge", help="the rule's checks for a candidate against the shipped default (exit 1 if one fails)")
+    j.add_argument("--data", type=Path, required=True, help="the real val JSONL both real evals ran on")
+    j.add_argument("--shipped", type=Path, nargs=2, required=True, metavar=("REAL_EVAL", "SYNTHETIC_EVAL"))
+    j.add_argument("--candidate", type=Path, nargs=3, required=True, metavar=("REAL_EVAL", "BLACK_EVAL", "SYNTHETIC_EVAL"))
+    j.add_argument("--json", type=Path, default=None, help="also write the checks here")
     w = sub.add_parser("soup")
     w.add_argument("--base", type=Path, required=True, help="the start model folder")
     w.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
@@ -392,6 +448,17 @@ def main(argv=None) -> None:
         except (OSError, ValueError) as e:  # a missing file, a line that is not JSON: one line naming it
             raise SystemExit(f"blank: {args.data}: {e}") from None
         print(write_records(blanked(records, args.out / "images"), args.out / "data.jsonl"))
+    elif args.cmd == "judge":
+        checks = judge(args.data, tuple(args.shipped), tuple(args.candidate))
+        print("| check | value | bound | passed |\n|---|---|---|---|")
+        for c in checks:
+            print(f"| {c['check']} | {c['value']:.3f} | {c['bound']:.3f} | {'yes' if c['passed'] else '**no**'} |")
+        failed = [c["check"] for c in checks if not c["passed"]]
+        print(f"{len(checks) - len(failed)} of {len(checks)} checks pass" + (f"; fails: {'; '.join(failed)}" if failed else ""))
+        if args.json is not None:
+            args.json.write_text(json.dumps(checks, indent=1) + "\n")
+        if failed:
+            raise SystemExit(1)
     elif args.cmd == "soup":
         print(soup(args.base, args.tuned, args.alpha, args.out))
     elif args.cmd == "pack":

@@ -222,3 +222,61 @@ def test_vocab_names_a_bad_texts_file_and_its_line_in_one_line(script, tmp_path:
     with pytest.raises(SystemExit, match="tiny-preset"):
         script.vocab(tmp_path / "big", [bad], [], tmp_path / "o", None, 2)
     assert not (tmp_path / "o").exists()
+
+
+def _eval_dir(path: Path, predictions: list[dict] | None = None, **metrics: float) -> Path:
+    """A ``citrus-v eval`` folder: eval.json with ``metrics`` and, when given, predictions.jsonl."""
+    path.mkdir(parents=True)
+    (path / "eval.json").write_text(json.dumps({m: {"value": v, "n": 10} for m, v in metrics.items()}))
+    if predictions is not None:
+        _write(path / "predictions.jsonl", predictions)
+    return path
+
+
+def _real_eval(path: Path, closed: list[float], totalseg_dice: float) -> Path:
+    """A real-val eval on the 4-record file of ``test_judge_*``: three VQA-RAD closed answers, one CT slice."""
+    rows = [{"index": i, "task": "vqa_closed", "scores": {"correct": c}, "dice": []} for i, c in enumerate(closed)]
+    rows.append({"index": 3, "task": "segmentation", "scores": {}, "dice": [totalseg_dice]})
+    return _eval_dir(path, rows)
+
+
+SYNTHETIC_OK = {"seg_dice_mean": 0.85, "vqa_closed_acc": 0.92, "report_rougeL": 0.9, "doc_exact": 0.83}
+
+
+def test_judge_passes_a_candidate_only_when_every_check_of_the_rule_holds(script, tmp_path: Path, capsys):
+    data = tmp_path / "val.jsonl"
+    _write(data, [{"meta": {"source": "vqa-rad"}}] * 3 + [{"meta": {"source": "totalseg"}}])
+    shipped = (_real_eval(tmp_path / "d_real", [0.0, 0.0, 1.0], 0.77),
+               _eval_dir(tmp_path / "d_syn", **SYNTHETIC_OK, det_p50_text=0.60))
+    # closed 2/3 = 0.667 >= 0.333 + 0.15, black 0.5 + 0.08 <= 0.667, boxes 0.56 >= 0.60 - 0.05, CT 0.80 >= 0.762
+    good = (_real_eval(tmp_path / "c_real", [1.0, 1.0, 0.0], 0.80), _eval_dir(tmp_path / "c_black", vqa_closed_acc=0.5),
+            _eval_dir(tmp_path / "c_syn", **SYNTHETIC_OK, det_p50_text=0.56))
+    checks = script.judge(data, shipped, good)
+    assert len(checks) == 9 and all(c["passed"] for c in checks)
+    args = ["judge", "--data", str(data), "--shipped", *map(str, shipped), "--json", str(tmp_path / "j.json")]
+    script.main([*args, "--candidate", *map(str, good)])
+    assert "9 of 9 checks pass" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "j.json").read_text())) == 9
+
+    # the same answers whether the image is there or black, and boxes 0.06 below the shipped model's: two fail
+    bad = (good[0], _eval_dir(tmp_path / "b_black", vqa_closed_acc=0.667),
+           _eval_dir(tmp_path / "b_syn", **SYNTHETIC_OK, det_p50_text=0.54))
+    failed = {c["check"] for c in script.judge(data, shipped, bad) if not c["passed"]}
+    assert failed == {"VQA-RAD closed, 0.08 above black images", "synthetic written box P@0.5 (shipped - 0.05)"}
+    with pytest.raises(SystemExit) as e:
+        script.main([*args, "--candidate", *map(str, bad)])
+    assert e.value.code == 1
+    assert "7 of 9 checks pass; fails:" in capsys.readouterr().out
+
+
+def test_judge_names_the_eval_folder_that_lacks_a_metric(script, tmp_path: Path):
+    data = tmp_path / "val.jsonl"
+    _write(data, [{"meta": {"source": "vqa-rad"}}] * 3 + [{"meta": {"source": "totalseg"}}])
+    real = _real_eval(tmp_path / "real", [1.0, 0.0, 0.0], 0.8)
+    syn = _eval_dir(tmp_path / "syn", **SYNTHETIC_OK)  # no det_p50_text: not a synthetic eval with boxes
+    black = _eval_dir(tmp_path / "black", vqa_closed_acc=0.2)
+    with pytest.raises(SystemExit, match=r"judge: .*syn/eval.json: no 'det_p50_text'"):
+        script.judge(data, (real, syn), (real, black, syn))
+    with pytest.raises(SystemExit, match=r"judge: .*never_ran/eval.json: .*No such file"):  # a folder eval never wrote
+        syn2 = _eval_dir(tmp_path / "syn2", **SYNTHETIC_OK, det_p50_text=0.5)
+        script.judge(data, (real, syn2), (real, tmp_path / "never_ran", syn2))
