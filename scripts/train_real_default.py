@@ -10,6 +10,7 @@ The real-data tail of the default's rebuild (``scripts/train_real_default.sh``),
         --candidate REAL_EVAL BLACK_EVAL SYN_EVAL
     python scripts/train_real_default.py blank --data REAL/vqa-rad/test.jsonl --out RUN/vqa-rad_test_blank
     python scripts/train_real_default.py soup --base INIT --tuned RUN/best --alpha 0.7 --out RUN/soup
+    python scripts/train_real_default.py graft --onto MODEL --base INIT --tuned RUN/best --alpha 1 --out RUN/graft
     python scripts/train_real_default.py vocab --base INIT --texts RUN/real_pack/*_train.jsonl \
         --out RUN/init_vocab
 
@@ -28,7 +29,8 @@ candidate must pass on validation to replace the shipped default (the constants 
 printed with its value and bound, exit 1 if one fails). ``soup`` writes the model
 whose every weight is ``(1 - alpha) * base + alpha * tuned`` (weight-space interpolation between the
 start and the fine-tuned model, as WiSE-FT does; Wortsman et al. 2022): it keeps more of what the start
-model could do than the fine-tuned end point does. ``vocab`` gives the tiny model's tokenizer the words of
+model could do than the fine-tuned end point does. ``graft`` adds to another model (``--onto``) what a
+fine-tune changed in the MLLM's weights (a task vector: ``onto + alpha * (tuned - base)``). ``vocab`` gives the tiny model's tokenizer the words of
 the real train texts (``citrus_v.data.tokenizer.extend_tiny_tokenizer``: new ids in the embedding rows
 the tokenizer left unused; the texts of ``--keep``, the synthetic suite it was trained on, encode to the
 same ids as before) and starts each new token's input and output rows at the mean of the rows of the
@@ -325,6 +327,28 @@ def soup(base: Path, tuned: Path, alpha: float, out: Path) -> Path:
     return write_beside(base, mixed, out)
 
 
+def graft(onto: Path, base: Path, tuned: Path, alpha: float, out: Path, prefix: str = "mllm.") -> Path:
+    """A model folder at ``out``: ``onto``'s files, with every weight named ``prefix``... moved by ``alpha``
+    times what fine-tuning ``base`` into ``tuned`` changed (``onto + alpha * (tuned - base)``: adding a task
+    vector, Ilharco et al. 2023); the other weights (the segmenter's, by default) stay ``onto``'s. The three
+    must be the same architecture, fine-tuned from one ancestor."""
+    from safetensors.torch import load_file
+
+    for folder in (onto, base, tuned):
+        if not (folder / "model.safetensors").is_file():
+            raise SystemExit(f"{folder}: no model.safetensors (expected a model folder)")
+    o, b, t = (load_file(f / "model.safetensors") for f in (onto, base, tuned))
+    for name, w in (("--base", b), ("--tuned", t)):
+        if set(w) != set(o):
+            raise SystemExit(f"graft: {name}'s weights are not --onto's ({len(set(w) ^ set(o))} names differ)")
+    moved = [k for k in o if k.startswith(prefix) and o[k].is_floating_point()]
+    if not moved:
+        raise SystemExit(f"graft: no weight of {onto} is named {prefix}...")
+    for k in moved:
+        o[k] = (o[k].float() + alpha * (t[k].float() - b[k].float())).to(o[k].dtype)
+    return write_beside(onto, o, out)
+
+
 def texts_of(files: list[Path]) -> list[str]:
     """Every message's text in the JSONL ``files``."""
     from citrus_v.data.schema import read_jsonl
@@ -422,6 +446,13 @@ def main(argv=None) -> None:
     w.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
     w.add_argument("--alpha", type=float, required=True, help="0: base, 1: tuned")
     w.add_argument("--out", type=Path, required=True)
+    g = sub.add_parser("graft", help="add a fine-tune's change of the MLLM weights to another model (a task vector)")
+    g.add_argument("--onto", type=Path, required=True, help="the model folder that receives the change")
+    g.add_argument("--base", type=Path, required=True, help="the model folder the fine-tune started from")
+    g.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
+    g.add_argument("--alpha", type=float, default=1.0, help="how much of the change (1: all of it)")
+    g.add_argument("--prefix", default="mllm.", help="the weights it moves (default: the MLLM's; the segmenter stays --onto's)")
+    g.add_argument("--out", type=Path, required=True)
     v = sub.add_parser("vocab")
     v.add_argument("--base", type=Path, required=True, help="the start model folder (a tiny-preset model)")
     v.add_argument("--texts", type=Path, nargs="+", required=True, help="JSONL files whose words get tokens")
@@ -459,6 +490,8 @@ def main(argv=None) -> None:
             args.json.write_text(json.dumps(checks, indent=1) + "\n")
         if failed:
             raise SystemExit(1)
+    elif args.cmd == "graft":
+        print(graft(args.onto, args.base, args.tuned, args.alpha, args.out, args.prefix))
     elif args.cmd == "soup":
         print(soup(args.base, args.tuned, args.alpha, args.out))
     elif args.cmd == "pack":

@@ -162,6 +162,31 @@ def test_soup_interpolates_every_weight_and_keeps_the_base_files(script, tmp_pat
         script.soup(base, tmp_path / "missing", 0.5, tmp_path / "bad")
 
 
+def test_graft_adds_the_fine_tune_s_change_to_the_mllm_weights_only(script, tmp_path: Path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folders = {}
+    for name, m, s in (("onto", 5.0, 7.0), ("base", 1.0, 0.0), ("tuned", 3.0, 9.0)):  # m: an MLLM weight, s: a segmenter one
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        save_file({"mllm.model.w": torch.full((2,), m, dtype=torch.float16), "segmenter.w": torch.full((2,), s),
+                   "mllm.model.n": torch.tensor([4])}, folders[name] / "model.safetensors", metadata={"format": "pt"})
+    (folders["onto"] / "config.json").write_text("{}")
+    out = script.graft(folders["onto"], folders["base"], folders["tuned"], 0.5, tmp_path / "g")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        mllm, seg, n = f.get_tensor("mllm.model.w"), f.get_tensor("segmenter.w"), f.get_tensor("mllm.model.n")
+    assert mllm.dtype == torch.float16 and mllm.tolist() == [6.0, 6.0]  # 5 + 0.5 * (3 - 1)
+    assert seg.tolist() == [7.0, 7.0] and n.tolist() == [4]  # the segmenter and integer tensors stay --onto's
+    assert (out / "config.json").is_file()
+    with pytest.raises(SystemExit, match="graft: no weight of .* is named vision."):
+        script.graft(folders["onto"], folders["base"], folders["tuned"], 1.0, tmp_path / "bad", prefix="vision.")
+    save_file({"mllm.model.w": torch.zeros(2)}, folders["base"] / "model.safetensors")
+    with pytest.raises(SystemExit, match="graft: --base's weights are not --onto's \\(2 names differ\\)"):
+        script.graft(folders["onto"], folders["base"], folders["tuned"], 1.0, tmp_path / "bad")
+
+
 def test_vocab_gives_real_words_tokens_and_leaves_the_default_s_answers_unchanged(script, tmp_path: Path):
     """The extended default: old ids and rows untouched, each new row the mean of its pieces' rows, and
     (the point of the mean) the same greedy answers to synthetic questions, [SEG] mask included."""
