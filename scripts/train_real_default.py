@@ -196,8 +196,12 @@ def _row_name(rec: dict) -> str:
 def scores(data: Path, eval_dir: Path) -> dict[str, dict[str, tuple[float, int]]]:
     """source -> metric -> (mean, n) from one ``citrus-v eval`` run on ``data``."""
     sources = [_row_name(r) for r in read(data)]
+    predictions = read(eval_dir / "predictions.jsonl")
+    if len(predictions) != len(sources):  # citrus-v eval writes one line per record, scored or not
+        raise SystemExit(f"{eval_dir}: {len(predictions)} predictions for the {len(sources)} records of {data}: "
+                         "not an eval of that file")
     acc: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for p in read(eval_dir / "predictions.jsonl"):
+    for p in predictions:
         src, s = sources[p["index"]], p.get("scores", {})
         if p["task"] == "vqa_closed":
             acc[src, "closed_acc"].append(s["correct"])
@@ -251,11 +255,12 @@ def _eval_value(eval_dir: Path, metric: str) -> float:
     """``metric``'s value in a ``citrus-v eval`` folder's eval.json; one line naming the folder if absent."""
     path = eval_dir / "eval.json"
     try:
-        return float(json.loads(path.read_text())[metric]["value"])
-    except (OSError, ValueError) as e:
+        value = json.loads(path.read_text()).get(metric, {}).get("value")
+    except (OSError, ValueError, AttributeError) as e:
         raise SystemExit(f"judge: {path}: {e}") from None
-    except KeyError:
-        raise SystemExit(f"judge: {path}: no {metric!r} (is it the eval of the right split?)") from None
+    if not isinstance(value, (int, float)):  # absent, or null when no record of that task was scored
+        raise SystemExit(f"judge: {path}: no value for {metric!r} (is it the eval of the right split?)")
+    return float(value)
 
 
 def judge(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path, Path]) -> list[dict]:

@@ -108,6 +108,10 @@ def test_scores_per_source_and_pick(script, tmp_path: Path):
     assert script.score_of(table) == pytest.approx((1.25 + 1.0 + 0.5) / 3)
     marks = script.print_table(data, runs)
     assert marks[0] > marks[1]
+    other = tmp_path / "other.jsonl"  # an eval of one file read against another
+    _write(other, [{"meta": {"source": "vqa-rad"}}] * 2)
+    with pytest.raises(SystemExit, match=r"eval_val: 3 predictions for the 2 records of .*other.jsonl: not an eval of"):
+        script.scores(other, runs[0])
     script.main(["table", "--data", str(data), *map(str, runs), "--json", str(tmp_path / "t.json")])
     written = json.loads((tmp_path / "t.json").read_text())
     assert written[str(runs[1])]["cvc-clinicdb"]["dice"] == [0.9, 2]
@@ -300,8 +304,11 @@ def test_judge_names_the_eval_folder_that_lacks_a_metric(script, tmp_path: Path)
     real = _real_eval(tmp_path / "real", [1.0, 0.0, 0.0], 0.8)
     syn = _eval_dir(tmp_path / "syn", **SYNTHETIC_OK)  # no det_p50_text: not a synthetic eval with boxes
     black = _eval_dir(tmp_path / "black", vqa_closed_acc=0.2)
-    with pytest.raises(SystemExit, match=r"judge: .*syn/eval.json: no 'det_p50_text'"):
+    with pytest.raises(SystemExit, match=r"judge: .*syn/eval.json: no value for 'det_p50_text'"):
         script.judge(data, (real, syn), (real, black, syn))
+    nulls = _eval_dir(tmp_path / "nulls", **{**SYNTHETIC_OK, "doc_exact": None}, det_p50_text=0.5)  # no document scored
+    with pytest.raises(SystemExit, match=r"judge: .*nulls/eval.json: no value for 'doc_exact'"):
+        script.judge(data, (real, nulls), (real, black, nulls))
     with pytest.raises(SystemExit, match=r"judge: .*never_ran/eval.json: .*No such file"):  # a folder eval never wrote
         syn2 = _eval_dir(tmp_path / "syn2", **SYNTHETIC_OK, det_p50_text=0.5)
         script.judge(data, (real, syn2), (real, tmp_path / "never_ran", syn2))
