@@ -272,9 +272,15 @@ def _real_eval(path: Path, closed: list[float], totalseg_dice: float) -> Path:
 SYNTHETIC_OK = {"seg_dice_mean": 0.85, "vqa_closed_acc": 0.92, "report_rougeL": 0.9, "doc_exact": 0.83}
 
 
-def test_judge_passes_a_candidate_only_when_every_check_of_the_rule_holds(script, tmp_path: Path, capsys):
+def _judge_data(tmp_path: Path) -> Path:
+    """The real val file of ``test_judge_*``: three VQA-RAD questions, one TotalSegmentator slice."""
     data = tmp_path / "val.jsonl"
     _write(data, [{"meta": {"source": "vqa-rad"}}] * 3 + [{"meta": {"source": "totalseg"}}])
+    return data
+
+
+def test_judge_passes_a_candidate_only_when_every_check_of_the_rule_holds(script, tmp_path: Path, capsys):
+    data = _judge_data(tmp_path)
     shipped = (_real_eval(tmp_path / "d_real", [0.0, 0.0, 1.0], 0.77),
                _eval_dir(tmp_path / "d_syn", **SYNTHETIC_OK, det_p50_text=0.60))
     # closed 2/3 = 0.667 >= 0.333 + 0.15, black 0.5 + 0.08 <= 0.667, boxes 0.56 >= 0.60 - 0.05, CT 0.80 >= 0.762
@@ -299,8 +305,7 @@ def test_judge_passes_a_candidate_only_when_every_check_of_the_rule_holds(script
 
 
 def test_judge_names_the_eval_folder_that_lacks_a_metric(script, tmp_path: Path):
-    data = tmp_path / "val.jsonl"
-    _write(data, [{"meta": {"source": "vqa-rad"}}] * 3 + [{"meta": {"source": "totalseg"}}])
+    data = _judge_data(tmp_path)
     real = _real_eval(tmp_path / "real", [1.0, 0.0, 0.0], 0.8)
     syn = _eval_dir(tmp_path / "syn", **SYNTHETIC_OK)  # no det_p50_text: not a synthetic eval with boxes
     black = _eval_dir(tmp_path / "black", vqa_closed_acc=0.2)
@@ -309,6 +314,6 @@ def test_judge_names_the_eval_folder_that_lacks_a_metric(script, tmp_path: Path)
     nulls = _eval_dir(tmp_path / "nulls", **{**SYNTHETIC_OK, "doc_exact": None}, det_p50_text=0.5)  # no document scored
     with pytest.raises(SystemExit, match=r"judge: .*nulls/eval.json: no value for 'doc_exact'"):
         script.judge(data, (real, nulls), (real, black, nulls))
+    syn2 = _eval_dir(tmp_path / "syn2", **SYNTHETIC_OK, det_p50_text=0.5)
     with pytest.raises(SystemExit, match=r"judge: .*never_ran/eval.json: .*No such file"):  # a folder eval never wrote
-        syn2 = _eval_dir(tmp_path / "syn2", **SYNTHETIC_OK, det_p50_text=0.5)
         script.judge(data, (real, syn2), (real, tmp_path / "never_ran", syn2))
