@@ -127,7 +127,11 @@ def cached_table(data: Path, run: Path, model_dir: Path, image_cache: Path | Non
 
     records = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
     sources = [source_of(r) for r in records for _ in r["masks"]]  # one per mask, cache order
-    val = load_cached_set((image_cache or run / "image_cache") / "val", run / "states" / "val", len(shards(list(range(len(records))))))
+    images, states = (image_cache or run / "image_cache") / "val", run / "states" / "val"
+    for folder, what in ((images, "--image-cache (the run's, if it had one)"), (states, "the run folder")):
+        if not folder.is_dir():
+            raise SystemExit(f"cached: {folder}: no cached val set here; check {what}")
+    val = load_cached_set(images, states, len(shards(list(range(len(records))))))
     model, _, _ = load_model_and_tokenizer(model_dir)
     model.eval()
     with torch.inference_mode():

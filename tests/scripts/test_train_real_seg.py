@@ -63,3 +63,16 @@ def test_a_train_count_for_a_new_source_adds_train_records_and_leaves_val_as_it_
     assert "totalseg" not in plain["train"] and more["train"]["totalseg"] == 5 and more["train"]["drive"] == 1
     assert more["val"] == plain["val"] and "totalseg" not in more["val"]
     assert (tmp_path / "more" / "val.jsonl").read_text() == (tmp_path / "plain" / "val.jsonl").read_text()
+
+
+def test_cached_names_the_missing_cache_in_one_line_before_loading_a_model(script, tmp_path: Path):
+    data = tmp_path / "val.jsonl"
+    data.write_text(json.dumps({"messages": [], "images": ["a.png"], "masks": ["m.png"]}) + "\n")
+    run = tmp_path / "run"
+    (run / "states" / "val").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"run/image_cache/val: no cached val set here; check --image-cache"):
+        script.cached_table(data, run, tmp_path / "no_model")
+    (run / "image_cache" / "val").mkdir(parents=True)
+    (run / "states" / "val").rmdir()
+    with pytest.raises(SystemExit, match=r"run/states/val: no cached val set here; check the run folder"):
+        script.cached_table(data, run, tmp_path / "no_model")
