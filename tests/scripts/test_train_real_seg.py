@@ -1,4 +1,5 @@
-"""scripts/train_real_seg.py subsets: per-source picks, the synthetic replay's size, and test never read."""
+"""scripts/train_real_seg.py: subsets (per-source picks, the synthetic replay's size, test never read)
+and cached's one-line errors."""
 
 from __future__ import annotations
 
