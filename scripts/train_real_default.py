@@ -8,6 +8,8 @@ The real-data tail of the default's rebuild (``scripts/train_real_default.sh``),
     python scripts/train_real_default.py pick --data RUN/real_mix/val_real.jsonl EVAL_DIR [EVAL_DIR ...]
     python scripts/train_real_default.py judge --data REAL/val.jsonl --shipped REAL_EVAL SYN_EVAL \
         --candidate REAL_EVAL BLACK_EVAL SYN_EVAL
+    python scripts/train_real_default.py judge-seg --data REAL/val.jsonl --shipped REAL_EVAL SYN_EVAL \
+        --candidate REAL_EVAL SYN_EVAL
     python scripts/train_real_default.py blank --data REAL/vqa-rad/test.jsonl --out RUN/vqa-rad_test_blank
     python scripts/train_real_default.py soup --base INIT --tuned RUN/best --alpha 0.7 --out RUN/soup
     python scripts/train_real_default.py graft --onto MODEL --base INIT --tuned RUN/best --alpha 1 --out RUN/graft
@@ -26,7 +28,8 @@ records) and ``val_synthetic.jsonl``. ``table`` prints per source the scores of 
 runs on ``val_real.jsonl`` and ``pick`` the run with the best mean of the issue's targets, each
 divided by its bar (capped at 1.25, so one source cannot buy another). ``judge`` applies the rule a
 candidate must pass on validation to replace the shipped default (the constants above ``judge``; each check
-printed with its value and bound, exit 1 if one fails). ``soup`` writes the model
+printed with its value and bound, exit 1 if one fails); ``judge-seg`` the rule for a candidate that keeps the
+shipped MLLM and changes only the segmenter. ``soup`` writes the model
 whose every weight is ``(1 - alpha) * base + alpha * tuned`` (weight-space interpolation between the
 start and the fine-tuned model, as WiSE-FT does; Wortsman et al. 2022): it keeps more of what the start
 model could do than the fine-tuned end point does. ``graft`` adds to another model (``--onto``) what a
@@ -293,6 +296,64 @@ def judge(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path, P
     return out
 
 
+# The rule for a candidate whose MLLM is the shipped one's and whose segmenter differs (docs/default_model.md,
+# "S1"): its answers must be the shipped model's, so the text checks above hold by construction and the VQA-RAD
+# clauses cannot move; what it must show is better real masks without losing the phantoms, the CT slices or
+# the boxes the segmenter tightens.
+MASK_SOURCES = ("cvc-clinicdb", "covid-chestxray", "monuseg", "drive")
+
+
+def judge_segmenter(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path]) -> list[dict]:
+    """The segmenter-only rule's checks for ``candidate`` = (real val eval, synthetic val eval) against
+    ``shipped`` = the same two evals of the shipped model. -> one dict per check, as ``judge``'s."""
+    (real_d, syn_d), (real_c, syn_c) = shipped, candidate
+    answers = []
+    for run in (real_d, syn_d, real_c, syn_c):
+        try:
+            answers.append([p["answer"] for p in read(run / "predictions.jsonl")])
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"judge-seg: {run / 'predictions.jsonl'}: {e}") from None
+    for shipped_run, ours, theirs in ((real_d, answers[2], answers[0]), (syn_d, answers[3], answers[1])):
+        if len(ours) != len(theirs):
+            raise SystemExit(f"judge-seg: {len(ours)} predictions against {len(theirs)} in {shipped_run}: "
+                             "not evals of the same records")
+    pairs = list(zip(answers[0] + answers[1], answers[2] + answers[3]))
+    table_d, table_c = scores(data, real_d), scores(data, real_c)
+
+    def dice(table: dict, source: str, run: Path) -> float:
+        if "dice" not in table.get(source, {}):
+            raise SystemExit(f"judge-seg: {run}: no {source} dice on {data} (is it the eval of that file?)")
+        return table[source]["dice"][0]
+
+    checks = [("answers equal to the shipped model's", sum(a == b for a, b in pairs) / len(pairs), 1.0),
+              ("synthetic seg_dice_mean", _eval_value(syn_c, "seg_dice_mean"), SYNTHETIC_BARS["seg_dice_mean"]),
+              ("TotalSegmentator val Dice", dice(table_c, "totalseg", real_c), RULE_TOTALSEG)]
+    checks += [(f"{s} Dice (not below shipped)", dice(table_c, s, real_c), dice(table_d, s, real_d))
+               for s in MASK_SOURCES]
+    checks.append((f"synthetic tightened box P@0.5 (shipped - {RULE_BOX_SLACK})", _eval_value(syn_c, "det_p50"),
+                   _eval_value(syn_d, "det_p50") - RULE_BOX_SLACK))
+    out = [{"check": name, "value": value, "bound": bound, "passed": bool(value >= bound - 1e-9)}
+           for name, value, bound in checks]
+    pick_c, pick_d = score_of(table_c), score_of(table_d)
+    out.append({"check": "pick score (above shipped)", "value": pick_c, "bound": pick_d,
+                "passed": bool(pick_c > pick_d)})
+    return out
+
+
+def report_checks(checks: list[dict], json_path: Path | None) -> None:
+    """Print ``checks`` as a table and a verdict line; write them to ``json_path``; exit 1 if one failed."""
+    print("| check | value | bound | passed |\n|---|---|---|---|")
+    for c in checks:
+        print(f"| {c['check']} | {c['value']:.3f} | {c['bound']:.3f} | {'yes' if c['passed'] else '**no**'} |")
+    failed = [c["check"] for c in checks if not c["passed"]]
+    fails = f"; fails: {'; '.join(failed)}" if failed else ""
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks pass{fails}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(checks, indent=1) + "\n")
+    if failed:
+        raise SystemExit(1)
+
+
 def write_beside(base: Path, weights: dict, out: Path, tokenizer=None) -> Path:
     """A model folder at ``out``: ``base``'s other files (then ``tokenizer``'s, when given) and ``weights``
     saved with ``base``'s safetensors metadata. Written beside ``out`` and renamed into place when whole,
@@ -451,6 +512,11 @@ def main(argv=None) -> None:
     j.add_argument("--candidate", type=Path, nargs=3, required=True,
                    metavar=("REAL_EVAL", "BLACK_EVAL", "SYNTHETIC_EVAL"))
     j.add_argument("--json", type=Path, default=None, help="also write the checks here")
+    js = sub.add_parser("judge-seg", help="the rule for a candidate with the shipped MLLM and another segmenter")
+    js.add_argument("--data", type=Path, required=True, help="the real val JSONL both real evals ran on")
+    js.add_argument("--shipped", type=Path, nargs=2, required=True, metavar=("REAL_EVAL", "SYNTHETIC_EVAL"))
+    js.add_argument("--candidate", type=Path, nargs=2, required=True, metavar=("REAL_EVAL", "SYNTHETIC_EVAL"))
+    js.add_argument("--json", type=Path, default=None, help="also write the checks here")
     w = sub.add_parser("soup")
     w.add_argument("--base", type=Path, required=True, help="the start model folder")
     w.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model folder")
@@ -491,17 +557,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"blank: {args.data}: {e}") from None
         print(write_records(blanked(records, args.out / "images"), args.out / "data.jsonl"))
     elif args.cmd == "judge":
-        checks = judge(args.data, tuple(args.shipped), tuple(args.candidate))
-        print("| check | value | bound | passed |\n|---|---|---|---|")
-        for c in checks:
-            print(f"| {c['check']} | {c['value']:.3f} | {c['bound']:.3f} | {'yes' if c['passed'] else '**no**'} |")
-        failed = [c["check"] for c in checks if not c["passed"]]
-        fails = f"; fails: {'; '.join(failed)}" if failed else ""
-        print(f"{len(checks) - len(failed)} of {len(checks)} checks pass{fails}")
-        if args.json is not None:
-            args.json.write_text(json.dumps(checks, indent=1) + "\n")
-        if failed:
-            raise SystemExit(1)
+        report_checks(judge(args.data, tuple(args.shipped), tuple(args.candidate)), args.json)
+    elif args.cmd == "judge-seg":
+        report_checks(judge_segmenter(args.data, tuple(args.shipped), tuple(args.candidate)), args.json)
     elif args.cmd == "graft":
         print(graft(args.onto, args.base, args.tuned, args.alpha, args.out, args.prefix))
     elif args.cmd == "soup":

@@ -317,3 +317,42 @@ def test_judge_names_the_eval_folder_that_lacks_a_metric(script, tmp_path: Path)
     syn2 = _eval_dir(tmp_path / "syn2", **SYNTHETIC_OK, det_p50_text=0.5)
     with pytest.raises(SystemExit, match=r"judge: .*never_ran/eval.json: .*No such file"):  # a folder eval never wrote
         script.judge(data, (real, syn2), (real, tmp_path / "never_ran", syn2))
+
+
+def _seg_eval(path: Path, dice: list[float], answers: list[str], **metrics: float) -> Path:
+    """An eval folder on ``_seg_judge_data``'s five mask records (one per source), answering ``answers``."""
+    rows = [{"index": i, "task": "segmentation", "scores": {}, "dice": [d], "answer": a}
+            for i, (d, a) in enumerate(zip(dice, answers))]
+    return _eval_dir(path, rows, **metrics)
+
+
+def test_judge_seg_wants_the_shipped_answers_better_masks_and_the_tightened_boxes_kept(script, tmp_path: Path, capsys):
+    data = tmp_path / "val.jsonl"
+    _write(data, [{"meta": {"source": s}} for s in (*script.MASK_SOURCES, "totalseg")])
+    said = ["Sure, it is [SEG]."] * 5
+    shipped = (_seg_eval(tmp_path / "d_real", [0.6, 0.9, 0.5, 0.2, 0.77], said),
+               _seg_eval(tmp_path / "d_syn", [0.9] * 5, said, seg_dice_mean=0.9, det_p50=0.80))
+    # every mask source at or above the shipped Dice, CT 0.77 >= 0.762, tightened boxes 0.76 >= 0.80 - 0.05
+    good = (_seg_eval(tmp_path / "c_real", [0.7, 0.9, 0.6, 0.5, 0.77], said),
+            _seg_eval(tmp_path / "c_syn", [0.9] * 5, said, seg_dice_mean=0.85, det_p50=0.76))
+    checks = script.judge_segmenter(data, shipped, good)
+    assert len(checks) == 9 and all(c["passed"] for c in checks)
+    args = ["judge-seg", "--data", str(data), "--shipped", *map(str, shipped)]
+    script.main([*args, "--candidate", *map(str, good)])
+    assert "9 of 9 checks pass" in capsys.readouterr().out
+
+    # one answer changed (the MLLM is not the shipped one), vessels below the shipped Dice, boxes 0.06 lower
+    bad = (_seg_eval(tmp_path / "b_real", [0.7, 0.9, 0.6, 0.1, 0.77], said[:4] + ["large"]),
+           _seg_eval(tmp_path / "b_syn", [0.9] * 5, said, seg_dice_mean=0.85, det_p50=0.74))
+    failed = {c["check"] for c in script.judge_segmenter(data, shipped, bad) if not c["passed"]}
+    assert failed == {"answers equal to the shipped model's", "drive Dice (not below shipped)",
+                      "synthetic tightened box P@0.5 (shipped - 0.05)"}
+    with pytest.raises(SystemExit) as e:
+        script.main([*args, "--candidate", *map(str, bad)])
+    assert e.value.code == 1 and "6 of 9 checks pass; fails:" in capsys.readouterr().out
+
+    short = _seg_eval(tmp_path / "short", [0.9] * 4, said[:4], seg_dice_mean=0.85, det_p50=0.76)
+    with pytest.raises(SystemExit, match=r"judge-seg: 4 predictions against 5 in .*d_syn"):
+        script.judge_segmenter(data, shipped, (good[0], short))
+    with pytest.raises(SystemExit, match=r"judge-seg: .*never_ran/predictions.jsonl"):
+        script.judge_segmenter(data, shipped, (tmp_path / "never_ran", good[1]))
