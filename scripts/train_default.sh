@@ -2,7 +2,7 @@
 # Rebuild the embedded default model from nothing: the synthetic suite (+ real TotalSegmentator
 # slices), a tiny tokenizer, stage 0 (dense vision warm-up: a from-scratch ViT needs it, see
 # docs/default_model.md), the four Citrus-V stages and the held-out evaluation, then (with SNAPSHOTS)
-# issue 21's stage on real masks, whose output RUN/realseg/stage4/final is the shipped default (without
+# issue 21's stages on real masks, whose output RUN/s2/final is the shipped default (without
 # SNAPSHOTS the chain ends at the default before it, RUN/stage4/final).
 # Usage: bash scripts/train_default.sh [RUN_DIR [SNAPSHOTS]]
 #   SNAPSHOTS: one folder per real public source, as `citrus-v data real-suite --sources` reads it
@@ -83,14 +83,24 @@ citrus-v eval --data "$RUN/suite/test.jsonl" --model "$RUN/stage4/final" --out "
 # Issue 21, the shipped default's last stage (with SNAPSHOTS): the real sources' train/val splits converted
 # (test.jsonl is never read for training), then a cached stage 4 from the model above on real masks (polyps,
 # lungs, nuclei, vessels, TotalSegmentator train slices) with the synthetic suite's train masks as replay:
-# run D of docs/default_model.md ("Cached stage 4 with a larger replay"). RUN/realseg/stage4/final is the
-# shipped default, scored once on the synthetic and the real test splits.
+# run D of docs/default_model.md ("Cached stage 4 with a larger replay"), then S2, the same stage re-fitted on
+# more real masks. RUN/s2/final is the shipped default, scored once on the synthetic and the real test splits.
 SNAP=${2:-}
 if [ -n "$SNAP" ]; then
   [ -f "$RUN/real/counts.json" ] || citrus-v data real-suite --sources "$SNAP" --out "$RUN/real"
   SYNTH_TRAIN=0 TRAIN_COUNT=totalseg=0 STEPS=288 VAL_EVERY=48 \
     bash scripts/train_real_seg.sh "$RUN/real" "$RUN/realseg" "$RUN/stage4/final"
-  final="$RUN/realseg/stage4/final"
+  # S2 (docs/default_model.md, "S1" and "S2"): D's segmenter re-fitted 576 steps on every MoNuSeg, DRIVE and
+  # TotalSegmentator train tile, the other real sources' slices above and 192 seed-21 phantom records as replay;
+  # the MLLM stays D's (every text answer is D's). RUN/s2/final is the shipped default.
+  [ -f "$RUN/suite_real/val.jsonl" ] || citrus-v data phantoms --out "$RUN/suite_real" --n 1500 --n-val 300 \
+    --n-test 1 --seed 21 --size 224
+  [ -f "$RUN/refit_data/val.jsonl" ] || python scripts/train_real_seg.py subsets --real "$RUN/real" \
+    --synthetic "$RUN/suite_real" --out "$RUN/refit_data" --synthetic-train 192 --train-count totalseg=0 monuseg=0 drive=0
+  [ -f "$RUN/s2/final/config.json" ] || python scripts/train_real_seg.py train --init "$RUN/realseg/stage4/final" \
+    --data "$RUN/refit_data/train.jsonl" --val "$RUN/refit_data/val.jsonl" --out "$RUN/s2" --steps 576 \
+    --val-every 96 --resume
+  final="$RUN/s2/final"
   [ -f "$RUN/eval_final/eval.json" ] || citrus-v eval --data "$RUN/suite/test.jsonl" --model "$final" \
     --out "$RUN/eval_final" --batch-size 4 --no-progress
   [ -f "$RUN/eval_real_test/eval.json" ] || citrus-v eval --data "$RUN/real/test.jsonl" --model "$final" \
