@@ -266,6 +266,17 @@ def _eval_value(eval_dir: Path, metric: str) -> float:
     return float(value)
 
 
+def _verdicts(checks: list[tuple[str, float, float]], table_c: dict, table_d: dict) -> list[dict]:
+    """(name, value, bound) triples -> ``judge``'s dicts (passed when value >= bound), with the pick-score
+    check (the candidate's real val table above the shipped one's) last."""
+    out = [{"check": name, "value": value, "bound": bound, "passed": bool(value >= bound - 1e-9)}
+           for name, value, bound in checks]
+    pick_c, pick_d = score_of(table_c), score_of(table_d)
+    out.append({"check": "pick score (above shipped)", "value": pick_c, "bound": pick_d,
+                "passed": bool(pick_c > pick_d)})
+    return out
+
+
 def judge(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path, Path]) -> list[dict]:
     """The rule's checks for ``candidate`` = (real val eval, black-image VQA-RAD val eval, synthetic val eval)
     against ``shipped`` = (its real val eval, its synthetic val eval), every eval on the same records.
@@ -288,12 +299,7 @@ def judge(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path, P
                    real(table_d, "vqa-rad", "closed_acc", real_d) + RULE_VQA_GAIN))
     checks.append((f"VQA-RAD closed, {RULE_BLACK_GAP} above black images", closed,
                    _eval_value(black_c, "vqa_closed_acc") + RULE_BLACK_GAP))
-    out = [{"check": name, "value": value, "bound": bound, "passed": bool(value >= bound - 1e-9)}
-           for name, value, bound in checks]
-    pick_c, pick_d = score_of(table_c), score_of(table_d)
-    out.append({"check": "pick score (above shipped)", "value": pick_c, "bound": pick_d,
-                "passed": bool(pick_c > pick_d)})
-    return out
+    return _verdicts(checks, table_c, table_d)
 
 
 # The rule for a candidate whose MLLM is the shipped one's and whose segmenter differs (docs/default_model.md,
@@ -332,12 +338,7 @@ def judge_segmenter(data: Path, shipped: tuple[Path, Path], candidate: tuple[Pat
                for s in MASK_SOURCES]
     checks.append((f"synthetic tightened box P@0.5 (shipped - {RULE_BOX_SLACK})", _eval_value(syn_c, "det_p50"),
                    _eval_value(syn_d, "det_p50") - RULE_BOX_SLACK))
-    out = [{"check": name, "value": value, "bound": bound, "passed": bool(value >= bound - 1e-9)}
-           for name, value, bound in checks]
-    pick_c, pick_d = score_of(table_c), score_of(table_d)
-    out.append({"check": "pick score (above shipped)", "value": pick_c, "bound": pick_d,
-                "passed": bool(pick_c > pick_d)})
-    return out
+    return _verdicts(checks, table_c, table_d)
 
 
 def report_checks(checks: list[dict], json_path: Path | None) -> None:
