@@ -92,8 +92,7 @@ if [ -n "$SNAP" ]; then
     bash scripts/train_real_seg.sh "$RUN/real" "$RUN/realseg" "$RUN/stage4/final"
   # S2 (docs/default_model.md, "S1" and "S2"): D's segmenter re-fitted 576 steps on every MoNuSeg, DRIVE and
   # TotalSegmentator train tile, the polyp and lung records above and 192 records of a seed-21 synthetic suite as
-  # replay;
-  # the MLLM stays D's (every text answer is D's). RUN/s2/final is the shipped default.
+  # replay; the MLLM stays D's (every text answer is D's). RUN/s2/final is the shipped default.
   [ -f "$RUN/suite_real/val.jsonl" ] || citrus-v data phantoms --out "$RUN/suite_real" --n 1500 --n-val 300 \
     --n-test 1 --seed 21 --size 224
   [ -f "$RUN/refit_data/val.jsonl" ] || python scripts/train_real_seg.py subsets --real "$RUN/real" \
