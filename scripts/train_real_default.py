@@ -266,6 +266,13 @@ def _eval_value(eval_dir: Path, metric: str) -> float:
     return float(value)
 
 
+def _table_value(table: dict, source: str, metric: str, run: Path, data: Path, command: str) -> float:
+    """``metric``'s mean for ``source`` in a ``scores`` table of ``run``; one line naming them if absent."""
+    if metric not in table.get(source, {}):
+        raise SystemExit(f"{command}: {run}: no {source} {metric} on {data} (is it the eval of that file?)")
+    return table[source][metric][0]
+
+
 def _verdicts(checks: list[tuple[str, float, float]], table_c: dict, table_d: dict) -> list[dict]:
     """(name, value, bound) triples -> ``judge``'s dicts (passed when value >= bound), with the pick-score
     check (the candidate's real val table above the shipped one's) last."""
@@ -286,9 +293,7 @@ def judge(data: Path, shipped: tuple[Path, Path], candidate: tuple[Path, Path, P
     table_d, table_c = scores(data, real_d), scores(data, real_c)
 
     def real(table: dict, source: str, metric: str, run: Path) -> float:
-        if metric not in table.get(source, {}):
-            raise SystemExit(f"judge: {run}: no {source} {metric} on {data} (is it the eval of that file?)")
-        return table[source][metric][0]
+        return _table_value(table, source, metric, run, data, "judge")
 
     checks = [(f"synthetic {m}", _eval_value(syn_c, m), bar) for m, bar in SYNTHETIC_BARS.items()]
     checks.append((f"synthetic written box P@0.5 (shipped - {RULE_BOX_SLACK})", _eval_value(syn_c, "det_p50_text"),
@@ -327,9 +332,7 @@ def judge_segmenter(data: Path, shipped: tuple[Path, Path], candidate: tuple[Pat
     table_d, table_c = scores(data, real_d), scores(data, real_c)
 
     def dice(table: dict, source: str, run: Path) -> float:
-        if "dice" not in table.get(source, {}):
-            raise SystemExit(f"judge-seg: {run}: no {source} dice on {data} (is it the eval of that file?)")
-        return table[source]["dice"][0]
+        return _table_value(table, source, "dice", run, data, "judge-seg")
 
     checks = [("answers equal to the shipped model's", sum(a == b for a, b in pairs) / len(pairs), 1.0),
               ("synthetic seg_dice_mean", _eval_value(syn_c, "seg_dice_mean"), SYNTHETIC_BARS["seg_dice_mean"]),
