@@ -29,10 +29,24 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                         "cache (e.g. jdh-algo/Citrus-V-8B; never downloaded); default: embedded")
     p.add_argument("--out", default=None, help="folder for overlay.png and mask_<i>.png")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer text")
+    p.add_argument("--tiles", default=None, type=tiles_argument, metavar="auto|N|RxC",
+                   help="cut the image into tiles, answer on each and stitch the masks: for whole pathology or fundus "
+                        "images (nuclei, vessels), which the default learned on ~300 px tiles; auto = tiles of about "
+                        "300 px (default: the image whole)")
     add_generation_arguments(p)
     add_model_arguments(p)
     p.set_defaults(func=run_predict)
     return p
+
+
+def tiles_argument(text: str) -> str | tuple[int, int]:
+    """``--tiles``: auto, N or RxC; argparse turns the ValueError into a one-line usage error."""
+    from citrus_v.infer.tiling import parse_tiles
+
+    try:
+        return parse_tiles(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
@@ -256,6 +270,37 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
     return mask_paths, str(overlay_path)
 
 
+def tile_grid_for(images: list, tiles: str | tuple[int, int]) -> tuple[int, int]:
+    """``--tiles`` on the one image given -> (rows, cols), checked before the model loads."""
+    from citrus_v.errors import UserError
+    from citrus_v.infer.tiling import tile_grid, tile_windows
+
+    if len(images) != 1:
+        raise UserError(f"--tiles takes one --image, got {len(images)}")
+    h, w = images[0].shape[:2]
+    grid = tile_grid(h, w) if tiles == "auto" else tiles
+    try:
+        tile_windows(h, w, grid)
+    except ValueError as err:
+        raise UserError(f"--tiles {grid[0]}x{grid[1]}: {err}") from None
+    return grid
+
+
+def _predict_tiled(predictor, images: list, args: argparse.Namespace):
+    """``--tiles``: the stitched Prediction, and what --json and the text output say of the tiles."""
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from citrus_v.infer.tiling import predict_tiled
+
+    grid = tile_grid_for(images, args.tiles)
+    with tqdm(total=grid[0] * grid[1], desc="tiles", unit="tile", disable=grid[0] * grid[1] <= 4, file=sys.stderr) as bar:
+        pred, tiles = predict_tiled(predictor, images[0], args.prompt, grid, progress=lambda n: bar.update(n - bar.n))
+    answers = Counter(tile.answer for _, tile in tiles)
+    return pred, {"grid": list(grid), "windows": [list(window) for window, _ in tiles], "answers": dict(answers)}
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from citrus_v.data.schema import SEG_TOKEN
     from citrus_v.errors import UserError
@@ -271,6 +316,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
     # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
     images = load_images_for(args)
+    if args.tiles is not None:
+        tile_grid_for(images, args.tiles)
     predictor = load_predictor_for(args, **model_kwargs_from_args(args))
     pixels = predictor.pixel_range
     print(f"[pixels] {pixels['min_pixels']}..{pixels['max_pixels']} ({pixels['source']})", file=sys.stderr)
@@ -278,7 +325,11 @@ def run_predict(args: argparse.Namespace) -> int:
         predictor.check_prompt(args.prompt, "--prompt")
     except ValueError as err:
         raise UserError(str(err)) from None
-    pred = predictor.predict(images, args.prompt)
+    tiling = None
+    if args.tiles is None:
+        pred = predictor.predict(images, args.prompt)
+    else:
+        pred, tiling = _predict_tiled(predictor, images, args)
 
     mask_paths: list[str] = []
     overlay_path = None
@@ -287,11 +338,16 @@ def run_predict(args: argparse.Namespace) -> int:
     frames = frame_report(args)
     if args.json:
         report = {"frames": frames, "run": run_settings(predictor), "generation": generation_report(predictor.settings, args.model)}
+        if tiling is not None:
+            report["tiles"] = tiling
         json.dump(prediction_to_dict(pred, mask_paths, overlay_path) | report, sys.stdout)
         sys.stdout.write("\n")
     else:
         for path, f in frames.items():
             print(f"[frame] {path}: {f}")
+        if tiling is not None:
+            rows, cols = tiling["grid"]
+            print(f"[tiles] {rows}x{cols}; answers: " + "; ".join(f"{n}x {a!r}" for a, n in tiling["answers"].items()))
         if pred.reasoning:
             print(f"[reasoning] {pred.reasoning}")
         print(pred.answer)

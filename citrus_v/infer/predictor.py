@@ -223,6 +223,17 @@ class Predictor:
             self._tighten(encoded, predictions)
         return predictions
 
+    def predict_tiled(
+        self, image: ImageInput, prompt: str, tiles: str | int | tuple[int, int] = "auto", **kwargs
+    ) -> Prediction:
+        """``prompt`` on each tile of a large image, the masks stitched back at the image's size: for
+        whole pathology or fundus images, whose nuclei or vessels the model learned on ~300 px tiles.
+        ``tiles``: "auto" (tiles of about 300 px), N (N x N) or (rows, cols); ``batch_size``, ``settings``
+        and ``progress`` as in :func:`citrus_v.infer.tiling.predict_tiled`, which implements it."""
+        from citrus_v.infer.tiling import predict_tiled
+
+        return predict_tiled(self, image, prompt, tiles, **kwargs)[0]
+
     def refine(self, image: ImageInput, **prompts) -> Prediction:
         """Clicks / a box (and optionally a text prompt) on one image -> one mask (issue 7).
 

@@ -23,5 +23,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from citrus_v.volume.cli import run_volume, wants_volume_path
 
     if wants_volume_path(args):  # volumes and click/box refinement
+        if args.tiles is not None:
+            raise SystemExit("citrus-v predict: --tiles goes with --image alone, not with --volume, --point or --box")
         return run_volume(args)
     return run_image_predict(args)
