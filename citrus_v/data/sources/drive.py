@@ -59,3 +59,10 @@ def load_drive(src: str | Path, *, image_dir: str | Path, grid: int = 2, skipped
             records += tiled_seg_records(rgb, fg, stem=f"drive_{folder}_{number:02d}", question=QUESTION, modality="fundus",
                                          meta=meta, image_dir=Path(image_dir), grid=grid, skipped=skipped)
     return records
+
+
+def whole_images(src: str | Path, split: str) -> list[tuple[str, Path, Path]]:
+    """(name, image, manual mask) of every DRIVE image in ``split`` (train, val or test), untiled."""
+    folder = "test" if split == "test" else "training"
+    return [(f"drive_{folder}_{n:02d}", img, mask) for n, img, mask in _images(Path(src), folder, None)
+            if _split(folder, n) == split]

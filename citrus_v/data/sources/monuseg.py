@@ -48,3 +48,8 @@ def load_monuseg(src: str | Path, *, image_dir: str | Path, grid: int = 4, skipp
             records += tiled_seg_records(rgb, fg, stem=f"monuseg_{img.stem}", question=QUESTION, modality="pathology",
                                          meta=meta, image_dir=Path(image_dir), grid=grid, skipped=skipped)
     return records
+
+
+def whole_images(src: str | Path, split: str) -> list[tuple[str, Path, Path]]:
+    """(name, image, mask) of every MoNuSeg image in ``split`` (train, val or test), untiled."""
+    return [(f"monuseg_{img.stem}", img, mask) for img, mask in _pairs(Path(src) / FOLDERS[split], None)]
