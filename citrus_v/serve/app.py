@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 
-from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull, RefinePredictor
+from citrus_v.serve.batching import BatchPredictor, BatchQueue, QueueFull, RefinePredictor, TilePredictor
 from citrus_v.serve.budget import PixelBudget
 from citrus_v.serve.errors import RequestError
 from citrus_v.serve.schemas import ChatRequest, build_completion, completion_id, parse_chat_request
@@ -107,6 +107,8 @@ def _add_chat_route(app: FastAPI, state: ServerState) -> None:
         _check_model_name(body, state)
         if isinstance(body, dict) and body.get("prompts") is not None and not isinstance(state.queue.predictor, RefinePredictor):
             raise RequestError(501, "this model does not take point/box prompts", "prompts", code="prompts_unsupported")
+        if isinstance(body, dict) and body.get("tiles") is not None and not isinstance(state.queue.predictor, TilePredictor):
+            raise RequestError(501, "this model does not take tiles", "tiles", code="tiles_unsupported")
         lease = state.pixels.lease()  # each image's pixels are counted from its header, before decoding
         release_now = True
         try:
@@ -326,7 +328,7 @@ async def _predict(state: ServerState, chat: ChatRequest, on_text: Callable[[str
     try:
         return await asyncio.wait_for(
             state.queue.submit([image.pixels for image in chat.images], chat.text_input, chat.sampling, chat.prompts,
-                               on_text),
+                               on_text, chat.tiles),
             timeout=state.config.request_timeout_s,
         )
     except QueueFull:

@@ -49,6 +49,13 @@ class RefinePredictor(BatchPredictor, Protocol):
 
 
 @runtime_checkable
+class TilePredictor(BatchPredictor, Protocol):
+    """A model that answers on tiles of one large image and stitches them (``"tiles"`` in a request)."""
+
+    def predict_tiled(self, image: np.ndarray, text: str, tiles, settings: SamplingParams) -> Prediction: ...
+
+
+@runtime_checkable
 class StreamPredictor(BatchPredictor, Protocol):
     """A model that hands one request's text over while it decodes (``on_text(piece)``, from its thread)."""
 
@@ -69,6 +76,7 @@ class _Pending:
     future: asyncio.Future
     prompts: PromptSpec | None = None
     on_text: Callable[[str], None] | None = None  # a streamed request: its text pieces as they are generated
+    tiles: str | tuple[int, int] | None = None  # a tiled request: "auto" or (rows, cols), run alone
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -112,12 +120,13 @@ class BatchQueue:
     async def submit(
         self, images: list[np.ndarray], prompt: str | Conversation, sampling: SamplingParams,
         prompts: PromptSpec | None = None, on_text: Callable[[str], None] | None = None,
+        tiles: str | tuple[int, int] | None = None,
     ) -> Prediction:
         if self._queue is None or not self.running:
             raise RuntimeError("BatchQueue.submit: the worker is not running (call start() first)")
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(images, prompt, sampling, future, prompts, on_text))
+            self._queue.put_nowait(_Pending(images, prompt, sampling, future, prompts, on_text, tiles))
         except asyncio.QueueFull:
             raise QueueFull(f"{self.config.max_queue} requests are already waiting") from None
         return await future
@@ -138,9 +147,12 @@ class BatchQueue:
             live = [p for p in batch if not p.future.done()]  # clients that gave up are skipped
             for p in [p for p in live if p.prompts is not None]:
                 await self._refine(p)
+            for p in [p for p in live if p.tiles is not None]:  # every tile is a request of its own: run alone
+                await self._one(p, self.predictor.predict_tiled, p.images[0], p.prompt, p.tiles, p.sampling)
             for p in [p for p in live if self._streams(p)]:
                 await self._one(p, self.predictor.predict_stream, p.images, p.prompt, p.sampling, p.on_text)
-            for group in _group_by_sampling([p for p in live if p.prompts is None and not self._streams(p)]):
+            for group in _group_by_sampling([p for p in live if p.prompts is None and p.tiles is None
+                                             and not self._streams(p)]):
                 await self._predict(group)
 
     def _streams(self, p: _Pending) -> bool:
@@ -151,7 +163,7 @@ class BatchQueue:
         await self._one(p, self.predictor.refine, p.images[0], p.prompt, p.prompts, p.sampling)
 
     async def _one(self, p: _Pending, call, *args) -> None:
-        """One request alone (refine, stream): its own answer or its own error."""
+        """One request alone (refine, tiles, stream): its own answer or its own error."""
         try:
             prediction = await asyncio.to_thread(call, *args)
         except Exception as err:  # as in _predict: fail this request, keep the worker

@@ -98,6 +98,11 @@ class PredictorAdapter:
             self.predictor.settings = previous
             self.sessions.release_pixels()
 
+    def predict_tiled(self, image: np.ndarray, text: str, tiles, settings: SamplingParams) -> Prediction:
+        """``"tiles"``: the prompt on each tile of one large image, stitched (``Predictor.predict_tiled``).
+        The tiles are encoded on their own, so the session cache is not used."""
+        return self.predictor.predict_tiled(image, text, tiles, settings=self.generation_settings(settings))
+
 
 def load_predictor(model_dir: Path | str | None) -> PredictorAdapter:
     from citrus_v.infer.predictor import Predictor

@@ -57,6 +57,7 @@ class ChatRequest:
     # a system message or earlier turns: the whole chat, rendered as the chat template does (None: one user turn)
     conversation: Conversation | None = None
     include_usage: bool = False  # stream_options.include_usage: a last chunk with usage (empty choices)
+    tiles: str | tuple[int, int] | None = None  # extension: "auto" or (rows, cols) -> Predictor.predict_tiled
 
     @property
     def text_input(self) -> str | Conversation:
@@ -86,11 +87,46 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
         raise RequestError(400, f"point/box prompts need exactly one image in the request, got {len(urls)}", "prompts")
     if prompts is not None and parsed.conversation is not None:
         raise RequestError(400, "point/box prompts take one user message (no system message, no history)", "prompts")
+    tiles = None if body.get("tiles") is None else _parse_tiles(body["tiles"], len(urls), prompts, parsed, stream)
     images = [decode_image_url(url, config, param, reserve) for param, url in urls] if decode_images else []
     if prompts is not None and images:
         check_prompts_on_image(prompts, images[0].size, "prompts")
+    if tiles is not None and images:
+        _check_tiles_on_image(tiles, images[0].size)
     return ChatRequest(model, parsed.prompt, images, sampling, stream, return_images, parsed.system_text, prompts,
-                       parsed.conversation, _include_usage(body, stream))
+                       parsed.conversation, _include_usage(body, stream), tiles)
+
+
+def _parse_tiles(value: Any, n_images: int, prompts, parsed, stream: bool) -> str | tuple[int, int]:
+    """``"tiles"``: "auto", N or [rows, cols] (``citrus-v predict --tiles``), on one image and one user turn."""
+    if value == "auto":
+        tiles: str | tuple[int, int] = "auto"
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        tiles = (value, value)
+    elif (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        tiles = (value[0], value[1])
+    else:
+        raise RequestError(400, f'must be "auto", an integer >= 1 or [rows, cols], got {json_kind(value)} {value!r}'[:200], "tiles")
+    if n_images != 1:
+        raise RequestError(400, f"tiles need exactly one image in the request, got {n_images}", "tiles")
+    if prompts is not None:
+        raise RequestError(400, "tiles and point/box prompts do not go together", "tiles")
+    if parsed.conversation is not None:
+        raise RequestError(400, "tiles take one user message (no system message, no history)", "tiles")
+    if stream:
+        raise RequestError(400, "a tiled answer is stitched from every tile's: it cannot be streamed", "tiles")
+    return tiles
+
+
+def _check_tiles_on_image(tiles: str | tuple[int, int], size: tuple[int, int]) -> None:
+    from citrus_v.infer.tiling import tile_grid, tile_windows
+
+    grid = tile_grid(*size) if tiles == "auto" else tiles
+    try:
+        tile_windows(*size, grid)
+    except ValueError as err:
+        raise RequestError(400, str(err), "tiles") from None
 
 
 def _include_usage(body: dict, stream: bool) -> bool:

@@ -159,3 +159,22 @@ def test_viewer_click_is_a_point_prompt(tmp_path):
             click_at(20, 10, shift=True)
             page.wait_for_function("document.getElementById('status').textContent.includes('from 2 point')", timeout=20_000)
             assert [pt[2] for pt in model.refined[1][2].points] == [1, 0]  # the shift-click removes
+
+
+def test_viewer_tiles_option_sends_tiles_auto(tmp_path):
+    from tests.serve.test_tiles import TilingEcho
+
+    sync_playwright = need_browser()
+    image_path = tmp_path / "grey.png"
+    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
+    model = TilingEcho()
+    with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
+        with viewer_page(p, server) as (page, errors):
+            page.set_input_files("#image-input", str(image_path))
+            page.click("summary")  # open Options
+            page.check("#tiles-input")
+            page.click("#submit-button")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=20_000)
+            assert [(shape, tiles) for shape, _, tiles, _ in model.tiled] == [((H, W, 3), "auto")]
+            assert model.calls == [1]  # the echo answers through predict_batch once, inside predict_tiled
+            assert errors == []

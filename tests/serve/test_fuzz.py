@@ -86,6 +86,7 @@ bodies = st.one_of(
             "n": st.integers(0, 3),
             "seed": st.integers() | json_values,
             "prompts": prompts,
+            "tiles": st.sampled_from(["auto", "2x2", 1, 2, [1, 2], [2, 1], 0, True]) | json_values,
         },
     ),
 )
@@ -117,6 +118,12 @@ def check(body) -> ChatRequest | None:
             assert req.prompts.mask_input.shape == (h, w) and req.prompts.mask_input.dtype == bool
     else:
         assert req.prompt.strip()
+    if req.tiles is not None:  # accepted tiles are a grid predict_tiled can cut this one image into
+        from citrus_v.infer.tiling import tile_grid, tile_windows
+
+        assert len(req.images) == 1 and req.prompts is None and req.conversation is None and not req.stream
+        grid = tile_grid(*req.images[0].size) if req.tiles == "auto" else req.tiles
+        tile_windows(*req.images[0].size, grid)
     return req
 
 

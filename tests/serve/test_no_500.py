@@ -122,7 +122,7 @@ special = st.sampled_from(["[SEG]", "<|vision_start|>", "<|image_pad|>", "<|im_e
 prompt_texts = st.lists(any_text | special, min_size=1, max_size=4).map("".join)
 image_sides = st.integers(1, 70)
 fields = st.sampled_from(["max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stream",
-                          "model", "messages", "prompts", "return_images"])
+                          "model", "messages", "prompts", "return_images", "tiles"])
 
 
 @st.composite

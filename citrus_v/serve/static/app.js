@@ -50,6 +50,7 @@ function requestBody(url, text, prompts) {
     return_images: true,  // the server's decoded image: what the model saw, and a DICOM the browser can show
   };
   if (prompts) body.prompts = prompts;
+  else if ($("tiles-input").checked) body.tiles = "auto";  // clicks refine one mask on the whole image
   return body;
 }
 

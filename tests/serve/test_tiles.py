@@ -1,0 +1,113 @@
+"""``"tiles"`` on the chat endpoint (``Predictor.predict_tiled`` behind the server): parsing, the refusals
+that name the field, and the HTTP path, with a test double and with the real tiny model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from citrus_v.infer.generation import GenerationSettings
+from citrus_v.serve.app import create_app
+from citrus_v.serve.errors import RequestError
+from citrus_v.serve.rle import decode_mask
+from citrus_v.serve.schemas import parse_chat_request
+from citrus_v.serve.settings import ServeConfig
+from tests.serve.conftest import EchoPredictor, chat_body, data_url, local_client, png_bytes
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
+
+CONFIG = ServeConfig()
+URL = data_url(png_bytes(64, 90))  # H=64, W=90
+
+
+def error_of(body) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        parse_chat_request(body, CONFIG)
+    return info.value
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), (2, (2, 2)), ([1, 3], (1, 3)), (None, None)])
+def test_valid_tiles_are_parsed(value, parsed):
+    body = chat_body(URL, "Segment the nuclei.") | ({} if value is None else {"tiles": value})
+    assert parse_chat_request(body, CONFIG).tiles == parsed
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"tiles": 0}, 'must be "auto", an integer >= 1 or [rows, cols]'),
+        ({"tiles": True}, 'must be "auto"'),
+        ({"tiles": [2]}, 'must be "auto"'),
+        ({"tiles": [2, "3"]}, 'must be "auto"'),
+        ({"tiles": "4x4"}, 'must be "auto"'),
+        ({"tiles": [3, 1]}, "a 3x1 grid cuts this 64x90 image into tiles under 28 px a side"),
+        ({"tiles": 2, "stream": True}, "cannot be streamed"),
+        ({"tiles": 2, "prompts": {"points": [[1, 1, 1]]}}, "tiles and point/box prompts do not go together"),
+    ],
+)
+def test_bad_tiles_are_400_naming_the_field(extra, fragment):
+    err = error_of(chat_body(URL, "Segment the nuclei.", **extra))
+    assert (err.status, err.param) == (400, "tiles") and fragment in err.message
+
+
+def test_tiles_need_one_image_and_one_user_turn():
+    assert "exactly one image in the request, got 0" in error_of(chat_body(None, "x", tiles="auto")).message
+    body = chat_body(URL, "x", tiles="auto")
+    body["messages"].insert(0, {"role": "system", "content": "You are a pathologist."})
+    assert "one user message" in error_of(body).message
+
+
+class TilingEcho(EchoPredictor):
+    """The echo double that also takes tiles: records them and answers as predict_batch does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiled: list[tuple] = []
+
+    def predict_tiled(self, image, text, tiles, settings):
+        self.tiled.append((image.shape, text, tiles, settings.max_tokens))
+        return self.predict_batch([([image], text)], settings)[0]
+
+
+def test_http_tiles_reach_predict_tiled_alone():
+    model = TilingEcho()
+    with local_client(create_app(model, ServeConfig())) as client:
+        r = client.post("/v1/chat/completions", json=chat_body(URL, "Segment the nuclei.", max_tokens=9, tiles=[2, 3]))
+        plain = client.post("/v1/chat/completions", json=chat_body(URL, "Segment the nuclei.", max_tokens=9))
+    assert r.status_code == 200 and plain.status_code == 200, r.text
+    assert model.tiled == [((64, 90, 3), "Segment the nuclei.", (2, 3), 9)]
+    assert r.json()["seg_masks_rle"][0]["size"] == [64, 90]
+
+
+def test_http_tiles_on_a_model_without_them_is_501():
+    with local_client(create_app(EchoPredictor(), ServeConfig())) as client:
+        r = client.post("/v1/chat/completions", json=chat_body(URL, "x", tiles="auto"))
+    assert r.status_code == 501 and r.json()["error"]["code"] == "tiles_unsupported"
+
+
+def test_served_tiles_equal_the_predictor_on_the_real_model(tmp_path):
+    from tests.serve.conftest import write_tiny_model
+    from tests.serve.test_real_model import script, unscript
+
+    from citrus_v.serve.predictor_adapter import load_predictor
+
+    adapter = load_predictor(write_tiny_model(tmp_path / "tiny"))
+    pixels = np.asarray(Image.open(io.BytesIO(png_bytes(64, 90))).convert("RGB"))  # what URL decodes to
+    with local_client(create_app(adapter, ServeConfig())) as client:
+        try:
+            script(adapter, "Sure, it is [SEG].")
+            served = client.post("/v1/chat/completions", json=chat_body(URL, "Segment the nuclei.", max_tokens=20, tiles=[1, 2]))
+            unscript(adapter)
+            script(adapter, "Sure, it is [SEG].")  # the first tile's answer; the second tile's is the model's own
+            direct = adapter.predictor.predict_tiled(pixels, "Segment the nuclei.", (1, 2), settings=GenerationSettings(max_new_tokens=20))
+        finally:
+            unscript(adapter)
+    assert served.status_code == 200, served.text
+    d = served.json()
+    assert d["choices"][0]["message"]["content"] == direct.answer
+    (rle,) = d["seg_masks_rle"]
+    assert rle["size"] == [64, 90]
+    np.testing.assert_array_equal(decode_mask(rle), direct.masks[0].mask)
