@@ -29,6 +29,14 @@ def side_by_side(images: Sequence[Image.Image], height: int = HEIGHT, gap: int =
     return canvas
 
 
+def save_picture(picture: Image.Image, out: Path) -> int:
+    """Write ``picture`` to ``out`` (its folder made), say so; 0 for ``main`` to return."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out)
+    print(f"wrote {out} ({picture.width} x {picture.height})")
+    return 0
+
+
 def main(demo_dir: Path = ROOT / "out" / "demo", out: Path = ROOT / "docs" / "images" / "demo_overlays.png") -> int:
     images = []
     for name in PANELS:
@@ -36,11 +44,7 @@ def main(demo_dir: Path = ROOT / "out" / "demo", out: Path = ROOT / "docs" / "im
         if not path.is_file():
             raise SystemExit(f"readme_picture: {path} is missing; run `bash scripts/demo.sh` first")
         images.append(Image.open(path))
-    canvas = side_by_side(images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    print(f"wrote {out} ({canvas.width} x {canvas.height})")
-    return 0
+    return save_picture(side_by_side(images), out)
 
 
 if __name__ == "__main__":

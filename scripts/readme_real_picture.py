@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from readme_picture import side_by_side  # scripts/ is on sys.path when this file runs as a script
+from readme_picture import save_picture, side_by_side  # scripts/ is on sys.path when this file runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 CT_SERIES = ROOT / "tests" / "fixtures" / "totalseg_example"
@@ -276,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         pictures.append(titled(row.title, side_by_side(cells, cells[0].height, 3 * GAP)))
     width = max(im.width for im in pictures)
     model = "the embedded default" if args.model is None else Path(args.model).name
-    canvas = stack([text_block(caption(args.n, args.split, model, notes), width), *pictures])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.out)
-    print(f"wrote {args.out} ({canvas.width} x {canvas.height})")
-    return 0
+    return save_picture(stack([text_block(caption(args.n, args.split, model, notes), width), *pictures]), args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from readme_picture import side_by_side  # scripts/ is on sys.path when this file runs as a script
+from readme_picture import save_picture, side_by_side  # scripts/ is on sys.path when this file runs as a script
 from readme_real_picture import stack, text_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from citrus_v.infer.predictor import Predictor
 
     drawn = panels(Predictor.from_pretrained(args.model), retina())
-    picture = side_by_side(drawn, drawn[0].height)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(args.out)
-    print(f"wrote {args.out} ({picture.width} x {picture.height})")
-    return 0
+    return save_picture(side_by_side(drawn, drawn[0].height), args.out)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,13 @@ def need_browser():
     return sync_playwright
 
 
+def grey_png(tmp_path: Path) -> Path:
+    """An H x W image of one grey level: the mask blend over it is checkable to the pixel."""
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(path)
+    return path
+
+
 def canvas_pixels(page) -> np.ndarray:
     url = page.evaluate("document.getElementById('overlay-canvas').toDataURL('image/png')")
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
@@ -66,8 +73,7 @@ def canvas_pixels(page) -> np.ndarray:
 
 def test_viewer_upload_overlay_toggle_screenshot(tmp_path):
     sync_playwright = need_browser()
-    image_path = tmp_path / "grey.png"
-    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
+    image_path = grey_png(tmp_path)
     artifacts = Path(os.environ.get("CITRUS_V_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "viewer.png"
@@ -131,8 +137,7 @@ def test_viewer_click_is_a_point_prompt(tmp_path):
     from tests.serve.test_prompts import RefiningEcho
 
     sync_playwright = need_browser()
-    image_path = tmp_path / "grey.png"
-    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
+    image_path = grey_png(tmp_path)
     model = RefiningEcho()
     with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
         with viewer_page(p, server, viewport={"width": 1200, "height": 800}) as (page, _):
@@ -165,8 +170,7 @@ def test_viewer_tiles_option_sends_tiles_auto(tmp_path):
     from tests.serve.test_tiles import TilingEcho
 
     sync_playwright = need_browser()
-    image_path = tmp_path / "grey.png"
-    Image.fromarray(np.full((H, W, 3), GREY, dtype=np.uint8)).save(image_path)
+    image_path = grey_png(tmp_path)
     model = TilingEcho()
     with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
         with viewer_page(p, server) as (page, errors):

@@ -11,22 +11,16 @@ from PIL import Image
 
 from citrus_v.infer.generation import GenerationSettings
 from citrus_v.serve.app import create_app
-from citrus_v.serve.errors import RequestError
 from citrus_v.serve.rle import decode_mask
 from citrus_v.serve.schemas import parse_chat_request
 from citrus_v.serve.settings import ServeConfig
 from tests.serve.conftest import EchoPredictor, chat_body, data_url, local_client, png_bytes
+from tests.serve.test_prompts import error_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
 
 CONFIG = ServeConfig()
 URL = data_url(png_bytes(64, 90))  # H=64, W=90
-
-
-def error_of(body) -> RequestError:
-    with pytest.raises(RequestError) as info:
-        parse_chat_request(body, CONFIG)
-    return info.value
 
 
 @pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), (2, (2, 2)), ([1, 3], (1, 3)), (None, None)])
