@@ -33,8 +33,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="requests per generate call (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="cap on generated tokens per answer (default: the predictor's setting)")
-    from citrus_v.infer.commands import add_model_arguments
+    from citrus_v.infer.commands import add_model_arguments, tiles_argument
 
+    p.add_argument("--tiles", default=None, type=tiles_argument, metavar="auto|N|RxC",
+                   help="answer every record on tiles of its one image and stitch them, as predict --tiles "
+                        "(for a test set of whole pathology or fundus images); --batch-size is then tiles per call")
     add_model_arguments(p)  # --device --dtype --min/max-pixels --tighten-boxes/--text-boxes (det_p50_text either way)
     p.add_argument("--protocol", choices=["mecovqa-g", "detection-p1"], default=None,
                    help="score as a published evaluation script does (pixel range, decoding, prompt, metric; "
@@ -82,6 +85,8 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
             if getattr(args, flag, None) is not None:
                 raise UserError(f"--{flag.replace('_', '-')}: --protocol {protocol} sets the published value; "
                                 "give one of the two")
+        if args.tiles is not None:
+            raise UserError(f"--tiles: --protocol {protocol} scores the published way, on the image whole")
     records = read_jsonl(args.data)
     predictor = predictor if predictor is not None else _eval_predictor(args)
     meta = _run_meta(args, predictor)
@@ -94,9 +99,9 @@ def run_eval(args: argparse.Namespace, predictor=None) -> int:
         return _write(result, args.out, meta)
     filler = _filler(predictor, args)
     try:
-        result = evaluate(predictor, records, args.data.parent, limit=args.limit,
-                          batch_size=args.batch_size, progress=not args.no_progress, prompt_for=filler)
-    except ValueError as err:  # a record whose placeholders cannot be filled, named by index
+        result = evaluate(predictor, records, args.data.parent, limit=args.limit, batch_size=args.batch_size,
+                          progress=not args.no_progress, prompt_for=filler, tiles=args.tiles)
+    except ValueError as err:  # a record whose placeholders cannot be filled (or, with --tiles, whose image cannot be tiled), named by index
         raise UserError(f"--data {args.data}: {err}") from None
     return _write(result, args.out, meta)
 
@@ -111,6 +116,7 @@ def _rescore(args: argparse.Namespace) -> int:
               if getattr(args, flag) is not None]
     given += [] if args.tighten_boxes is None else ["--tighten-boxes" if args.tighten_boxes else "--text-boxes"]
     given += ["--protocol"] if getattr(args, "protocol", None) else []
+    given += ["--tiles"] if getattr(args, "tiles", None) is not None else []
     if given:
         raise UserError(f"--from-predictions re-scores without a model; {', '.join(given)} would not apply")
     try:
@@ -150,11 +156,16 @@ def _run_meta(args: argparse.Namespace, predictor) -> dict:  # noqa: ANN001
     meta = {"data": str(args.data), "model": str(args.model) if args.model else "embedded default",
             "limit": args.limit, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "tighten_boxes": getattr(predictor, "tighten_boxes", args.tighten_boxes),
-            "pixels": getattr(predictor, "pixel_range", None)}
+            "pixels": getattr(predictor, "pixel_range", None), "tiles": _tiles_meta(getattr(args, "tiles", None))}
     if isinstance(getattr(predictor, "model", None), torch.nn.Module):  # where and in what precision it ran
         param = next(predictor.model.parameters())
         meta["device"], meta["dtype"] = str(param.device), str(param.dtype).removeprefix("torch.")
     return meta
+
+
+def _tiles_meta(tiles) -> str | list[int] | None:  # noqa: ANN001
+    """``--tiles`` as eval.json states it: "auto", [rows, cols] or None (each image whole)."""
+    return tiles if tiles is None or tiles == "auto" else list(tiles)
 
 
 def _filler(predictor, args: argparse.Namespace):  # noqa: ANN001

@@ -333,12 +333,15 @@ def aggregate(samples: Sequence[SampleResult]) -> EvalResult:
 
 def evaluate(predictor: PredictorLike, records: Iterable[Record], base_dir: str | Path, *,
              limit: int | None = None, batch_size: int = 1, progress: bool = True,
-             prompt_for: Callable[[Record, str | Path], str] | None = None) -> EvalResult:
+             prompt_for: Callable[[Record, str | Path], str] | None = None,
+             tiles: str | tuple[int, int] | None = None) -> EvalResult:
     """Predict every record (the first ``limit`` when given), score it, aggregate. ``prompt_for(record,
-    base_dir)`` makes each prompt (default: ``PromptFiller.for_predictor``, else the last user turn)."""
+    base_dir)`` makes each prompt (default: ``PromptFiller.for_predictor``, else the last user turn).
+    ``tiles`` ("auto" or (rows, cols)): each record's one image is answered on tiles (``predict_tiled``)."""
     records = list(records)[:limit] if limit is not None else list(records)
     prompts = make_prompts(records, base_dir, prompt_for or PromptFiller.for_predictor(predictor))
-    preds = predict_records(predictor, records, base_dir, batch_size=batch_size, progress=progress, prompts=prompts)
+    preds = predict_records(predictor, records, base_dir, batch_size=batch_size, progress=progress, prompts=prompts,
+                            tiles=tiles)
     samples = [score_record(i, rec, pred, base_dir) for i, (rec, pred) in enumerate(zip(records, preds))]
     for s, prompt in zip(samples, prompts):
         s.prompt = prompt.strip()  # what was sent
@@ -360,14 +363,17 @@ def make_prompts(records: Sequence[Record], base_dir: str | Path,
 
 def predict_records(predictor: PredictorLike, records: Sequence[Record], base_dir: str | Path, *,
                     batch_size: int = 1, progress: bool = True, desc: str = "citrus-v eval",
-                    prompts: Sequence[str] | None = None) -> list[Prediction]:
+                    prompts: Sequence[str] | None = None, tiles: str | tuple[int, int] | None = None) -> list[Prediction]:
     """One prediction per record, asked as ``evaluate`` documents (images resolved, the last user turn
-    or ``prompts[i]``)."""
+    or ``prompts[i]``); with ``tiles``, ``predictor.predict_tiled`` on each record's one image."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = list(prompts) if prompts is not None else [prompt_of(rec) for rec in records]
+    if tiles is not None:
+        return _predict_tiled_records(predictor, records, base_dir, prompts, tiles, batch_size,
+                                      tqdm(total=len(records), desc=desc, unit="record", disable=not progress))
     batched = batch_size > 1
     step = batch_size if batched else 1
     out: list[Prediction] = []
@@ -380,6 +386,25 @@ def predict_records(predictor: PredictorLike, records: Sequence[Record], base_di
                 raise ValueError(f"the predictor returned {len(preds)} predictions for {len(chunk)} requests")
             out.extend(preds)
             bar.update(len(chunk))
+    return out
+
+
+def _predict_tiled_records(predictor, records: Sequence[Record], base_dir: str | Path, prompts: Sequence[str],  # noqa: ANN001
+                           tiles: str | tuple[int, int], batch_size: int, bar) -> list[Prediction]:  # noqa: ANN001
+    """``predict_records`` with tiles: one record at a time, ``batch_size`` tiles per generate call."""
+    if not hasattr(predictor, "predict_tiled"):
+        raise ValueError("tiles: this predictor has no predict_tiled")
+    out = []
+    with bar:
+        for i, rec in enumerate(records):
+            if len(rec.images) != 1:
+                raise ValueError(f"record {i}: tiles take one image per record, got {len(rec.images)}")
+            try:
+                out.append(predictor.predict_tiled(str(resolve(rec.images[0], base_dir)), prompts[i], tiles,
+                                                   batch_size=batch_size))
+            except ValueError as err:  # a grid this image cannot take, or an image the model refuses
+                raise ValueError(f"record {i}: {err}") from None
+            bar.update(1)
     return out
 
 

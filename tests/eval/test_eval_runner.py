@@ -270,3 +270,51 @@ def test_rescoring_refuses_bad_files_and_model_flags(tmp_path):
         run_eval(with_model)
     with pytest.raises(SystemExit):  # one source only
         build_parser().parse_args(["eval", "--from-predictions", str(bad), "--data", str(bad), "--out", "o"])
+
+
+class TilingFakePredictor(FakePredictor):
+    """``predict_tiled`` answers as ``predict`` does and remembers the tiles and tiles per call."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.tiled = []
+
+    def predict_tiled(self, image: str, prompt: str, tiles, batch_size: int = 1) -> Prediction:
+        self.tiled.append((Path(image).name, tiles, batch_size))
+        return self.predict([image], prompt)
+
+
+def test_eval_tiles_go_to_predict_tiled_one_record_at_a_time(tmp_path):
+    data, single = _dataset(tmp_path)
+    one_image = [json.loads(line) for line in data.read_text().splitlines()]
+    one_image = [r for r in one_image if len(r["images"]) == 1]
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(r) + "\n" for r in one_image))
+    tiled = TilingFakePredictor(single.answers)
+    args = build_parser().parse_args(["eval", "--data", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "o"),
+                                      "--tiles", "2x3", "--batch-size", "4", "--no-progress"])
+    assert run_eval(args, predictor=tiled) == 0
+    assert tiled.tiled == [("img0.png", (2, 3), 4)] * len(one_image)
+    whole = evaluate(FakePredictor(single.answers), read_jsonl(tmp_path / "one.jsonl"), tmp_path, progress=False)
+    js = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert js["seg_dice_mean"] == whole.to_json()["seg_dice_mean"]  # the same answers score the same
+    assert js["meta"]["tiles"] == [2, 3]
+    # a record of two images (or none) cannot be tiled: named by its index
+    with pytest.raises(UserError, match=r"record 12: tiles take one image per record, got 0"):
+        run_eval(build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path / "o2"),
+                                            "--tiles", "auto", "--no-progress"]), predictor=tiled)
+
+
+def test_eval_tiles_refusals(tmp_path):
+    data, single = _dataset(tmp_path)
+    with pytest.raises(UserError, match="--tiles: --protocol mecovqa-g scores the published way"):
+        run_eval(build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path / "o"),
+                                            "--protocol", "mecovqa-g", "--tiles", "auto"]), predictor=single)
+    with pytest.raises(UserError, match="--data .*: tiles: this predictor has no predict_tiled"):
+        run_eval(build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path / "o"),
+                                            "--tiles", "auto", "--no-progress"]), predictor=single)
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"index": 0, "task": "report", "modality": "CT", "prompt": "", "reference": "x",
+                                       "answer": "x"}) + "\n")
+    with pytest.raises(UserError, match="--tiles would not apply"):
+        run_eval(build_parser().parse_args(["eval", "--from-predictions", str(predictions), "--out", "o",
+                                            "--tiles", "auto"]))
