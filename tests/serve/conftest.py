@@ -51,6 +51,13 @@ def png_bytes(h: int = 32, w: int = 48, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
+def tiff_bytes(h: int = 32, w: int = 48) -> bytes:
+    """The pixels of ``png_bytes(h, w)`` as an uncompressed one-page RGB TIFF."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(h, w))).convert("RGB").save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 def data_url(data: bytes, media: str = "image/png") -> str:
     return f"data:{media};base64," + base64.b64encode(data).decode("ascii")
 

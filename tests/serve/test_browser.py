@@ -166,11 +166,12 @@ def test_viewer_click_is_a_point_prompt(tmp_path):
             assert [pt[2] for pt in model.refined[1][2].points] == [1, 0]  # the shift-click removes
 
 
-def test_viewer_tiles_option_sends_tiles_auto(tmp_path):
+def test_viewer_tiles_option_on_a_tiff_sends_tiles_auto(tmp_path):
     from tests.serve.test_tiles import TilingEcho
 
     sync_playwright = need_browser()
-    image_path = grey_png(tmp_path)
+    image_path = tmp_path / "field.tif"  # a pathology field comes as TIFF: the browser cannot show one, the server can
+    Image.open(grey_png(tmp_path)).save(image_path, format="TIFF")
     model = TilingEcho()
     with LiveServer(create_app(model, ServeConfig())) as server, sync_playwright() as p:
         with viewer_page(p, server) as (page, errors):
@@ -181,4 +182,5 @@ def test_viewer_tiles_option_sends_tiles_auto(tmp_path):
             page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=20_000)
             assert [(shape, tiles) for shape, _, tiles, _ in model.tiled] == [((H, W, 3), "auto")]
             assert model.calls == [1]  # the echo answers through predict_batch once, inside predict_tiled
-            assert errors == []
+            assert "mask 1" in page.text_content("#mask-list") and errors == []
+            assert tuple(canvas_pixels(page)[H // 3, W // 3]) == MASK0_RGB  # drawn over the server's decoded image

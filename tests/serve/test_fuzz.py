@@ -10,16 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from citrus_v.serve.errors import RequestError
-from citrus_v.serve.images import PNG_MAGIC, decode_image_bytes
+from citrus_v.serve.images import PNG_MAGIC, TIFF_MAGICS, decode_image_bytes
 from citrus_v.serve.schemas import ChatRequest, parse_chat_request
 from citrus_v.serve.settings import ServeConfig
-from tests.serve.conftest import png_bytes
+from tests.serve.conftest import png_bytes, tiff_bytes
 
 # pydicom warns while reading the fuzzed headers it still accepts
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 CONFIG = ServeConfig(max_image_pixels=200_000, max_image_bytes=200_000)
 VALID_PNG = png_bytes(6, 5)
+VALID_TIFF = tiff_bytes(6, 5)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -134,7 +135,8 @@ def test_parser_never_crashes(body):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.binary(max_size=400), st.sampled_from([b"", PNG_MAGIC, b"\xff\xd8\xff", b"\0" * 128 + b"DICM", VALID_PNG[:33]]))
+@given(st.binary(max_size=400), st.sampled_from([b"", PNG_MAGIC, b"\xff\xd8\xff", b"\0" * 128 + b"DICM", VALID_PNG[:33],
+                                                *TIFF_MAGICS, VALID_TIFF[:8], VALID_TIFF[:40]]))
 def test_image_decoder_never_crashes(tail, head):
     data = head + tail
     try:

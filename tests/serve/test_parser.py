@@ -121,7 +121,7 @@ def test_too_many_images_rejected_before_decoding():
     "url, status, code, fragment",
     [
         ("data:image/png;base64,!!!notbase64", 400, "invalid_request", "invalid base64"),
-        ("data:image/png;base64,QUJD", 415, "unsupported_image", "not a PNG, JPEG or DICOM"),  # "ABC"
+        ("data:image/png;base64,QUJD", 415, "unsupported_image", "not a PNG, JPEG, TIFF or DICOM"),  # "ABC"
         ("data:image/png,rawbytes", 400, "invalid_request", "must be base64"),
         ("data:image/png;base64", 400, "invalid_request", "no ','"),
         ("data:image/png;base64,", 400, "invalid_request", "no bytes"),
@@ -166,6 +166,30 @@ def test_pil_modes_become_rgb8():
     Image.fromarray(np.full((5, 7, 3), 200, dtype=np.uint8)).save(buf, format="JPEG")
     img = decode_image_bytes(buf.getvalue(), CONFIG, "x")
     assert img.source_format == "JPEG" and img.size == (5, 7) and abs(int(img.pixels.mean()) - 200) <= 2
+
+
+def test_tiff_pages_and_modes(tmp_path):
+    rgb = np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="TIFF", compression="tiff_lzw")
+    img = decode_image_bytes(buf.getvalue(), CONFIG, "x")
+    assert img.source_format == "TIFF" and np.array_equal(img.pixels, rgb)
+    buf = io.BytesIO()
+    Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)).save(buf, format="TIFF")
+    grey = decode_image_bytes(buf.getvalue(), CONFIG, "x").pixels  # 16-bit grey stretched min..max
+    assert grey[:, :, 0].tolist() == [[0, 64], [128, 255]]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="TIFF", save_all=True, append_images=[Image.fromarray(rgb)])
+    err = error_of_bytes(buf.getvalue())
+    assert (err.status, err.param) == (400, "x") and "a TIFF of 2 pages: send one page" in err.message
+    err = error_of_bytes(b"II*\x00" + b"\xff" * 40)
+    assert (err.status, err.code) == (400, "corrupt_image") and "TIFF" in err.message
+
+
+def error_of_bytes(data: bytes) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode_image_bytes(data, CONFIG, "x")
+    return info.value
 
 
 def test_allow_list_paths(tmp_path):
