@@ -1,7 +1,7 @@
 """The README picture from the demo's overlays: run `bash scripts/demo.sh` first, then
-`python scripts/readme_picture.py` writes docs/images/demo_overlays.png (five panels side by side,
+`python scripts/readme_picture.py` writes docs/images/demo_overlays.png (seven panels side by side,
 each scaled to 300 px high: the real CT's liver, the real chest X-ray's lungs, the phantom's liver,
-lesion mask and lesion box).
+lesion mask and lesion box, and the real fundus photograph's vessels given whole and in tiles).
 `side_by_side` is also what scripts/readme_real_picture.py lays its real-image grid out with."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PANELS = ("ct_liver", "cxr_lungs", "phantom_liver", "phantom_segment", "phantom_detect")
+PANELS = ("ct_liver", "cxr_lungs", "phantom_liver", "phantom_segment", "phantom_detect", "fundus_whole", "fundus_tiled")
 HEIGHT, GAP = 300, 8
 
 
