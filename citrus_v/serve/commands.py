@@ -37,6 +37,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "address only (and localhost names for a loopback bind, IP addresses for 0.0.0.0)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. https://viewer.example) call the API (repeatable; default none)")
+    p.add_argument("--max-tiles", type=int, default=64,
+                   help="tiles one \"tiles\" request may ask for (they run one after another; default 64)")
     p.add_argument("--docs", action="store_true", help="serve the OpenAPI schema at /openapi.json and /docs")
     p.add_argument("--model-alias", action="append", default=None, metavar="NAME",
                    help="a name a request's \"model\" may use besides the served model's (repeatable; "
@@ -67,6 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_request_pixels=args.max_request_pixels,
             max_pixels_in_flight=args.max_pixels_in_flight,
             max_tokens_limit=args.max_tokens_limit,
+            max_tiles=args.max_tiles,
             default_max_tokens=min(512, args.max_tokens_limit) if (args.max_tokens_limit or 0) >= 1 else 512,
             api_key=args.api_key or os.environ.get("CITRUS_V_API_KEY") or None,
             allowed_image_dirs=list(args.allow_image_dir),
@@ -124,6 +127,7 @@ FLAG_OF_FIELD = {
     "max_request_pixels": "--max-request-pixels", "max_pixels_in_flight": "--max-pixels-in-flight",
     "api_key": "--api-key", "allowed_image_dirs": "--allow-image-dir", "allowed_hosts": "--allowed-host",
     "cors_origins": "--cors-origin", "model_aliases": "--model-alias", "max_tokens_limit": "--max-tokens-limit",
+    "max_tiles": "--max-tiles",
 }
 
 

@@ -92,7 +92,7 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
     if prompts is not None and images:
         check_prompts_on_image(prompts, images[0].size, "prompts")
     if tiles is not None and images:
-        _check_tiles_on_image(tiles, images[0].size)
+        _check_tiles_on_image(tiles, images[0].size, config.max_tiles)
     return ChatRequest(model, parsed.prompt, images, sampling, stream, return_images, parsed.system_text, prompts,
                        parsed.conversation, _include_usage(body, stream), tiles)
 
@@ -119,7 +119,8 @@ def _parse_tiles(value: Any, n_images: int, prompts, parsed, stream: bool) -> st
     return tiles
 
 
-def _check_tiles_on_image(tiles: str | tuple[int, int], size: tuple[int, int]) -> None:
+def _check_tiles_on_image(tiles: str | tuple[int, int], size: tuple[int, int], max_tiles: int) -> None:
+    """The grid fits the image, and holds at most the server's ``max_tiles`` (they run one by one)."""
     from citrus_v.infer.tiling import tile_grid, tile_windows
 
     grid = tile_grid(*size) if tiles == "auto" else tiles
@@ -127,6 +128,10 @@ def _check_tiles_on_image(tiles: str | tuple[int, int], size: tuple[int, int]) -
         tile_windows(*size, grid)
     except ValueError as err:
         raise RequestError(400, str(err), "tiles") from None
+    if grid[0] * grid[1] > max_tiles:
+        raise RequestError(413, f"a {grid[0]}x{grid[1]} grid on this {size[0]}x{size[1]} image is {grid[0] * grid[1]} "
+                                f"tiles, above the server's max_tiles={max_tiles} (citrus-v serve --max-tiles)",
+                           "tiles", code="too_many_tiles")
 
 
 def _include_usage(body: dict, stream: bool) -> bool:

@@ -36,6 +36,9 @@ class ServeConfig:
     batch_wait_ms: float = 5.0  # how long the worker waits to fill a batch
     max_queue: int = 256  # pending requests; beyond it -> 503 + Retry-After
     request_timeout_s: float = 300.0
+    # tiles of one "tiles" request: they run one after another on the one model worker, so a 40 MP image in
+    # 300 px tiles (441) would hold every other request for minutes; 64 is a 2,400 px image (~35 s here)
+    max_tiles: int = 64
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     allowed_image_dirs: list[Path] = field(default_factory=list)
     model_name: str | None = None  # overrides the predictor's name in responses and /v1/models
@@ -61,6 +64,7 @@ class ServeConfig:
             "default_max_tokens",
             "max_batch",
             "max_queue",
+            "max_tiles",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

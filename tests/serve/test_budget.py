@@ -113,6 +113,7 @@ def test_budget_config_validates():
 @pytest.mark.parametrize("argv, message", [
     (["--max-request-pixels", "10", "--max-pixels-in-flight", "5"], "--max-request-pixels: 10 exceeds --max-pixels-in-flight 5"),
     (["--max-batch", "0"], "--max-batch: must be an int >= 1, got 0"),
+    (["--max-tiles", "0"], "--max-tiles: must be an int >= 1, got 0"),
 ])
 def test_serve_flags_out_of_range_are_one_line_naming_the_flag(argv, message, capsys):
     from citrus_v.cli import main

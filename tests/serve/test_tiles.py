@@ -11,6 +11,7 @@ from PIL import Image
 
 from citrus_v.infer.generation import GenerationSettings
 from citrus_v.serve.app import create_app
+from citrus_v.serve.errors import RequestError
 from citrus_v.serve.rle import decode_mask
 from citrus_v.serve.schemas import parse_chat_request
 from citrus_v.serve.settings import ServeConfig
@@ -45,6 +46,18 @@ def test_valid_tiles_are_parsed(value, parsed):
 def test_bad_tiles_are_400_naming_the_field(extra, fragment):
     err = error_of(chat_body(URL, "Segment the nuclei.", **extra))
     assert (err.status, err.param) == (400, "tiles") and fragment in err.message
+
+
+def test_tiles_over_the_servers_limit_are_413():
+    body = chat_body(URL, "Segment the nuclei.", tiles=[2, 3])
+    assert parse_chat_request(body, ServeConfig(max_tiles=6)).tiles == (2, 3)
+    with pytest.raises(RequestError) as info:
+        parse_chat_request(body, ServeConfig(max_tiles=5))
+    err = info.value
+    assert (err.status, err.param, err.code) == (413, "tiles", "too_many_tiles")
+    assert "a 2x3 grid on this 64x90 image is 6 tiles, above the server's max_tiles=5" in err.message
+    with pytest.raises(ValueError, match="ServeConfig.max_tiles: must be an int >= 1, got 0"):
+        ServeConfig(max_tiles=0)
 
 
 def test_tiles_need_one_image_and_one_user_turn():
