@@ -10,7 +10,8 @@ with and without ``--tiles``, against the image's own mask:
 ``--drive`` is the DRIVE release folder (training/, test/), ``--monuseg`` UCTransNet's MoNuSeg folder; the
 splits are the real suite's (DRIVE training 37-40 val, test/ test; MoNuSeg's Val_Folder and Test_Folder).
 Each setting is one row per source: n images, mean and median Dice (a prompt answered without [SEG] scores
-0), mean seconds per image. Choose the setting on val; score test once.
+0), mean seconds per image. Choose the setting on val; score test once. ``--scale F`` resizes each image and
+mask first, to ask what a higher-resolution photograph of the same field would get.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def _images(args: argparse.Namespace) -> dict[str, list[tuple[str, Path, Path]]]
     return found
 
 
+def _scaled(rgb: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) image and (H, W) mask resized by ``scale`` (bicubic, nearest); unchanged at 1."""
+    if scale == 1.0:
+        return rgb, mask
+    from PIL import Image
+
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))  # (W, H)
+    image = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+    return image, np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+
+
 def _score(predictor, setting, rgb: np.ndarray, truth: np.ndarray, question: str) -> tuple[float, float]:
     from citrus_v.eval.metrics.segmentation import dice
 
@@ -62,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--monuseg", default=None, help="UCTransNet's datasets/MoNuSeg folder")
     p.add_argument("--split", choices=("train", "val", "test"), default="val")
     p.add_argument("--tiles", nargs="+", type=_setting, default=["whole", "auto"], help="whole, auto, N or RxC")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize each image (bicubic) and its mask (nearest) by this factor first: a higher-resolution "
+                        "photograph of the same field (default 1)")
     p.add_argument("--model", default=None, help="model folder (default: the embedded default)")
     p.add_argument("--out", default=None, help="write the table and every image's Dice here (JSON)")
     args = p.parse_args(argv)
@@ -75,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_pretrained(args.model)
     rows, per_image = [], []
     for source, items in images.items():
-        loaded = [(name, *read_rgb_and_mask(img, mask)) for name, img, mask in items]
+        loaded = [(name, *_scaled(*read_rgb_and_mask(img, mask), args.scale)) for name, img, mask in items]
         for setting in args.tiles:
             label = setting if isinstance(setting, str) else f"{setting[0]}x{setting[1]}"
             scores = []
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores.append((d, seconds))
                 per_image.append({"source": source, "image": name, "tiles": label, "dice": round(d, 4)})
             dices = np.array([d for d, _ in scores])
-            row = {"source": source, "split": args.split, "tiles": label, "n": len(scores),
+            row = {"source": source, "split": args.split, "scale": args.scale, "tiles": label, "n": len(scores),
                    "dice_mean": round(float(dices.mean()), 4), "dice_median": round(float(np.median(dices)), 4),
                    "seconds_per_image": round(float(np.mean([s for _, s in scores])), 2)}
             rows.append(row)

@@ -6,7 +6,8 @@ input size, where nuclei and vessels are a pixel or two wide, and its masks miss
 images: mean Dice 0.35 whole against 0.59 tiled for vessels, 0.32 against 0.69 for nuclei;
 docs/default_model.md, "Whole images, tiled"). Tiling gives each part of the image the scale it was
 trained at. It is for large images of small repeated structures; CT slices, X-rays and endoscopy frames
-were learned whole and should be given whole.
+were learned whole and should be given whole. ``auto`` assumes the training sets' resolution; a fundus
+photograph of another size does better with a fixed 2x2 grid (docs/default_model.md).
 
 Stitching (``stitch``): the i-th mask of the result is the union of every tile's i-th mask, each placed at
 its tile's offset; boxes move by their tile's offset; the answer is the one most tiles gave (ties: the

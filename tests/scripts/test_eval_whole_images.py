@@ -68,3 +68,17 @@ def test_test_split_and_missing_images(script, tmp_path, monkeypatch):
     (tmp_path / "empty" / "training" / "images").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no val images under --drive"):
         script.main(["--drive", str(tmp_path / "empty"), "--split", "val"])
+
+
+def test_scale_resizes_image_and_mask_together(script, tmp_path, monkeypatch):
+    fg = drive_set(tmp_path / "DRIVE")["test", 1]  # (30, 28)
+    fake = FakePredictor()
+    monkeypatch.setattr(Predictor, "from_pretrained", classmethod(lambda cls, *a, **kw: fake))
+    out = tmp_path / "x2.json"
+    assert script.main(["--drive", str(tmp_path / "DRIVE"), "--split", "test", "--scale", "2", "--tiles", "auto",
+                        "--out", str(out)]) == 0
+    assert fake.calls == [("auto", (60, 56), "Please segment the retinal vessels.")]
+    row = json.loads(out.read_text())["rows"][0]
+    # nearest-neighbour doubling keeps the foreground's share: the all-ones mask scores as at scale 1
+    assert row["scale"] == 2.0 and row["dice_mean"] == pytest.approx(2 * fg.sum() / (fg.sum() + fg.size), abs=1e-4)
+
