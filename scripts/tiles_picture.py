@@ -1,5 +1,6 @@
 """The picture of ``--tiles`` on a real fundus photograph: the image, the default's vessel mask given the
-image whole, and the mask from ``--tiles auto`` with the tile grid drawn in white (masks in cyan).
+image whole, and the masks from ``--tiles auto`` (5x5 here) and ``--tiles 2`` with the tile grid drawn in
+white (masks in cyan).
 
     python scripts/tiles_picture.py --out docs/images/tiles_retina.png
 
@@ -55,22 +56,22 @@ def grid_lines(image: np.ndarray, windows: list[tuple[int, int, int, int]], widt
 
 
 def panels(predictor, image: np.ndarray) -> list[Image.Image]:  # noqa: ANN001 (a Predictor)
+    """The image, then its vessel mask given whole, with ``--tiles auto`` and with ``--tiles 2``."""
     from citrus_v.infer.tiling import predict_tiled
 
     whole = predictor.predict(image, PROMPT)
-    tiled, tiles = predict_tiled(predictor, image, PROMPT, "auto")
-    windows = [window for window, _ in tiles]
-    rows = len({w[0] for w in windows})
-    drawn_whole = paint(image, [m.mask for m in whole.masks])
-    drawn_tiled = grid_lines(paint(image, [m.mask for m in tiled.masks]), windows, max(2, image.shape[0] // 400))
-    texts = [
-        ["scikit-image retina.jpg (CC0), 1411 x 1411 px", f"Q: {PROMPT}"],
-        [f"given whole: A: {whole.answer}", f"mask {sum(int(m.mask.sum()) for m in whole.masks)} px"],
-        [f"tiles auto ({rows}x{len(windows) // rows}, white lines): A: {tiled.answer}",
-         f"mask {sum(int(m.mask.sum()) for m in tiled.masks)} px, the union of the tiles' masks"],
-    ]
+    drawn = [image, paint(image, [m.mask for m in whole.masks])]
+    texts = [["scikit-image retina.jpg (CC0), 1411 x 1411 px", f"Q: {PROMPT}"],
+             [f"given whole: A: {whole.answer}", f"mask {sum(int(m.mask.sum()) for m in whole.masks)} px"]]
+    for tiles, name in (("auto", "tiles auto"), ((2, 2), "tiles 2")):
+        tiled, done = predict_tiled(predictor, image, PROMPT, tiles)
+        windows = [window for window, _ in done]
+        rows = len({w[0] for w in windows})
+        drawn.append(grid_lines(paint(image, [m.mask for m in tiled.masks]), windows, max(2, image.shape[0] // 400)))
+        texts.append([f"{name} ({rows}x{len(windows) // rows}, white lines): A: {tiled.answer}",
+                      f"mask {sum(int(m.mask.sum()) for m in tiled.masks)} px, the union of the tiles' masks"])
     out = []
-    for picture, text in zip((image, drawn_whole, drawn_tiled), texts):
+    for picture, text in zip(drawn, texts):
         scaled = side_by_side([Image.fromarray(picture)], PANEL)
         out.append(stack([scaled, text_block(text, scaled.width, 3)], gap=2))
     return out

@@ -53,6 +53,7 @@ def test_panels_show_whole_and_tiled(script, monkeypatch):
     texts = []
     monkeypatch.setattr(script, "text_block", lambda lines, width, n: texts.append(lines) or script.Image.new("RGB", (width, 10)))
     panels = script.panels(FakePredictor(), np.zeros((600, 900, 3), np.uint8))  # auto: 2x3 tiles of 300 px
-    assert len(panels) == 3 and len({p.height for p in panels}) == 1
+    assert len(panels) == 4 and len({p.height for p in panels}) == 1
     assert texts[1] == ["given whole: A: large", "mask 0 px"]
     assert texts[2][0] == "tiles auto (2x3, white lines): A: Sure, it is [SEG]." and texts[2][1].startswith("mask 6 px")
+    assert texts[3][0] == "tiles 2 (2x2, white lines): A: Sure, it is [SEG]." and texts[3][1].startswith("mask 4 px")
