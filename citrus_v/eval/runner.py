@@ -373,7 +373,7 @@ def predict_records(predictor: PredictorLike, records: Sequence[Record], base_di
     prompts = list(prompts) if prompts is not None else [prompt_of(rec) for rec in records]
     if tiles is not None:
         return _predict_tiled_records(predictor, records, base_dir, prompts, tiles, batch_size,
-                                      tqdm(total=len(records), desc=desc, unit="record", disable=not progress))
+                                      lambda: tqdm(total=len(records), desc=desc, unit="record", disable=not progress))
     batched = batch_size > 1
     step = batch_size if batched else 1
     out: list[Prediction] = []
@@ -390,12 +390,13 @@ def predict_records(predictor: PredictorLike, records: Sequence[Record], base_di
 
 
 def _predict_tiled_records(predictor, records: Sequence[Record], base_dir: str | Path, prompts: Sequence[str],  # noqa: ANN001
-                           tiles: str | tuple[int, int], batch_size: int, bar) -> list[Prediction]:  # noqa: ANN001
-    """``predict_records`` with tiles: one record at a time, ``batch_size`` tiles per generate call."""
+                           tiles: str | tuple[int, int], batch_size: int, progress_bar) -> list[Prediction]:  # noqa: ANN001
+    """``predict_records`` with tiles: one record at a time, ``batch_size`` tiles per generate call;
+    ``progress_bar()`` makes the bar once the predictor is known to tile."""
     if not hasattr(predictor, "predict_tiled"):
         raise ValueError("tiles: this predictor has no predict_tiled")
     out = []
-    with bar:
+    with progress_bar() as bar:
         for i, rec in enumerate(records):
             if len(rec.images) != 1:
                 raise ValueError(f"record {i}: tiles take one image per record, got {len(rec.images)}")
