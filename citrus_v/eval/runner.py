@@ -395,11 +395,12 @@ def _predict_tiled_records(predictor, records: Sequence[Record], base_dir: str |
     ``progress_bar()`` makes the bar once the predictor is known to tile."""
     if not hasattr(predictor, "predict_tiled"):
         raise ValueError("tiles: this predictor has no predict_tiled")
+    for i, rec in enumerate(records):  # all of them before any runs: a bad record 900 fails now, not in an hour
+        if len(rec.images) != 1:
+            raise ValueError(f"record {i}: tiles take one image per record, got {len(rec.images)}")
     out = []
     with progress_bar() as bar:
         for i, rec in enumerate(records):
-            if len(rec.images) != 1:
-                raise ValueError(f"record {i}: tiles take one image per record, got {len(rec.images)}")
             try:
                 out.append(predictor.predict_tiled(str(resolve(rec.images[0], base_dir)), prompts[i], tiles,
                                                    batch_size=batch_size))

@@ -273,17 +273,16 @@ def write_outputs(pred, image, out_dir: Path) -> tuple[list[str], str]:
 def tile_grid_for(images: list, tiles: str | tuple[int, int]) -> tuple[int, int]:
     """``--tiles`` on the one image given -> (rows, cols), checked before the model loads."""
     from citrus_v.errors import UserError
-    from citrus_v.infer.tiling import tile_grid, tile_windows
+    from citrus_v.infer.tiling import grid_for, tile_grid
 
     if len(images) != 1:
         raise UserError(f"--tiles takes one --image, got {len(images)}")
     h, w = images[0].shape[:2]
-    grid = tile_grid(h, w) if tiles == "auto" else tiles
     try:
-        tile_windows(h, w, grid)
+        return grid_for(tiles, h, w)
     except ValueError as err:
-        raise UserError(f"--tiles {grid[0]}x{grid[1]}: {err}") from None
-    return grid
+        rows, cols = tile_grid(h, w) if tiles == "auto" else tiles
+        raise UserError(f"--tiles {rows}x{cols}: {err}") from None
 
 
 def _predict_tiled(predictor, images: list, args: argparse.Namespace):
@@ -292,13 +291,11 @@ def _predict_tiled(predictor, images: list, args: argparse.Namespace):
 
     from tqdm.auto import tqdm
 
-    from citrus_v.infer.tiling import predict_tiled
-
     grid = tile_grid_for(images, args.tiles)
     with tqdm(total=grid[0] * grid[1], desc="tiles", unit="tile", disable=grid[0] * grid[1] <= 4, file=sys.stderr) as bar:
-        pred, tiles = predict_tiled(predictor, images[0], args.prompt, grid, progress=lambda n: bar.update(n - bar.n))
-    answers = Counter(tile.answer for _, tile in tiles)
-    return pred, {"grid": list(grid), "windows": [list(window) for window, _ in tiles], "answers": dict(answers)}
+        pred = predictor.predict_tiled(images[0], args.prompt, grid, progress=lambda n: bar.update(n - bar.n))
+    answers = Counter(tile.answer for tile in pred.tiles)
+    return pred, {"grid": list(grid), "answers": dict(answers), "tiles": [tile.to_dict() for tile in pred.tiles]}
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ were learned whole and should be given whole. ``auto`` assumes the training sets
 photograph of another size does better with a fixed 2x2 grid (docs/default_model.md).
 
 Stitching (``stitch``): the i-th mask of the result is the union of every tile's i-th mask, each placed at
-its tile's offset; boxes move by their tile's offset; the answer is the one most tiles gave (ties: the
-first tile's in reading order), with its reasoning and report.
+its tile's offset; boxes move by their tile's offset; the answer is the one most tiles gave among the tiles
+with the most masks (ties: the first in reading order), so the answer holds as many [SEG]s as there are
+masks; its reasoning and report come with it (the coordinates written in its text are its tile's; ``boxes``
+holds every tile's, in the whole image's pixels). ``Prediction.tiles`` keeps each tile's window and answer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from citrus_v.infer.types import Box, Mask, Prediction, Report
+from citrus_v.infer.types import Box, Mask, Prediction, Report, Tile
 
 TILE_PX = 300  # the tile side aimed at: the val images did best at 2x2 (DRIVE, 292 px) and 3x3 (MoNuSeg, 333 px)
 MIN_TILE_PX = 28  # a tile narrower than one merged ViT patch (2 x 14 px) holds no image token of its own
@@ -47,7 +49,8 @@ def tile_windows(height: int, width: int, grid: tuple[int, int]) -> list[Window]
     rows, cols = grid
     if rows < 1 or cols < 1:
         raise ValueError(f"a grid needs at least one row and one column, got {rows}x{cols}")
-    if height // rows < MIN_TILE_PX or width // cols < MIN_TILE_PX:
+    # an axis that is not cut keeps the image's own size, however small: the model takes any image whole
+    if (rows > 1 and height // rows < MIN_TILE_PX) or (cols > 1 and width // cols < MIN_TILE_PX):
         raise ValueError(
             f"a {rows}x{cols} grid cuts this {height}x{width} image into tiles under {MIN_TILE_PX} px a side"
         )
@@ -64,6 +67,30 @@ def parse_tiles(text: str) -> str | tuple[int, int]:
     if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
         raise ValueError(f"{text!r}: expected auto, N (an N x N grid) or RxC (e.g. 2x3), with N, R, C >= 1")
     return (int(parts[0]), int(parts[-1]))
+
+
+def as_tiles(value) -> str | tuple[int, int]:  # noqa: ANN001 - checks any value a caller may pass
+    """What ``tiles`` may be, from Python or JSON: "auto", "N", "RxC", an int N >= 1 or (rows, cols) of ints
+    >= 1 -> "auto" or (rows, cols); anything else (a bool, a float, "2x") is a ValueError naming it."""
+    if isinstance(value, str):
+        return parse_tiles(value)
+
+    def whole(v) -> bool:  # noqa: ANN001
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if whole(value):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(whole(v) for v in value):
+        return (value[0], value[1])
+    raise ValueError(f"{value!r}: expected \"auto\", N, \"RxC\" or [rows, cols], with N, rows, cols whole numbers >= 1")
+
+
+def grid_for(tiles, height: int, width: int) -> tuple[int, int]:  # noqa: ANN001
+    """``tiles`` (see ``as_tiles``) on an H x W image -> (rows, cols), checked to cut it into tiles of 28 px or more."""
+    tiles = as_tiles(tiles)
+    grid = tile_grid(height, width) if tiles == "auto" else tiles
+    tile_windows(height, width, grid)  # the size check
+    return grid
 
 
 def _shift_box(box: Box, dx: int, dy: int) -> Box:
@@ -94,8 +121,10 @@ def stitch(predictions: Sequence[Prediction], windows: Sequence[Window], size: t
     """One Prediction for the whole (H, W) image from one Prediction per tile (``windows`` in the same order)."""
     if len(predictions) != len(windows) or not predictions:
         raise ValueError(f"stitch: {len(predictions)} predictions for {len(windows)} tiles")
-    answers = Counter(p.answer for p in predictions)
-    chosen = next(p for p in predictions if p.answer == answers.most_common(1)[0][0])  # ties: the first tile
+    most = max(len(p.masks) for p in predictions)
+    candidates = [p for p in predictions if len(p.masks) == most]  # their answers hold as many [SEG]s as there are masks
+    answers = Counter(p.answer for p in candidates)
+    chosen = next(p for p in candidates if p.answer == answers.most_common(1)[0][0])  # ties: the first tile
     chosen_window = windows[predictions.index(chosen)]
     report = chosen.report
     if report is not None:
@@ -110,8 +139,9 @@ def stitch(predictions: Sequence[Prediction], windows: Sequence[Window], size: t
         masks=_union_masks(predictions, windows, size),
         report=report,
         mean_token_prob=float(np.mean(probs)) if probs else None,
-        num_generated_tokens=sum(p.num_generated_tokens for p in predictions),
+        num_generated_tokens=sum(p.num_generated_tokens for p in predictions),  # what the request cost
         num_prompt_tokens=sum(p.num_prompt_tokens for p in predictions),
+        tiles=[Tile(tuple(w), p.answer, len(p.masks), p.num_generated_tokens) for p, w in zip(predictions, windows)],
     )
 
 
@@ -127,7 +157,7 @@ def predict_tiled(
 ) -> tuple[Prediction, list[tuple[Window, Prediction]]]:
     """``prompt`` on each tile of ``image`` (a path, array or PIL image), ``batch_size`` tiles per generation
     call; returns the stitched Prediction and each tile's window with its own Prediction (in tile pixels).
-    ``tiles``: "auto" (``tile_grid``), N or (rows, cols). ``progress(n)`` is called with the number of tiles
+    ``tiles``: "auto" (``tile_grid``), N, "RxC" or (rows, cols) (``as_tiles``). ``progress(n)`` is called with the number of tiles
     done after each batch."""
     from citrus_v.infer.session import ImageSession
 
@@ -137,9 +167,8 @@ def predict_tiled(
         raise ValueError(f"tiles: batch_size must be at least 1, got {batch_size}")
     (rgb,) = predictor.load_images([image], "tiles")
     h, w = rgb.shape[:2]
-    grid = tile_grid(h, w) if tiles == "auto" else (tiles, tiles) if isinstance(tiles, int) else tuple(tiles)
     try:
-        windows = tile_windows(h, w, grid)
+        windows = tile_windows(h, w, grid_for(tiles, h, w))
     except ValueError as err:
         raise ValueError(f"tiles: {err}") from None
     predictions: list[Prediction] = []

@@ -98,6 +98,21 @@ class Report:
 
 
 @dataclass
+class Tile:
+    """One tile of a tiled prediction (``Predictor.predict_tiled``): where it lies in the whole image and
+    what the model answered on it alone."""
+
+    window: tuple[int, int, int, int]  # (y0, y1, x0, x1) in the whole image's pixels
+    answer: str
+    num_masks: int
+    num_generated_tokens: int
+
+    def to_dict(self) -> dict:
+        return {"window": list(self.window), "answer": self.answer, "num_masks": self.num_masks,
+                "num_generated_tokens": self.num_generated_tokens}
+
+
+@dataclass
 class Prediction:
     answer: str  # the answer text (inside <answer> when the model reasoned), special tokens removed
     raw_text: str  # everything the model generated, as decoded
@@ -108,3 +123,4 @@ class Prediction:
     mean_token_prob: float | None = None  # confidence of the generated text
     num_generated_tokens: int = 0
     num_prompt_tokens: int = 0  # the encoded prompt's length (image tokens included); 0 where unknown
+    tiles: list[Tile] | None = None  # a tiled prediction's tiles, in reading order; None for a whole image

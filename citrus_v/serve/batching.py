@@ -147,13 +147,15 @@ class BatchQueue:
             live = [p for p in batch if not p.future.done()]  # clients that gave up are skipped
             for p in [p for p in live if p.prompts is not None]:
                 await self._refine(p)
-            for p in [p for p in live if p.tiles is not None]:  # every tile is a request of its own: run alone
-                await self._one(p, self.predictor.predict_tiled, p.images[0], p.prompt, p.tiles, p.sampling)
             for p in [p for p in live if self._streams(p)]:
                 await self._one(p, self.predictor.predict_stream, p.images, p.prompt, p.sampling, p.on_text)
             for group in _group_by_sampling([p for p in live if p.prompts is None and p.tiles is None
                                              and not self._streams(p)]):
                 await self._predict(group)
+            # last: a tiled request is one request per tile, seconds to minutes, and runs alone; the short
+            # requests that arrived with it are not made to wait for it
+            for p in [p for p in live if p.tiles is not None]:
+                await self._one(p, self.predictor.predict_tiled, p.images[0], p.prompt, p.tiles, p.sampling)
 
     def _streams(self, p: _Pending) -> bool:
         """A streamed request runs alone (its tokens go out as they come) when the model can stream."""

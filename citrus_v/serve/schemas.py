@@ -98,16 +98,14 @@ def parse_chat_request(body: Any, config: ServeConfig, decode_images: bool = Tru
 
 
 def _parse_tiles(value: Any, n_images: int, prompts, parsed, stream: bool) -> str | tuple[int, int]:
-    """``"tiles"``: "auto", N or [rows, cols] (``citrus-v predict --tiles``), on one image and one user turn."""
-    if value == "auto":
-        tiles: str | tuple[int, int] = "auto"
-    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        tiles = (value, value)
-    elif (isinstance(value, list) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-        tiles = (value[0], value[1])
-    else:
-        raise RequestError(400, f'must be "auto", an integer >= 1 or [rows, cols], got {json_kind(value)} {value!r}'[:200], "tiles")
+    """``"tiles"``: "auto", N, "RxC" or [rows, cols] (``citrus-v predict --tiles``), on one image and one user turn."""
+    from citrus_v.infer.tiling import as_tiles
+
+    try:
+        tiles = as_tiles(value)
+    except ValueError:
+        raise RequestError(400, f'must be "auto", N, "RxC" or [rows, cols] (whole numbers >= 1), got '
+                                f'{json_kind(value)} {value!r}'[:200], "tiles") from None
     if n_images != 1:
         raise RequestError(400, f"tiles need exactly one image in the request, got {n_images}", "tiles")
     if prompts is not None:
@@ -121,11 +119,10 @@ def _parse_tiles(value: Any, n_images: int, prompts, parsed, stream: bool) -> st
 
 def _check_tiles_on_image(tiles: str | tuple[int, int], size: tuple[int, int], max_tiles: int) -> None:
     """The grid fits the image, and holds at most the server's ``max_tiles`` (they run one by one)."""
-    from citrus_v.infer.tiling import tile_grid, tile_windows
+    from citrus_v.infer.tiling import grid_for
 
-    grid = tile_grid(*size) if tiles == "auto" else tiles
     try:
-        tile_windows(*size, grid)
+        grid = grid_for(tiles, *size)
     except ValueError as err:
         raise RequestError(400, str(err), "tiles") from None
     if grid[0] * grid[1] > max_tiles:
@@ -202,7 +199,9 @@ def completion_id() -> str:
 
 
 def finish_reason(prediction: Prediction, sampling: SamplingParams) -> str:
-    return "length" if prediction.num_generated_tokens >= sampling.max_tokens else "stop"
+    """"length" when the answer ran out of tokens; for a tiled answer, when any tile's did (each had max_tokens)."""
+    counts = [t.num_generated_tokens for t in prediction.tiles] if prediction.tiles else [prediction.num_generated_tokens]
+    return "length" if max(counts) >= sampling.max_tokens else "stop"
 
 
 def encode_prediction_box(box, size: tuple[int, int] | None) -> dict:
@@ -252,6 +251,8 @@ def prediction_extras(prediction: Prediction, request: ChatRequest) -> dict:
         "mean_token_prob": prediction.mean_token_prob,
         "image_sizes": [list(s) for s in sizes],
     }
+    if prediction.tiles is not None:  # a tiled answer: each tile's window (whole-image pixels) and own answer
+        extras["tiles"] = [tile.to_dict() for tile in prediction.tiles]
     if request.return_images:
         extras["images"] = [encode_png_data_url(image.pixels) for image in request.images]
         # a monochrome DICOM's own values (HU for CT), so that the viewer windows them: None for others

@@ -298,10 +298,12 @@ def test_eval_tiles_go_to_predict_tiled_one_record_at_a_time(tmp_path):
     js = json.loads((tmp_path / "o" / "eval.json").read_text())
     assert js["seg_dice_mean"] == whole.to_json()["seg_dice_mean"]  # the same answers score the same
     assert js["meta"]["tiles"] == [2, 3]
-    # a record of two images (or none) cannot be tiled: named by its index
+    # a record of two images (or none) cannot be tiled: named by its index, before any record runs
+    tiled.tiled.clear()
     with pytest.raises(UserError, match=r"record 12: tiles take one image per record, got 0"):
         run_eval(build_parser().parse_args(["eval", "--data", str(data), "--out", str(tmp_path / "o2"),
                                             "--tiles", "auto", "--no-progress"]), predictor=tiled)
+    assert tiled.tiled == []
 
 
 def test_eval_tiles_refusals(tmp_path):

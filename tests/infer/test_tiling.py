@@ -10,7 +10,7 @@ from PIL import Image
 
 from citrus_v import cli
 from citrus_v.infer.predictor import Predictor
-from citrus_v.infer.tiling import parse_tiles, predict_tiled, stitch, tile_grid, tile_windows
+from citrus_v.infer.tiling import as_tiles, grid_for, parse_tiles, predict_tiled, stitch, tile_grid, tile_windows
 from citrus_v.infer.types import Box, Mask, Prediction, Report
 
 
@@ -46,6 +46,18 @@ def test_parse_tiles():
             parse_tiles(bad)
 
 
+def test_as_tiles_takes_what_python_and_json_callers_pass():
+    assert as_tiles("auto") == "auto" and as_tiles("2x3") == (2, 3) and as_tiles("4") == (4, 4)
+    assert as_tiles(2) == (2, 2) and as_tiles((1, 3)) == (1, 3) and as_tiles([3, 1]) == (3, 1)
+    for bad in ("2x", True, 2.5, 0, (2,), (2, 0), [2, "3"], None, {"rows": 2}):
+        with pytest.raises(ValueError, match="expected"):
+            as_tiles(bad)
+    assert grid_for("auto", 1000, 1000) == (3, 3) and grid_for("1x2", 90, 130) == (1, 2)
+    assert grid_for("auto", 20, 20) == (1, 1) and grid_for("1x4", 20, 130) == (1, 4)  # an uncut axis may be small
+    with pytest.raises(ValueError, match="a 2x2 grid cuts this 20x20 image into tiles under 28 px"):
+        grid_for(2, 20, 20)
+
+
 def _tile_prediction(answer: str, mask: np.ndarray | None, box: list[float] | None, prob: float) -> Prediction:
     return Prediction(
         answer=answer, raw_text=answer, boxes=[] if box is None else [Box(box, "polyp", text_bbox=box, score=0.5)],
@@ -68,6 +80,9 @@ def test_stitch_places_masks_and_boxes_at_their_tiles():
     assert out.boxes[1].text_bbox == [4, 0, 5, 2]
     assert out.mean_token_prob == pytest.approx(0.7)
     assert (out.num_generated_tokens, out.num_prompt_tokens) == (10, 20)
+    assert [t.to_dict() for t in out.tiles] == [
+        {"window": [0, 2, 0, 3], "answer": "Sure, it is [SEG].", "num_masks": 1, "num_generated_tokens": 5},
+        {"window": [0, 2, 3, 5], "answer": "Sure, it is [SEG].", "num_masks": 1, "num_generated_tokens": 5}]
 
 
 def test_stitch_takes_the_answer_most_tiles_gave():
@@ -82,6 +97,18 @@ def test_stitch_takes_the_answer_most_tiles_gave():
     assert tie.answer == "no" and tie.report.boxes[0].bbox == [1, 32, 3, 34]
     with pytest.raises(ValueError, match="2 predictions for 3 tiles"):
         stitch(preds[:2], windows[:3], (60, 90))
+
+
+def test_stitch_answers_from_the_tiles_with_the_most_masks():
+    # three tiles answered without [SEG] and two with one: the masks' answer wins, so answer and masks agree
+    windows = tile_windows(60, 150, (1, 5))
+    one = np.ones((60, 30), dtype=bool)
+    preds = [_tile_prediction("lab value", None, None, 0.5), _tile_prediction("Sure, it is [SEG].", one, None, 0.5),
+             _tile_prediction("lab value", None, None, 0.5), _tile_prediction("Sure, it is [SEG].", one, None, 0.5),
+             _tile_prediction("lab value", None, None, 0.5)]
+    out = stitch(preds, windows, (60, 150))
+    assert out.answer == "Sure, it is [SEG]." and len(out.masks) == 1
+    assert [t.num_masks for t in out.tiles] == [0, 1, 0, 1, 0]
 
 
 def test_stitch_keeps_every_mask_index():
@@ -115,6 +142,12 @@ def test_predict_tiled_equals_the_tiles_predicted_one_by_one(predictor, scripted
     np.testing.assert_array_equal(out.masks[0].mask, expected)
 
 
+def test_predict_tiled_refuses_what_is_not_a_grid(predictor, image):
+    for bad in ("2x", 2.5, True):
+        with pytest.raises(ValueError, match="tiles: .*expected"):
+            predictor.predict_tiled(image, "Segment the liver.", bad)
+
+
 def test_predict_tiled_refuses_an_image_session(predictor, image):
     with pytest.raises(ValueError, match="not an image session"):
         predictor.predict_tiled(predictor.image_session(image), "Segment the liver.")
@@ -131,7 +164,8 @@ def test_cli_tiles_json(tmp_path, image, predictor, scripted, monkeypatch, capsy
             "--out", str(tmp_path / "out")]  # fmt: skip
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["tiles"]["grid"] == [1, 2] and result["tiles"]["windows"] == [[0, 90, 0, 65], [0, 90, 65, 130]]
+    assert result["tiles"]["grid"] == [1, 2]
+    assert [t["window"] for t in result["tiles"]["tiles"]] == [[0, 90, 0, 65], [0, 90, 65, 130]]
     assert sum(result["tiles"]["answers"].values()) == 2
     assert np.asarray(Image.open(result["masks"][0])).shape == (90, 130)  # stitched at the image's size
 

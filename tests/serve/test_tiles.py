@@ -24,7 +24,8 @@ CONFIG = ServeConfig()
 URL = data_url(png_bytes(64, 90))  # H=64, W=90
 
 
-@pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), (2, (2, 2)), ([1, 3], (1, 3)), (None, None)])
+@pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), (2, (2, 2)), ([1, 3], (1, 3)), ("1x3", (1, 3)),
+                                              ("2", (2, 2)), (None, None)])
 def test_valid_tiles_are_parsed(value, parsed):
     body = chat_body(URL, "Segment the nuclei.") | ({} if value is None else {"tiles": value})
     assert parse_chat_request(body, CONFIG).tiles == parsed
@@ -33,11 +34,12 @@ def test_valid_tiles_are_parsed(value, parsed):
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        ({"tiles": 0}, 'must be "auto", an integer >= 1 or [rows, cols]'),
+        ({"tiles": 0}, 'must be "auto", N, "RxC" or [rows, cols] (whole numbers >= 1), got number 0'),
         ({"tiles": True}, 'must be "auto"'),
         ({"tiles": [2]}, 'must be "auto"'),
         ({"tiles": [2, "3"]}, 'must be "auto"'),
-        ({"tiles": "4x4"}, 'must be "auto"'),
+        ({"tiles": "2x"}, 'must be "auto"'),
+        ({"tiles": 2.5}, 'must be "auto"'),
         ({"tiles": [3, 1]}, "a 3x1 grid cuts this 64x90 image into tiles under 28 px a side"),
         ({"tiles": 2, "stream": True}, "cannot be streamed"),
         ({"tiles": 2, "prompts": {"points": [[1, 1, 1]]}}, "tiles and point/box prompts do not go together"),
@@ -75,8 +77,13 @@ class TilingEcho(EchoPredictor):
         self.tiled: list[tuple] = []
 
     def predict_tiled(self, image, text, tiles, settings):
+        """Each tile answered as predict_batch answers (7 tokens), stitched as the predictor stitches."""
+        from citrus_v.infer.tiling import grid_for, stitch, tile_windows
+
         self.tiled.append((image.shape, text, tiles, settings.max_tokens))
-        return self.predict_batch([([image], text)], settings)[0]
+        windows = tile_windows(*image.shape[:2], grid_for(tiles, *image.shape[:2]))
+        tiles_in = [([np.ascontiguousarray(image[y0:y1, x0:x1])], text) for y0, y1, x0, x1 in windows]
+        return stitch(self.predict_batch(tiles_in, settings), windows, image.shape[:2])
 
 
 def test_http_tiles_reach_predict_tiled_alone():
@@ -86,7 +93,38 @@ def test_http_tiles_reach_predict_tiled_alone():
         plain = client.post("/v1/chat/completions", json=chat_body(URL, "Segment the nuclei.", max_tokens=9))
     assert r.status_code == 200 and plain.status_code == 200, r.text
     assert model.tiled == [((64, 90, 3), "Segment the nuclei.", (2, 3), 9)]
-    assert r.json()["seg_masks_rle"][0]["size"] == [64, 90]
+    d = r.json()
+    assert d["seg_masks_rle"][0]["size"] == [64, 90]
+    assert [t["window"] for t in d["tiles"]] == [[0, 32, 0, 30], [0, 32, 30, 60], [0, 32, 60, 90],
+                                                 [32, 64, 0, 30], [32, 64, 30, 60], [32, 64, 60, 90]]
+    # six tiles of 7 tokens: 42 generated, but no tile reached max_tokens 9, so the answer stopped
+    assert d["usage"]["completion_tokens"] == 42 and d["choices"][0]["finish_reason"] == "stop"
+    assert "tiles" not in plain.json()
+
+
+def test_a_tiled_request_runs_after_the_plain_ones_that_came_with_it():
+    import threading
+
+    order = []
+
+    class Recording(TilingEcho):
+        def predict_batch(self, items, settings):
+            order.append(("batch", len(items)))
+            return super().predict_batch(items, settings)
+
+        def predict_tiled(self, image, text, tiles, settings):
+            order.append(("tiled", None))
+            return super().predict_tiled(image, text, tiles, settings)
+
+    model = Recording()
+    with local_client(create_app(model, ServeConfig(batch_wait_ms=500))) as client:  # both land in one batch
+        tiled = threading.Thread(target=client.post, args=("/v1/chat/completions",),
+                                 kwargs={"json": chat_body(URL, "Segment the nuclei.", max_tokens=9, tiles=2)})
+        tiled.start()
+        plain = client.post("/v1/chat/completions", json=chat_body(URL, "Segment the nuclei.", max_tokens=9))
+        tiled.join()
+    assert plain.status_code == 200
+    assert order[:2] == [("batch", 1), ("tiled", None)]  # the plain request first, though it came second
 
 
 def test_http_tiles_on_a_model_without_them_is_501():
