@@ -64,8 +64,8 @@ def panels(predictor, image: np.ndarray) -> list[Image.Image]:  # noqa: ANN001 (
     texts = [["scikit-image retina.jpg (CC0), 1411 x 1411 px", f"Q: {PROMPT}"],
              [f"given whole: A: {whole.answer}", f"mask {sum(int(m.mask.sum()) for m in whole.masks)} px"]]
     for tiles, name in (("auto", "tiles auto"), ((2, 2), "tiles 2")):
-        tiled, done = predict_tiled(predictor, image, PROMPT, tiles)
-        windows = [window for window, _ in done]
+        tiled = predict_tiled(predictor, image, PROMPT, tiles)
+        windows = [tile.window for tile in tiled.tiles]
         rows = len({w[0] for w in windows})
         drawn.append(grid_lines(paint(image, [m.mask for m in tiled.masks]), windows, max(2, image.shape[0] // 400)))
         texts.append([f"{name} ({rows}x{len(windows) // rows}, white lines): A: {tiled.answer}",

@@ -232,7 +232,7 @@ class Predictor:
         and ``progress`` as in :func:`citrus_v.infer.tiling.predict_tiled`, which implements it."""
         from citrus_v.infer.tiling import predict_tiled
 
-        return predict_tiled(self, image, prompt, tiles, **kwargs)[0]
+        return predict_tiled(self, image, prompt, tiles, **kwargs)
 
     def refine(self, image: ImageInput, **prompts) -> Prediction:
         """Clicks / a box (and optionally a text prompt) on one image -> one mask (issue 7).

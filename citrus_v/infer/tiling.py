@@ -154,9 +154,9 @@ def predict_tiled(
     batch_size: int = 1,  # on 2 CPU threads one tile a call was fastest (9 tiles: 4.9 s; 4 a call 5.6 s, 9 8.6 s)
     settings=None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[Prediction, list[tuple[Window, Prediction]]]:
+) -> Prediction:
     """``prompt`` on each tile of ``image`` (a path, array or PIL image), ``batch_size`` tiles per generation
-    call; returns the stitched Prediction and each tile's window with its own Prediction (in tile pixels).
+    call; returns the stitched Prediction (``Prediction.tiles``: each tile's window and answer).
     ``tiles``: "auto" (``tile_grid``), N, "RxC" or (rows, cols) (``as_tiles``). ``progress(n)`` is called with the number of tiles
     done after each batch."""
     from citrus_v.infer.session import ImageSession
@@ -178,4 +178,4 @@ def predict_tiled(
         predictions += predictor.predict_batch(requests, settings=settings)
         if progress is not None:
             progress(len(predictions))
-    return stitch(predictions, windows, (h, w)), list(zip(windows, predictions))
+    return stitch(predictions, windows, (h, w))

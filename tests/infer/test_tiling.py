@@ -133,9 +133,9 @@ def test_predict_tiled_equals_the_tiles_predicted_one_by_one(predictor, scripted
         expected[y0:y1, x0:x1] = tile.masks[0].mask
     scripted(answer)
     done = []
-    out, tiles = predict_tiled(predictor, image, "Segment the liver.", (1, 2), batch_size=1, progress=done.append)
+    out = predict_tiled(predictor, image, "Segment the liver.", (1, 2), batch_size=1, progress=done.append)
     # batch_size 1 runs two generation calls: the script covers the first; the second tile is re-scripted below
-    assert done == [1, 2] and [w for w, _ in tiles] == windows
+    assert done == [1, 2] and [t.window for t in out.tiles] == windows
     scripted(answer)
     out = predictor.predict_tiled(image, "Segment the liver.", (1, 2), batch_size=2)
     assert out.answer.startswith(answer) and len(out.masks) == 1
