@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from citrus_v.serve.errors import RequestError
@@ -117,8 +117,8 @@ def check(body) -> ChatRequest | None:
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
         if req.prompts.mask_input_rle is not None:
             assert req.prompts.mask_input.shape == (h, w) and req.prompts.mask_input.dtype == bool
-    else:
-        assert req.prompt.strip()
+    else:  # text, or (messages.py) a conversation whose last user turn is an image alone
+        assert req.prompt.strip() or (req.conversation is not None and req.images)
     if req.tiles is not None:  # accepted tiles are a grid predict_tiled can cut this one image into
         from citrus_v.infer.tiling import tile_grid, tile_windows
 
@@ -130,6 +130,9 @@ def check(body) -> ChatRequest | None:
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies)
+# found by the fuzz: an earlier empty user turn, then an image alone (accepted: the image is the question)
+@example({"messages": [{"role": "user", "content": []}, {"role": "user", "content": [
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(VALID_PNG)}}]}]})
 def test_parser_never_crashes(body):
     check(body)
 
