@@ -285,15 +285,15 @@ def tile_grid_for(images: list, tiles: str | tuple[int, int]) -> tuple[int, int]
         raise UserError(f"--tiles {rows}x{cols}: {err}") from None
 
 
-def _predict_tiled(predictor, images: list, args: argparse.Namespace):
-    """``--tiles``: the stitched Prediction, and what --json and the text output say of the tiles."""
+def _predict_tiled(predictor, image, prompt: str, grid: tuple[int, int]):  # noqa: ANN001
+    """``--tiles`` (``grid`` from ``tile_grid_for``): the stitched Prediction, and what --json and the text
+    output say of the tiles."""
     from collections import Counter
 
     from tqdm.auto import tqdm
 
-    grid = tile_grid_for(images, args.tiles)
     with tqdm(total=grid[0] * grid[1], desc="tiles", unit="tile", disable=grid[0] * grid[1] <= 4, file=sys.stderr) as bar:
-        pred = predictor.predict_tiled(images[0], args.prompt, grid, progress=lambda n: bar.update(n - bar.n))
+        pred = predictor.predict_tiled(image, prompt, grid, progress=lambda n: bar.update(n - bar.n))
     answers = Counter(tile.answer for tile in pred.tiles)
     return pred, {"grid": list(grid), "answers": dict(answers), "tiles": [tile.to_dict() for tile in pred.tiles]}
 
@@ -313,8 +313,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--prompt contains the reserved token {SEG_TOKEN} (each one the model writes becomes a mask)")
     # the files are read before the model loads: a bad one fails fast, naming itself (MedicalIOError)
     images = load_images_for(args)
-    if args.tiles is not None:
-        tile_grid_for(images, args.tiles)
+    grid = None if args.tiles is None else tile_grid_for(images, args.tiles)  # before the model loads
     predictor = load_predictor_for(args, **model_kwargs_from_args(args))
     pixels = predictor.pixel_range
     print(f"[pixels] {pixels['min_pixels']}..{pixels['max_pixels']} ({pixels['source']})", file=sys.stderr)
@@ -323,10 +322,10 @@ def run_predict(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from None
     tiling = None
-    if args.tiles is None:
+    if grid is None:
         pred = predictor.predict(images, args.prompt)
     else:
-        pred, tiling = _predict_tiled(predictor, images, args)
+        pred, tiling = _predict_tiled(predictor, images[0], args.prompt, grid)
 
     mask_paths: list[str] = []
     overlay_path = None
